@@ -1,0 +1,46 @@
+# Every target sets up what it needs on a fresh machine: a virtual environment and the npm packages.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+
+.PHONY: setup test lint unit up down demo bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt samples/mnist/requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -r samples/mnist/requirements.txt
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(STAMP) $(NPM_STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# The whole suite: lint, unit tests and end-to-end tests against the local stack (the tests start
+# and stop every server they use).
+test: setup lint
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest -m "not e2e"
+
+up: setup
+	$(PY) -m infra.local.stack up
+
+down:
+	@test -x $(PY) && $(PY) -m infra.local.stack down || true
+
+demo: setup
+	$(PY) -m samples.mnist.demo
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf .local .pytest_cache .ruff_cache

@@ -1,0 +1,287 @@
+"""Start and stop the local stack that stands in for Azure: Azurite, the Files and ARM emulators,
+the local Functions host.
+
+`python -m infra.local.stack up|down|status` is what `make up` / `make down` run. Tests use
+`LocalStack` directly with free ports and a temporary data directory, so a developer's running
+stack and the test suite never collide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = REPO_ROOT / ".local"
+
+# Azurite's published development account: public, documented, not a secret.
+DEV_ACCOUNT = "devstoreaccount1"
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEV_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+HOST = "127.0.0.1"
+
+SERVICE_ORDER = ("azurite", "files", "arm", "functions")
+
+
+@dataclass(frozen=True)
+class Ports:
+    blob: int = 10000
+    queue: int = 10001
+    table: int = 10002
+    files: int = 10004
+    arm: int = 10005
+    functions: int = 7071
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Ports the OS says are free now: for tests that must not collide with `make up`."""
+        socks = []
+        try:
+            for _ in range(6):
+                s = socket.socket()
+                s.bind((HOST, 0))
+                socks.append(s)
+            return cls(*(s.getsockname()[1] for s in socks))
+        finally:
+            for s in socks:
+                s.close()
+
+
+@dataclass
+class LocalStack:
+    """One local stack: which ports, which data directory, which processes it started."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    ports: Ports = field(default_factory=Ports)
+    functions_key: str = "local-functions-key"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    # --- endpoints -------------------------------------------------------------------------------
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://{HOST}:{self.ports.blob}/{DEV_ACCOUNT}"
+
+    @property
+    def queue_endpoint(self) -> str:
+        return f"http://{HOST}:{self.ports.queue}/{DEV_ACCOUNT}"
+
+    @property
+    def table_endpoint(self) -> str:
+        return f"http://{HOST}:{self.ports.table}/{DEV_ACCOUNT}"
+
+    @property
+    def file_endpoint(self) -> str:
+        return f"http://{HOST}:{self.ports.files}/{DEV_ACCOUNT}"
+
+    @property
+    def arm_endpoint(self) -> str:
+        return f"http://{HOST}:{self.ports.arm}"
+
+    @property
+    def functions_url(self) -> str:
+        return f"http://{HOST}:{self.ports.functions}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+            f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
+            f"TableEndpoint={self.table_endpoint};FileEndpoint={self.file_endpoint};"
+        )
+
+    @property
+    def files_root(self) -> Path:
+        """Where the Files emulator keeps share bytes: `<files_root>/<account>/<share>/<path>`."""
+        return self.data_dir / "files" / "shares"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def env(self) -> dict[str, str]:
+        """What `.local/stack.env` holds: how a client reaches this stack."""
+        return {
+            "AZURE_STORAGE_CONNECTION_STRING": self.connection_string,
+            "ARM_ENDPOINT": self.arm_endpoint,
+            "AZURE_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
+            "FUNCTIONS_URL": self.functions_url,
+            "FUNCTIONS_KEY": self.functions_key,
+        }
+
+    # --- service commands ------------------------------------------------------------------------
+    def command(self, name: str) -> tuple[list[str], list[int]]:
+        """The command line that runs one service, and the ports that answer when it is up."""
+        py = sys.executable
+        p = self.ports
+        if name == "azurite":
+            azurite = REPO_ROOT / "node_modules" / ".bin" / "azurite"
+            if not azurite.exists():
+                raise StackError("Azurite is not installed: run `npm ci` (make setup) first")
+            cmd = [
+                str(azurite), "--silent", "--skipApiVersionCheck", "--loose",
+                "--location", str(self.data_dir / "azurite"),
+                "--blobHost", HOST, "--blobPort", str(p.blob),
+                "--queueHost", HOST, "--queuePort", str(p.queue),
+                "--tableHost", HOST, "--tablePort", str(p.table),
+            ]  # fmt: skip
+            return cmd, [p.blob, p.queue, p.table]
+        if name == "files":
+            cmd = [py, "-m", "infra.local.files", "--host", HOST, "--port", str(p.files),
+                   "--data-dir", str(self.data_dir / "files")]  # fmt: skip
+            return cmd, [p.files]
+        if name == "arm":
+            cmd = [py, "-m", "infra.local.arm", "--host", HOST, "--port", str(p.arm),
+                   "--data-dir", str(self.data_dir / "arm"), "--files-root", str(self.files_root),
+                   "--files-endpoint", self.file_endpoint]  # fmt: skip
+            return cmd, [p.arm]
+        if name == "functions":
+            cmd = [py, "-m", "infra.local.funchost", "--app-dir", str(REPO_ROOT), "--host", HOST,
+                   "--port", str(p.functions)]  # fmt: skip
+            return cmd, [p.functions]
+        raise StackError(f"unknown service {name!r}; known: {', '.join(SERVICE_ORDER)}")
+
+    def service_env(self, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        if name == "functions":
+            env.update(self.env())
+        env.update(self.extra_env)
+        return env
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self, services: Iterable[str] = SERVICE_ORDER, timeout: float = 60.0) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        for name in services:
+            cmd, ports = self.command(name)
+            for port in ports:
+                if port_open(port):
+                    raise StackError(f"port {port} for {name} is already in use by another process")
+            log = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+            proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=self.service_env(name), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            log.close()
+            self.processes[name] = proc
+            deadline = time.monotonic() + timeout
+            while not all(port_open(port) for port in ports):
+                if proc.poll() is not None:
+                    tail = (self.logs_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                    raise StackError(f"{name} exited with {proc.returncode} at start:\n{tail}")
+                if time.monotonic() > deadline:
+                    raise StackError(f"{name} did not answer on {ports} within {timeout:.0f}s")
+                time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for name in reversed(list(self.processes)):
+            stop_process(self.processes.pop(name), timeout)
+
+    def write_state(self) -> None:
+        """Record pids and the env file so that `down` (another process) stops exactly these."""
+        (self.data_dir / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+        pids = {name: proc.pid for name, proc in self.processes.items()}
+        (self.data_dir / "stack.pids.json").write_text(json.dumps(pids))
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    with contextlib.closing(socket.socket()) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the service's process group, then SIGKILL what is left after `timeout`."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def up(data_dir: Path) -> int:
+    pids_file = data_dir / "stack.pids.json"
+    if pids_file.exists():
+        pids = json.loads(pids_file.read_text())
+        if pids and all(_pid_alive(pid) for pid in pids.values()):
+            print(f"local stack already up ({', '.join(pids)}); settings in {data_dir / 'stack.env'}")
+            return 0
+        down(data_dir)
+    stack = LocalStack(data_dir=data_dir)
+    try:
+        stack.start()
+    except StackError as exc:
+        stack.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stack.write_state()
+    for name, proc in stack.processes.items():
+        print(f"{name:<10} pid {proc.pid}")
+    print(f"local stack up; settings in {data_dir / 'stack.env'}, logs in {stack.logs_dir}")
+    return 0
+
+
+def down(data_dir: Path) -> int:
+    pids_file = data_dir / "stack.pids.json"
+    if not pids_file.exists():
+        print("local stack is not up")
+        return 0
+    pids = json.loads(pids_file.read_text())
+    for name, pid in reversed(list(pids.items())):
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            print(f"stopped {name} (pid {pid})")
+    pids_file.unlink()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__)
+    parser.add_argument("action", choices=["up", "down", "env"])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    args = parser.parse_args(argv)
+    if args.action == "up":
+        return up(args.data_dir)
+    if args.action == "down":
+        return down(args.data_dir)
+    for key, value in LocalStack(data_dir=args.data_dir).env().items():
+        print(f"{key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
