@@ -1,0 +1,1 @@
+"""The domain: settings, run specs, Batch AI model construction, compute client, staging, registry."""

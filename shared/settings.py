@@ -1,0 +1,501 @@
+"""Every app setting, read from the environment and validated in one place, at first use.
+
+Why one module: a missing or malformed setting should fail with one clear message naming the setting
+and what it expects, not deep inside an SDK call minutes later. Secrets are `pydantic.SecretStr`, so
+`repr`, `str` and logs show `**********`; call `.get_secret_value()` only where the secret is sent.
+
+`get_settings()` reads `os.environ` once and caches the result; tests call `reset_settings()` after
+changing the environment (or pass a mapping to `Settings.from_env`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import threading
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "CredentialKind",
+    "Settings",
+    "SettingsError",
+    "StorageAccount",
+    "get_settings",
+    "is_loopback_url",
+    "local_stack_values",
+    "reset_settings",
+]
+
+EXAMPLE_FILE = Path(__file__).resolve().parents[1] / "local.settings.json.example"
+
+
+class SettingsError(ValueError):
+    """One or more app settings are missing or malformed; the message names each one."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = [f"{name}: {message}" for name, message in problems]
+        super().__init__("invalid app settings:\n  " + "\n  ".join(lines))
+
+
+class CredentialKind(StrEnum):
+    """How the app authenticates to Azure Resource Manager."""
+
+    # azure-identity's DefaultAzureCredential: managed identity in Azure, developer login locally.
+    DEFAULT = "default"
+    # A static bearer token for the local ARM emulator (which accepts any non-empty token).
+    LOCAL_DEV_TOKEN = "local-dev-token"
+
+
+# --- reusable checks ----------------------------------------------------------------------------------
+
+_STORAGE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]$")  # containers and shares
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+# Batch AI 2018-05-01 resource names: ^[-\w_]+$, 1..64 characters (workspace) and resource groups.
+_BATCHAI_NAME = re.compile(r"^[-\w_]{1,64}$")
+_RESOURCE_GROUP = re.compile(r"^[-\w._()]{1,90}$")
+_LOCATION = re.compile(r"^[a-z0-9]{2,40}$")
+_VM_SIZE = re.compile(r"^[A-Za-z0-9_]{2,64}$")
+_ADMIN_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_NCRONTAB_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+_SSH_KEY = re.compile(r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$")
+_KEY_VAULT_REF = re.compile(r"^@Microsoft\.KeyVault\(", re.IGNORECASE)
+
+
+def _storage_name(kind: str) -> Any:
+    def check(value: str) -> str:
+        if not _STORAGE_NAME.match(value):
+            raise ValueError(
+                f"expected a {kind} name: 3-63 lowercase letters, digits and single hyphens, "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _ncrontab(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
+        raise ValueError(
+            "expected a six-field NCRONTAB expression '{second} {minute} {hour} {day} {month} {day-of-week}',"
+            " e.g. '0 */5 * * * *'"
+        )
+    return " ".join(fields)
+
+
+def _https_or_loopback_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an absolute http(s) URL")
+    if parts.scheme == "http" and not is_loopback_url(value):
+        raise ValueError("expected an https URL (plain http is allowed only for loopback hosts)")
+    return value.rstrip("/")
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for URLs whose host is localhost, 127.0.0.0/8 or ::1 (the local stack)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+StorageName = Annotated[str, _storage_name("container")]
+ShareName = Annotated[str, _storage_name("file share")]
+Schedule = Annotated[str, AfterValidator(_ncrontab)]
+Endpoint = Annotated[str, AfterValidator(_https_or_loopback_url)]
+
+
+class StorageAccount(BaseModel):
+    """What a storage connection string says: account name and key, and each service's endpoint."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_name: str
+    account_key: SecretStr | None
+    blob_endpoint: str
+    file_endpoint: str
+    table_endpoint: str
+    queue_endpoint: str
+
+    @classmethod
+    def parse(cls, connection_string: str) -> StorageAccount:
+        parts: dict[str, str] = {}
+        for segment in connection_string.strip().split(";"):
+            if not segment.strip():
+                continue
+            key, sep, value = segment.partition("=")
+            if not sep:
+                raise ValueError(f"expected Key=Value pairs separated by ';', got segment {key!r}")
+            parts[key.strip().lower()] = value.strip()
+        if parts.get("usedevelopmentstorage", "").lower() == "true":
+            raise ValueError(
+                "UseDevelopmentStorage=true has no file endpoint: give the full connection string "
+                "with AccountName, AccountKey, BlobEndpoint, TableEndpoint and FileEndpoint"
+            )
+        name = parts.get("accountname")
+        if not name:
+            raise ValueError("expected an AccountName in the connection string")
+        key = parts.get("accountkey")
+        if not key:
+            raise ValueError(
+                "expected an AccountKey in the connection string (the Azure File mount and "
+                "server-side copies need the account key)"
+            )
+        protocol = parts.get("defaultendpointsprotocol", "https")
+        suffix = parts.get("endpointsuffix", "core.windows.net")
+
+        def endpoint(service: str) -> str:
+            explicit = parts.get(f"{service}endpoint")
+            return (explicit or f"{protocol}://{name}.{service}.{suffix}").rstrip("/")
+
+        return cls(
+            account_name=name,
+            account_key=SecretStr(key),
+            blob_endpoint=endpoint("blob"),
+            file_endpoint=endpoint("file"),
+            table_endpoint=endpoint("table"),
+            queue_endpoint=endpoint("queue"),
+        )
+
+
+# --- the settings -------------------------------------------------------------------------------------
+
+
+class Settings(BaseModel):
+    """Typed, frozen app settings. Field aliases are the app setting (environment variable) names."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    # Storage
+    host_storage: SecretStr | None = Field(default=None, alias="AzureWebJobsStorage")
+    storage_connection_string: SecretStr = Field(alias="STORAGE_CONNECTION_STRING")
+    training_container: StorageName = Field(default="training-data", alias="TRAINING_CONTAINER")
+    file_share_name: ShareName = Field(default="batchaiquickstart", alias="FILE_SHARE_NAME")
+    runs_table: str = Field(default="runs", alias="RUNS_TABLE")
+    reports_container: StorageName = Field(default="reports", alias="REPORTS_CONTAINER")
+
+    # Azure Resource Manager and Batch AI
+    arm_endpoint: Endpoint = Field(default="https://management.azure.com", alias="ARM_ENDPOINT")
+    subscription_id: str = Field(alias="AZURE_SUBSCRIPTION_ID")
+    credential: CredentialKind = Field(default=CredentialKind.DEFAULT, alias="AZURE_CREDENTIAL")
+    resource_group: str = Field(alias="BATCHAI_RESOURCE_GROUP")
+    location: str = Field(alias="BATCHAI_LOCATION")
+    workspace: str = Field(default="batchai-workspace", alias="BATCHAI_WORKSPACE")
+
+    # Cluster defaults
+    default_vm_size: str = Field(default="STANDARD_NC6", alias="DEFAULT_VM_SIZE")
+    allowed_vm_sizes: tuple[str, ...] = Field(
+        default=("STANDARD_NC6", "STANDARD_NC12", "STANDARD_NC24", "STANDARD_NV6", "STANDARD_D1_V2"),
+        alias="ALLOWED_VM_SIZES",
+    )
+    cluster_admin_user: str = Field(default="batchai", alias="CLUSTER_ADMIN_USER")
+    cluster_ssh_public_key: str | None = Field(default=None, alias="CLUSTER_SSH_PUBLIC_KEY")
+    cluster_admin_password: SecretStr | None = Field(default=None, alias="CLUSTER_ADMIN_PASSWORD")
+    file_share_key_vault_secret_url: str | None = Field(default=None, alias="FILE_SHARE_KEY_VAULT_SECRET_URL")
+    key_vault_resource_id: str | None = Field(default=None, alias="KEY_VAULT_RESOURCE_ID")
+    container_registry_server: str | None = Field(default=None, alias="CONTAINER_REGISTRY_SERVER")
+    container_registry_username: str | None = Field(default=None, alias="CONTAINER_REGISTRY_USERNAME")
+    container_registry_password: SecretStr | None = Field(default=None, alias="CONTAINER_REGISTRY_PASSWORD")
+
+    # Schedules, retention, timeouts
+    monitor_schedule: Schedule = Field(default="0 */1 * * * *", alias="MONITOR_SCHEDULE")
+    cleanup_schedule: Schedule = Field(default="0 0 2 * * *", alias="CLEANUP_SCHEDULE")
+    cleanup_dry_run: bool = Field(default=False, alias="CLEANUP_DRY_RUN")
+    job_retention_hours: float = Field(default=72.0, ge=0, alias="JOB_RETENTION_HOURS")
+    staged_data_retention_hours: float = Field(default=72.0, ge=0, alias="STAGED_DATA_RETENTION_HOURS")
+    cluster_idle_minutes: float = Field(default=30.0, ge=0, alias="CLUSTER_IDLE_MINUTES")
+    staging_timeout_minutes: float = Field(default=60.0, gt=0, alias="STAGING_TIMEOUT_MINUTES")
+    copy_timeout_seconds: float = Field(default=600.0, gt=0, alias="COPY_TIMEOUT_SECONDS")
+
+    # Callbacks and outputs
+    callback_signing_secret: SecretStr | None = Field(default=None, alias="CALLBACK_SIGNING_SECRET")
+    callback_allow_loopback_http: bool = Field(default=False, alias="CALLBACK_ALLOW_LOOPBACK_HTTP")
+    max_stdout_tail_bytes: int = Field(default=4096, ge=0, le=1_048_576, alias="MAX_STDOUT_TAIL_BYTES")
+
+    # --- field checks -------------------------------------------------------------------------------
+    @field_validator("storage_connection_string", "host_storage", mode="before")
+    @classmethod
+    def _not_unresolved_key_vault_reference(cls, value: Any) -> Any:
+        if isinstance(value, str) and _KEY_VAULT_REF.match(value.strip()):
+            raise ValueError(
+                "is an unresolved Key Vault reference: grant the function app's identity 'get' on "
+                "the secret (the platform substitutes the value when it can read it)"
+            )
+        return value
+
+    @field_validator("storage_connection_string")
+    @classmethod
+    def _parsable_connection_string(cls, value: SecretStr) -> SecretStr:
+        try:
+            StorageAccount.parse(value.get_secret_value())
+        except ValueError as exc:  # the message never repeats the secret
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("runs_table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError("expected a table name: 3-63 letters and digits, starting with a letter")
+        return value
+
+    @field_validator("subscription_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("expected a subscription id (a GUID)") from None
+
+    @field_validator("resource_group")
+    @classmethod
+    def _resource_group(cls, value: str) -> str:
+        if not _RESOURCE_GROUP.match(value) or value.endswith("."):
+            raise ValueError("expected a resource group name: 1-90 letters, digits, '-', '_', '.', '(', ')'")
+        return value
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        value = value.replace(" ", "").lower()
+        if not _LOCATION.match(value):
+            raise ValueError("expected an Azure region name such as 'eastus'")
+        return value
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, value: str) -> str:
+        if not _BATCHAI_NAME.match(value):
+            raise ValueError("expected a Batch AI workspace name: 1-64 letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("allowed_vm_sizes", mode="before")
+    @classmethod
+    def _split_vm_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+            if not value:
+                raise ValueError(
+                    "expected a comma-separated list of VM sizes, e.g. 'STANDARD_NC6,STANDARD_NC12'"
+                )
+        return value
+
+    @field_validator("allowed_vm_sizes")
+    @classmethod
+    def _vm_sizes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for size in value:
+            if not _VM_SIZE.match(size):
+                raise ValueError(f"{size!r} is not a VM size name (letters, digits and '_')")
+        return tuple(dict.fromkeys(size.upper() for size in value))
+
+    @field_validator("default_vm_size")
+    @classmethod
+    def _vm_size(cls, value: str) -> str:
+        if not _VM_SIZE.match(value):
+            raise ValueError("expected a VM size name such as 'STANDARD_NC6'")
+        return value.upper()
+
+    @field_validator("cluster_admin_user")
+    @classmethod
+    def _admin_user(cls, value: str) -> str:
+        if not _ADMIN_USER.match(value) or value in ("root", "admin", "administrator"):
+            raise ValueError(
+                "expected a Linux user name (lowercase letters, digits, '_', '-'; up to 32 characters; "
+                "not root/admin)"
+            )
+        return value
+
+    @field_validator("cluster_ssh_public_key")
+    @classmethod
+    def _ssh_key(cls, value: str | None) -> str | None:
+        if value is not None and not _SSH_KEY.match(value.strip()):
+            raise ValueError("expected an OpenSSH public key line such as 'ssh-rsa AAAA... user@host'")
+        return value.strip() if value else value
+
+    @field_validator("file_share_key_vault_secret_url")
+    @classmethod
+    def _secret_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme != "https" or not parts.hostname or "/secrets/" not in parts.path:
+                raise ValueError(
+                    "expected a Key Vault secret URL 'https://<vault>.vault.azure.net/secrets/<name>'"
+                )
+        return value
+
+    @field_validator("key_vault_resource_id")
+    @classmethod
+    def _vault_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(
+            r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.KeyVault/vaults/[^/]+$",
+            value,
+            re.IGNORECASE,
+        ):
+            raise ValueError(
+                "expected a Key Vault resource id "
+                "'/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<name>'"
+            )
+        return value
+
+    @field_validator("callback_signing_secret")
+    @classmethod
+    def _signing_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("expected at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        problems: list[tuple[str, str]] = []
+        if self.default_vm_size not in self.allowed_vm_sizes:
+            problems.append(
+                (
+                    "DEFAULT_VM_SIZE",
+                    f"{self.default_vm_size!r} is not in ALLOWED_VM_SIZES {list(self.allowed_vm_sizes)}",
+                )
+            )
+        if self.cluster_ssh_public_key is None and self.cluster_admin_password is None:
+            problems.append(
+                (
+                    "CLUSTER_SSH_PUBLIC_KEY",
+                    "missing: the cluster's admin account needs an SSH public key "
+                    "(preferred) or CLUSTER_ADMIN_PASSWORD",
+                )
+            )
+        if (self.file_share_key_vault_secret_url is None) != (self.key_vault_resource_id is None):
+            problems.append(
+                (
+                    "FILE_SHARE_KEY_VAULT_SECRET_URL",
+                    "and KEY_VAULT_RESOURCE_ID must be set together (or both left empty to mount "
+                    "the share with the account key)",
+                )
+            )
+        registry = (self.container_registry_server, self.container_registry_username)
+        if any(registry) and not all(registry):
+            problems.append(
+                ("CONTAINER_REGISTRY_SERVER", "and CONTAINER_REGISTRY_USERNAME must be set together")
+            )
+        if self.container_registry_password is not None and not all(registry):
+            problems.append(
+                (
+                    "CONTAINER_REGISTRY_PASSWORD",
+                    "needs CONTAINER_REGISTRY_SERVER and CONTAINER_REGISTRY_USERNAME",
+                )
+            )
+        if problems:
+            raise SettingsError(problems)
+        return self
+
+    # --- derived values ------------------------------------------------------------------------------
+    @property
+    def storage(self) -> StorageAccount:
+        """The data account's name, key and endpoints, parsed from STORAGE_CONNECTION_STRING."""
+        return StorageAccount.parse(self.storage_connection_string.get_secret_value())
+
+    @property
+    def file_share_url(self) -> str:
+        """`<file endpoint>/<share>`: the azureFileUrl a Batch AI cluster mounts."""
+        return f"{self.storage.file_endpoint}/{self.file_share_name}"
+
+    @property
+    def arm_is_loopback(self) -> bool:
+        return is_loopback_url(self.arm_endpoint)
+
+    # --- loading -------------------------------------------------------------------------------------
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        """Every app setting name this app reads."""
+        return [field.alias or name for name, field in cls.model_fields.items()]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings; empty values count as missing."""
+        environ = os.environ if environ is None else environ
+        values = {name: environ[name] for name in cls.setting_names() if environ.get(name, "").strip() != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        if error["type"] == "missing":
+            name = str(error["loc"][0])
+            problems.append((name, f"missing: {_MISSING_HINTS.get(name, 'a value is required')}"))
+            continue
+        original = (error.get("ctx") or {}).get("error")
+        if isinstance(original, SettingsError):
+            problems.extend(original.problems)
+            continue
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        message = str(original) if isinstance(original, ValueError) else error["msg"]
+        problems.append((name, message.removeprefix("Value error, ")))
+    return problems
+
+
+_MISSING_HINTS = {
+    "STORAGE_CONNECTION_STRING": (
+        "the data storage account's connection string (a Key Vault reference in Azure)"
+    ),
+    "AZURE_SUBSCRIPTION_ID": "the Azure subscription id (a GUID) that holds the Batch AI resources",
+    "BATCHAI_RESOURCE_GROUP": "the resource group name for the Batch AI workspace and clusters",
+    "BATCHAI_LOCATION": "the Azure region for the Batch AI resources, e.g. 'eastus'",
+}
+
+
+_cache: Settings | None = None
+_lock = threading.Lock()
+
+
+def get_settings() -> Settings:
+    """The app's settings, read from the environment at first call and cached."""
+    global _cache
+    if _cache is None:
+        with _lock:
+            if _cache is None:
+                _cache = Settings.from_env()
+    return _cache
+
+
+def reset_settings() -> None:
+    """Forget the cached settings, so the next `get_settings()` reads the environment again (tests)."""
+    global _cache
+    with _lock:
+        _cache = None
+
+
+def local_stack_values(**overrides: str) -> dict[str, str]:
+    """The `Values` of local.settings.json.example, with `overrides` (e.g. the endpoints of a test stack).
+
+    Tests use this to build an environment for a local stack on free ports without copying the
+    list of settings.
+    """
+    values = json.loads(EXAMPLE_FILE.read_text())["Values"]
+    values = {k: v for k, v in values.items() if not k.startswith("_")}
+    values.update(overrides)
+    return values
