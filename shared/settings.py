@@ -393,6 +393,14 @@ class Settings(BaseModel):
                     "the share with the account key)",
                 )
             )
+        if self.credential is CredentialKind.LOCAL_DEV_TOKEN and not is_loopback_url(self.arm_endpoint):
+            problems.append(
+                (
+                    "AZURE_CREDENTIAL",
+                    "'local-dev-token' is only for the local ARM emulator (a loopback ARM_ENDPOINT); "
+                    "use 'default' for Azure",
+                )
+            )
         registry = (self.container_registry_server, self.container_registry_username)
         if any(registry) and not all(registry):
             problems.append(

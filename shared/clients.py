@@ -1,0 +1,200 @@
+"""The one place Azure SDK clients are built from settings.
+
+Why here: the credential choice (DefaultAzureCredential in Azure, a static development token for the
+local ARM emulator) and the loopback-only relaxation of azure-core's "bearer tokens need https" rule
+must live in exactly one place, and the SDKs are imported lazily so that `import function_app` stays
+cheap (the Functions host imports it at every cold start).
+
+Every builder takes an optional `Settings` (default: `get_settings()`) and caches the client per
+settings object; `reset_clients()` forgets them (tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import TYPE_CHECKING, Any
+
+from shared.settings import CredentialKind, Settings, get_settings, is_loopback_url
+
+if TYPE_CHECKING:  # pragma: no cover - type names only; the SDKs are imported lazily at call time
+    from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
+    from azure.core.pipeline import PipelineRequest
+    from azure.data.tables import TableClient, TableServiceClient
+    from azure.mgmt.batchai import BatchAI
+    from azure.mgmt.resource.resources import ResourceManagementClient
+    from azure.storage.blob import BlobServiceClient, ContainerClient
+    from azure.storage.fileshare import ShareClient, ShareServiceClient
+
+__all__ = [
+    "LOCAL_DEV_TOKEN",
+    "LocalDevTokenCredential",
+    "batchai_client",
+    "blob_service",
+    "credential",
+    "make_loopback_http_policy",
+    "reset_clients",
+    "resource_client",
+    "runs_table",
+    "share_client",
+    "share_service",
+    "table_service",
+    "training_container",
+]
+
+# The bearer token sent to the local ARM emulator (which accepts any non-empty token). Not a secret.
+LOCAL_DEV_TOKEN = "local-dev-token"
+
+
+class LocalDevTokenCredential:
+    """A TokenCredential that always returns the same static token: for the local ARM emulator only."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(LOCAL_DEV_TOKEN, int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(LOCAL_DEV_TOKEN, int(time.time()) + 3600)
+
+    def close(self) -> None:
+        """Nothing to release (TokenCredential protocol)."""
+
+    def __repr__(self) -> str:
+        return "LocalDevTokenCredential()"
+
+
+def make_loopback_http_policy() -> Any:
+    """A per-call pipeline policy that lets bearer tokens go over plain http to loopback hosts only.
+
+    azure-core refuses a bearer token on a non-https URL unless `request.context["enforce_https"]` is
+    False. The local stack is http on 127.0.0.1; anything else keeps the https requirement.
+    """
+    from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+    class LoopbackHttpPolicy(SansIOHTTPPolicy):
+        def on_request(self, request: PipelineRequest) -> None:
+            url = request.http_request.url
+            if url.lower().startswith("http://") and is_loopback_url(url):
+                request.context["enforce_https"] = False
+
+    return LoopbackHttpPolicy()
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else get_settings()
+
+
+@functools.lru_cache(maxsize=8)
+def _credential(settings: Settings) -> TokenCredential:
+    if settings.credential is CredentialKind.LOCAL_DEV_TOKEN:
+        return LocalDevTokenCredential()
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def credential(settings: Settings | None = None) -> TokenCredential:
+    """The ARM credential AZURE_CREDENTIAL selects: DefaultAzureCredential, or the static dev token."""
+    return _credential(_settings(settings))
+
+
+def _arm_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "base_url": settings.arm_endpoint,
+        "per_call_policies": [make_loopback_http_policy()],
+    }
+    if not settings.arm_is_loopback:
+        # Sovereign clouds: the token audience is the ARM endpoint itself.
+        kwargs["credential_scopes"] = [settings.arm_endpoint.rstrip("/") + "/.default"]
+    return kwargs
+
+
+@functools.lru_cache(maxsize=8)
+def _batchai(settings: Settings) -> BatchAI:
+    from azure.mgmt.batchai import BatchAI
+
+    return BatchAI(_credential(settings), settings.subscription_id, **_arm_kwargs(settings))
+
+
+def batchai_client(settings: Settings | None = None) -> BatchAI:
+    """azure-mgmt-batchai 7.0.0 (API 2018-05-01) client on ARM_ENDPOINT."""
+    return _batchai(_settings(settings))
+
+
+@functools.lru_cache(maxsize=8)
+def _resources(settings: Settings) -> ResourceManagementClient:
+    from azure.mgmt.resource.resources import ResourceManagementClient
+
+    return ResourceManagementClient(_credential(settings), settings.subscription_id, **_arm_kwargs(settings))
+
+
+def resource_client(settings: Settings | None = None) -> ResourceManagementClient:
+    """Resource groups client (azure-mgmt-resource) on ARM_ENDPOINT."""
+    return _resources(_settings(settings))
+
+
+def _connection_string(settings: Settings) -> str:
+    return settings.storage_connection_string.get_secret_value()
+
+
+@functools.lru_cache(maxsize=8)
+def _blob_service(settings: Settings) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(_connection_string(settings))
+
+
+def blob_service(settings: Settings | None = None) -> BlobServiceClient:
+    """Blob service of the data account (STORAGE_CONNECTION_STRING)."""
+    return _blob_service(_settings(settings))
+
+
+def training_container(settings: Settings | None = None) -> ContainerClient:
+    """The TRAINING_CONTAINER container client."""
+    settings = _settings(settings)
+    return blob_service(settings).get_container_client(settings.training_container)
+
+
+@functools.lru_cache(maxsize=8)
+def _share_service(settings: Settings) -> ShareServiceClient:
+    from azure.storage.fileshare import ShareServiceClient
+
+    return ShareServiceClient.from_connection_string(_connection_string(settings))
+
+
+def share_service(settings: Settings | None = None) -> ShareServiceClient:
+    """File share service of the data account (its FileEndpoint)."""
+    return _share_service(_settings(settings))
+
+
+def share_client(settings: Settings | None = None) -> ShareClient:
+    """The FILE_SHARE_NAME share client (the share the clusters mount)."""
+    settings = _settings(settings)
+    return share_service(settings).get_share_client(settings.file_share_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _table_service(settings: Settings) -> TableServiceClient:
+    from azure.data.tables import TableServiceClient
+
+    return TableServiceClient.from_connection_string(_connection_string(settings))
+
+
+def table_service(settings: Settings | None = None) -> TableServiceClient:
+    """Table service of the data account (run registry)."""
+    return _table_service(_settings(settings))
+
+
+def runs_table(settings: Settings | None = None) -> TableClient:
+    """The RUNS_TABLE table client."""
+    settings = _settings(settings)
+    return table_service(settings).get_table_client(settings.runs_table)
+
+
+def reset_clients() -> None:
+    """Forget every cached client and credential (tests that change settings)."""
+    for cached in (_credential, _batchai, _resources, _blob_service, _share_service, _table_service):
+        cached.cache_clear()
