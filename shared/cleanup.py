@@ -1,0 +1,383 @@
+"""Nightly cleanup: plan what to remove from plain facts, then carry the plan out and report it.
+
+Why split in two: deciding what is safe to delete is the part that must be right, so `plan()` is a
+pure function of an `Inventory` (runs, jobs, clusters, experiments, staged datasets), the time and a
+`CleanupPolicy`: no I/O, unit-tested case by case. `execute()` then performs the actions (or, in a
+dry run, only records them), and `run_cleanup()` gathers the inventory from the registry, Batch AI and
+the file share, and writes the JSON report to the reports container.
+
+Rules (each action names its reason in the report):
+- terminate_job: a running job past its own max wall-clock time (Batch AI's default, 7 days, when it
+  has none). The only action that touches a live run: it is the runaway the timer exists for.
+- delete_job: a finished job whose end is older than the job retention.
+- delete_experiment: an experiment left empty (no jobs, or only jobs deleted by this plan), older than
+  a grace period so that an experiment created a moment ago for a new run is left alone.
+- delete_cluster: a cluster with no active job and no non-terminal run, idle (since its creation or
+  the end of its last job or run) past the idle threshold.
+- delete_staged_data: the share directory of a dataset whose runs are all finished, the latest past
+  the staged data retention. A directory with no run record is not ours to judge and is kept.
+Nothing a non-terminal run uses (its job, experiment, cluster, dataset directory) is ever deleted, and
+the executor checks the registry again right before each deletion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+__all__ = [
+    "TERMINAL_RUN_STATES",
+    "Action",
+    "ActionResult",
+    "CleanupPolicy",
+    "ClusterInfo",
+    "ExperimentInfo",
+    "Inventory",
+    "JobInfo",
+    "RunInfo",
+    "plan",
+]
+
+log = logging.getLogger(__name__)
+
+TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_JOB_STATES = frozenset({"queued", "running", "terminating"})
+FINISHED_JOB_STATES = frozenset({"succeeded", "failed"})
+BATCHAI_DEFAULT_MAX_WALL_CLOCK = timedelta(days=7)
+
+ActionKind = Literal[
+    "terminate_job", "delete_job", "delete_experiment", "delete_cluster", "delete_staged_data"
+]
+# The order actions run in: stop runaways first, then delete jobs before the experiments they empty.
+ACTION_ORDER: tuple[str, ...] = (
+    "terminate_job",
+    "delete_job",
+    "delete_experiment",
+    "delete_cluster",
+    "delete_staged_data",
+)
+
+
+# --- the facts the planner sees ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run record, reduced to what cleanup decides on."""
+
+    id: str
+    dataset: str
+    state: str
+    cluster: str | None = None
+    experiment: str | None = None
+    job: str | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state not in TERMINAL_RUN_STATES
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A Batch AI job: experiment, cluster, execution state and times."""
+
+    name: str
+    experiment: str
+    state: str
+    cluster: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    max_wall_clock: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    name: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    name: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    runs: Sequence[RunInfo] = ()
+    jobs: Sequence[JobInfo] = ()
+    clusters: Sequence[ClusterInfo] = ()
+    experiments: Sequence[ExperimentInfo] = ()
+    staged_datasets: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class CleanupPolicy:
+    job_retention: timedelta
+    data_retention: timedelta
+    cluster_idle: timedelta
+    experiment_grace: timedelta = timedelta(hours=1)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CleanupPolicy:
+        return cls(
+            job_retention=timedelta(hours=settings.job_retention_hours),
+            data_retention=timedelta(hours=settings.staged_data_retention_hours),
+            cluster_idle=timedelta(minutes=settings.cluster_idle_minutes),
+        )
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing cleanup will do. `target` is what it acts on, as the report shows it."""
+
+    kind: ActionKind
+    target: str
+    reason: str
+    experiment: str | None = None
+    job: str | None = None
+    cluster: str | None = None
+    dataset: str | None = None
+    run_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class ActionResult:
+    action: Action
+    result: Literal["done", "dry-run", "skipped", "failed"]
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self.action).items() if v not in (None, ())}
+        data["run_ids"] = list(self.action.run_ids)
+        data["result"] = self.result
+        if self.message:
+            data["message"] = self.message
+        return data
+
+
+# --- planning ---------------------------------------------------------------------------------------
+
+
+def _latest(times: Iterable[datetime | None]) -> datetime | None:
+    present = [t for t in times if t is not None]
+    return max(present) if present else None
+
+
+def _age(now: datetime, since: datetime) -> str:
+    hours = (now - since).total_seconds() / 3600
+    return f"{hours:.1f} h"
+
+
+def plan(inventory: Inventory, now: datetime, policy: CleanupPolicy) -> list[Action]:
+    """What cleanup should do now, in execution order. Pure: same inputs, same plan."""
+    active_runs = [r for r in inventory.runs if r.active]
+    protected_jobs = {(r.experiment, r.job) for r in active_runs if r.job}
+    protected_experiments = {r.experiment for r in active_runs if r.experiment}
+    protected_clusters = {r.cluster for r in active_runs if r.cluster}
+    protected_datasets = {r.dataset for r in active_runs}
+    for job in inventory.jobs:
+        if job.state not in FINISHED_JOB_STATES:  # queued, running, terminating or unknown: in use
+            protected_experiments.add(job.experiment)
+            if job.cluster:
+                protected_clusters.add(job.cluster)
+
+    def runs_of_job(job: JobInfo) -> tuple[str, ...]:
+        return tuple(r.id for r in inventory.runs if r.job == job.name and r.experiment == job.experiment)
+
+    actions: list[Action] = []
+
+    # Runaway jobs: past their own wall-clock limit (Batch AI should have stopped them; it did not).
+    for job in inventory.jobs:
+        if job.state != "running":
+            continue
+        started = job.started_at or job.created_at
+        limit = job.max_wall_clock or BATCHAI_DEFAULT_MAX_WALL_CLOCK
+        if started is not None and now - started > limit:
+            actions.append(
+                Action(
+                    "terminate_job",
+                    f"{job.experiment}/{job.name}",
+                    f"running for {_age(now, started)}, past its max wall-clock time "
+                    f"of {_age(now, now - limit)}",
+                    experiment=job.experiment,
+                    job=job.name,
+                    cluster=job.cluster,
+                    run_ids=runs_of_job(job),
+                )
+            )
+
+    # Finished jobs past retention.
+    deleted_jobs: set[tuple[str, str]] = set()
+    for job in inventory.jobs:
+        if job.state not in FINISHED_JOB_STATES or (job.experiment, job.name) in protected_jobs:
+            continue
+        ended = job.ended_at or job.started_at or job.created_at
+        if ended is not None and now - ended >= policy.job_retention:
+            deleted_jobs.add((job.experiment, job.name))
+            actions.append(
+                Action(
+                    "delete_job",
+                    f"{job.experiment}/{job.name}",
+                    f"{job.state} {_age(now, ended)} ago, past the job retention of "
+                    f"{_age(now, now - policy.job_retention)}",
+                    experiment=job.experiment,
+                    job=job.name,
+                    cluster=job.cluster,
+                    run_ids=runs_of_job(job),
+                )
+            )
+
+    # Experiments left empty.
+    for experiment in inventory.experiments:
+        if experiment.name in protected_experiments:
+            continue
+        remaining = [
+            j
+            for j in inventory.jobs
+            if j.experiment == experiment.name and (j.experiment, j.name) not in deleted_jobs
+        ]
+        if remaining:
+            continue
+        if experiment.created_at is None or now - experiment.created_at < policy.experiment_grace:
+            continue
+        actions.append(
+            Action(
+                "delete_experiment",
+                experiment.name,
+                "no jobs left" if not any(j.experiment == experiment.name for j in inventory.jobs)
+                else "its last jobs are deleted by this cleanup",
+                experiment=experiment.name,
+            )
+        )  # fmt: skip
+
+    # Idle clusters.
+    for cluster in inventory.clusters:
+        if cluster.name in protected_clusters:
+            continue
+        idle_since = _latest(
+            [cluster.created_at]
+            + [j.ended_at or j.created_at for j in inventory.jobs if j.cluster == cluster.name]
+            + [r.finished_at for r in inventory.runs if r.cluster == cluster.name]
+        )
+        if idle_since is not None and now - idle_since >= policy.cluster_idle:
+            actions.append(
+                Action(
+                    "delete_cluster",
+                    cluster.name,
+                    f"idle for {_age(now, idle_since)}, past the idle threshold of "
+                    f"{_age(now, now - policy.cluster_idle)}",
+                    cluster=cluster.name,
+                    run_ids=tuple(r.id for r in inventory.runs if r.cluster == cluster.name),
+                )
+            )
+
+    # Staged data of finished runs.
+    for dataset in inventory.staged_datasets:
+        if dataset in protected_datasets:
+            continue
+        runs = [r for r in inventory.runs if r.dataset == dataset]
+        if not runs:
+            continue
+        finished = [r.finished_at for r in runs]
+        if any(t is None for t in finished):
+            continue
+        last = _latest(finished)
+        if last is not None and now - last >= policy.data_retention:
+            actions.append(
+                Action(
+                    "delete_staged_data",
+                    dataset,
+                    f"last run finished {_age(now, last)} ago, past the staged data retention of "
+                    f"{_age(now, now - policy.data_retention)}",
+                    dataset=dataset,
+                    run_ids=tuple(r.id for r in runs),
+                )
+            )
+
+    return sorted(actions, key=lambda a: ACTION_ORDER.index(a.kind))
+
+
+# --- execution --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Executor:
+    """How each action is carried out, and how "still unused?" is checked right before it.
+
+    `perform` maps an action kind to a callable doing it; `in_use` returns the ids of non-terminal runs
+    that now use what the action would delete (read fresh from the registry), or an empty list.
+    """
+
+    perform: dict[str, Callable[[Action], None]]
+    in_use: Callable[[Action], list[str]] = field(default=lambda action: [])
+
+
+def execute(actions: Sequence[Action], executor: Executor, *, dry_run: bool) -> list[ActionResult]:
+    """Carry out the plan in order; one failing action is reported and the rest still run."""
+    results: list[ActionResult] = []
+    for action in actions:
+        if dry_run:
+            log.info("cleanup (dry run) would %s %s: %s", action.kind, action.target, action.reason)
+            results.append(ActionResult(action, "dry-run", "dry run: nothing changed"))
+            continue
+        try:
+            users = executor.in_use(action) if action.kind != "terminate_job" else []
+            if users:
+                results.append(ActionResult(action, "skipped", f"now in use by run(s) {', '.join(users)}"))
+                continue
+            executor.perform[action.kind](action)
+        except Exception as exc:
+            log.warning("cleanup %s %s failed: %s", action.kind, action.target, exc)
+            results.append(ActionResult(action, "failed", f"{type(exc).__name__}: {exc}"[:2000]))
+            continue
+        log.info("cleanup %s %s: %s", action.kind, action.target, action.reason)
+        results.append(ActionResult(action, "done"))
+    return results
+
+
+def report(
+    results: Sequence[ActionResult],
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    dry_run: bool,
+    policy: CleanupPolicy,
+    errors: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The JSON report one cleanup writes to the reports container."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.result] = counts.get(r.result, 0) + 1
+    return {
+        "kind": "cleanup",
+        "id": str(uuid.uuid4()),
+        "started_at": started_at.astimezone(UTC).isoformat(),
+        "finished_at": finished_at.astimezone(UTC).isoformat(),
+        "dry_run": dry_run,
+        "policy": {
+            "job_retention_hours": policy.job_retention.total_seconds() / 3600,
+            "staged_data_retention_hours": policy.data_retention.total_seconds() / 3600,
+            "cluster_idle_minutes": policy.cluster_idle.total_seconds() / 60,
+            "experiment_grace_minutes": policy.experiment_grace.total_seconds() / 60,
+        },
+        "summary": counts,
+        "actions": [r.to_json() for r in results],
+        "errors": list(errors),
+    }
+
+
+def report_blob_name(started_at: datetime, dry_run: bool) -> str:
+    stamp = started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"cleanup/{stamp}{'-dry-run' if dry_run else ''}.json"
+
+
+def report_bytes(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=False).encode()
