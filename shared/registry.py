@@ -1,0 +1,744 @@
+"""The run registry: every training run's record in Azure Table storage, and its state machine.
+
+Why Table storage: ETags give optimistic concurrency for free, so every state change is a
+compare-and-swap (``MatchConditions.IfNotModified``); two functions racing on one run never both
+win, and a replayed trigger (triggers are at-least-once) finds the state already moved and changes
+nothing twice.
+
+Layout (one table, default name ``runs``):
+
+- ``PartitionKey=<run id>, RowKey="run"``: the run itself (state, times, job, cluster, exit code,
+  errors, stdout tail, callback, ...). Large JSON fields (the effective spec, errors, the
+  manifest's file list) are stored in chunks of at most ``CHUNK_CHARS`` characters
+  (``spec_0``, ``spec_1``, ...) because a property holds at most 64 KiB (32 Ki UTF-16 chars); the
+  entity as a whole stays well under the 1 MiB limit because each JSON field is capped at
+  ``MAX_JSON_CHARS`` and the stdout tail at ``MAX_STDOUT_TAIL_CHARS``.
+- ``PartitionKey=<run id>, RowKey="file~<sha256 of name>"``: one entity per staged file (name, size,
+  MD5, blob ETag), so a dataset of thousands of files never approaches the entity limit; key by
+  hash because blob names may hold characters Table keys forbid and may be longer than 1 KiB.
+- ``PartitionKey=<run id>, RowKey="out~<sha256 of dir/name>"``: one entity per output file
+  (directory id, name, size, download URL).
+- ``PartitionKey="~dataset", RowKey=<sha256 of dataset>``: the dataset's current staging run
+  (``claim_staging_run``): created with ``create_entity`` / swapped with an ETag match, so twenty
+  blobs of one dataset arriving at once make exactly one run.
+- ``PartitionKey="~idem", RowKey=<sha256 of key>``: idempotency keys of started runs.
+
+Run ids sort by creation time (``YYYYMMDD-HHMMSS-<8 hex>``), so paging lists runs oldest first.
+Logs carry run id, dataset and state; a record never holds a secret (secret environment
+variables of a spec are stored by name only: callers pass the spec as they want it shown).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+log = logging.getLogger(__name__)
+
+# --- states ----------------------------------------------------------------------------------------
+STAGING = "staging"
+PROVISIONING = "provisioning"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+STATES: tuple[str, ...] = (STAGING, PROVISIONING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL_STATES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE_STATES: frozenset[str] = frozenset({STAGING, PROVISIONING, QUEUED, RUNNING})
+# Runs that have (or are about to have) a Batch AI job: what the monitor reconciles.
+SUBMITTED_STATES: frozenset[str] = frozenset({PROVISIONING, QUEUED, RUNNING})
+
+# The explicit table of allowed transitions. Forward skips are allowed because the monitor polls:
+# a job can go from queued to succeeded between two polls. A cluster that finishes resizing and then
+# needs to resize again (auto-scale) may take a queued run back to provisioning. Terminal states
+# have no way out.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    STAGING: frozenset({PROVISIONING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED}),
+    PROVISIONING: frozenset({QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED}),
+    QUEUED: frozenset({PROVISIONING, RUNNING, SUCCEEDED, FAILED, CANCELLED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+# --- limits ----------------------------------------------------------------------------------------
+CHUNK_CHARS = 30_000  # 60 KB in UTF-16: under the 64 KiB property limit
+MAX_JSON_CHARS = 256_000  # per JSON field (spec, errors, expected files): keeps the entity < 1 MiB
+MAX_STDOUT_TAIL_CHARS = 16_000
+MAX_ERRORS = 50
+MAX_ERROR_MESSAGE_CHARS = 4_000
+RUN_ROW = "run"
+FILE_PREFIX = "file~"
+OUTPUT_PREFIX = "out~"
+DATASET_PARTITION = "~dataset"
+IDEMPOTENCY_PARTITION = "~idem"
+CAS_ATTEMPTS = 20
+
+# Fields of RunRecord stored as chunked JSON, and plain scalar fields stored as they are.
+_JSON_FIELDS = ("spec", "errors", "expected_files", "callback")
+_SCALAR_FIELDS = (
+    "dataset",
+    "state",
+    "created_at",
+    "updated_at",
+    "job_id",
+    "job_name",
+    "experiment",
+    "workspace",
+    "resource_group",
+    "cluster",
+    "cluster_id",
+    "exit_code",
+    "stdout_tail",
+    "callback_url",
+    "idempotency_key",
+    "source",
+    "stage_from_prefix",
+    "manifest_etag",
+    "staging_deadline",
+    "submitted_at",
+)
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (bad input, limits); the message says why."""
+
+
+class RunNotFound(RegistryError, KeyError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} not found")
+        self.run_id = run_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class TransitionRejected(RegistryError):
+    """The run is not in a state this transition starts from (someone else moved it first, or the
+    transition is not in ``ALLOWED_TRANSITIONS``). ``current`` is the record as it is now."""
+
+    def __init__(self, message: str, current: RunRecord) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class ConcurrencyError(RegistryError):
+    """Too many concurrent writers: the compare-and-swap kept losing."""
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    name: str  # relative path inside the dataset
+    size: int
+    md5: str | None = None  # base64, as Azure reports Content-MD5
+    etag: str | None = None  # the source blob's ETag when it was staged
+    staged_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    directory_id: str  # "stdouterr", "MODEL", or a declared output directory id
+    name: str
+    size: int | None = None
+    download_url: str | None = None
+    is_directory: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunRecord:
+    """One run as the registry holds it. ``times`` maps each state entered to its ISO time."""
+
+    run_id: str
+    dataset: str
+    state: str = STAGING
+    spec: dict[str, Any] | None = None
+    times: dict[str, str] = field(default_factory=dict)
+    created_at: str | None = None
+    updated_at: str | None = None
+    job_id: str | None = None  # full ARM resource id of the Batch AI job
+    job_name: str | None = None
+    experiment: str | None = None
+    workspace: str | None = None
+    resource_group: str | None = None
+    cluster: str | None = None  # cluster name
+    cluster_id: str | None = None  # full ARM resource id of the cluster
+    exit_code: int | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    expected_files: list[str] | None = None  # what the manifest requires (None: not known yet)
+    stdout_tail: str | None = None
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None  # delivery status: {"status", "attempts", "time", ...}
+    idempotency_key: str | None = None
+    source: str | None = None  # "blob" (ingest) or "api"
+    stage_from_prefix: str | None = None
+    manifest_etag: str | None = None  # ETag of the run.json blob this run's spec came from
+    staging_deadline: str | None = None
+    submitted_at: str | None = None  # when the job was created in Batch AI
+    staged_files: list[StagedFile] = field(default_factory=list)
+    output_files: list[OutputFile] = field(default_factory=list)
+    etag: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def staged(self, name: str) -> StagedFile | None:
+        return next((f for f in self.staged_files if f.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (what the HTTP API returns)."""
+        out = dataclasses.asdict(self)
+        out["id"] = out.pop("run_id")
+        return out
+
+    def log_extra(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "dataset": self.dataset, "state": self.state}
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
+
+
+def _key_hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:48]
+
+
+def _encode_token(token: Any) -> str | None:
+    if not token:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str | None) -> Any:
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"continuation token {token[:40]!r} is malformed") from exc
+    if not isinstance(value, dict):
+        raise RegistryError(f"continuation token {token[:40]!r} is malformed")
+    return value
+
+
+def _odata_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _chunks(name: str, text: str) -> dict[str, str]:
+    if len(text) > MAX_JSON_CHARS:
+        raise RegistryError(
+            f"run field {name!r} is {len(text)} characters of JSON; the registry keeps at most "
+            f"{MAX_JSON_CHARS} (Table storage entities are limited to 1 MiB)"
+        )
+    parts = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
+    out = {f"{name}_{i}": part for i, part in enumerate(parts)}
+    out[f"{name}_n"] = len(parts)  # type: ignore[assignment]
+    return out
+
+
+def _unchunk(entity: dict[str, Any], name: str) -> Any:
+    count = entity.get(f"{name}_n")
+    if not count:
+        return None
+    text = "".join(entity.get(f"{name}_{i}", "") for i in range(int(count)))
+    return json.loads(text) if text else None
+
+
+def _bound_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bounded = []
+    for err in errors[-MAX_ERRORS:]:
+        err = dict(err)
+        if isinstance(err.get("message"), str) and len(err["message"]) > MAX_ERROR_MESSAGE_CHARS:
+            err["message"] = err["message"][:MAX_ERROR_MESSAGE_CHARS] + "..."
+        bounded.append(err)
+    return bounded
+
+
+def _to_entity(rec: RunRecord) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": rec.run_id, "RowKey": RUN_ROW}
+    for name in _SCALAR_FIELDS:
+        value = getattr(rec, name)
+        if name == "stdout_tail" and value is not None and len(value) > MAX_STDOUT_TAIL_CHARS:
+            value = value[-MAX_STDOUT_TAIL_CHARS:]
+        if value is not None:
+            entity[name] = value
+    for state, when in rec.times.items():
+        entity[f"t_{state}"] = when
+    for name in _JSON_FIELDS:
+        value = getattr(rec, name)
+        if name == "errors":
+            value = _bound_errors(value or [])
+        if value is not None:
+            entity.update(_chunks(name, json.dumps(value, separators=(",", ":"), sort_keys=True)))
+    return entity
+
+
+def _from_entity(entity: dict[str, Any]) -> RunRecord:
+    kwargs: dict[str, Any] = {name: entity.get(name) for name in _SCALAR_FIELDS}
+    for name in _JSON_FIELDS:
+        kwargs[name] = _unchunk(entity, name)
+    kwargs["errors"] = kwargs["errors"] or []
+    if kwargs["exit_code"] is not None:
+        kwargs["exit_code"] = int(kwargs["exit_code"])
+    times = {k[2:]: v for k, v in entity.items() if k.startswith("t_") and k[2:] in STATES}
+    rec = RunRecord(run_id=entity["PartitionKey"], times=times, **kwargs)
+    rec.etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
+    return rec
+
+
+def _file_entity(run_id: str, f: StagedFile) -> dict[str, Any]:
+    entity = {"PartitionKey": run_id, "RowKey": FILE_PREFIX + _key_hash(f.name), "name": f.name}
+    entity["size"] = int(f.size)
+    for key in ("md5", "etag", "staged_at"):
+        value = getattr(f, key)
+        if value is not None:
+            entity[key] = value
+    return entity
+
+
+def _output_entity(run_id: str, o: OutputFile) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": run_id,
+        "RowKey": OUTPUT_PREFIX + _key_hash(f"{o.directory_id}/{o.name}"),
+        "directory_id": o.directory_id,
+        "name": o.name,
+        "is_directory": bool(o.is_directory),
+    }
+    if o.size is not None:
+        entity["size"] = int(o.size)
+    if o.download_url is not None:
+        if len(o.download_url) > CHUNK_CHARS:
+            raise RegistryError(f"download URL of output {o.name!r} is too long to record")
+        entity["download_url"] = o.download_url
+    return entity
+
+
+# --- the registry ----------------------------------------------------------------------------------
+class RunRegistry:
+    """Run records in one Azure Table. Thread-safe (the SDK client is), safe across processes."""
+
+    def __init__(self, table: TableClient | str, table_name: str = "runs", *, create_table: bool = True):
+        """``table``: a ``TableClient``, or a storage connection string (then ``table_name`` names
+        the table). The table is created on first use when ``create_table``."""
+        if isinstance(table, TableClient):
+            self.table = table
+        else:
+            self.table = TableClient.from_connection_string(table, table_name=table_name)
+        self._create_table = create_table
+        self._table_ready = not create_table
+
+    # --- plumbing --------------------------------------------------------------------------------
+    def _ensure_table(self) -> None:
+        if self._table_ready:
+            return
+        with contextlib.suppress(ResourceExistsError):
+            self.table.create_table()
+        self._table_ready = True
+
+    def _get_run_entity(self, run_id: str) -> Any:
+        self._ensure_table()
+        try:
+            return self.table.get_entity(partition_key=run_id, row_key=RUN_ROW)
+        except ResourceNotFoundError:
+            raise RunNotFound(run_id) from None
+
+    # --- reads -----------------------------------------------------------------------------------
+    def get(self, run_id: str, *, with_files: bool = True) -> RunRecord:
+        """The full record: the run entity plus its staged and output file entities."""
+        if not run_id or any(c in run_id for c in "/\\#?'") or len(run_id) > 200:
+            raise RunNotFound(run_id)
+        self._ensure_table()
+        if not with_files:
+            return _from_entity(self._get_run_entity(run_id))
+        rec: RunRecord | None = None
+        staged: list[StagedFile] = []
+        outputs: list[OutputFile] = []
+        for entity in self.table.query_entities(f"PartitionKey eq {_odata_str(run_id)}"):
+            row = entity["RowKey"]
+            if row == RUN_ROW:
+                rec = _from_entity(entity)
+            elif row.startswith(FILE_PREFIX):
+                staged.append(
+                    StagedFile(
+                        name=entity["name"],
+                        size=int(entity.get("size", 0)),
+                        md5=entity.get("md5"),
+                        etag=entity.get("etag"),
+                        staged_at=entity.get("staged_at"),
+                    )
+                )
+            elif row.startswith(OUTPUT_PREFIX):
+                outputs.append(
+                    OutputFile(
+                        directory_id=entity["directory_id"],
+                        name=entity["name"],
+                        size=int(entity["size"]) if entity.get("size") is not None else None,
+                        download_url=entity.get("download_url"),
+                        is_directory=bool(entity.get("is_directory", False)),
+                    )
+                )
+        if rec is None:
+            raise RunNotFound(run_id)
+        rec.staged_files = sorted(staged, key=lambda f: f.name)
+        rec.output_files = sorted(outputs, key=lambda o: (o.directory_id, o.name))
+        return rec
+
+    def list_runs(
+        self,
+        state: str | Iterable[str] | None = None,
+        dataset: str | None = None,
+        page_size: int = 100,
+        continuation: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of runs (oldest first), filtered by state(s) and dataset; records come without
+        their staged/output file lists (use ``get`` for those). Returns ``(records, next_token)``;
+        ``next_token`` is None on the last page."""
+        if not 1 <= page_size <= 1000:
+            raise RegistryError(f"page_size must be between 1 and 1000, got {page_size}")
+        states = [state] if isinstance(state, str) else list(state or [])
+        for s in states:
+            if s not in STATES:
+                raise RegistryError(f"unknown state {s!r}; states are {', '.join(STATES)}")
+        self._ensure_table()
+        query = f"RowKey eq {_odata_str(RUN_ROW)}"
+        if states:
+            query += " and (" + " or ".join(f"state eq {_odata_str(s)}" for s in states) + ")"
+        if dataset is not None:
+            query += f" and dataset eq {_odata_str(dataset)}"
+        pages = self.table.query_entities(query, results_per_page=page_size).by_page(
+            continuation_token=_decode_token(continuation)
+        )
+        # A filtered query may return an empty page with a continuation: follow it until rows come.
+        records: list[RunRecord] = []
+        token: Any = None
+        for page in pages:
+            records = [_from_entity(e) for e in page]
+            token = pages.continuation_token
+            if records or not token:
+                break
+        return records, _encode_token(token)
+
+    def iter_runs(
+        self, state: str | Iterable[str] | None = None, dataset: str | None = None, page_size: int = 500
+    ) -> Iterator[RunRecord]:
+        """Every run matching the filters, page by page (without file lists)."""
+        token: str | None = None
+        while True:
+            records, token = self.list_runs(state, dataset, page_size, token)
+            yield from records
+            if not token:
+                return
+
+    def find_by_idempotency_key(self, key: str) -> RunRecord | None:
+        self._ensure_table()
+        try:
+            entity = self.table.get_entity(IDEMPOTENCY_PARTITION, _key_hash(key))
+        except ResourceNotFoundError:
+            return None
+        try:
+            return self.get(entity["run_id"])
+        except RunNotFound:
+            return None
+
+    # --- writes ----------------------------------------------------------------------------------
+    def create(
+        self,
+        dataset: str,
+        *,
+        run_id: str | None = None,
+        state: str = STAGING,
+        spec: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        source: str | None = None,
+        **fields: Any,
+    ) -> RunRecord:
+        """Insert a new run. With an ``idempotency_key`` already used, returns that key's run
+        unchanged instead (the caller compares specs if it cares). With a ``run_id`` that exists,
+        returns the existing run (creation is idempotent per id)."""
+        if not dataset:
+            raise RegistryError("a run needs a dataset name")
+        if state not in STATES:
+            raise RegistryError(f"unknown state {state!r}")
+        self._ensure_table()
+        run_id = run_id or new_run_id()
+        if idempotency_key:
+            try:
+                self.table.create_entity(
+                    {
+                        "PartitionKey": IDEMPOTENCY_PARTITION,
+                        "RowKey": _key_hash(idempotency_key),
+                        "run_id": run_id,
+                    }
+                )
+            except ResourceExistsError:
+                existing = self._wait_for_idempotent_run(idempotency_key)
+                if existing is not None:
+                    return existing
+                # The key's creator died before inserting its run: the key is ours now.
+                self.table.upsert_entity(
+                    {
+                        "PartitionKey": IDEMPOTENCY_PARTITION,
+                        "RowKey": _key_hash(idempotency_key),
+                        "run_id": run_id,
+                    }
+                )
+        now = utcnow()
+        rec = RunRecord(
+            run_id=run_id,
+            dataset=dataset,
+            state=state,
+            spec=spec,
+            times={state: now},
+            created_at=now,
+            updated_at=now,
+            callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            source=source,
+        )
+        for key, value in fields.items():
+            if key not in {f.name for f in dataclasses.fields(RunRecord)} or key in {"etag", "run_id"}:
+                raise RegistryError(f"unknown run field {key!r}")
+            setattr(rec, key, value)
+        entity = _to_entity(rec)
+        try:
+            meta = self.table.create_entity(entity)
+        except ResourceExistsError:
+            return self.get(run_id)
+        rec.etag = meta.get("etag")
+        if rec.staged_files:
+            self.add_staged_files(run_id, rec.staged_files)
+        log.info("run %s created for dataset %s in state %s", run_id, dataset, state, extra=rec.log_extra())
+        return rec
+
+    def _wait_for_idempotent_run(self, key: str) -> RunRecord | None:
+        """The key exists: its creator may still be inserting the run; wait a moment for it."""
+        for _ in range(50):
+            found = self.find_by_idempotency_key(key)
+            if found is not None:
+                return found
+            time.sleep(0.1)
+        return None
+
+    def transition(
+        self,
+        run_id: str,
+        to_state: str,
+        expected_from: str | Iterable[str] | None = None,
+        **changes: Any,
+    ) -> RunRecord:
+        """Move a run to ``to_state`` if it is now in ``expected_from`` (default: any state the
+        transition table allows), applying ``changes`` in the same write. A compare-and-swap on
+        the ETag: of two racing callers exactly one wins; the other (and every replay) gets
+        ``TransitionRejected`` with the record as it now is. Records the time of the new state."""
+        if to_state not in STATES:
+            raise RegistryError(f"unknown state {to_state!r}; states are {', '.join(STATES)}")
+        expected = (
+            {expected_from}
+            if isinstance(expected_from, str)
+            else set(expected_from)
+            if expected_from is not None
+            else {s for s, targets in ALLOWED_TRANSITIONS.items() if to_state in targets}
+        )
+        if "state" in changes:
+            raise RegistryError("change the state with transition's to_state, not a field")
+
+        def mutate(rec: RunRecord) -> None:
+            if rec.state not in expected or to_state not in ALLOWED_TRANSITIONS[rec.state]:
+                why = "is not allowed" if to_state not in ALLOWED_TRANSITIONS[rec.state] else "not expected"
+                raise TransitionRejected(
+                    f"run {rec.run_id} is {rec.state}; {rec.state} -> {to_state} {why}"
+                    f" (expected from {', '.join(sorted(expected))})",
+                    rec,
+                )
+            _apply(rec, changes)
+            rec.state = to_state
+            rec.times[to_state] = changes.get("time") or utcnow()
+
+        rec = self._cas(run_id, mutate)
+        log.info("run %s -> %s", run_id, to_state, extra=rec.log_extra())
+        return rec
+
+    def update(
+        self,
+        run_id: str,
+        mutate: Callable[[RunRecord], Any] | None = None,
+        *,
+        expected_state: str | Iterable[str] | None = None,
+        **changes: Any,
+    ) -> RunRecord:
+        """Change fields of a run (not its state) with compare-and-swap retries: read, apply
+        ``changes`` and/or ``mutate(record)`` (which edits the record in place; it may raise to
+        abort, and is called again on each retry), write with the ETag, repeat on a lost race.
+        With ``expected_state``, a run in another state raises ``TransitionRejected``."""
+        if "state" in changes:
+            raise RegistryError("change the state with transition(), not update()")
+        expected = {expected_state} if isinstance(expected_state, str) else set(expected_state or [])
+
+        def apply(rec: RunRecord) -> None:
+            if expected and rec.state not in expected:
+                raise TransitionRejected(
+                    f"run {rec.run_id} is {rec.state}, expected {', '.join(sorted(expected))}", rec
+                )
+            before = rec.state
+            _apply(rec, changes)
+            if mutate is not None:
+                mutate(rec)
+            if rec.state != before:
+                raise RegistryError("update() must not change the state; use transition()")
+
+        return self._cas(run_id, apply)
+
+    def _cas(self, run_id: str, mutate: Callable[[RunRecord], None]) -> RunRecord:
+        for attempt in range(CAS_ATTEMPTS):
+            entity = self._get_run_entity(run_id)
+            rec = _from_entity(entity)
+            mutate(rec)
+            rec.updated_at = utcnow()
+            try:
+                meta = self.table.update_entity(
+                    _to_entity(rec),
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                time.sleep(min(0.02 * (attempt + 1), 0.3) * (0.5 + secrets.randbelow(100) / 100))
+                continue
+            except HttpResponseError as exc:
+                if exc.status_code == 412:
+                    continue
+                raise
+            rec.etag = meta.get("etag")
+            return rec
+        raise ConcurrencyError(f"run {run_id}: gave up after {CAS_ATTEMPTS} concurrent-update conflicts")
+
+    def add_staged_files(self, run_id: str, files: Iterable[StagedFile]) -> None:
+        """Record staged files (upsert by name: staging a changed file again replaces its entry)."""
+        self._ensure_table()
+        batch = [("upsert", _file_entity(run_id, f), {"mode": UpdateMode.REPLACE}) for f in files]
+        for i in range(0, len(batch), 100):  # a transaction holds at most 100 operations
+            self.table.submit_transaction(batch[i : i + 100])
+
+    def remove_staged_file(self, run_id: str, name: str) -> None:
+        self._ensure_table()
+        with contextlib.suppress(ResourceNotFoundError):
+            self.table.delete_entity(run_id, FILE_PREFIX + _key_hash(name))
+
+    def set_output_files(self, run_id: str, outputs: Iterable[OutputFile]) -> None:
+        """Record the run's output files (upserts: replays write the same entities again)."""
+        self._ensure_table()
+        batch = [("upsert", _output_entity(run_id, o), {"mode": UpdateMode.REPLACE}) for o in outputs]
+        for i in range(0, len(batch), 100):
+            self.table.submit_transaction(batch[i : i + 100])
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run and its file entities (cleanup of very old records)."""
+        self._ensure_table()
+        rows = list(self.table.query_entities(f"PartitionKey eq {_odata_str(run_id)}", select=["RowKey"]))
+        ops = [("delete", {"PartitionKey": run_id, "RowKey": e["RowKey"]}) for e in rows]
+        for i in range(0, len(ops), 100):
+            self.table.submit_transaction(ops[i : i + 100])
+
+    # --- the dataset's current staging run -------------------------------------------------------
+    def current_run_id(self, dataset: str) -> tuple[str | None, str | None]:
+        """(run id, pointer ETag) of the dataset's latest ingest run, or (None, None)."""
+        self._ensure_table()
+        try:
+            entity = self.table.get_entity(DATASET_PARTITION, _key_hash(dataset))
+        except ResourceNotFoundError:
+            return None, None
+        return entity["run_id"], entity.metadata["etag"]
+
+    def claim_staging_run(
+        self, dataset: str, *, reuse: Callable[[RunRecord], bool] | None = None, **create_fields: Any
+    ) -> tuple[RunRecord, bool]:
+        """The dataset's run that is collecting uploads, created if there is none: ``(run, created)``.
+
+        The dataset's pointer entity names its latest ingest run. If that run is still ``staging``
+        (and ``reuse(run)`` agrees, when given) it is returned. Otherwise a new run id is swapped
+        into the pointer by compare-and-swap (create when absent, ETag match when present), and
+        the winner's run entity is created; concurrent callers all end with the same run. The
+        pointer is written before the run entity, so a caller that sees a pointer whose run does
+        not exist yet creates it with the same id (creation is idempotent per id)."""
+        create_fields.setdefault("source", "blob")
+        for _ in range(CAS_ATTEMPTS):
+            run_id, pointer_etag = self.current_run_id(dataset)
+            if run_id is not None:
+                try:
+                    rec = self.get(run_id)
+                except RunNotFound:
+                    return self.create(dataset, run_id=run_id, **create_fields), False
+                if rec.state == STAGING and (reuse is None or reuse(rec)):
+                    return rec, False
+            new_id = new_run_id()
+            pointer = {"PartitionKey": DATASET_PARTITION, "RowKey": _key_hash(dataset), "run_id": new_id}
+            pointer["dataset"] = dataset
+            try:
+                if pointer_etag is None:
+                    self.table.create_entity(pointer)
+                else:
+                    self.table.update_entity(
+                        pointer,
+                        mode=UpdateMode.REPLACE,
+                        etag=pointer_etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except (ResourceExistsError, ResourceModifiedError):
+                continue
+            return self.create(dataset, run_id=new_id, **create_fields), True
+        raise ConcurrencyError(f"dataset {dataset!r}: could not claim a staging run")
+
+
+def _apply(rec: RunRecord, changes: dict[str, Any]) -> None:
+    allowed = {f.name for f in dataclasses.fields(RunRecord)} - {
+        "run_id",
+        "etag",
+        "state",
+        "staged_files",
+        "output_files",
+    }
+    for key, value in changes.items():
+        if key == "time":
+            continue
+        if key == "add_error":
+            rec.errors = [*rec.errors, value]
+            continue
+        if key not in allowed:
+            raise RegistryError(f"unknown or read-only run field {key!r}")
+        setattr(rec, key, value)

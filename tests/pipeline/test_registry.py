@@ -1,0 +1,188 @@
+"""The run registry against Azurite's Table service: CAS races, the transition table, paging, limits."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from shared import registry as reg
+from shared.registry import (
+    ALLOWED_TRANSITIONS,
+    STATES,
+    OutputFile,
+    RegistryError,
+    RunNotFound,
+    RunRegistry,
+    StagedFile,
+    TransitionRejected,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def registry(local_stack) -> RunRegistry:
+    local_stack.ensure("azurite")
+    return RunRegistry(local_stack.connection_string, f"runs{uuid.uuid4().hex[:12]}")
+
+
+def test_create_get_roundtrip(registry: RunRegistry) -> None:
+    spec = {"toolkit": "cntk", "script": "ConvNet_MNIST.py", "environment": {"A": "1"}}
+    rec = registry.create("mnist", spec=spec, callback_url="https://example.com/cb", idempotency_key="k1")
+    assert rec.state == "staging" and rec.etag and "staging" in rec.times
+    registry.add_staged_files(rec.run_id, [StagedFile("a/b.txt", 12, "bWQ1", "0x1"), StagedFile("c", 1)])
+    registry.set_output_files(rec.run_id, [OutputFile("stdouterr", "stdout.txt", 5, "http://x/y")])
+    got = registry.get(rec.run_id)
+    assert got.spec == spec and got.dataset == "mnist" and got.callback_url == "https://example.com/cb"
+    assert [f.name for f in got.staged_files] == ["a/b.txt", "c"]
+    assert got.staged("a/b.txt").md5 == "bWQ1"
+    assert got.output_files[0].download_url == "http://x/y"
+    assert got.to_dict()["id"] == rec.run_id
+    # Same idempotency key: the same run, nothing new.
+    again = registry.create("mnist", spec={"other": 1}, idempotency_key="k1")
+    assert again.run_id == rec.run_id and again.spec == spec
+    assert registry.find_by_idempotency_key("k1").run_id == rec.run_id
+    with pytest.raises(RunNotFound):
+        registry.get("no-such-run")
+    with pytest.raises(RunNotFound):
+        registry.get("../etc'")
+
+
+def test_transition_table_is_enforced(registry: RunRegistry) -> None:
+    for source in STATES:
+        for target in STATES:
+            rec = registry.create("ds", state=source)
+            if target in ALLOWED_TRANSITIONS[source]:
+                moved = registry.transition(rec.run_id, target, source)
+                assert moved.state == target and target in moved.times
+            else:
+                with pytest.raises(TransitionRejected):
+                    registry.transition(rec.run_id, target, source)
+                assert registry.get(rec.run_id, with_files=False).state == source
+    # Terminal states are final; cancelled from every non-terminal state.
+    assert all(not ALLOWED_TRANSITIONS[s] for s in reg.TERMINAL_STATES)
+    assert all("cancelled" in ALLOWED_TRANSITIONS[s] for s in reg.ACTIVE_STATES)
+
+
+def test_transition_replay_changes_nothing_twice(registry: RunRegistry) -> None:
+    rec = registry.create("ds")
+    first = registry.transition(rec.run_id, "provisioning", "staging", job_name="j1")
+    with pytest.raises(TransitionRejected) as info:
+        registry.transition(rec.run_id, "provisioning", "staging", job_name="j2")
+    assert info.value.current.state == "provisioning"
+    after = registry.get(rec.run_id)
+    assert after.job_name == "j1" and after.times == first.times
+
+
+def test_racing_transitions_exactly_one_winner(registry: RunRegistry) -> None:
+    rec = registry.create("ds")
+    winners: list[str] = []
+    losers: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def racer(i: int) -> None:
+        barrier.wait()
+        try:
+            target = "provisioning" if i % 2 else "cancelled"
+            registry.transition(rec.run_id, target, "staging", job_name=f"j{i}")
+            winners.append(f"j{i}")
+        except TransitionRejected:
+            losers.append(f"j{i}")
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(losers) == 7
+    assert registry.get(rec.run_id).job_name == winners[0]
+
+
+def test_concurrent_updates_lose_nothing(registry: RunRegistry) -> None:
+    rec = registry.create("ds")
+
+    def add(i: int) -> None:
+        registry.update(rec.run_id, lambda r: r.errors.append({"code": f"E{i}", "message": "m"}))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(e["code"] for e in registry.get(rec.run_id).errors) == [f"E{i}" for i in range(8)]
+    with pytest.raises(RegistryError, match="transition"):
+        registry.update(rec.run_id, state="running")
+    with pytest.raises(TransitionRejected):
+        registry.update(rec.run_id, expected_state="running", exit_code=1)
+
+
+def test_claim_staging_run_one_run_for_concurrent_uploads(registry: RunRegistry) -> None:
+    results = []
+    barrier = threading.Barrier(10)
+
+    def claim() -> None:
+        barrier.wait()
+        results.append(registry.claim_staging_run("mnist"))
+
+    threads = [threading.Thread(target=claim) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.run_id for r, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    run_id = results[0][0].run_id
+    assert [r.run_id for r in registry.iter_runs(dataset="mnist")] == [run_id]
+    # Once the run moves past staging, the next upload makes a new run.
+    registry.transition(run_id, "provisioning", "staging")
+    second, created = registry.claim_staging_run("mnist")
+    assert created and second.run_id != run_id
+    assert registry.claim_staging_run("mnist") == (registry.get(second.run_id), False)
+
+
+def test_paging_and_filters(registry: RunRegistry) -> None:
+    ids = [registry.create("a" if i % 2 else "b").run_id for i in range(7)]
+    registry.transition(ids[0], "provisioning", "staging")
+    seen, token = [], None
+    while True:
+        page, token = registry.list_runs(page_size=3, continuation=token)
+        assert len(page) <= 3
+        seen += [r.run_id for r in page]
+        if not token:
+            break
+    assert sorted(seen) == sorted(ids)
+    assert [r.run_id for r in registry.iter_runs(state="provisioning")] == [ids[0]]
+    assert sorted(r.run_id for r in registry.iter_runs(dataset="a")) == sorted(ids[1::2])
+    both = registry.iter_runs(state=["staging", "provisioning"], dataset="b", page_size=1)
+    assert sorted(r.run_id for r in both) == sorted(ids[0::2])
+    with pytest.raises(RegistryError, match="unknown state"):
+        registry.list_runs(state="bogus")
+    with pytest.raises(RegistryError, match="continuation token"):
+        registry.list_runs(continuation="!!notatoken")
+
+
+def test_entity_limits(registry: RunRegistry) -> None:
+    # A 200 KB spec is split across properties; a huge one is refused with a clear error.
+    big = {"environment": {f"VAR{i}": "x" * 100 for i in range(2000)}}
+    rec = registry.create("ds", spec=big)
+    assert registry.get(rec.run_id).spec == big
+    with pytest.raises(RegistryError, match="at most"):
+        registry.create("ds", spec={"blob": "x" * (reg.MAX_JSON_CHARS + 1)})
+    # Thousands of staged files are separate entities; stdout tail and errors are bounded.
+    files = [StagedFile(f"dir/file-{i:05d}.bin", i, None, f"0x{i}") for i in range(1500)]
+    registry.add_staged_files(rec.run_id, files)
+    registry.update(
+        rec.run_id,
+        stdout_tail="y" * 100_000,
+        errors=[{"code": "E", "message": "z" * 100_000} for _ in range(200)],
+    )
+    got = registry.get(rec.run_id)
+    assert len(got.staged_files) == 1500
+    assert len(got.stdout_tail) == reg.MAX_STDOUT_TAIL_CHARS
+    assert len(got.errors) == reg.MAX_ERRORS
+    assert len(got.errors[0]["message"]) <= reg.MAX_ERROR_MESSAGE_CHARS + 3
+    # Names with characters Table keys forbid are fine: keys are hashes.
+    registry.add_staged_files(rec.run_id, [StagedFile("we#ird/na?me\\x.txt", 3)])
+    assert registry.get(rec.run_id).staged("we#ird/na?me\\x.txt").size == 3
