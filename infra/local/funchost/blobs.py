@@ -1,0 +1,323 @@
+"""Blob triggers: poll each trigger's container, detect new and changed blobs by ETag, keep blob
+receipts and poison messages where the real host keeps them, bound concurrency by
+`extensions.blobs.maxDegreeOfParallelism`.
+
+Layout kept from the WebJobs SDK (BlobReceiptManager, BlobTriggerMessage), in the trigger's
+storage account: receipt `azure-webjobs-hosts/blobreceipts/<hostId>/<functionId>/<etag>/<container>/<blob>`
+(metadata `IncompleteInvocationId` while an invocation runs), poison queue
+`webjobs-blobtrigger-poison` with a base64-encoded JSON message. Locally the receipt is completed
+when the invocation ends (success or poison), so a host killed mid-invocation runs the blob again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import re
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import azure.functions as func
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, StorageStreamDownloader
+
+from .app import FunctionSpec
+from .config import STORAGE, ConfigError, HostConfig
+from .invoker import Invoker
+
+log = logging.getLogger("funchost")
+
+HOSTS_CONTAINER = "azure-webjobs-hosts"
+POISON_QUEUE = "webjobs-blobtrigger-poison"
+INCOMPLETE_KEY = "IncompleteInvocationId"
+_CHUNK = 4 * 1024 * 1024
+
+
+def quoted_etag(etag: str) -> str:
+    """ETags as the storage service sends them in headers (listings drop the quotes)."""
+    return '"' + etag.strip('"') + '"'
+
+
+def connection_string(config: HostConfig, name: str | None, function: str) -> str:
+    """The storage connection string a `connection` app setting name refers to."""
+    name = name or STORAGE
+    value = config.get(name) or config.get(f"AzureWebJobs{name}")
+    if not value:
+        raise ConfigError(f"function {function}: connection {name!r} names an app setting that is not set")
+    return value
+
+
+@dataclass
+class BlobPath:
+    """`container/pattern` of a blob trigger with `{param}` placeholders."""
+
+    container: str
+    prefix: str
+    regex: re.Pattern[str]
+    names: list[str]
+
+    @classmethod
+    def parse(cls, path: str, function: str) -> BlobPath:
+        container, _, pattern = path.strip("/").partition("/")
+        if not container or "{" in container:
+            raise ConfigError(
+                f"function {function}: blob trigger path {path!r} must start with a container name"
+            )
+        names: list[str] = []
+        regex = ""
+        for index, piece in enumerate(re.split(r"\{([^{}]*)\}", pattern)):
+            if index % 2 == 0:
+                regex += re.escape(piece)
+            else:
+                if not re.fullmatch(r"\w+", piece):
+                    raise ConfigError(f"function {function}: blob path parameter {{{piece}}} is not valid")
+                regex += f"(?P<{piece}>.+?)"
+                names.append(piece)
+        prefix = pattern.split("{", 1)[0]
+        return cls(container, prefix, re.compile(regex + r"\Z" if pattern else r".+\Z", re.DOTALL), names)
+
+    def match(self, blob_name: str) -> dict[str, str] | None:
+        found = self.regex.match(blob_name)
+        return found.groupdict() if found else None
+
+
+class BlobInputStream(func.InputStream):
+    """`azure.functions.InputStream` that reads the blob lazily in 4 MiB ranges, never whole."""
+
+    def __init__(self, client: BlobClient, properties: BlobProperties, container: str) -> None:
+        self._client = client
+        self._downloader: StorageStreamDownloader | None = None
+        self._name = f"{container}/{properties.name}"
+        self._uri = client.url
+        self._length = properties.size
+        self._metadata = dict(properties.metadata or {})
+        self._blob_properties = {
+            "BlobType": str(getattr(properties.blob_type, "value", properties.blob_type)),
+            "ContentMD5": base64.b64encode(properties.content_settings.content_md5).decode()
+            if properties.content_settings.content_md5
+            else None,
+            "ContentType": properties.content_settings.content_type,
+            "ContentEncoding": properties.content_settings.content_encoding,
+            "ETag": quoted_etag(properties.etag),
+            "LastModified": properties.last_modified.isoformat() if properties.last_modified else None,
+            "Created": properties.creation_time.isoformat() if properties.creation_time else None,
+            "Length": properties.size,
+        }
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._downloader is None:
+            self._downloader = self._client.download_blob()
+        return self._downloader.read(-1 if size is None else size)
+
+    read1 = read
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@dataclass
+class BlobTrigger:
+    spec: FunctionSpec
+    path: BlobPath
+    service: BlobServiceClient
+    conn_str: str
+
+
+class BlobTriggers:
+    """Poller thread plus a worker pool of maxDegreeOfParallelism threads for all blob triggers."""
+
+    def __init__(self, config: HostConfig, specs: list[FunctionSpec], invoker: Invoker) -> None:
+        self.config = config
+        self.invoker = invoker
+        self.interval = config.blob_poll_interval
+        self.max_attempts = config.max_dequeue_count
+        self.triggers: list[BlobTrigger] = []
+        for spec in specs:
+            if spec.trigger_type != "blobTrigger":
+                continue
+            path = config.resolve(str(spec.trigger.get("path", "")), f"function {spec.name}: blob path")
+            conn = connection_string(config, spec.trigger.get("connection"), spec.name)
+            service = BlobServiceClient.from_connection_string(
+                conn, max_single_get_size=_CHUNK, max_chunk_get_size=_CHUNK
+            )
+            self.triggers.append(BlobTrigger(spec, BlobPath.parse(path, spec.name), service, conn))
+        self._done: dict[tuple[str, str], str] = {}  # (function, blob) -> etag handled
+        self._inflight: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.triggers:
+            return
+        self._pool = ThreadPoolExecutor(self.config.max_degree_of_parallelism, thread_name_prefix="blob")
+        self._thread = threading.Thread(target=self._poll, name="blob-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop scanning and taking new work; running invocations finish (the host waits for them)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for trigger in self.triggers:
+                try:
+                    self.scan(trigger)
+                except Exception as exc:
+                    log.warning(
+                        "blob scan of %s for %s failed: %s", trigger.path.container, trigger.spec.name, exc
+                    )
+                if self._stop.is_set():
+                    return
+            self._stop.wait(self.interval)
+
+    # --- scanning --------------------------------------------------------------------------------
+    def scan(self, trigger: BlobTrigger) -> None:
+        container = trigger.service.get_container_client(trigger.path.container)
+        try:
+            blobs = list(
+                container.list_blobs(name_starts_with=trigger.path.prefix or None, include=["metadata"])
+            )
+        except ResourceNotFoundError:
+            return
+        for blob in blobs:
+            params = trigger.path.match(blob.name)
+            if params is None:
+                continue
+            key = (trigger.spec.name, blob.name)
+            etag = quoted_etag(blob.etag)
+            with self._lock:
+                if key in self._inflight or self._done.get(key) == etag:
+                    continue
+            if self._receipt_complete(trigger, blob.name, etag):
+                with self._lock:
+                    self._done[key] = etag
+                continue
+            with self._lock:
+                self._inflight.add(key)
+            if self._stop.is_set() or self._pool is None:
+                return
+            self._pool.submit(self._process, trigger, blob, params, etag)
+
+    # --- receipts --------------------------------------------------------------------------------
+    def _receipt(self, trigger: BlobTrigger, blob_name: str, etag: str) -> BlobClient:
+        name = (
+            f"blobreceipts/{self.config.host_id}/{trigger.spec.function_id}/{etag}/"
+            f"{trigger.path.container}/{blob_name}"
+        )
+        return trigger.service.get_blob_client(HOSTS_CONTAINER, name)
+
+    def _receipt_complete(self, trigger: BlobTrigger, blob_name: str, etag: str) -> bool:
+        try:
+            props = self._receipt(trigger, blob_name, etag).get_blob_properties()
+        except ResourceNotFoundError:
+            return False
+        return INCOMPLETE_KEY not in (props.metadata or {})
+
+    def _mark_incomplete(self, trigger: BlobTrigger, blob_name: str, etag: str) -> BlobClient:
+        receipt = self._receipt(trigger, blob_name, etag)
+        metadata = {INCOMPLETE_KEY: str(uuid.uuid4())}
+        try:
+            receipt.upload_blob(b"", metadata=metadata, overwrite=False)
+        except ResourceNotFoundError:
+            with contextlib.suppress(ResourceExistsError):
+                trigger.service.create_container(HOSTS_CONTAINER)
+            receipt.upload_blob(b"", metadata=metadata, overwrite=True)
+        except ResourceExistsError:
+            receipt.set_blob_metadata(metadata)
+        return receipt
+
+    # --- invocation ------------------------------------------------------------------------------
+    def _process(self, trigger: BlobTrigger, blob: BlobProperties, params: dict[str, str], etag: str) -> None:
+        key = (trigger.spec.name, blob.name)
+        try:
+            receipt = self._mark_incomplete(trigger, blob.name, etag)
+            self._run_with_retries(trigger, blob, params, etag)
+            receipt.set_blob_metadata({})
+            with self._lock:
+                self._done[key] = etag
+        except Exception as exc:  # storage trouble: leave it for the next scan
+            log.warning(
+                "blob %s/%s for %s not handled: %s", trigger.path.container, blob.name, trigger.spec.name, exc
+            )
+        finally:
+            with self._lock:
+                self._inflight.discard(key)
+
+    def _run_with_retries(
+        self, trigger: BlobTrigger, blob: BlobProperties, params: dict[str, str], etag: str
+    ) -> None:
+        spec = trigger.spec
+        for attempt in range(1, self.max_attempts + 1):
+            client = trigger.service.get_blob_client(trigger.path.container, blob.name)
+            try:
+                value = self._binding(trigger, client)
+                metadata: dict[str, Any] = {
+                    "BlobTrigger": f"{trigger.path.container}/{blob.name}",
+                    "Uri": client.url,
+                }
+                metadata.update(params)
+                self.invoker.invoke(
+                    spec, value, f"New blob detected: {trigger.path.container}/{blob.name}", metadata
+                )
+                return
+            except ResourceNotFoundError:
+                log.info("blob %s/%s is gone; %s not run", trigger.path.container, blob.name, spec.name)
+                return
+            except Exception:
+                where = f"{trigger.path.container}/{blob.name}"
+                log.warning(
+                    "%s failed on %s (attempt %d of %d)", spec.name, where, attempt, self.max_attempts
+                )
+                if self._stop.is_set():
+                    raise
+        self._poison(trigger, blob, etag)
+
+    def _binding(self, trigger: BlobTrigger, client: BlobClient) -> Any:
+        """The value of the trigger argument, by the handler's annotation (InputStream by default)."""
+        annotation = trigger.spec.annotation(str(trigger.spec.trigger.get("name")))
+        kind = getattr(annotation, "__name__", None)
+        if kind == "BlobClient":
+            return client
+        if kind == "ContainerClient":
+            return trigger.service.get_container_client(trigger.path.container)
+        if kind == "StorageStreamDownloader":
+            return client.download_blob()
+        if annotation is bytes:
+            return client.download_blob().readall()
+        if annotation is str:
+            return client.download_blob().readall().decode("utf-8")
+        return BlobInputStream(client, client.get_blob_properties(), trigger.path.container)
+
+    def _poison(self, trigger: BlobTrigger, blob: BlobProperties, etag: str) -> None:
+        from azure.storage.queue import QueueClient
+
+        message = {
+            "Type": "BlobTrigger",
+            "FunctionId": trigger.spec.function_id,
+            "BlobType": str(getattr(blob.blob_type, "value", blob.blob_type)),
+            "ContainerName": trigger.path.container,
+            "BlobName": blob.name,
+            "ETag": etag,
+        }
+        queue = QueueClient.from_connection_string(trigger.conn_str, POISON_QUEUE)
+        with contextlib.suppress(ResourceExistsError):
+            queue.create_queue()
+        queue.send_message(base64.b64encode(json.dumps(message).encode()).decode())
+        log.error(
+            "%s failed %d times on %s/%s; message sent to queue %s",
+            trigger.spec.name, self.max_attempts, trigger.path.container, blob.name, POISON_QUEUE,
+        )  # fmt: skip
