@@ -1,0 +1,686 @@
+// Puts the Batch AI training automation into one resource group of a subscription:
+//   - a data storage account (training-data container, the batchaiquickstart file share the clusters
+//     mount, the runs table of the run registry, the reports container),
+//   - a separate host storage account (Functions host state and the Flex Consumption deployment
+//     package; identity only, shared keys off),
+//   - a Python 3.11 function app on the Flex Consumption plan with a system-assigned identity,
+//   - Application Insights on a Log Analytics workspace (Entra ID ingestion only),
+//   - a Key Vault in RBAC mode holding every secret the app settings reference,
+//   - least-privilege role assignments for the app's identity,
+//   - an Event Grid system topic on the data account and (second pass, once the code is deployed and
+//     the blob extension's system key exists) the subscription that pushes BlobCreated events under
+//     training-data/ to the ingest function's Event Grid blob trigger.
+// The app settings below are exactly the settings that shared/settings.py reads (plus the host's own);
+// tests/deploy/ checks that, and docs/deploy.md walks through the deployment.
+
+targetScope = 'resourceGroup'
+
+// --- parameters -----------------------------------------------------------------------------------------
+
+@description('Azure region of every resource in this group (Flex Consumption must be available there).')
+param location string = resourceGroup().location
+
+@description('Short prefix of resource names; a hash of the subscription and group makes them unique.')
+@minLength(2)
+@maxLength(10)
+param baseName string = 'batchai'
+
+@description('Data account SKU: redundancy of the training data, the file share and the run registry.')
+@allowed(['Standard_LRS', 'Standard_ZRS', 'Standard_GRS'])
+param dataStorageSku string = 'Standard_LRS'
+
+@description('Blob container that ingest watches: <dataset>/<file>, <dataset>/run.json is the manifest.')
+param trainingContainerName string = 'training-data'
+
+@description('Azure File share the clusters mount at $AZ_BATCHAI_MOUNT_ROOT/azurefileshare.')
+param fileShareName string = 'batchaiquickstart'
+
+@description('Quota of the file share in GiB.')
+@minValue(1)
+@maxValue(5120)
+param fileShareQuotaGiB int = 100
+
+@description('Table of the run registry.')
+param runsTableName string = 'runs'
+
+@description('Blob container for run reports.')
+param reportsContainerName string = 'reports'
+
+@description('Resource group that holds the Batch AI workspace, clusters and jobs. It must exist before this deployment (az group create); the app gets Contributor on it and nothing wider.')
+param batchAiResourceGroupName string = '${resourceGroup().name}-batchai'
+
+@description('Region of the Batch AI workspace and clusters.')
+param batchAiLocation string = 'eastus'
+
+@description('Batch AI workspace name (the app creates it if missing).')
+param batchAiWorkspaceName string = 'batchai-workspace'
+
+@description('VM size when a run spec names none; must be in allowedVmSizes.')
+param defaultVmSize string = 'STANDARD_NC6'
+
+@description('VM sizes a run spec may ask for.')
+param allowedVmSizes array = [
+  'STANDARD_NC6'
+  'STANDARD_NC12'
+  'STANDARD_NC24'
+  'STANDARD_NV6'
+  'STANDARD_D1_V2'
+]
+
+@description('Admin user name on cluster nodes.')
+param clusterAdminUser string = 'batchai'
+
+@description('OpenSSH public key of the cluster admin account (e.g. the contents of ~/.ssh/id_ed25519.pub).')
+@minLength(16)
+param clusterSshPublicKey string
+
+@description('Optional admin password of cluster nodes, only for setups that cannot use the SSH key. Empty: no password.')
+@secure()
+param clusterAdminPassword string = ''
+
+@description('HMAC-SHA256 key that signs callback bodies (at least 16 characters; e.g. openssl rand -hex 32).')
+@secure()
+@minLength(16)
+param callbackSigningSecret string
+
+@description('true: store the data account key in Key Vault and have clusters mount the share through that secret (FILE_SHARE_KEY_VAULT_SECRET_URL); the Batch AI service principal then needs read access to the vault. false: the app passes the account key in the mount settings.')
+param mountShareWithKeyVaultSecret bool = false
+
+@description('Optional private container registry server; images whose name starts with it get its credentials.')
+param containerRegistryServer string = ''
+
+@description('User name for containerRegistryServer.')
+param containerRegistryUsername string = ''
+
+@description('Password for containerRegistryServer (stored in Key Vault). Empty: none.')
+@secure()
+param containerRegistryPassword string = ''
+
+@description('Six-field NCRONTAB schedule of the monitor timer.')
+param monitorSchedule string = '0 */1 * * * *'
+
+@description('Six-field NCRONTAB schedule of the nightly cleanup timer.')
+param cleanupSchedule string = '0 0 2 * * *'
+
+@description('true: cleanup only reports what it would do.')
+param cleanupDryRun bool = false
+
+@description('Finished jobs older than this many hours are deleted by cleanup.')
+@minValue(0)
+param jobRetentionHours int = 72
+
+@description('Staged share data of finished runs older than this many hours is deleted by cleanup.')
+@minValue(0)
+param stagedDataRetentionHours int = 72
+
+@description('Clusters idle for this many minutes are deleted by cleanup.')
+@minValue(0)
+param clusterIdleMinutes int = 30
+
+@description('A run still staging after this many minutes fails.')
+@minValue(1)
+param stagingTimeoutMinutes int = 60
+
+@description('Longest wait for one server-side blob-to-share copy, in seconds.')
+@minValue(1)
+param copyTimeoutSeconds int = 600
+
+@description('How much of a job stdout/stderr tail a run record keeps, in bytes.')
+@minValue(0)
+@maxValue(1048576)
+param maxStdoutTailBytes int = 4096
+
+@description('Flex Consumption: most instances the app scales out to.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Flex Consumption: memory of each instance in MB.')
+@allowed([512, 2048, 4096])
+param instanceMemoryMB int = 2048
+
+@description('Name of the ingest function (its Event Grid blob trigger), as registered in functions/ingest.py.')
+param ingestFunctionName string = 'ingest_blob'
+
+@description('Second pass, after the code is deployed: create the Event Grid subscription to the ingest function. Its endpoint needs the blobs_extension system key, which exists only once the host has loaded the blob trigger.')
+param enableIngestEventSubscription bool = false
+
+@description('Key Vault purge protection (recommended in production; once on it cannot be turned off).')
+param keyVaultPurgeProtection bool = false
+
+@description('Log Analytics retention in days.')
+@minValue(30)
+@maxValue(730)
+param logRetentionDays int = 30
+
+@description('Tags on every resource.')
+param tags object = {}
+
+// --- names ----------------------------------------------------------------------------------------------
+
+var token = toLower(uniqueString(subscription().id, resourceGroup().id, baseName))
+var prefix = toLower(baseName)
+var dataStorageAccountName = take('st${prefix}d${token}', 24)
+var hostStorageAccountName = take('st${prefix}h${token}', 24)
+var functionAppName = 'func-${prefix}-${token}'
+var planName = 'plan-${prefix}-${token}'
+var keyVaultName = take('kv-${prefix}-${token}', 24)
+var logAnalyticsName = 'log-${prefix}-${token}'
+var appInsightsName = 'appi-${prefix}-${token}'
+var systemTopicName = 'evgt-${dataStorageAccountName}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}'
+var deadLetterContainerName = 'eventgrid-deadletter'
+
+// --- built-in role definitions (GUIDs of Azure's built-in roles) ---------------------------------------
+
+var roles = {
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  storageFileDataPrivilegedContributor: '69566ab7-960f-475b-8e7c-b3118f30c6bd'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+}
+
+// --- data storage account -------------------------------------------------------------------------------
+// Shared-key access stays on here, and only here: Batch AI mounts the Azure File share with the account
+// key (or a Key Vault secret holding it), and the app's server-side blob-to-share copies are authorized
+// with it. That is why the data account is not also the host account, whose keys are off.
+
+resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: dataStorageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: dataStorageSku
+  }
+  properties: {
+    accessTier: 'Hot'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: true
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource dataBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: dataStorage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+  }
+}
+
+resource trainingContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: dataBlobService
+  name: trainingContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource reportsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: dataBlobService
+  name: reportsContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: dataBlobService
+  name: deadLetterContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource dataFileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
+  parent: dataStorage
+  name: 'default'
+}
+
+resource fileShare 'Microsoft.Storage/storageAccounts/fileServices/shares@2023-05-01' = {
+  parent: dataFileService
+  name: fileShareName
+  properties: {
+    shareQuota: fileShareQuotaGiB
+    enabledProtocols: 'SMB'
+    accessTier: 'TransactionOptimized'
+  }
+}
+
+resource dataTableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: dataStorage
+  name: 'default'
+}
+
+resource runsTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: dataTableService
+  name: runsTableName
+}
+
+// --- host storage account -------------------------------------------------------------------------------
+// The Functions host's own state (keys, leases, timer status, blob receipts) and the deployment package.
+// The app reaches it with its managed identity only (AzureWebJobsStorage__accountName).
+
+resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: hostStorageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    accessTier: 'Hot'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource hostBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: hostStorage
+  name: 'default'
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: hostBlobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// --- monitoring -----------------------------------------------------------------------------------------
+
+resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: logAnalyticsName
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: logRetentionDays
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logAnalytics.id
+    DisableLocalAuth: true
+  }
+}
+
+// --- Key Vault (RBAC mode) ------------------------------------------------------------------------------
+// Secrets are written through ARM (control plane), so the deployer needs no data-plane role; the app
+// reads them through Key Vault references resolved by the platform with its system-assigned identity.
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: keyVaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 7
+    enablePurgeProtection: keyVaultPurgeProtection ? true : null
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource storageConnectionSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'storage-connection-string'
+  properties: {
+    contentType: 'Azure Storage connection string of the data account'
+    value: 'DefaultEndpointsProtocol=https;AccountName=${dataStorage.name};AccountKey=${dataStorage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
+  }
+}
+
+resource sshPublicKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'cluster-ssh-public-key'
+  properties: {
+    contentType: 'OpenSSH public key of the cluster admin account'
+    value: clusterSshPublicKey
+  }
+}
+
+resource clusterAdminPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(clusterAdminPassword)) {
+  parent: vault
+  name: 'cluster-admin-password'
+  properties: {
+    contentType: 'Cluster admin password'
+    value: clusterAdminPassword
+  }
+}
+
+resource callbackSigningSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'callback-signing-secret'
+  properties: {
+    contentType: 'HMAC-SHA256 key of callback signatures'
+    value: callbackSigningSecret
+  }
+}
+
+resource containerRegistryPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(containerRegistryPassword)) {
+  parent: vault
+  name: 'container-registry-password'
+  properties: {
+    contentType: 'Private container registry password'
+    value: containerRegistryPassword
+  }
+}
+
+resource shareKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (mountShareWithKeyVaultSecret) {
+  parent: vault
+  name: 'file-share-account-key'
+  properties: {
+    contentType: 'Data account key for the Batch AI Azure File mount'
+    value: dataStorage.listKeys().keys[0].value
+  }
+}
+
+// --- the function app (Flex Consumption, Python 3.11) ---------------------------------------------------
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: functionAppName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${hostStorage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'SystemAssignedIdentity'
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+  dependsOn: [
+    deploymentContainer
+  ]
+}
+
+// A Key Vault reference for an app setting: the platform resolves it with the app's identity.
+var kvRef = '@Microsoft.KeyVault(SecretUri='
+
+// Exactly the settings shared/settings.py reads (AzureWebJobsStorage in its identity-based form), plus the
+// host's own Application Insights settings. FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are not
+// app settings on Flex Consumption (functionAppConfig.runtime says them). Optional settings are present
+// and empty when unused: the app treats an empty value as missing.
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: functionApp
+  name: 'appsettings'
+  properties: {
+    AzureWebJobsStorage__accountName: hostStorage.name
+    APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+    STORAGE_CONNECTION_STRING: '${kvRef}${storageConnectionSecret.properties.secretUri})'
+    TRAINING_CONTAINER: trainingContainerName
+    FILE_SHARE_NAME: fileShareName
+    RUNS_TABLE: runsTableName
+    REPORTS_CONTAINER: reportsContainerName
+    ARM_ENDPOINT: environment().resourceManager
+    AZURE_SUBSCRIPTION_ID: subscription().subscriptionId
+    AZURE_CREDENTIAL: 'default'
+    BATCHAI_RESOURCE_GROUP: batchAiResourceGroupName
+    BATCHAI_LOCATION: batchAiLocation
+    BATCHAI_WORKSPACE: batchAiWorkspaceName
+    DEFAULT_VM_SIZE: defaultVmSize
+    ALLOWED_VM_SIZES: join(allowedVmSizes, ',')
+    CLUSTER_ADMIN_USER: clusterAdminUser
+    CLUSTER_SSH_PUBLIC_KEY: '${kvRef}${sshPublicKeySecret.properties.secretUri})'
+    CLUSTER_ADMIN_PASSWORD: empty(clusterAdminPassword) ? '' : '${kvRef}${clusterAdminPasswordSecret.properties.secretUri})'
+    FILE_SHARE_KEY_VAULT_SECRET_URL: mountShareWithKeyVaultSecret ? shareKeySecret.properties.secretUri : ''
+    KEY_VAULT_RESOURCE_ID: mountShareWithKeyVaultSecret ? vault.id : ''
+    CONTAINER_REGISTRY_SERVER: containerRegistryServer
+    CONTAINER_REGISTRY_USERNAME: containerRegistryUsername
+    CONTAINER_REGISTRY_PASSWORD: empty(containerRegistryPassword) ? '' : '${kvRef}${containerRegistryPasswordSecret.properties.secretUri})'
+    MONITOR_SCHEDULE: monitorSchedule
+    CLEANUP_SCHEDULE: cleanupSchedule
+    CLEANUP_DRY_RUN: string(cleanupDryRun)
+    JOB_RETENTION_HOURS: string(jobRetentionHours)
+    STAGED_DATA_RETENTION_HOURS: string(stagedDataRetentionHours)
+    CLUSTER_IDLE_MINUTES: string(clusterIdleMinutes)
+    STAGING_TIMEOUT_MINUTES: string(stagingTimeoutMinutes)
+    COPY_TIMEOUT_SECONDS: string(copyTimeoutSeconds)
+    CALLBACK_SIGNING_SECRET: '${kvRef}${callbackSigningSecretSecret.properties.secretUri})'
+    CALLBACK_ALLOW_LOOPBACK_HTTP: 'false'
+    MAX_STDOUT_TAIL_BYTES: string(maxStdoutTailBytes)
+  }
+  dependsOn: [
+    // Key Vault references and identity-based host storage resolve at the first start: grant first.
+    vaultSecretsUser
+    hostBlobOwner
+    hostQueueContributor
+    appInsightsPublisher
+  ]
+}
+
+// --- role assignments of the app's identity -------------------------------------------------------------
+
+// Host account: the Functions host keeps keys, leases and blob receipts in blobs and uses queues for the
+// blob trigger's bookkeeping; the deployment package lives in a container there too.
+resource hostBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionApp.id, roles.storageBlobDataOwner)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Functions host storage and deployment package'
+  }
+}
+
+resource hostQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionApp.id, roles.storageQueueDataContributor)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Functions host queues (blob trigger bookkeeping)'
+  }
+}
+
+// Data account: blobs (training data, reports), the file share over REST (OAuth access to Azure Files
+// REST needs the privileged role; the SMB share roles only cover SMB mounts, which the app does not make)
+// and the runs table. The app's STORAGE_CONNECTION_STRING carries the account key today (Batch AI needs the
+// key to mount the share), so these grant nothing the key does not; they are what the identity needs for
+// Entra ID data access and they keep that path open without widening anything.
+resource dataBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataStorage.id, functionApp.id, roles.storageBlobDataContributor)
+  scope: dataStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Training data and reports containers'
+  }
+}
+
+resource dataFilePrivilegedContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataStorage.id, functionApp.id, roles.storageFileDataPrivilegedContributor)
+  scope: dataStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageFileDataPrivilegedContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Staging datasets into the cluster file share over the Files REST API'
+  }
+}
+
+resource dataTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataStorage.id, functionApp.id, roles.storageTableDataContributor)
+  scope: dataStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Run registry table'
+  }
+}
+
+resource vaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, functionApp.id, roles.keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Key Vault references in app settings'
+  }
+}
+
+resource appInsightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(appInsights.id, functionApp.id, roles.monitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Telemetry ingestion with Entra ID (local auth is off)'
+  }
+}
+
+// Batch AI workspace, clusters and jobs live in their own resource group: Contributor there, and only there
+// (Contributor on this group would let the app read storage keys and rewrite its own settings).
+module batchAiAccess 'modules/batchai-access.bicep' = {
+  name: 'batchai-access-${token}'
+  scope: resourceGroup(batchAiResourceGroupName)
+  params: {
+    principalId: functionApp.identity.principalId
+  }
+}
+
+// --- Event Grid -----------------------------------------------------------------------------------------
+
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+  name: systemTopicName
+  location: location
+  tags: tags
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    source: dataStorage.id
+    topicType: 'Microsoft.Storage.StorageAccounts'
+  }
+}
+
+// The system topic dead-letters undeliverable events into one container, with its own identity.
+resource topicDeadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deadLetterContainer.id, systemTopic.id, roles.storageBlobDataContributor)
+  scope: deadLetterContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: systemTopic.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Event Grid dead-letter destination'
+  }
+}
+
+// In a module so that nothing in it (the listKeys of the host's system keys) is evaluated on the first
+// pass, when the code is not deployed and the blobs_extension key does not exist yet.
+module ingestEvents 'modules/ingest-events.bicep' = if (enableIngestEventSubscription) {
+  name: 'ingest-events-${token}'
+  params: {
+    systemTopicName: systemTopic.name
+    functionAppName: functionApp.name
+    ingestFunctionName: ingestFunctionName
+    trainingContainerName: trainingContainerName
+    deadLetterStorageAccountId: dataStorage.id
+    deadLetterContainerName: deadLetterContainerName
+  }
+  dependsOn: [
+    topicDeadLetterWriter
+    trainingContainer
+  ]
+}
+
+// --- outputs (no secrets) -------------------------------------------------------------------------------
+
+output functionAppName string = functionApp.name
+output functionAppHostName string = functionApp.properties.defaultHostName
+output functionAppPrincipalId string = functionApp.identity.principalId
+output dataStorageAccountName string = dataStorage.name
+output hostStorageAccountName string = hostStorage.name
+output keyVaultName string = vault.name
+output systemTopicName string = systemTopic.name
+output batchAiResourceGroupName string = batchAiResourceGroupName
+output appInsightsName string = appInsights.name
