@@ -1,0 +1,207 @@
+"""Run-summary callbacks: a signed POST to the URL a run spec names, retried with backoff.
+
+Signature: header ``X-Callback-Signature: t=<unix seconds>,sha256=<hex>`` where the hex is
+HMAC-SHA256 over ``b"<t>." + body`` with CALLBACK_SIGNING_SECRET; a receiver recomputes it (see
+``verify``) and rejects old timestamps, so a captured callback cannot be replayed later.
+
+Safety (server-side request forgery): only https URLs (plain http only to loopback hosts when
+CALLBACK_ALLOW_LOOPBACK_HTTP is set, for the local stack); the host's addresses are resolved and
+private, link-local, loopback (unless allowed), multicast, reserved and cloud metadata addresses
+(169.254.169.254, Azure's 168.63.129.16, fd00:ec2::254) are refused; redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Callback-Signature"
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "168.63.129.16", "fd00:ec2::254", "100.100.100.200")
+)
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class CallbackError(ValueError):
+    """A callback URL that must not be called (scheme, address); the message says why."""
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    delivered: bool
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "delivered" if self.delivered else "failed",
+            "attempts": self.attempts,
+            "http_status": self.status,
+            "error": self.error,
+        }
+
+
+def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The signature header value for ``body``."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={ts},sha256={mac}"
+
+
+def verify(body: bytes, header: str, secret: str, *, tolerance_seconds: int = 300) -> bool:
+    """True when ``header`` is a valid, recent signature of ``body`` (for receivers and tests)."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        ts = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(time.time() - ts) > tolerance_seconds:
+        return False
+    expected = sign(body, secret, ts).split("sha256=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("sha256", ""))
+
+
+def _address_refused(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str | None:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if addr.is_loopback:
+        return None if allow_loopback else "a loopback address"
+    if addr.is_link_local:
+        return "a link-local address"
+    if addr.is_private:
+        return "a private address"
+    if addr.is_multicast or addr.is_reserved or addr.is_unspecified:
+        return "a reserved, multicast or unspecified address"
+    return None
+
+
+def check_callback_url(url: str, *, allow_loopback_http: bool = False, resolve: bool = True) -> None:
+    """Raise CallbackError unless ``url`` may be called: https (or loopback http when allowed) to a
+    public address. ``resolve`` looks the host name up and checks every address it has."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise CallbackError("callback URL is malformed") from None
+    host = parts.hostname
+    if parts.scheme not in ("https", "http") or not host:
+        raise CallbackError("callback URL must be an absolute https URL")
+    if parts.username or parts.password:
+        raise CallbackError("callback URL must not carry credentials")
+    addresses: list[Any] = []
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+            addresses = [ipaddress.ip_address("127.0.0.1")]
+        elif resolve:
+            try:
+                infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
+            except OSError as exc:
+                raise CallbackError(
+                    f"callback host {host!r} does not resolve: {exc.strerror or exc}"
+                ) from None
+            addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    is_loopback = bool(addresses) and all(
+        (a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped else a).is_loopback
+        for a in addresses
+    )
+    if parts.scheme == "http" and not (allow_loopback_http and is_loopback):
+        raise CallbackError(
+            "callback URL must be https (plain http only to loopback hosts with CALLBACK_ALLOW_LOOPBACK_HTTP)"
+        )
+    for addr in addresses:
+        why = _address_refused(addr, allow_loopback_http)
+        if why:
+            raise CallbackError(f"callback host {host!r} is {why}; refused")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is returned as the response (and counts as a failure)
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def deliver(
+    url: str,
+    payload: dict[str, Any],
+    *,
+    secret: str | None,
+    allow_loopback_http: bool = False,
+    attempts: int = 5,
+    backoff_seconds: float = 0.5,
+    timeout_seconds: float = 10.0,
+    run_id: str | None = None,
+) -> DeliveryResult:
+    """POST ``payload`` as JSON to ``url``, signed when ``secret`` is set; retry connection errors,
+    408/429/5xx with exponential backoff (honouring Retry-After up to 30 s). Never raises for a
+    failed delivery: the result says what happened. The URL's query is never logged."""
+    safe_url = urlsplit(url)._replace(query="", fragment="").geturl()
+    try:
+        check_callback_url(url, allow_loopback_http=allow_loopback_http)
+    except CallbackError as exc:
+        log.warning("callback for run %s refused: %s", run_id, exc, extra={"run_id": run_id})
+        return DeliveryResult(False, 0, None, str(exc))
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
+    status: int | None = None
+    error: str | None = None
+    for attempt in range(1, attempts + 1):
+        headers = {"Content-Type": "application/json", "User-Agent": "batchai-serverless-callback/1"}
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(body, secret)
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        retry_after: float | None = None
+        try:
+            with _opener.open(request, timeout=timeout_seconds) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            error = f"HTTP {exc.code}"
+            header = exc.headers.get("Retry-After") if exc.headers else None
+            if header and header.isdigit():
+                retry_after = min(float(header), 30.0)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            status = None
+            error = f"connection failed: {getattr(exc, 'reason', exc)}"
+        if status is not None and 200 <= status < 300:
+            log.info(
+                "callback for run %s delivered to %s (HTTP %s)",
+                run_id,
+                safe_url,
+                status,
+                extra={"run_id": run_id},
+            )
+            return DeliveryResult(True, attempt, status)
+        if status is not None and status not in RETRYABLE_STATUS:
+            error = error or f"HTTP {status}"
+            break
+        if attempt < attempts:
+            delay = retry_after if retry_after is not None else backoff_seconds * 2 ** (attempt - 1)
+            time.sleep(delay * (0.75 + random.random() / 2))
+    log.warning(
+        "callback for run %s to %s failed after %d attempt(s): %s",
+        run_id,
+        safe_url,
+        attempt,
+        error,
+        extra={"run_id": run_id},
+    )
+    return DeliveryResult(False, attempt, status, error)

@@ -1,0 +1,293 @@
+"""Staging: copy a dataset blob into the Azure File share the clusters mount, server side.
+
+Why server side: a dataset can be many GiB; the function only hands Azure Files a short-lived
+read-only SAS URL of the blob (``start_copy_from_url``) and polls the copy, so no dataset byte
+passes through the function. The copy is bounded by COPY_TIMEOUT_SECONDS (aborted past it), and
+verified: the file's size must equal the blob's, and where the blob has a Content-MD5 the file's
+must match (read back in bounded chunks when Azure Files did not carry the MD5 over).
+
+Names: a blob ``<dataset>/<relative path>`` lands at ``<share>/<dataset>/<relative path>``. Every
+name is checked before anything is written: ``.``/``..`` or empty segments, characters Azure Files
+rejects (``" \\ : | < > * ?`` and control characters), segments over 255 characters, paths over
+2,048 characters, trailing dots or spaces: each is a ``StagingError`` naming the problem.
+
+The SAS URL is a secret (it grants read access): it is never logged nor put in an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, BlobSasPermissions, ContainerClient, generate_blob_sas
+from azure.storage.fileshare import ShareClient, ShareFileClient
+
+from shared.registry import StagedFile, utcnow
+
+log = logging.getLogger(__name__)
+
+_FORBIDDEN = re.compile(r'["\\:|<>*?\x00-\x1f\x7f]')
+_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_SEGMENT = 255
+MAX_PATH = 2048
+MANIFEST_NAME = "run.json"
+VERIFY_CHUNK = 4 * 1024 * 1024
+
+
+class StagingError(ValueError):
+    """A blob cannot be staged: a bad name, a failed or timed-out copy, or a verification mismatch."""
+
+    def __init__(self, message: str, *, code: str = "StagingFailed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A dataset blob: ``dataset`` and ``path`` (relative to the dataset directory)."""
+
+    dataset: str
+    path: str
+
+    @property
+    def blob_name(self) -> str:
+        return f"{self.dataset}/{self.path}"
+
+
+def check_dataset_name(dataset: str) -> str:
+    if not _DATASET.match(dataset or "") or dataset.endswith("."):
+        raise StagingError(
+            f"dataset name {dataset!r} is invalid: 1-63 letters, digits, '-', '_' and '.', starting "
+            "with a letter or digit and not ending with '.'",
+            code="InvalidDatasetName",
+        )
+    return dataset
+
+
+def check_relative_path(path: str, *, what: str = "path") -> str:
+    """A relative path inside a dataset directory that Azure Files accepts, or a StagingError."""
+    if not path:
+        raise StagingError(f"{what} is empty", code="InvalidBlobName")
+    if path.startswith("/"):
+        raise StagingError(f"{what} {path!r} is absolute; it must be relative", code="InvalidBlobName")
+    if len(path) > MAX_PATH:
+        raise StagingError(
+            f"{what} is {len(path)} characters; Azure Files allows {MAX_PATH}", code="InvalidBlobName"
+        )
+    bad = _FORBIDDEN.search(path)
+    if bad:
+        raise StagingError(
+            f"{what} {path!r} contains {bad.group()!r}, which Azure Files does not allow in names",
+            code="InvalidBlobName",
+        )
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise StagingError(
+                f"{what} {path!r} has an empty, '.' or '..' segment: it would escape or blur the dataset"
+                " directory",
+                code="InvalidBlobName",
+            )
+        if len(segment) > MAX_SEGMENT:
+            raise StagingError(
+                f"{what} {path!r} has a segment of {len(segment)} characters;"
+                f" Azure Files allows {MAX_SEGMENT}",
+                code="InvalidBlobName",
+            )
+        if segment.endswith((".", " ")):
+            raise StagingError(
+                f"{what} {path!r} has a segment ending in '.' or ' ', which Azure Files rejects",
+                code="InvalidBlobName",
+            )
+    return path
+
+
+def parse_blob_name(blob_name: str) -> BlobRef:
+    """Split ``<dataset>/<relative path>`` and check both parts; StagingError names the problem."""
+    dataset, sep, path = (blob_name or "").partition("/")
+    if not sep or not path:
+        raise StagingError(
+            f"blob name {blob_name!r} is not '<dataset>/<relative path>': a dataset blob must be inside "
+            "a dataset folder",
+            code="InvalidBlobName",
+        )
+    check_dataset_name(dataset)
+    check_relative_path(path, what=f"blob name {blob_name!r}: path")
+    return BlobRef(dataset, path)
+
+
+# --- SAS ---------------------------------------------------------------------------------------------
+def blob_read_sas_url(blob: BlobClient, *, lifetime_seconds: float, account_key: str | None = None) -> str:
+    """A read-only SAS URL of ``blob`` valid for ``lifetime_seconds`` (plus clock-skew margins):
+    signed with the account key, or with a user delegation key when there is no key."""
+    now = datetime.now(UTC)
+    start = now - timedelta(minutes=5)
+    expiry = now + timedelta(seconds=lifetime_seconds + 300)
+    common: dict[str, Any] = {
+        "account_name": blob.account_name,
+        "container_name": blob.container_name,
+        "blob_name": blob.blob_name,
+        "permission": BlobSasPermissions(read=True),
+        "start": start,
+        "expiry": expiry,
+    }
+    key = account_key
+    if key is None:
+        credential = getattr(blob, "credential", None)
+        key = getattr(credential, "account_key", None)
+    if key:
+        token = generate_blob_sas(account_key=key, **common)
+    else:
+        from azure.storage.blob import BlobServiceClient
+
+        account_url = blob.url.split(f"/{blob.container_name}/", 1)[0]
+        service = BlobServiceClient(account_url, credential=blob.credential)
+        delegation = service.get_user_delegation_key(start, expiry)
+        token = generate_blob_sas(user_delegation_key=delegation, **common)
+    return f"{blob.url}?{token}"
+
+
+# --- share -----------------------------------------------------------------------------------------
+def ensure_share(share: ShareClient) -> None:
+    with contextlib.suppress(ResourceExistsError):
+        share.create_share()
+
+
+def ensure_directory(share: ShareClient, path: str) -> None:
+    """Create ``path`` and its parents on the share (idempotent)."""
+    parts = [p for p in path.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        directory = share.get_directory_client("/".join(parts[:i]))
+        try:
+            directory.create_directory()
+        except ResourceExistsError:
+            continue
+        except ResourceNotFoundError:  # the share itself is missing
+            ensure_share(share)
+            with contextlib.suppress(ResourceExistsError):
+                directory.create_directory()
+
+
+def _md5_b64(value: Any) -> str | None:
+    if not value:
+        return None
+    if isinstance(value, str):
+        return value
+    return base64.b64encode(bytes(value)).decode()
+
+
+def _file_md5(file: ShareFileClient, size: int) -> str:
+    """MD5 of a share file, read back in bounded chunks (never the whole file in memory)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    offset = 0
+    while offset < size:
+        length = min(VERIFY_CHUNK, size - offset)
+        digest.update(file.download_file(offset=offset, length=length).readall())
+        offset += length
+    return base64.b64encode(digest.digest()).decode()
+
+
+# --- the copy --------------------------------------------------------------------------------------
+def stage_blob(
+    container: ContainerClient,
+    blob_name: str,
+    share: ShareClient,
+    *,
+    dest_path: str | None = None,
+    copy_timeout: float = 600.0,
+    account_key: str | None = None,
+    poll_interval: float = 0.2,
+) -> StagedFile:
+    """Copy blob ``blob_name`` of ``container`` to ``dest_path`` on ``share`` (default: the blob's
+    own name, i.e. ``<dataset>/<relative path>``), server side, and verify it. Returns the staged
+    file with ``name`` relative to the dataset directory. Raises StagingError (nothing written for
+    a bad name; an incomplete file removed after a failed copy)."""
+    ref = parse_blob_name(blob_name)
+    if dest_path is None:
+        dest_path = blob_name
+    else:
+        dest_dataset, _, dest_rel = dest_path.partition("/")
+        check_dataset_name(dest_dataset)
+        check_relative_path(dest_rel, what=f"destination {dest_path!r}")
+    blob = container.get_blob_client(blob_name)
+    try:
+        props = blob.get_blob_properties()
+    except ResourceNotFoundError:
+        raise StagingError(
+            f"blob {blob_name!r} does not exist (deleted after upload?)", code="BlobNotFound"
+        ) from None
+    size = int(props.size)
+    blob_md5 = _md5_b64(props.content_settings.content_md5)
+    source_url = blob_read_sas_url(blob, lifetime_seconds=copy_timeout, account_key=account_key)
+
+    parent = dest_path.rpartition("/")[0]
+    if parent:
+        ensure_directory(share, parent)
+    file = share.get_file_client(dest_path)
+    started = time.monotonic()
+    try:
+        copy = file.start_copy_from_url(source_url)
+    except HttpResponseError as exc:
+        raise StagingError(
+            f"copy of {blob_name!r} to the file share could not start: {exc.reason or exc.status_code}",
+            code="CopyFailed",
+        ) from None
+    copy_id = copy.get("copy_id")
+    status = copy.get("copy_status")
+    while status == "pending":
+        if time.monotonic() - started > copy_timeout:
+            with contextlib.suppress(HttpResponseError):
+                file.abort_copy(copy_id)
+            _remove(file)
+            raise StagingError(
+                f"copy of {blob_name!r} ({size} bytes) did not finish within {copy_timeout:.0f}s "
+                "(COPY_TIMEOUT_SECONDS); aborted",
+                code="CopyTimeout",
+            )
+        time.sleep(poll_interval)
+        status = file.get_file_properties().copy.status
+    if status != "success":
+        description = file.get_file_properties().copy.status_description or ""
+        _remove(file)
+        raise StagingError(
+            f"copy of {blob_name!r} ended {status}: {description}".rstrip(": "), code="CopyFailed"
+        )
+
+    fprops = file.get_file_properties()
+    if int(fprops.size) != size:
+        _remove(file)
+        raise StagingError(
+            f"staged {dest_path!r} has {fprops.size} bytes, the blob {size}: the copy is incomplete "
+            "or the blob changed during the copy",
+            code="VerificationFailed",
+        )
+    if blob_md5:
+        file_md5 = _md5_b64(fprops.content_settings.content_md5) or _file_md5(file, size)
+        if file_md5 != blob_md5:
+            _remove(file)
+            raise StagingError(
+                f"staged {dest_path!r} has MD5 {file_md5}, the blob {blob_md5}", code="VerificationFailed"
+            )
+    log.info(
+        "staged %s (%d bytes) to %s in %.1fs",
+        blob_name,
+        size,
+        dest_path,
+        time.monotonic() - started,
+        extra={"dataset": ref.dataset},
+    )
+    return StagedFile(
+        name=dest_path.partition("/")[2], size=size, md5=blob_md5, etag=props.etag, staged_at=utcnow()
+    )
+
+
+def _remove(file: ShareFileClient) -> None:
+    with contextlib.suppress(HttpResponseError):
+        file.delete_file()

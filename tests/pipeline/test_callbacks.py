@@ -1,0 +1,102 @@
+"""Callbacks: HMAC signature, retries with backoff, and refused URLs (SSRF guard)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from shared.callbacks import SIGNATURE_HEADER, CallbackError, check_callback_url, deliver, sign, verify
+
+SECRET = "test-signing-secret-0123456789"
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            state.requests.append((dict(self.headers), body))
+            status = state.statuses.pop(0) if state.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}/hook?token=abc"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_signed_delivery(receiver) -> None:
+    state, url = receiver
+    result = deliver(url, {"id": "r1", "state": "succeeded"}, secret=SECRET, allow_loopback_http=True)
+    assert result.delivered and result.attempts == 1 and result.status == 200
+    headers, body = state.requests[0]
+    assert json.loads(body) == {"id": "r1", "state": "succeeded"}
+    assert verify(body, headers[SIGNATURE_HEADER], SECRET)
+    assert not verify(body + b" ", headers[SIGNATURE_HEADER], SECRET)
+    assert not verify(body, headers[SIGNATURE_HEADER], "another-secret-0123456789")
+    assert not verify(body, sign(body, SECRET, timestamp=1), SECRET)  # too old: no replays
+
+
+def test_retries_with_backoff_then_gives_up(receiver) -> None:
+    state, url = receiver
+    state.statuses = [500, 503]
+    ok = deliver(url, {"a": 1}, secret=SECRET, allow_loopback_http=True, backoff_seconds=0.01)
+    assert ok.delivered and ok.attempts == 3
+    state.statuses = [500] * 10
+    failed = deliver(url, {"a": 1}, secret=SECRET, allow_loopback_http=True, attempts=3, backoff_seconds=0.01)
+    assert not failed.delivered and failed.attempts == 3 and failed.status == 500
+    state.statuses = [404]
+    not_found = deliver(url, {"a": 1}, secret=SECRET, allow_loopback_http=True, backoff_seconds=0.01)
+    assert not not_found.delivered and not_found.attempts == 1  # a 4xx is not retried
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://93.184.216.34/x", "must be https"),
+        ("ftp://93.184.216.34/x", "https"),
+        ("https://10.1.2.3/x", "private"),
+        ("https://192.168.0.10/x", "private"),
+        ("https://169.254.169.254/metadata", "metadata"),
+        ("https://168.63.129.16/", "metadata"),
+        ("https://[fe80::1]/", "link-local"),
+        ("https://127.0.0.1/", "loopback"),
+        ("https://[::ffff:10.0.0.1]/", "private"),
+        ("https://user:pw@93.184.216.34/", "credentials"),
+        ("https://0.0.0.0/", "private"),
+        ("not a url", "https"),
+    ],
+)
+def test_refused_urls(url: str, message: str) -> None:
+    with pytest.raises(CallbackError, match=message):
+        check_callback_url(url)
+    result = deliver(url, {}, secret=SECRET)
+    assert not result.delivered and result.attempts == 0
+
+
+def test_allowed_urls() -> None:
+    check_callback_url("https://93.184.216.34/hook")
+    check_callback_url("http://127.0.0.1:8080/hook", allow_loopback_http=True)
+    with pytest.raises(CallbackError, match="https"):
+        check_callback_url("http://127.0.0.1:8080/hook")
