@@ -169,8 +169,28 @@ def _relative_path(value: str, *, allow_root: bool = False) -> str:
     return "/".join(segments)
 
 
+_AZURE_FILES_FORBIDDEN = re.compile(r'[\x00-\x1f\x7f"\\:|<>*?]')
+
+
 def _file_path(value: str) -> str:
     return _relative_path(value)
+
+
+def _dataset_file(value: str) -> str:
+    """A file the dataset must contain: any name Azure Files accepts, inside the dataset directory."""
+    if not value or len(value) > 1024:
+        raise ValueError("must be 1-1024 characters")
+    if value.startswith("/"):
+        raise ValueError("must be a relative path (no leading '/')")
+    bad = _AZURE_FILES_FORBIDDEN.search(value)
+    if bad:
+        raise ValueError(f"contains {bad.group()!r}, which Azure Files does not allow")
+    segments = value.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        raise ValueError("must stay inside its directory (no '..', '.' or empty segments)")
+    if any(len(s) > 255 or s.endswith((".", " ")) for s in segments):
+        raise ValueError("each segment must be at most 255 characters and not end with '.' or ' '")
+    return value
 
 
 def _dir_path(value: str) -> str:
@@ -354,7 +374,9 @@ class RunSpec(_Strict):
     max_wall_clock_time: timedelta | None = None
     job_preparation: Annotated[StrictStr, _command_text(16384)] | None = None
     callback_url: StrictStr | None = None
-    files: Annotated[list[FilePath], Field(max_length=10_000)] = Field(default_factory=list)
+    files: Annotated[list[Annotated[StrictStr, AfterValidator(_dataset_file)]], Field(max_length=10_000)] = (
+        Field(default_factory=list)
+    )
 
     # --- defaults that depend on other fields ------------------------------------------------------
     @model_validator(mode="before")
@@ -483,6 +505,8 @@ class RunSpec(_Strict):
                 raise SpecFieldError("parameter_server_count", "only for toolkit 'tensorflow'")
             if self.parameter_server_count > self.node_count:
                 raise SpecFieldError("parameter_server_count", "must not exceed node_count")
+        if self.shm_size is not None and self.image is None:
+            raise SpecFieldError("shm_size", "needs an image (it sizes the container's /dev/shm)")
         if self.communication_backend is not None and toolkit is not Toolkit.PYTORCH:
             raise SpecFieldError("communication_backend", "only for toolkit 'pytorch'")
         for field, dirs in (
