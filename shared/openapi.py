@@ -1,0 +1,475 @@
+"""The OpenAPI 3 document of the HTTP API (served at `GET /api/openapi.json`).
+
+Why written here rather than generated from the handlers: the Functions programming model has no
+schema reflection; instead `ROUTES` below is the single list of routes and operations, which
+`functions/api.py` registers and a test checks against `function_app.app.get_functions()`. The run spec
+schema is pydantic's own (`shared.runspec`), so the document and the validator cannot disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+__all__ = ["API_VERSION", "ROUTES", "document"]
+
+API_VERSION = "1.0.0"
+
+# Route template (as registered with the Functions host, under the `api` prefix) -> the HTTP methods
+# it implements -> operationId. Every other method on a registered route answers 405.
+ROUTES: dict[str, dict[str, str]] = {
+    "runs": {"GET": "listRuns", "POST": "startRun"},
+    "runs/{id}": {"GET": "getRun", "DELETE": "deleteRun"},
+    "runs/{id}/logs": {"GET": "getRunLogs"},
+    "clusters": {"GET": "listClusters"},
+    "clusters/{name}": {"DELETE": "deleteCluster"},
+    "health": {"GET": "health"},
+    "openapi.json": {"GET": "openapi"},
+}
+ANONYMOUS_ROUTES = frozenset({"health", "openapi.json"})
+# What a route registers with the host: every method, so that the handler answers 405 in our shape.
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+RUN_STATES = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"]
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+CLUSTER_NAME_PATTERN = r"^[-\w_]{1,64}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed JSON, an invalid run spec or query parameter (details name the field)",
+        401: "Missing or wrong function key",
+        404: "No such run or cluster",
+        405: "Method not allowed on this route",
+        409: "Conflict with the current state (in use, already finished, idempotency key reused)",
+        413: "Request body over 1 MiB",
+        415: "Request body is not JSON",
+        422: "Idempotency-Key reused with a different request body",
+        500: "Internal error (no stack trace; see the function logs)",
+        502: "Batch AI or storage answered with an error",
+        503: "A dependency is unreachable or unavailable",
+    }
+    return {str(s): _error(text[s]) for s in statuses}
+
+
+_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "Run id",
+    "schema": {"type": "string", "pattern": RUN_ID_PATTERN, "maxLength": 100},
+}
+_CLUSTER_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "Cluster name (in the configured Batch AI workspace)",
+    "schema": {"type": "string", "pattern": CLUSTER_NAME_PATTERN},
+}
+
+
+def _bool_query(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    }
+
+
+def _runspec_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(RunSpec schema, the component schemas it references), from pydantic's JSON schema."""
+    from shared.runspec import RunSpec
+
+    schema = RunSpec.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
+    defs = schema.pop("$defs", {})
+    return schema, defs
+
+
+def _schemas() -> dict[str, Any]:
+    runspec, runspec_defs = _runspec_schema()
+    file_schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "size": {"type": ["integer", "null"]},
+            "md5": {"type": ["string", "null"]},
+        },
+    }
+    output_schema = {
+        "type": "object",
+        "properties": {
+            "directory_id": {"type": "string"},
+            "name": {"type": "string"},
+            "size": {"type": ["integer", "null"]},
+            "download_url": {"type": ["string", "null"]},
+            "is_directory": {"type": "boolean"},
+        },
+    }
+    run_summary = {
+        "type": "object",
+        "required": ["id", "dataset", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "dataset": {"type": "string"},
+            "state": {"type": "string", "enum": RUN_STATES},
+            "created_at": {"type": ["string", "null"]},
+            "updated_at": {"type": ["string", "null"]},
+            "times": {"type": "object", "additionalProperties": {"type": "string"}},
+            "cluster": {"type": ["string", "null"]},
+            "experiment": {"type": ["string", "null"]},
+            "job_name": {"type": ["string", "null"]},
+            "job_id": {"type": ["string", "null"]},
+            "exit_code": {"type": ["integer", "null"]},
+            "source": {"type": ["string", "null"]},
+            "url": {"type": "string", "description": "This run's URL in the API"},
+        },
+    }
+    run = copy.deepcopy(run_summary)
+    run["properties"].update(
+        {
+            "spec": {"type": ["object", "null"], "description": "The effective run spec"},
+            "errors": {"type": "array", "items": {"type": "object"}},
+            "staged_files": {"type": "array", "items": _ref("StagedFile")},
+            "output_files": {"type": "array", "items": _ref("OutputFile")},
+            "expected_files": {"type": ["array", "null"], "items": {"type": "string"}},
+            "stdout_tail": {"type": ["string", "null"]},
+            "callback_url": {"type": ["string", "null"]},
+            "callback": {"type": ["object", "null"]},
+            "stage_from_prefix": {"type": ["string", "null"]},
+            "idempotency_key": {"type": ["string", "null"]},
+        }
+    )
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["field", "message"],
+                                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        "StartRunRequest": {
+            "type": "object",
+            "required": ["dataset"],
+            "additionalProperties": False,
+            "properties": {
+                "dataset": {
+                    "type": "string",
+                    "description": "Dataset name: its directory on the file share (and blob prefix)",
+                },
+                "stage_from_prefix": {
+                    "type": "string",
+                    "description": "Blob prefix in the training container to stage into the dataset's "
+                    "directory first; omit when the dataset is already staged",
+                },
+                "spec": {
+                    **_ref("RunSpec"),
+                    "description": "The run spec (same schema as a dataset's run.json); omitted "
+                    "fields take the quickstart's defaults",
+                },
+            },
+        },
+        "RunSpec": runspec,
+        "StagedFile": file_schema,
+        "OutputFile": output_schema,
+        "RunSummary": run_summary,
+        "Run": run,
+        "RunList": {
+            "type": "object",
+            "required": ["runs"],
+            "properties": {
+                "runs": {"type": "array", "items": _ref("RunSummary")},
+                "continuation": {
+                    "type": ["string", "null"],
+                    "description": "Pass as ?continuation= for the next page; null on the last page",
+                },
+            },
+        },
+        "RunLogs": {
+            "type": "object",
+            "required": ["id", "state", "tail", "stdout", "stderr"],
+            "properties": {
+                "id": {"type": "string"},
+                "state": {"type": "string"},
+                "tail": {"type": "integer"},
+                "stdout": {"type": "string"},
+                "stderr": {"type": "string"},
+                "source": {"type": "string", "enum": ["job", "record", "none"]},
+            },
+        },
+        "Teardown": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "state": {"type": "string"},
+                "job_deleted": {"type": "boolean"},
+                "cluster_deleted": {"type": "boolean"},
+                "message": {"type": "string"},
+            },
+        },
+        "Cluster": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "id": {"type": ["string", "null"]},
+                "vm_size": {"type": ["string", "null"]},
+                "vm_priority": {"type": ["string", "null"]},
+                "allocation_state": {"type": ["string", "null"]},
+                "provisioning_state": {"type": ["string", "null"]},
+                "current_node_count": {"type": ["integer", "null"]},
+                "node_state_counts": {"type": ["object", "null"]},
+                "creation_time": {"type": ["string", "null"]},
+                "errors": {"type": "array", "items": {"type": "object"}},
+                "active_runs": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "ClusterList": {
+            "type": "object",
+            "required": ["clusters"],
+            "properties": {"clusters": {"type": "array", "items": _ref("Cluster")}},
+        },
+        "ClusterDeleted": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "deleted": {"type": "boolean"}},
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "checks"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+                "checks": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["ok"],
+                        "properties": {"ok": {"type": "boolean"}, "message": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    }
+    for name, definition in runspec_defs.items():
+        schemas.setdefault(name, definition)
+    return schemas
+
+
+def _operations() -> dict[str, Any]:
+    security_note = "Requires a function key (x-functions-key header or code query parameter)."
+    return {
+        "/runs": {
+            "get": {
+                "operationId": "listRuns",
+                "summary": "List runs, oldest first, filtered by state and dataset, one page at a time",
+                "description": security_note,
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only runs in this state (comma-separated for several)",
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "dataset", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "Page size, 1-1000 (default 100)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "continuation",
+                        "in": "query",
+                        "required": False,
+                        "description": "The continuation of the previous page",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {"200": _json(_ref("RunList"), "A page of runs"), **_errors(400, 401, 405, 500)},
+            },
+            "post": {
+                "operationId": "startRun",
+                "summary": "Start a run on a dataset (already staged, or a blob prefix to stage first)",
+                "description": security_note
+                + " With an Idempotency-Key header, the same key and body give the same run (202 with"
+                " the existing run); the same key with a different body is 422.",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("StartRunRequest")}},
+                },
+                "responses": {
+                    "202": {
+                        **_json(_ref("Run"), "Accepted: the run record; poll its Location"),
+                        "headers": {
+                            "Location": {"description": "The run's URL", "schema": {"type": "string"}}
+                        },
+                    },
+                    **_errors(400, 401, 404, 405, 409, 413, 415, 422, 500, 502, 503),
+                },
+            },
+        },
+        "/runs/{id}": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getRun",
+                "summary": "The full run record, with fresh output download URLs",
+                "description": security_note,
+                "responses": {
+                    "200": _json(_ref("Run"), "The run"),
+                    **_errors(400, 401, 404, 405, 500),
+                },
+            },
+            "delete": {
+                "operationId": "deleteRun",
+                "summary": "Tear a run down: terminate and delete its job; the run ends cancelled",
+                "description": security_note
+                + " With cluster=true its cluster is deleted too when no other active run uses it."
+                " A run already finished keeps its state; its job is still deleted.",
+                "parameters": [_bool_query("cluster", "Also delete the run's cluster when unused")],
+                "responses": {
+                    "200": _json(_ref("Teardown"), "Torn down"),
+                    **_errors(400, 401, 404, 405, 409, 500, 502),
+                },
+            },
+        },
+        "/runs/{id}/logs": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getRunLogs",
+                "summary": "The last lines of the run's stdout and stderr",
+                "description": security_note,
+                "parameters": [
+                    {
+                        "name": "tail",
+                        "in": "query",
+                        "required": False,
+                        "description": "How many lines from the end (1-10000, default 100)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("RunLogs"), "The log tails"),
+                    **_errors(400, 401, 404, 405, 500, 502),
+                },
+            },
+        },
+        "/clusters": {
+            "get": {
+                "operationId": "listClusters",
+                "summary": "Clusters of the workspace, with the active runs using each",
+                "description": security_note,
+                "responses": {
+                    "200": _json(_ref("ClusterList"), "The clusters"),
+                    **_errors(401, 405, 500, 502),
+                },
+            }
+        },
+        "/clusters/{name}": {
+            "parameters": [_CLUSTER_PARAM],
+            "delete": {
+                "operationId": "deleteCluster",
+                "summary": "Delete a cluster; 409 while active runs use it unless force=true",
+                "description": security_note,
+                "parameters": [_bool_query("force", "Delete even while active runs use it")],
+                "responses": {
+                    "200": _json(_ref("ClusterDeleted"), "Deleted"),
+                    **_errors(400, 401, 404, 405, 409, 500, 502),
+                },
+            },
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Storage and ARM reachable, settings valid, Batch AI available (anonymous)",
+                "security": [],
+                "responses": {
+                    "200": _json(_ref("Health"), "Every check passed"),
+                    "503": _json(_ref("Health"), "A check failed; its message says which and why"),
+                    **_errors(405),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document (anonymous)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI 3 document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(405),
+                },
+            }
+        },
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Batch AI training runs",
+            "version": API_VERSION,
+            "description": "Start, watch and tear down Azure Batch AI training runs; list and delete "
+            'clusters. Errors are {"error": {"code", "message", "details"}}.',
+        },
+        "servers": [{"url": "/api"}],
+        "security": [{"functionKey": []}, {"functionKeyQuery": []}],
+        "paths": _operations(),
+        "components": {
+            "securitySchemes": {
+                "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+                "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"},
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def document(server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI document; `server_url` (e.g. "https://app.azurewebsites.net/api") replaces "/api"."""
+    doc = copy.deepcopy(_document())
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

@@ -1,0 +1,736 @@
+"""The HTTP API's domain: parse requests, call the pipeline, shape responses. No azure.functions here.
+
+`handle(route, request)` is the one entry point `functions/api.py` calls with a plain `ApiRequest`; it
+dispatches on `shared.openapi.ROUTES` (a method a route does not implement is 405), and turns every
+failure into the one error shape of `shared.http`: validation problems are 400 with `details` naming
+each field, an unknown run 404, a conflict 409, Azure's own errors 502, an unreachable dependency 503,
+anything else 500 without a stack trace (the trace goes to the log).
+
+Idempotency: `POST /api/runs` with an `Idempotency-Key` returns the run that key started when the
+request is the same (same dataset, staging prefix and effective spec): 202 again, with
+`Idempotent-Replayed: true`. The same key with a different request is 422 `IdempotencyKeyReused`
+(a client bug, not a state conflict: retrying cannot succeed).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import re
+import urllib.request
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from shared.http import ApiError, ApiRequest, ApiResponse, json_body
+from shared.openapi import CLUSTER_NAME_PATTERN, ROUTES, RUN_ID_PATTERN, RUN_STATES
+
+__all__ = ["handle"]
+
+log = logging.getLogger(__name__)
+
+START_FIELDS = ("dataset", "stage_from_prefix", "spec")
+MAX_IDEMPOTENCY_KEY = 200
+DEFAULT_PAGE = 100
+DEFAULT_TAIL = 100
+MAX_TAIL = 10_000
+LOG_READ_LIMIT = 4 * 1024 * 1024  # bytes of a log file read (from its end) to find the tail
+HEALTH_TIMEOUT = 20.0
+# ARM error codes meaning "this resource provider does not exist (any more) here": Batch AI's retirement.
+PROVIDER_GONE_CODES = frozenset(
+    {
+        "NoRegisteredProviderFound",
+        "InvalidResourceNamespace",
+        "MissingSubscriptionRegistration",
+        "SubscriptionNotRegistered",
+        "InvalidResourceType",
+        "ResourceProviderNotRegistered",
+    }
+)
+
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+_CLUSTER = re.compile(CLUSTER_NAME_PATTERN)
+
+
+# --- dispatch ---------------------------------------------------------------------------------------
+
+
+def handle(route: str, request: ApiRequest) -> ApiResponse:
+    """Answer one request on `route` (a template of `ROUTES`); never raises."""
+    operations = ROUTES.get(route)
+    if operations is None:
+        return ApiError(404, "NotFound", f"no route {route!r}").response()
+    operation = operations.get(request.method.upper())
+    try:
+        if operation is None:
+            allowed = ", ".join(sorted(operations))
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                f"{request.method.upper()} is not allowed on /api/{route}; allowed: {allowed}",
+                headers={"Allow": allowed},
+            )
+        return _OPERATIONS[operation](request)
+    except ApiError as exc:
+        return exc.response()
+    except Exception as exc:
+        return _unexpected(exc, operation or "unknown").response()
+
+
+def _unexpected(exc: Exception, operation: str) -> ApiError:
+    """Map an exception from the pipeline or an SDK to an API error (never leaking a trace)."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    from shared.registry import ConcurrencyError, RegistryError, RunNotFound
+    from shared.settings import SettingsError
+
+    if isinstance(exc, RunNotFound):
+        return ApiError(404, "RunNotFound", str(exc))
+    if isinstance(exc, SettingsError):
+        log.error("%s: invalid app settings: %s", operation, exc)
+        return ApiError(500, "InvalidSettings", str(exc))
+    if isinstance(exc, ConcurrencyError):
+        return ApiError(409, "Conflict", str(exc))
+    if isinstance(exc, RegistryError):
+        return ApiError(400, "InvalidRequest", str(exc))
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        log.warning("%s: dependency unreachable: %s", operation, exc)
+        return ApiError(503, "DependencyUnavailable", f"a dependency is unreachable: {_short(exc)}")
+    if isinstance(exc, HttpResponseError):
+        code = getattr(getattr(exc, "error", None), "code", None) or exc.reason or "Error"
+        log.warning("%s: upstream error %s %s: %s", operation, exc.status_code, code, _short(exc))
+        return ApiError(502, "UpstreamError", f"Azure answered {exc.status_code} {code}: {_short(exc)}")
+    log.exception("%s failed", operation)
+    return ApiError(500, "InternalError", f"internal error ({type(exc).__name__}); see the function logs")
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first[:limit]
+
+
+# --- shared helpers -----------------------------------------------------------------------------------
+
+
+def _settings() -> Any:
+    from shared.settings import get_settings
+
+    return get_settings()
+
+
+def _registry() -> Any:
+    from shared import clients
+    from shared.registry import RunRegistry
+
+    return RunRegistry(clients.runs_table())
+
+
+def _base_url(request: ApiRequest) -> str:
+    """`scheme://host/api` of this request (for Location and run URLs)."""
+    parts = urlsplit(request.url)
+    path = parts.path
+    index = path.lower().find("/api/")
+    prefix = path[:index] + "/api" if index >= 0 else "/api"
+    return urlunsplit((parts.scheme or "http", parts.netloc, prefix, "", ""))
+
+
+def _run_url(request: ApiRequest, run_id: str) -> str:
+    return f"{_base_url(request)}/runs/{run_id}"
+
+
+def _run_id(request: ApiRequest) -> str:
+    run_id = request.route_params.get("id", "")
+    if not _RUN_ID.match(run_id):
+        raise ApiError(404, "RunNotFound", f"run {run_id[:100]!r} not found")
+    return run_id
+
+
+def _flag(request: ApiRequest, name: str) -> bool:
+    value = request.params.get(name)
+    if value is None or value == "":
+        return False
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise _invalid(name, f"expected true or false, got {value[:50]!r}")
+
+
+def _int_param(request: ApiRequest, name: str, default: int, low: int, high: int) -> int:
+    value = request.params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise _invalid(name, f"expected an integer, got {value[:50]!r}") from None
+    if not low <= number <= high:
+        raise _invalid(name, f"expected {low}-{high}, got {number}")
+    return number
+
+
+def _invalid(field: str, message: str, code: str = "InvalidRequest") -> ApiError:
+    return ApiError(400, code, f"{field}: {message}", details=[{"field": field, "message": message}])
+
+
+def _summary(record: Any, request: ApiRequest) -> dict[str, Any]:
+    return {
+        "id": record.run_id,
+        "dataset": record.dataset,
+        "state": record.state,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "times": dict(record.times),
+        "cluster": record.cluster,
+        "experiment": record.experiment,
+        "job_name": record.job_name,
+        "job_id": record.job_id,
+        "exit_code": record.exit_code,
+        "source": record.source,
+        "url": _run_url(request, record.run_id),
+    }
+
+
+def _full(record: Any, request: ApiRequest) -> dict[str, Any]:
+    data = record.to_dict()
+    data.pop("etag", None)
+    data["url"] = _run_url(request, record.run_id)
+    return data
+
+
+# --- POST /api/runs -----------------------------------------------------------------------------------
+
+
+def parse_start_request(body: dict[str, Any]) -> tuple[str, Any, str | None]:
+    """(dataset, RunSpec, stage_from_prefix) from a start-run body; ApiError(400) naming each bad field."""
+    from shared.staging import StagingError, check_dataset_name, check_relative_path
+
+    problems: list[dict[str, str]] = []
+    for key in body:
+        if key not in START_FIELDS:
+            problems.append({"field": key, "message": f"unknown field; expected {', '.join(START_FIELDS)}"})
+    dataset = body.get("dataset")
+    if not isinstance(dataset, str):
+        problems.append({"field": "dataset", "message": "required: the dataset name (a string)"})
+    else:
+        try:
+            check_dataset_name(dataset)
+        except StagingError as exc:
+            problems.append({"field": "dataset", "message": str(exc)})
+    prefix = body.get("stage_from_prefix")
+    if prefix is not None:
+        if not isinstance(prefix, str) or not prefix.strip("/"):
+            problems.append({"field": "stage_from_prefix", "message": "expected a non-empty blob prefix"})
+        else:
+            try:
+                check_relative_path(prefix.strip("/"), what="stage_from_prefix")
+            except StagingError as exc:
+                problems.append({"field": "stage_from_prefix", "message": str(exc)})
+    raw_spec = body.get("spec", {})
+    spec = None
+    if not isinstance(raw_spec, dict):
+        problems.append({"field": "spec", "message": "expected a JSON object (the run spec)"})
+    else:
+        spec, spec_problems = _parse_spec(raw_spec)
+        problems.extend(spec_problems)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ApiError(400, "InvalidRequest", f"{first['field']}: {first['message']}{more}", details=problems)
+    return dataset, spec, (prefix.strip("/") + "/") if prefix else None  # type: ignore[union-attr]
+
+
+def _parse_spec(raw: dict[str, Any]) -> tuple[Any, list[dict[str, str]]]:
+    """The RunSpec (validated with the app's VM allow-list and callback setting), or the problems."""
+    from shared import runspec
+
+    try:
+        spec = runspec.parse_run_spec(raw, runspec.SpecContext.from_settings(_settings()))
+    except runspec.RunSpecError as exc:
+        return None, [
+            {"field": "spec" if e["field"] == "(root)" else f"spec.{e['field']}", "message": e["message"]}
+            for e in exc.errors
+        ]
+    problems = []
+    if spec.callback_url:
+        message = _callback_problem(spec.callback_url)
+        if message:
+            problems.append({"field": "spec.callback_url", "message": message})
+    return spec, problems
+
+
+def _callback_problem(url: str) -> str | None:
+    """Why this callback URL is refused (not https, private or metadata address), or None."""
+    from shared import callbacks
+
+    allow_loopback = _settings().callback_allow_loopback_http
+    try:
+        callbacks.check_callback_url(url, allow_loopback_http=allow_loopback, resolve=True)
+    except callbacks.CallbackError as exc:
+        return str(exc)
+    return None
+
+
+def _same_request(record: Any, dataset: str, spec: Any, prefix: str | None) -> bool:
+    """Is this the request that made `record`? Compares dataset, prefix and the effective spec (secret
+    values are never stored, so two requests differing only in a secret's value count as the same)."""
+    if record.dataset != dataset or (record.stage_from_prefix or None) != prefix:
+        return False
+    return record.spec is None or record.spec == spec.to_json_dict()
+
+
+def start_run(request: ApiRequest) -> ApiResponse:
+    key = request.header("idempotency-key")
+    if key is not None and not (0 < len(key.strip()) <= MAX_IDEMPOTENCY_KEY):
+        raise ApiError(
+            400,
+            "InvalidIdempotencyKey",
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
+            details=[{"field": "Idempotency-Key", "message": f"1-{MAX_IDEMPOTENCY_KEY} characters"}],
+        )
+    key = key.strip() if key else None
+    body = json_body(request)
+    dataset, spec, prefix = parse_start_request(body)
+
+    if key:
+        existing = _registry().find_by_idempotency_key(key)
+        if existing is not None:
+            return _replay_or_conflict(request, existing, dataset, spec, prefix)
+    from shared import ingest
+
+    try:
+        record = ingest.start_run(dataset, spec, stage_from_prefix=prefix, idempotency_key=key)
+    except Exception as exc:
+        raise _start_error(exc) from None
+    if key and record.idempotency_key == key and not _same_request(record, dataset, spec, prefix):
+        # Another request with this key won the race with a different body.
+        return _replay_or_conflict(request, record, dataset, spec, prefix)
+    log.info("run %s started on dataset %s over HTTP", record.run_id, dataset, extra=record.log_extra())
+    url = _run_url(request, record.run_id)
+    return ApiResponse(202, _full(record, request), headers={"Location": url})
+
+
+def _replay_or_conflict(
+    request: ApiRequest, record: Any, dataset: str, spec: Any, prefix: str | None
+) -> ApiResponse:
+    if not _same_request(record, dataset, spec, prefix):
+        raise ApiError(
+            422,
+            "IdempotencyKeyReused",
+            f"Idempotency-Key was already used for run {record.run_id} with a different request body; "
+            "use a new key for a different request",
+        )
+    url = _run_url(request, record.run_id)
+    return ApiResponse(202, _full(record, request), headers={"Location": url, "Idempotent-Replayed": "true"})
+
+
+def _start_error(exc: Exception) -> Exception:
+    """ingest.start_run's refusals as API errors (unknown dataset, empty prefix, bad names...)."""
+    from shared.settings import SettingsError
+    from shared.staging import StagingError
+
+    if isinstance(exc, ApiError | SettingsError):
+        return exc
+    name = type(exc).__name__
+    code = getattr(exc, "code", None) or name
+    if isinstance(exc, StagingError) or name in ("DatasetNotFound", "DatasetNotStaged", "NothingToStage"):
+        status = 404 if "NotFound" in str(code) or "NotStaged" in str(code) or "Nothing" in str(code) else 400
+        return ApiError(status, str(code), str(exc))
+    if name in ("RunConflict", "DatasetBusy", "TransitionRejected"):
+        return ApiError(409, str(code), str(exc))
+    if isinstance(exc, ValueError) and not _is_azure_error(exc):
+        return ApiError(400, "InvalidRequest", str(exc))
+    return exc
+
+
+def _is_azure_error(exc: BaseException) -> bool:
+    from azure.core.exceptions import AzureError
+
+    return isinstance(exc, AzureError)
+
+
+# --- GET /api/runs ------------------------------------------------------------------------------------
+
+
+def list_runs(request: ApiRequest) -> ApiResponse:
+    from shared.registry import RegistryError
+
+    states: list[str] = []
+    raw_state = request.params.get("state")
+    if raw_state:
+        states = [s.strip().lower() for s in raw_state.split(",") if s.strip()]
+        unknown = [s for s in states if s not in RUN_STATES]
+        if unknown:
+            raise _invalid("state", f"unknown state {unknown[0]!r}; states are {', '.join(RUN_STATES)}")
+    dataset = request.params.get("dataset") or None
+    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, 1000)
+    continuation = request.params.get("continuation") or None
+    try:
+        records, token = _registry().list_runs(states or None, dataset, limit, continuation)
+    except RegistryError as exc:
+        field = "continuation" if "continuation" in str(exc) else "query"
+        raise _invalid(field, str(exc)) from None
+    return ApiResponse(200, {"runs": [_summary(r, request) for r in records], "continuation": token})
+
+
+# --- GET /api/runs/{id} -------------------------------------------------------------------------------
+
+
+def get_run(request: ApiRequest) -> ApiResponse:
+    record = _registry().get(_run_id(request))
+    data = _full(record, request)
+    fresh = _fresh_outputs(record)
+    if fresh is not None:
+        data["output_files"] = fresh
+        data["output_urls_fresh"] = True
+    else:
+        data["output_urls_fresh"] = False
+    return ApiResponse(200, data)
+
+
+def _job_ref(record: Any) -> tuple[str, str, str, str] | None:
+    """(resource group, workspace, experiment, job) of the run's Batch AI job, or None."""
+    if not (record.job_name and record.experiment):
+        return None
+    settings = _settings()
+    return (
+        record.resource_group or settings.resource_group,
+        record.workspace or settings.workspace,
+        record.experiment,
+        record.job_name,
+    )
+
+
+def _list_output_files(ref: tuple[str, str, str, str], directory_id: str) -> list[Any]:
+    from azure.mgmt.batchai.models import JobsListOutputFilesOptions
+
+    from shared import clients
+
+    options = JobsListOutputFilesOptions(outputdirectoryid=directory_id, linkexpiryinminutes=60)
+    return list(clients.batchai_client().jobs.list_output_files(*ref, options))
+
+
+def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
+    """The run's recorded output files with download URLs listed again now (they expire); None when
+    the job is not there to ask (not submitted yet, or deleted by cleanup)."""
+    from azure.core.exceptions import HttpResponseError
+
+    ref = _job_ref(record)
+    if ref is None or not record.output_files:
+        return None
+    directories = list(dict.fromkeys(o.directory_id for o in record.output_files))
+    current: dict[tuple[str, str], Any] = {}
+    try:
+        for directory in directories:
+            for item in _list_output_files(ref, directory):
+                current[(directory, item.name)] = item
+    except HttpResponseError as exc:
+        log.info(
+            "run %s: output files not listable (%s); returning recorded URLs", record.run_id, exc.status_code
+        )
+        return None
+    out = []
+    for o in record.output_files:
+        item = current.get((o.directory_id, o.name))
+        data = o.to_dict()
+        if item is not None:
+            data["download_url"] = item.download_url
+            if item.content_length is not None:
+                data["size"] = item.content_length
+        out.append(data)
+    return out
+
+
+# --- GET /api/runs/{id}/logs --------------------------------------------------------------------------
+
+
+def get_logs(request: ApiRequest) -> ApiResponse:
+    tail = _int_param(request, "tail", DEFAULT_TAIL, 1, MAX_TAIL)
+    record = _registry().get(_run_id(request))
+    stdout, stderr, source = _read_logs(record, tail)
+    return ApiResponse(
+        200,
+        {"id": record.run_id, "state": record.state, "tail": tail, "stdout": stdout, "stderr": stderr,
+         "source": source},
+    )  # fmt: skip
+
+
+def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
+    from azure.core.exceptions import HttpResponseError
+
+    ref = _job_ref(record)
+    if ref is not None:
+        try:
+            files = {f.name: f for f in _list_output_files(ref, "stdouterr")}
+        except HttpResponseError:
+            files = {}
+        if files:
+            out = _tail_of_url(files["stdout.txt"].download_url, tail) if "stdout.txt" in files else ""
+            err = _tail_of_url(files["stderr.txt"].download_url, tail) if "stderr.txt" in files else ""
+            return out, err, "job"
+    if record.stdout_tail:
+        return _last_lines(record.stdout_tail, tail), "", "record"
+    return "", "", "none"
+
+
+def _tail_of_url(url: str | None, lines: int) -> str:
+    """The last `lines` lines of a download URL, reading at most LOG_READ_LIMIT bytes of its end."""
+    if not url:
+        return ""
+    keep: collections.deque[bytes] = collections.deque()
+    kept = 0
+    with urllib.request.urlopen(url, timeout=30) as response:
+        while chunk := response.read(64 * 1024):
+            keep.append(chunk)
+            kept += len(chunk)
+            while kept - len(keep[0]) > LOG_READ_LIMIT:
+                kept -= len(keep.popleft())
+    return _last_lines(b"".join(keep).decode("utf-8", errors="replace"), lines)
+
+
+def _last_lines(text: str, lines: int) -> str:
+    parts = text.splitlines(keepends=True)
+    return "".join(parts[-lines:])
+
+
+# --- DELETE /api/runs/{id} ----------------------------------------------------------------------------
+
+
+def delete_run(request: ApiRequest) -> ApiResponse:
+    from shared import ingest
+
+    run_id = _run_id(request)
+    with_cluster = _flag(request, "cluster")
+    registry = _registry()
+    registry.get(run_id)  # 404 before any side effect
+    result = ingest.cancel_run(run_id, delete_cluster=with_cluster)
+    return ApiResponse(200, _teardown_body(result, run_id, registry))
+
+
+def _teardown_body(result: Any, run_id: str, registry: Any) -> dict[str, Any]:
+    """What cancel_run reported, as JSON (it may return a record, a dict or a small result object)."""
+    if isinstance(result, dict):
+        body = dict(result)
+    elif hasattr(result, "to_dict") and hasattr(result, "run_id"):
+        body = {"state": result.state}
+    elif result is not None and hasattr(result, "__dataclass_fields__"):
+        import dataclasses
+
+        body = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, dict | list)}
+    else:
+        body = {}
+    body["id"] = run_id
+    if "state" not in body:
+        body["state"] = registry.get(run_id).state
+    return body
+
+
+# --- clusters ---------------------------------------------------------------------------------------
+
+
+def _active_runs_by_cluster() -> dict[str, list[str]]:
+    from shared.registry import ACTIVE_STATES
+
+    users: dict[str, list[str]] = {}
+    for record in _registry().iter_runs(state=sorted(ACTIVE_STATES)):
+        if record.cluster:
+            users.setdefault(record.cluster, []).append(record.run_id)
+    return users
+
+
+def _cluster_json(cluster: Any, users: dict[str, list[str]]) -> dict[str, Any]:
+    counts = cluster.node_state_counts
+    scale = cluster.scale_settings
+    return {
+        "name": cluster.name,
+        "id": cluster.id,
+        "vm_size": cluster.vm_size,
+        "vm_priority": str(cluster.vm_priority) if cluster.vm_priority else None,
+        "allocation_state": str(cluster.allocation_state) if cluster.allocation_state else None,
+        "provisioning_state": str(cluster.provisioning_state) if cluster.provisioning_state else None,
+        "current_node_count": cluster.current_node_count,
+        "node_state_counts": counts.as_dict() if counts is not None else None,
+        "scale_settings": scale.as_dict() if scale is not None else None,
+        "creation_time": cluster.creation_time.isoformat() if cluster.creation_time else None,
+        "errors": [e.as_dict() for e in (cluster.errors or [])],
+        "active_runs": users.get(cluster.name or "", []),
+    }
+
+
+def list_clusters(request: ApiRequest) -> ApiResponse:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared import clients
+
+    settings = _settings()
+    try:
+        clusters = list(
+            clients.batchai_client().clusters.list_by_workspace(settings.resource_group, settings.workspace)
+        )
+    except ResourceNotFoundError:  # no workspace (or resource group) yet: no clusters
+        clusters = []
+    users = _active_runs_by_cluster()
+    return ApiResponse(200, {"clusters": [_cluster_json(c, users) for c in clusters]})
+
+
+def delete_cluster(request: ApiRequest) -> ApiResponse:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared import clients, ingest
+
+    name = request.route_params.get("name", "")
+    if not _CLUSTER.match(name):
+        raise ApiError(404, "ClusterNotFound", f"cluster {name[:100]!r} not found")
+    force = _flag(request, "force")
+    settings = _settings()
+    client = clients.batchai_client()
+    try:
+        client.clusters.get(settings.resource_group, settings.workspace, name)
+    except ResourceNotFoundError:
+        raise ApiError(
+            404, "ClusterNotFound", f"cluster {name!r} not found in workspace {settings.workspace}"
+        ) from None
+    users = _active_runs_by_cluster().get(name, [])
+    if users and not force:
+        raise ApiError(
+            409,
+            "ClusterInUse",
+            f"cluster {name!r} is used by active run(s) {', '.join(users)}; "
+            "cancel them first or pass force=true",
+        )
+    cancelled = []
+    for run_id in users:  # force: the runs would fail anyway; end them cleanly first
+        with contextlib.suppress(Exception):
+            ingest.cancel_run(run_id, delete_cluster=False)
+            cancelled.append(run_id)
+    with contextlib.suppress(ResourceNotFoundError):
+        client.clusters.begin_delete(settings.resource_group, settings.workspace, name).result(timeout=120)
+    log.info("cluster %s deleted over HTTP (force=%s, cancelled runs %s)", name, force, cancelled)
+    return ApiResponse(200, {"name": name, "deleted": True, "cancelled_runs": cancelled})
+
+
+# --- GET /api/health ----------------------------------------------------------------------------------
+
+
+def health(request: ApiRequest) -> ApiResponse:
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        settings = _settings()
+    except Exception as exc:  # SettingsError names each setting, never a value
+        checks["settings"] = {"ok": False, "message": str(exc)}
+        return ApiResponse(503, {"status": "unavailable", "checks": checks})
+    checks["settings"] = {"ok": True, "message": "app settings are valid"}
+    probes: dict[str, Callable[[], str]] = {
+        "storage": lambda: _probe_storage(settings),
+        "arm": lambda: _probe_arm(settings),
+        "batchai": lambda: _probe_batchai(settings),
+    }
+    pool = ThreadPoolExecutor(max_workers=len(probes))
+    try:
+        futures = {name: pool.submit(probe) for name, probe in probes.items()}
+        for name, future in futures.items():
+            try:
+                checks[name] = {"ok": True, "message": future.result(timeout=HEALTH_TIMEOUT)}
+            except FutureTimeout:
+                checks[name] = {"ok": False, "message": f"no answer within {HEALTH_TIMEOUT:.0f} s"}
+            except Exception as exc:
+                checks[name] = {"ok": False, "message": _probe_error(name, exc)}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    ok = all(c["ok"] for c in checks.values())
+    return ApiResponse(200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})
+
+
+def _probe_storage(settings: Any) -> str:
+    from shared import clients
+
+    next(iter(clients.blob_service(settings).list_containers(results_per_page=1).by_page()), None)
+    next(iter(clients.table_service(settings).list_tables(results_per_page=1).by_page()), None)
+    return f"blob and table storage of account {settings.storage.account_name} reachable"
+
+
+def _probe_arm(settings: Any) -> str:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared import clients
+
+    try:
+        clients.resource_client(settings).resource_groups.get(settings.resource_group)
+    except ResourceNotFoundError:
+        return f"ARM reachable; resource group {settings.resource_group} not created yet (made on first run)"
+    return f"ARM reachable; resource group {settings.resource_group} exists"
+
+
+def _probe_batchai(settings: Any) -> str:
+    from shared import clients
+
+    next(iter(clients.batchai_client(settings).usages.list(settings.location).by_page()), None)
+    return f"Microsoft.BatchAI answers in {settings.location}"
+
+
+def _probe_error(name: str, exc: Exception) -> str:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    if name == "batchai" and isinstance(exc, HttpResponseError) and batchai_retired(exc):
+        return retirement_message(exc)
+    if isinstance(exc, ClientAuthenticationError):
+        return f"authentication failed: {_short(exc)}"
+    if isinstance(exc, ServiceRequestError):
+        return f"unreachable: {_short(exc)}"
+    if isinstance(exc, HttpResponseError):
+        code = getattr(getattr(exc, "error", None), "code", None) or exc.reason
+        return f"answered {exc.status_code} {code}: {_short(exc)}"
+    return f"{type(exc).__name__}: {_short(exc)}"
+
+
+def batchai_retired(exc: Any) -> bool:
+    """Does this ARM error say Microsoft.BatchAI is not a registered/available resource provider?"""
+    code = getattr(getattr(exc, "error", None), "code", None) or ""
+    text = str(getattr(exc, "message", None) or exc)
+    if code in PROVIDER_GONE_CODES:
+        return True
+    lowered = text.lower()
+    return "microsoft.batchai" in lowered and any(
+        phrase in lowered for phrase in ("not registered", "no registered resource provider", "not found",
+                                         "not supported", "invalid resource namespace")
+    )  # fmt: skip
+
+
+def retirement_message(exc: Any) -> str:
+    code = getattr(getattr(exc, "error", None), "code", None) or getattr(exc, "reason", "")
+    return (
+        "Azure Batch AI is not available: ARM answered that Microsoft.BatchAI is not a registered or "
+        f"available resource provider ({code}). Microsoft retired Batch AI on 2019-03-31; this app runs "
+        "only against the local ARM emulator (or another Batch AI 2018-05-01 endpoint set in ARM_ENDPOINT)."
+    )
+
+
+# --- GET /api/openapi.json ----------------------------------------------------------------------------
+
+
+def openapi(request: ApiRequest) -> ApiResponse:
+    from shared.openapi import document
+
+    return ApiResponse(200, document(_base_url(request) if request.url else None))
+
+
+_OPERATIONS: dict[str, Callable[[ApiRequest], ApiResponse]] = {
+    "listRuns": list_runs,
+    "startRun": start_run,
+    "getRun": get_run,
+    "deleteRun": delete_run,
+    "getRunLogs": get_logs,
+    "listClusters": list_clusters,
+    "deleteCluster": delete_cluster,
+    "health": health,
+    "openapi": openapi,
+}
+
+
+def operations() -> Iterable[str]:
+    return _OPERATIONS.keys()
