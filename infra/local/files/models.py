@@ -1,0 +1,769 @@
+"""The backend: shares, directories and files as a plain directory tree, properties in SQLite.
+
+Bytes live at `<data-dir>/shares/<account>/<share>/<path>`, so the Batch AI emulator can mount a share
+and jobs can write into it directly; what the API reports (listings, sizes, times) is read from the
+disk on every request, so files that appear there without the API are visible at once. Metadata,
+content settings, SMB times and copy state live in `<data-dir>/meta/meta.sqlite3`, never in the share
+tree. A property record is tied to the inode it was written for: a file deleted and re-created behind
+the emulator's back starts with fresh properties.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import StorageError
+
+CHUNK = 1024 * 1024
+MAX_RANGE_WRITE = 4 * 1024 * 1024  # Azure's limit for one Put Range
+MAX_NAME = 255
+MAX_PATH = 2048
+DEFAULT_QUOTA_GIB = 5120
+MAX_QUOTA_GIB = 102400
+FORBIDDEN_CHARS = frozenset('"\\:|<>*?/')
+SHARE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
+METADATA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CONTENT_FIELDS = (
+    "content_type",
+    "content_encoding",
+    "content_language",
+    "cache_control",
+    "content_disposition",
+    "content_md5",
+)
+
+
+def validate_share_name(share: str) -> None:
+    if not 3 <= len(share) <= 63:
+        raise StorageError(
+            "OutOfRangeInput",
+            message="The specified resource name length is not within the permissible limits.",
+        )
+    if not SHARE_NAME.match(share):
+        raise StorageError("InvalidResourceName")
+
+
+def split_path(path: str) -> list[str]:
+    """The components of a directory or file path, or InvalidResourceName for what Azure rejects.
+
+    `.` and `..` segments, empty segments, the characters `"\\:|<>*?`, control characters, names made
+    only of dots, components over 255 characters and paths over 2048 characters are all refused, so
+    a path can never name anything outside its share.
+    """
+    if path.endswith("/"):
+        path = path[:-1]
+    if not path:
+        return []
+    if len(path) > MAX_PATH:
+        raise StorageError("InvalidResourceName", message=f"The path is longer than {MAX_PATH} characters.")
+    components = path.split("/")
+    for name in components:
+        if not name or set(name) == {"."}:
+            raise StorageError(
+                "InvalidResourceName",
+                message="The specifed resource name contains invalid characters: empty, '.' or '..' "
+                "path segments are not allowed.",
+            )
+        if len(name) > MAX_NAME:
+            raise StorageError(
+                "InvalidResourceName",
+                message=f"The specifed resource name is longer than {MAX_NAME} characters.",
+            )
+        if any(ch in FORBIDDEN_CHARS or ord(ch) < 0x20 for ch in name):
+            raise StorageError("InvalidResourceName")
+    return components
+
+
+def validate_metadata(metadata: list[tuple[str, str]]) -> None:
+    for name, _value in metadata:
+        if not METADATA_NAME.match(name):
+            raise StorageError(
+                "InvalidMetadata",
+                message=f"The metadata name {name!r} is not a valid C# identifier.",
+            )
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def etag_of(*parts: Any) -> str:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=7).hexdigest().upper()
+    return f'"0x8D{digest}"'
+
+
+@dataclass
+class ShareInfo:
+    name: str
+    quota: int
+    metadata: list[tuple[str, str]]
+    last_modified: float
+    etag: str
+
+
+@dataclass
+class EntryInfo:
+    """What the API reports for one directory or file: disk facts merged with stored properties."""
+
+    kind: str  # "file" or "directory"
+    name: str
+    size: int
+    etag: str
+    last_modified: float
+    creation_ns: int
+    last_write_ns: int
+    change_ns: int
+    file_id: str
+    parent_id: str
+    attributes: str
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+    content: dict[str, str] = field(default_factory=dict)
+    copy: dict[str, Any] | None = None
+
+
+class MetaStore:
+    """Property records in one SQLite file; a lock serialises access from the server's threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS shares (account TEXT, share TEXT, doc TEXT,"
+            " PRIMARY KEY (account, share))"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS entries (account TEXT, share TEXT, path TEXT, doc TEXT,"
+            " PRIMARY KEY (account, share, path))"
+        )
+
+    def get_share(self, account: str, share: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT doc FROM shares WHERE account=? AND share=?", (account, share)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_share(self, account: str, share: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO shares VALUES (?, ?, ?)", (account, share, json.dumps(doc))
+            )
+
+    def delete_share(self, account: str, share: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM shares WHERE account=? AND share=?", (account, share))
+            self._db.execute("DELETE FROM entries WHERE account=? AND share=?", (account, share))
+
+    def get(self, account: str, share: str, path: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT doc FROM entries WHERE account=? AND share=? AND path=?", (account, share, path)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, account: str, share: str, path: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", (account, share, path, json.dumps(doc))
+            )
+
+    def delete(self, account: str, share: str, path: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM entries WHERE account=? AND share=? AND path=?", (account, share, path)
+            )
+
+    def all_entries(self) -> list[tuple[str, str, str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT account, share, path, doc FROM entries").fetchall()
+        return [(a, s, p, json.loads(d)) for a, s, p, d in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@dataclass
+class CopySource:
+    """An opened copy source: its length, its content properties and a stream of its bytes."""
+
+    url: str
+    length: int
+    stream: IO[bytes]
+    content: dict[str, str]
+    metadata: list[tuple[str, str]]
+
+
+class CopyJob(threading.Thread):
+    """Streams a copy source into the destination file in the background, chunk by chunk."""
+
+    def __init__(
+        self,
+        backend: FilesBackend,
+        key: tuple[str, str, str],
+        target: Path,
+        copy_id: str,
+        source: CopySource,
+        ino: int,
+    ) -> None:
+        super().__init__(name=f"copy-{copy_id[:8]}", daemon=True)
+        self.backend = backend
+        self.key = key
+        self.target = target
+        self.copy_id = copy_id
+        self.source = source
+        self.ino = ino
+        self.copied = 0
+        self.abort_requested = threading.Event()
+
+    def run(self) -> None:
+        status, description = "success", ""
+        try:
+            with open(self.target, "r+b") as out:
+                while True:
+                    if self.abort_requested.is_set():
+                        status = "aborted"
+                        break
+                    chunk = self.source.stream.read(CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    self.copied += len(chunk)
+                    if self.backend.copy_chunk_delay:
+                        time.sleep(self.backend.copy_chunk_delay)
+            if status == "success" and self.copied != self.source.length:
+                status = "failed"
+                description = (
+                    f"500 InternalError Copy failed: the source ended after {self.copied} of "
+                    f"{self.source.length} bytes."
+                )
+        except Exception as exc:  # the copy's failure is reported in its status, as Azure does
+            status, description = "failed", f"500 InternalError Copy failed: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                self.source.stream.close()
+        self.backend._finish_copy(self, status, description)
+
+
+class FilesBackend:
+    """All state of the emulated File service for the accounts it serves."""
+
+    def __init__(self, data_dir: Path, copy_chunk_delay: float = 0.0) -> None:
+        self.data_dir = data_dir.resolve()
+        self.shares_root = self.data_dir / "shares"
+        self.shares_root.mkdir(parents=True, exist_ok=True)
+        self.meta = MetaStore(self.data_dir / "meta" / "meta.sqlite3")
+        self.copy_chunk_delay = copy_chunk_delay
+        self.copies: dict[tuple[str, str, str], CopyJob] = {}
+        self._lock = threading.RLock()
+        self._fail_interrupted_copies()
+
+    def close(self) -> None:
+        for job in list(self.copies.values()):
+            job.abort_requested.set()
+        self.meta.close()
+
+    def _fail_interrupted_copies(self) -> None:
+        """Copies that were pending when the emulator stopped cannot resume: report them failed."""
+        for account, share, path, doc in self.meta.all_entries():
+            copy = doc.get("copy")
+            if copy and copy.get("status") == "pending":
+                copy.update(status="failed", completion_ns=now_ns(),
+                            description="500 InternalError Copy failed: the emulator restarted during the copy.")  # fmt: skip  # noqa: E501
+                self.meta.put(account, share, path, doc)
+
+    # --- paths -----------------------------------------------------------------------------------
+    def share_dir(self, account: str, share: str, must_exist: bool = True) -> Path:
+        validate_share_name(share)
+        directory = self.shares_root / account / share
+        if must_exist and not directory.is_dir():
+            raise StorageError("ShareNotFound")
+        return directory
+
+    def locate(self, account: str, share: str, path: str) -> tuple[Path, list[str]]:
+        """The on-disk path for `path` in the share, checked to stay inside the share directory."""
+        components = split_path(path)
+        root = self.share_dir(account, share)
+        target = root.joinpath(*components)
+        real_root = root.resolve()
+        real = target.resolve()
+        if real != real_root and real_root not in real.parents:
+            raise StorageError(
+                "InvalidResourceName", message="The specified path resolves outside of its share."
+            )
+        return target, components
+
+    # --- shares ----------------------------------------------------------------------------------
+    def create_share(
+        self, account: str, share: str, quota: int | None, metadata: list[tuple[str, str]]
+    ) -> ShareInfo:
+        validate_metadata(metadata)
+        directory = self.share_dir(account, share, must_exist=False)
+        with self._lock:
+            if directory.is_dir():
+                raise StorageError("ShareAlreadyExists")
+            directory.mkdir(parents=True)
+            doc = {
+                "quota": quota or DEFAULT_QUOTA_GIB,
+                "metadata": metadata,
+                "changed": now_ns(),
+                "ino": directory.stat().st_ino,
+            }
+            self.meta.put_share(account, share, doc)
+        return self.get_share(account, share)
+
+    def _share_doc(self, account: str, share: str, directory: Path) -> dict[str, Any]:
+        doc = self.meta.get_share(account, share)
+        st = directory.stat()
+        if doc is None or doc.get("ino") != st.st_ino:
+            doc = {"quota": DEFAULT_QUOTA_GIB, "metadata": [], "changed": st.st_mtime_ns, "ino": st.st_ino}
+        return doc
+
+    def get_share(self, account: str, share: str) -> ShareInfo:
+        directory = self.share_dir(account, share)
+        doc = self._share_doc(account, share, directory)
+        return ShareInfo(
+            name=share,
+            quota=doc["quota"],
+            metadata=[tuple(p) for p in doc["metadata"]],
+            last_modified=doc["changed"] / 1e9,
+            etag=etag_of("share", doc["changed"], doc["ino"]),
+        )
+
+    def update_share(
+        self,
+        account: str,
+        share: str,
+        quota: int | None = None,
+        metadata: list[tuple[str, str]] | None = None,
+    ) -> ShareInfo:
+        directory = self.share_dir(account, share)
+        with self._lock:
+            doc = self._share_doc(account, share, directory)
+            if quota is not None:
+                doc["quota"] = quota
+            if metadata is not None:
+                validate_metadata(metadata)
+                doc["metadata"] = metadata
+            doc["changed"] = now_ns()
+            self.meta.put_share(account, share, doc)
+        return self.get_share(account, share)
+
+    def delete_share(self, account: str, share: str) -> None:
+        directory = self.share_dir(account, share)
+        with self._lock:
+            for key, job in list(self.copies.items()):
+                if key[:2] == (account, share):
+                    job.abort_requested.set()
+            shutil.rmtree(directory)
+            self.meta.delete_share(account, share)
+
+    def list_shares(
+        self, account: str, prefix: str, marker: str, max_results: int
+    ) -> tuple[list[ShareInfo], str]:
+        base = self.shares_root / account
+        names = sorted(
+            entry.name
+            for entry in (os.scandir(base) if base.is_dir() else [])
+            if entry.is_dir(follow_symlinks=False)
+            and SHARE_NAME.match(entry.name)
+            and 3 <= len(entry.name) <= 63
+        )
+        names = [n for n in names if n.startswith(prefix) and n >= marker]
+        page, rest = names[:max_results], names[max_results:]
+        return [self.get_share(account, n) for n in page], (rest[0] if rest else "")
+
+    def share_usage(self, account: str, share: str) -> int:
+        directory = self.share_dir(account, share)
+        total = 0
+        for root, _dirs, files in os.walk(directory):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+        return total
+
+    # --- entries ---------------------------------------------------------------------------------
+    def _doc(self, account: str, share: str, path: str, st: os.stat_result) -> dict[str, Any]:
+        doc = self.meta.get(account, share, path)
+        if doc is None or doc.get("ino") != st.st_ino:
+            return {"ino": st.st_ino, "metadata": [], "content": {}}
+        return doc
+
+    def _info(
+        self,
+        account: str,
+        share: str,
+        path: str,
+        target: Path,
+        st: os.stat_result | None = None,
+        doc: dict[str, Any] | None = None,
+    ) -> EntryInfo:
+        st = st or target.stat()
+        doc = doc if doc is not None else self._doc(account, share, path, st)
+        kind = "directory" if os.path.isdir(target) else "file"
+        changed = doc.get("changed", 0)
+        copy = doc.get("copy")
+        job = self.copies.get((account, share, path))
+        if copy and job is not None and copy.get("id") == job.copy_id and copy.get("status") == "pending":
+            copy = dict(copy, progress=f"{job.copied}/{job.source.length}")
+        try:
+            parent_id = str(target.parent.stat().st_ino) if path else "0"
+        except OSError:
+            parent_id = "0"
+        return EntryInfo(
+            kind=kind,
+            name=target.name if path else "",
+            size=st.st_size if kind == "file" else 0,
+            etag=etag_of(st.st_mtime_ns, st.st_size, changed, st.st_ino),
+            last_modified=max(st.st_mtime_ns, changed) / 1e9,
+            creation_ns=doc.get("creation") or min(st.st_mtime_ns, st.st_ctime_ns),
+            last_write_ns=doc.get("last_write") or st.st_mtime_ns,
+            change_ns=max(st.st_ctime_ns, changed),
+            file_id=str(st.st_ino),
+            parent_id=parent_id,
+            attributes=doc.get("attributes") or ("Directory" if kind == "directory" else "Archive"),
+            metadata=[tuple(p) for p in doc.get("metadata", [])],
+            content=dict(doc.get("content", {})),
+            copy=copy,
+        )
+
+    def get_entry(self, account: str, share: str, path: str, kind: str) -> EntryInfo:
+        """Properties of a directory (`kind="directory"`, path "" is the share root) or a file."""
+        target, components = self.locate(account, share, path)
+        try:
+            st = target.stat()
+        except FileNotFoundError:
+            if components and not target.parent.is_dir():
+                raise StorageError("ParentNotFound") from None
+            raise StorageError("ResourceNotFound") from None
+        except NotADirectoryError:
+            raise StorageError("ParentNotFound") from None
+        is_dir = os.path.isdir(target)
+        if (kind == "directory") != is_dir:
+            raise StorageError("ResourceNotFound")
+        return self._info(account, share, "/".join(components), target, st)
+
+    def create_directory(
+        self, account: str, share: str, path: str, metadata: list[tuple[str, str]], props: dict[str, Any]
+    ) -> EntryInfo:
+        validate_metadata(metadata)
+        target, components = self.locate(account, share, path)
+        if not components:
+            raise StorageError("ResourceAlreadyExists")
+        with self._lock:
+            if not target.parent.is_dir():
+                raise StorageError("ParentNotFound")
+            if target.exists():
+                raise StorageError("ResourceAlreadyExists")
+            target.mkdir()
+            key = "/".join(components)
+            doc = {
+                "ino": target.stat().st_ino,
+                "metadata": metadata,
+                "content": {},
+                "changed": now_ns(),
+                **props,
+            }
+            self.meta.put(account, share, key, doc)
+        return self._info(account, share, key, target, doc=doc)
+
+    def delete_directory(self, account: str, share: str, path: str) -> None:
+        self.get_entry(account, share, path, "directory")
+        target, components = self.locate(account, share, path)
+        if not components:
+            raise StorageError("InvalidUri", message="The root directory of a share cannot be deleted.")
+        with self._lock:
+            try:
+                target.rmdir()
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise StorageError("DirectoryNotEmpty") from None
+                raise
+            self.meta.delete(account, share, "/".join(components))
+
+    def update_entry(
+        self,
+        account: str,
+        share: str,
+        path: str,
+        kind: str,
+        metadata: list[tuple[str, str]] | None = None,
+        props: dict[str, Any] | None = None,
+        content: dict[str, str] | None = None,
+        size: int | None = None,
+    ) -> EntryInfo:
+        """Set metadata (replacing it), SMB properties, content settings (replacing them) or size."""
+        self.get_entry(account, share, path, kind)
+        target, components = self.locate(account, share, path)
+        key = "/".join(components)
+        with self._lock:
+            if size is not None:
+                self._refuse_while_copying(account, share, key)
+                os.truncate(target, size)
+            st = target.stat()
+            doc = self._doc(account, share, key, st)
+            if metadata is not None:
+                validate_metadata(metadata)
+                doc["metadata"] = metadata
+            if content is not None:
+                doc["content"] = content
+            if props:
+                doc.update(props)
+            doc["changed"] = now_ns()
+            self.meta.put(account, share, key, doc)
+        return self._info(account, share, key, target, doc=doc)
+
+    def list_directory(
+        self, account: str, share: str, path: str, prefix: str, marker: str, max_results: int
+    ) -> tuple[EntryInfo, list[EntryInfo], str]:
+        """One page of a directory's entries in name order: (directory itself, entries, next marker)."""
+        directory = self.get_entry(account, share, path, "directory")
+        target, components = self.locate(account, share, path)
+        real_root = self.share_dir(account, share).resolve()
+        names = []
+        with os.scandir(target) as entries:
+            for entry in entries:
+                if not entry.name.startswith(prefix) or entry.name < marker:
+                    continue
+                try:
+                    split_path(entry.name)
+                except StorageError:
+                    continue  # a name Azure cannot hold (written on disk directly): not addressable
+                if entry.is_symlink():
+                    real = Path(entry.path).resolve()
+                    if real_root not in real.parents or not real.exists():
+                        continue
+                names.append(entry.name)
+        names.sort()
+        page, rest = names[:max_results], names[max_results:]
+        infos = []
+        for name in page:
+            child = "/".join([*components, name])
+            with contextlib.suppress(FileNotFoundError):  # deleted while listing
+                infos.append(self._info(account, share, child, target / name))
+        return directory, infos, (rest[0] if rest else "")
+
+    # --- files -----------------------------------------------------------------------------------
+    def _refuse_while_copying(self, account: str, share: str, key: str) -> None:
+        if (account, share, key) in self.copies:
+            raise StorageError("PendingCopyOperation")
+
+    def create_file(
+        self,
+        account: str,
+        share: str,
+        path: str,
+        size: int,
+        metadata: list[tuple[str, str]],
+        content: dict[str, str],
+        props: dict[str, Any],
+    ) -> EntryInfo:
+        """Create (or replace) a file of `size` bytes, all zero: Azure's Create File."""
+        validate_metadata(metadata)
+        target, components = self.locate(account, share, path)
+        if not components:
+            raise StorageError("InvalidUri")
+        key = "/".join(components)
+        with self._lock:
+            if not target.parent.is_dir():
+                raise StorageError("ParentNotFound")
+            if target.is_dir():
+                raise StorageError("ResourceAlreadyExists")
+            self._refuse_while_copying(account, share, key)
+            with open(target, "wb") as handle:
+                handle.truncate(size)
+            doc = {
+                "ino": target.stat().st_ino,
+                "metadata": metadata,
+                "content": content,
+                "changed": now_ns(),
+                **props,
+            }
+            self.meta.put(account, share, key, doc)
+        return self._info(account, share, key, target, doc=doc)
+
+    def file_path(self, account: str, share: str, path: str) -> tuple[Path, EntryInfo]:
+        info = self.get_entry(account, share, path, "file")
+        target, _ = self.locate(account, share, path)
+        return target, info
+
+    def write_range(self, account: str, share: str, path: str, start: int, data: bytes) -> EntryInfo:
+        target, info = self.file_path(account, share, path)
+        key = "/".join(split_path(path))
+        self._refuse_while_copying(account, share, key)
+        if start + len(data) > info.size:
+            raise StorageError("InvalidRange")
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, start)
+        finally:
+            os.close(fd)
+        return self._info(account, share, key, target)
+
+    def clear_range(self, account: str, share: str, path: str, start: int, end: int) -> EntryInfo:
+        target, info = self.file_path(account, share, path)
+        key = "/".join(split_path(path))
+        self._refuse_while_copying(account, share, key)
+        if end >= info.size:
+            raise StorageError("InvalidRange")
+        zeros = bytes(min(CHUNK, end - start + 1))
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            offset = start
+            while offset <= end:
+                n = min(len(zeros), end - offset + 1)
+                os.pwrite(fd, zeros[:n], offset)
+                offset += n
+        finally:
+            os.close(fd)
+        return self._info(account, share, key, target)
+
+    def data_ranges(self, target: Path, size: int) -> list[tuple[int, int]]:
+        """Extents holding data (holes skipped where the filesystem reports them), inclusive ends."""
+        ranges = []
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            offset = 0
+            while offset < size:
+                try:
+                    start = os.lseek(fd, offset, os.SEEK_DATA)
+                except OSError:
+                    break
+                end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+                if start >= size:
+                    break
+                ranges.append((start, end - 1))
+                offset = end
+        finally:
+            os.close(fd)
+        return ranges
+
+    def delete_file(self, account: str, share: str, path: str) -> None:
+        target, _ = self.file_path(account, share, path)
+        key = "/".join(split_path(path))
+        with self._lock:
+            job = self.copies.get((account, share, key))
+            if job is not None:
+                job.abort_requested.set()
+                job.join(timeout=10)
+            target.unlink()
+            self.meta.delete(account, share, key)
+
+    # --- copy ------------------------------------------------------------------------------------
+    def start_copy(
+        self, account: str, share: str, path: str, source: CopySource, metadata: list[tuple[str, str]] | None
+    ) -> EntryInfo:
+        """Create the destination at the source's length and stream the source into it in the background."""
+        if metadata is not None:
+            validate_metadata(metadata)
+        target, components = self.locate(account, share, path)
+        if not components:
+            raise StorageError("InvalidUri")
+        key = "/".join(components)
+        with self._lock:
+            if not target.parent.is_dir():
+                raise StorageError("ParentNotFound")
+            if target.is_dir():
+                raise StorageError("ResourceAlreadyExists")
+            self._refuse_while_copying(account, share, key)
+            with open(target, "wb") as handle:
+                handle.truncate(source.length)
+            copy_id = str(uuid.uuid4())
+            ino = target.stat().st_ino
+            doc = {
+                "ino": ino,
+                "metadata": metadata if metadata is not None else source.metadata,
+                "content": source.content,
+                "changed": now_ns(),
+                "copy": {
+                    "id": copy_id,
+                    "status": "pending",
+                    "source": source.url,
+                    "progress": f"0/{source.length}",
+                    "description": "",
+                },
+            }
+            self.meta.put(account, share, key, doc)
+            job = CopyJob(self, (account, share, key), target, copy_id, source, ino)
+            self.copies[(account, share, key)] = job
+            job.start()
+        return self._info(account, share, key, target, doc=doc)
+
+    def _finish_copy(self, job: CopyJob, status: str, description: str) -> None:
+        account, share, key = job.key
+        with self._lock:
+            if self.copies.get(job.key) is job:
+                del self.copies[job.key]
+            try:
+                st = job.target.stat()
+            except OSError:
+                return  # deleted (with its share) while copying
+            if st.st_ino != job.ino:
+                return
+            if status == "aborted":
+                os.truncate(job.target, 0)  # Azure leaves an aborted destination empty
+            doc = self._doc(account, share, key, st)
+            copy = doc.get("copy") or {}
+            if copy.get("id") != job.copy_id:
+                return
+            copy.update(
+                status=status,
+                description=description,
+                completion_ns=now_ns(),
+                progress=f"{job.copied}/{job.source.length}",
+            )
+            doc["copy"] = copy
+            doc["changed"] = now_ns()
+            self.meta.put(account, share, key, doc)
+
+    def abort_copy(self, account: str, share: str, path: str, copy_id: str) -> None:
+        info = self.get_entry(account, share, path, "file")
+        key = "/".join(split_path(path))
+        job = self.copies.get((account, share, key))
+        if job is None or not info.copy or info.copy.get("status") != "pending":
+            raise StorageError("NoPendingCopyOperation")
+        if job.copy_id != copy_id:
+            raise StorageError("CopyIdMismatch")
+        job.abort_requested.set()
+        job.join(timeout=30)
+
+    def open_local_source(self, account: str, share: str, path: str, url: str) -> CopySource:
+        """A copy source on this emulator itself: read straight from the disk."""
+        target, info = self.file_path(account, share, path)
+        return CopySource(
+            url=url, length=info.size, stream=open(target, "rb"), content=info.content, metadata=info.metadata
+        )
+
+
+def read_chunks(
+    target: Path, start: int, length: int, on_close: Callable[[], None] | None = None
+) -> Iterator[bytes]:
+    """`length` bytes of a file from `start`, in chunks of at most 1 MiB: bounded memory for any size."""
+    with open(target, "rb") as handle:
+        handle.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = handle.read(min(CHUNK, remaining))
+            if not chunk:
+                # The file shrank under us (a job truncated it): pad so Content-Length stays true.
+                chunk = bytes(min(CHUNK, remaining))
+            remaining -= len(chunk)
+            yield chunk
+    if on_close:
+        on_close()
