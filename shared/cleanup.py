@@ -22,6 +22,7 @@ the executor checks the registry again right before each deletion.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -381,3 +382,216 @@ def report_blob_name(started_at: datetime, dry_run: bool) -> str:
 
 def report_bytes(data: dict[str, Any]) -> bytes:
     return json.dumps(data, indent=2, sort_keys=False).encode()
+
+
+# --- gathering the facts and carrying out the plan against Azure ---------------------------------------
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _last_segment(resource_id: str | None) -> str | None:
+    return resource_id.rstrip("/").rsplit("/", 1)[-1] if resource_id else None
+
+
+def run_info(record: Any) -> RunInfo:
+    """A registry RunRecord as the planner sees it. An active run without an experiment yet protects the
+    experiment its dataset's jobs go to (ingest creates it just before the job)."""
+    from shared.batchai_models import experiment_name
+
+    finished = None
+    if record.state in TERMINAL_RUN_STATES:
+        finished = _parse_time(record.times.get(record.state) or record.updated_at)
+    experiment = record.experiment
+    if experiment is None and record.state not in TERMINAL_RUN_STATES:
+        experiment = experiment_name(record.dataset)
+    return RunInfo(
+        id=record.run_id,
+        dataset=record.dataset,
+        state=record.state,
+        cluster=record.cluster,
+        experiment=experiment,
+        job=record.job_name,
+        finished_at=finished,
+    )
+
+
+def job_info(job: Any, experiment: str) -> JobInfo:
+    """An azure-mgmt-batchai Job as the planner sees it."""
+    info = job.execution_info
+    constraints = job.constraints
+    limit = getattr(constraints, "max_wall_clock_time", None) if constraints is not None else None
+    return JobInfo(
+        name=job.name,
+        experiment=experiment,
+        state=str(job.execution_state or "unknown").lower(),
+        cluster=_last_segment(job.cluster.id if job.cluster is not None else None),
+        created_at=_parse_time(job.creation_time),
+        started_at=_parse_time(info.start_time if info is not None else None),
+        ended_at=_parse_time(info.end_time if info is not None else None),
+        max_wall_clock=limit if isinstance(limit, timedelta) else None,
+    )
+
+
+class Cleanup:
+    """Cleanup against the configured workspace, file share, registry and reports container."""
+
+    def __init__(self, settings: Any = None) -> None:
+        from shared import clients
+        from shared.registry import RunRegistry
+        from shared.settings import get_settings
+
+        self.settings = settings if settings is not None else get_settings()
+        self.batchai = clients.batchai_client(self.settings)
+        self.registry = RunRegistry(clients.runs_table(self.settings))
+        self.share = clients.share_client(self.settings)
+        self.blobs = clients.blob_service(self.settings)
+        self.rg = self.settings.resource_group
+        self.ws = self.settings.workspace
+
+    # --- inventory ----------------------------------------------------------------------------------
+    def inventory(self) -> Inventory:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        runs = [run_info(r) for r in self.registry.iter_runs()]
+        experiments: list[ExperimentInfo] = []
+        jobs: list[JobInfo] = []
+        clusters: list[ClusterInfo] = []
+        try:
+            for experiment in self.batchai.experiments.list_by_workspace(self.rg, self.ws):
+                experiments.append(ExperimentInfo(experiment.name, _parse_time(experiment.creation_time)))
+                for job in self.batchai.jobs.list_by_experiment(self.rg, self.ws, experiment.name):
+                    jobs.append(job_info(job, experiment.name))
+            for cluster in self.batchai.clusters.list_by_workspace(self.rg, self.ws):
+                clusters.append(ClusterInfo(cluster.name, _parse_time(cluster.creation_time)))
+        except ResourceNotFoundError:  # no resource group or workspace yet: nothing in Batch AI to clean
+            log.info("cleanup: workspace %s/%s does not exist", self.rg, self.ws)
+        return Inventory(runs, jobs, clusters, experiments, self._staged_datasets())
+
+    def _staged_datasets(self) -> list[str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return [i["name"] for i in self.share.list_directories_and_files() if i.get("is_directory")]
+        except ResourceNotFoundError:
+            return []
+
+    # --- guards and actions -----------------------------------------------------------------------
+    def in_use(self, action: Action) -> list[str]:
+        """Active runs (read now) that use what `action` would delete."""
+        from shared.registry import ACTIVE_STATES
+
+        users = []
+        for record in self.registry.iter_runs(state=sorted(ACTIVE_STATES)):
+            info = run_info(record)
+            if (
+                (
+                    action.kind == "delete_job"
+                    and (info.experiment, info.job) == (action.experiment, action.job)
+                )
+                or (action.kind == "delete_experiment" and info.experiment == action.experiment)
+                or (action.kind == "delete_cluster" and info.cluster == action.cluster)
+                or (action.kind == "delete_staged_data" and info.dataset == action.dataset)
+            ):
+                users.append(info.id)
+        return users
+
+    def executor(self) -> Executor:
+        def terminate(a: Action) -> None:
+            self.batchai.jobs.begin_terminate(self.rg, self.ws, a.experiment, a.job).result(timeout=300)
+
+        def delete_job(a: Action) -> None:
+            self.batchai.jobs.begin_delete(self.rg, self.ws, a.experiment, a.job).result(timeout=300)
+
+        def delete_experiment(a: Action) -> None:
+            self.batchai.experiments.begin_delete(self.rg, self.ws, a.experiment).result(timeout=300)
+
+        def delete_cluster(a: Action) -> None:
+            self.batchai.clusters.begin_delete(self.rg, self.ws, a.cluster).result(timeout=300)
+
+        def delete_staged(a: Action) -> None:
+            from shared.staging import check_dataset_name
+
+            delete_directory_tree(self.share, check_dataset_name(a.dataset or ""))
+
+        return Executor(
+            perform={
+                "terminate_job": terminate,
+                "delete_job": delete_job,
+                "delete_experiment": delete_experiment,
+                "delete_cluster": delete_cluster,
+                "delete_staged_data": delete_staged,
+            },
+            in_use=self.in_use,
+        )
+
+    # --- one cleanup run ----------------------------------------------------------------------------
+    def run(self, *, now: datetime | None = None, dry_run: bool | None = None) -> tuple[dict[str, Any], str]:
+        """Plan, execute (or only record, in a dry run) and write the report: (report, blob name)."""
+        started = datetime.now(UTC)
+        now = now or started
+        dry_run = self.settings.cleanup_dry_run if dry_run is None else dry_run
+        policy = CleanupPolicy.from_settings(self.settings)
+        errors: list[str] = []
+        results: list[ActionResult] = []
+        try:
+            actions = plan(self.inventory(), now, policy)
+            results = execute(actions, self.executor(), dry_run=dry_run)
+        except Exception as exc:  # the report still says what happened
+            log.exception("cleanup failed while gathering its inventory")
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:2000])
+        data = report(
+            results, started_at=started, finished_at=datetime.now(UTC), dry_run=dry_run, policy=policy,
+            errors=errors,
+        )  # fmt: skip
+        name = report_blob_name(started, dry_run)
+        self._write_report(name, data)
+        log.info("cleanup %s: %s (report %s/%s)", "dry run" if dry_run else "done", data["summary"],
+                 self.settings.reports_container, name)  # fmt: skip
+        return data, name
+
+    def _write_report(self, name: str, data: dict[str, Any]) -> None:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        container = self.blobs.get_container_client(self.settings.reports_container)
+        with contextlib.suppress(ResourceExistsError):
+            container.create_container()
+        container.upload_blob(
+            name, report_bytes(data), overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+        )  # fmt: skip
+
+
+def delete_directory_tree(share: Any, path: str) -> None:
+    """Delete a share directory and everything in it (Azure Files deletes only empty directories)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    directory = share.get_directory_client(path)
+    try:
+        items = list(directory.list_directories_and_files())
+    except ResourceNotFoundError:
+        return
+    for item in items:
+        child = f"{path}/{item['name']}"
+        if item.get("is_directory"):
+            delete_directory_tree(share, child)
+        else:
+            with contextlib.suppress(ResourceNotFoundError):
+                share.get_file_client(child).delete_file()
+    with contextlib.suppress(ResourceNotFoundError):
+        directory.delete_directory()
+
+
+def run_cleanup(*, now: datetime | None = None, dry_run: bool | None = None) -> tuple[dict[str, Any], str]:
+    """One cleanup with the app settings: what the nightly timer calls."""
+    return Cleanup().run(now=now, dry_run=dry_run)
