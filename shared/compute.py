@@ -1,0 +1,447 @@
+"""A thin, typed wrapper over the Batch AI and resource-group SDK clients.
+
+Why: the pipeline, API and cleanup code should say "ensure the cluster", "submit the job", "delete the
+experiment" without repeating resource group and workspace names, SDK option objects, paging, LRO
+handling and error translation. Every Azure failure surfaces as one exception type, `ComputeError`,
+carrying the ARM error code and message.
+
+Long-running operations that the callers must not block on (cluster create/delete, job create,
+terminate, delete) are sent with `polling=False`: the request is accepted by ARM and the call returns;
+the monitor timer observes progress later. Prerequisites that are quick and needed right away
+(resource group, workspace, experiment) are waited for.
+
+Idempotent by design (triggers are at-least-once): ensure_* GET first and create only what is
+missing, create_job returns the existing job when a retry finds it, deletes of missing resources
+return False instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared import batchai_models
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from azure.mgmt.batchai import BatchAI, models
+    from azure.mgmt.resource.resources import ResourceManagementClient
+    from azure.storage.fileshare import ShareClient
+
+__all__ = ["ClusterRef", "Compute", "ComputeError", "JobRef", "get_compute"]
+
+log = logging.getLogger(__name__)
+
+RETIRED_PROVIDER_CODES = frozenset(
+    {"NoRegisteredProviderFound", "InvalidResourceNamespace", "MissingSubscriptionRegistration"}
+)
+RETIRED_MESSAGE = (
+    "Azure Batch AI (Microsoft.BatchAI) is not available at {endpoint}: Microsoft retired the service on "
+    "2019-03-31, so Azure answers '{code}'. Point ARM_ENDPOINT at the local ARM emulator "
+    "(http://127.0.0.1:10005, see local.settings.json.example) or at a compatible endpoint."
+)
+WAIT_SECONDS = 120  # the longest wait for a quick prerequisite (workspace, experiment)
+
+
+class ComputeError(RuntimeError):
+    """An Azure Resource Manager / Batch AI call failed.
+
+    `code` is ARM's error code ('ResourceNotFound', 'Conflict', ...) or one of ours ('ServiceUnavailable'
+    for network failures, 'AuthenticationFailed', 'BatchAIUnavailable', 'ClusterMismatch',
+    'ClusterDeleting'); `status` the HTTP status when there was a response.
+    """
+
+    def __init__(self, operation: str, code: str, message: str, status: int | None = None) -> None:
+        self.operation = operation
+        self.code = code
+        self.message = message
+        self.status = status
+        super().__init__(f"{operation} failed: {code}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        """True for throttling, server errors and network failures: try again later."""
+        return self.code == "ServiceUnavailable" or self.status == 429 or (self.status or 0) >= 500
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404 or self.code in ("ResourceNotFound", "NotFound", "ResourceGroupNotFound")
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    name: str
+    id: str
+    created: bool  # True when this call sent the create request
+    provisioning_state: str | None = None
+    allocation_state: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRef:
+    experiment: str
+    name: str
+    id: str
+    created: bool  # True when this call sent the create request
+    execution_state: str | None = None
+
+
+def _error_code(exc: Any) -> tuple[str, str]:
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    message = getattr(error, "message", None)
+    if not code:
+        response = getattr(exc, "response", None)
+        with contextlib.suppress(Exception):
+            body = response.json() if response is not None else None
+            if isinstance(body, dict) and isinstance(body.get("error"), dict):
+                code = body["error"].get("code")
+                message = body["error"].get("message")
+    status = getattr(exc, "status_code", None)
+    return (code or (f"Http{status}" if status else type(exc).__name__)), (
+        message or str(exc).splitlines()[0]
+    )
+
+
+class Compute:
+    """Batch AI operations in the settings' subscription, resource group and workspace."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        batchai: BatchAI | None = None,
+        resources: ResourceManagementClient | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else get_settings()
+        self._batchai = batchai
+        self._resources = resources
+
+    # --- plumbing ----------------------------------------------------------------------------------
+    @property
+    def batchai(self) -> BatchAI:
+        if self._batchai is None:
+            from shared import clients
+
+            self._batchai = clients.batchai_client(self.settings)
+        return self._batchai
+
+    @property
+    def resources(self) -> ResourceManagementClient:
+        if self._resources is None:
+            from shared import clients
+
+            self._resources = clients.resource_client(self.settings)
+        return self._resources
+
+    @property
+    def _rg(self) -> str:
+        return self.settings.resource_group
+
+    @property
+    def _ws(self) -> str:
+        return self.settings.workspace
+
+    @contextlib.contextmanager
+    def _arm(self, operation: str) -> Iterator[None]:
+        """Translate every azure-core failure into ComputeError with ARM's code and message."""
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        try:
+            yield
+        except ComputeError:
+            raise
+        except ClientAuthenticationError as exc:
+            raise ComputeError(
+                operation, "AuthenticationFailed", str(exc).splitlines()[0], exc.status_code
+            ) from exc
+        except HttpResponseError as exc:
+            code, message = _error_code(exc)
+            if code in RETIRED_PROVIDER_CODES and "batchai" in f"{message} {operation}".lower():
+                message = (
+                    RETIRED_MESSAGE.format(endpoint=self.settings.arm_endpoint, code=code) + f" ({message})"
+                )
+                code = "BatchAIUnavailable"
+            raise ComputeError(operation, code, message, exc.status_code) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise ComputeError(
+                operation, "ServiceUnavailable", f"{self.settings.arm_endpoint}: {str(exc).splitlines()[0]}"
+            ) from exc
+        except AzureError as exc:
+            raise ComputeError(operation, type(exc).__name__, str(exc).splitlines()[0]) from exc
+
+    def _get_or_none(self, operation: str, call: Any, *args: Any) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._arm(operation):
+            try:
+                return call(*args)
+            except ResourceNotFoundError:
+                return None
+
+    def _send_no_wait(self, operation: str, begin: Any, *args: Any, missing_ok: bool = False) -> bool:
+        """Send a long-running request and return once ARM accepted it (no polling thread)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._arm(operation):
+            try:
+                begin(*args, polling=False)
+            except ResourceNotFoundError:
+                if missing_ok:
+                    return False
+                raise
+        return True
+
+    # --- resource group, workspace, file share ---------------------------------------------------------
+    def ensure_resource_group(self) -> None:
+        """Create BATCHAI_RESOURCE_GROUP in BATCHAI_LOCATION unless it exists (GET first: an identity
+        with rights only inside the group can still use it)."""
+        groups = self.resources.resource_groups
+        if self._get_or_none("get resource group", groups.get, self._rg) is None:
+            with self._arm("create resource group"):
+                groups.create_or_update(self._rg, {"location": self.settings.location})
+            log.info("created resource group %s in %s", self._rg, self.settings.location)
+
+    def delete_resource_group(self) -> bool:
+        """Begin deleting the resource group and everything in it (the quickstart's last step)."""
+        return self._send_no_wait(
+            "delete resource group", self.resources.resource_groups.begin_delete, self._rg, missing_ok=True
+        )
+
+    def get_workspace(self) -> models.Workspace | None:
+        return self._get_or_none("get workspace", self.batchai.workspaces.get, self._rg, self._ws)
+
+    def ensure_workspace(self) -> models.Workspace:
+        """The resource group and BATCHAI_WORKSPACE, created and waited for when missing."""
+        self.ensure_resource_group()
+        workspace = self.get_workspace()
+        if workspace is not None and (workspace.provisioning_state or "succeeded") != "deleting":
+            return workspace
+        with self._arm("create workspace"):
+            poller = self.batchai.workspaces.begin_create(
+                self._rg, self._ws, batchai_models.workspace_parameters(self.settings), polling_interval=1
+            )
+            workspace = poller.result(timeout=WAIT_SECONDS)
+        if workspace is None:
+            workspace = self.get_workspace()
+        if workspace is None:
+            raise ComputeError("create workspace", "WorkspaceNotReady", f"{self._ws} did not appear in time")
+        log.info("created Batch AI workspace %s", self._ws)
+        return workspace
+
+    def share(self) -> ShareClient:
+        from shared import clients
+
+        return clients.share_client(self.settings)
+
+    def ensure_file_share(self) -> None:
+        """Create FILE_SHARE_NAME (the share clusters mount) unless it exists."""
+        from azure.core.exceptions import AzureError, ResourceExistsError
+
+        try:
+            self.share().create_share()
+        except ResourceExistsError:
+            return
+        except AzureError as exc:
+            code, message = _error_code(exc)
+            raise ComputeError("create file share", code, message, getattr(exc, "status_code", None)) from exc
+
+    def ensure_share_directory(self, path: str) -> None:
+        """Create `path` (and its parents) in the share; existing directories are fine."""
+        from azure.core.exceptions import AzureError, ResourceExistsError
+
+        share = self.share()
+        current = ""
+        for segment in [s for s in path.split("/") if s]:
+            current = f"{current}/{segment}" if current else segment
+            try:
+                share.get_directory_client(current).create_directory()
+            except ResourceExistsError:
+                continue
+            except AzureError as exc:
+                code, message = _error_code(exc)
+                raise ComputeError(
+                    f"create share directory {current}", code, message, getattr(exc, "status_code", None)
+                ) from exc
+
+    # --- clusters ------------------------------------------------------------------------------------
+    def get_cluster(self, name: str) -> models.Cluster | None:
+        return self._get_or_none(f"get cluster {name}", self.batchai.clusters.get, self._rg, self._ws, name)
+
+    def list_clusters(self) -> list[models.Cluster]:
+        with self._arm("list clusters"):
+            return list(self.batchai.clusters.list_by_workspace(self._rg, self._ws))
+
+    def ensure_cluster(self, name: str, parameters: models.ClusterCreateParameters) -> ClusterRef:
+        """Reuse cluster `name` when its settings fit, else send the create request (no waiting for
+        provisioning). A cluster resized to fewer nodes than wanted is resized back; one that differs
+        in VM size, priority or mount raises ComputeError('ClusterMismatch')."""
+        cluster_id = batchai_models.cluster_id(self.settings, name)
+        existing = self.get_cluster(name)
+        if existing is not None:
+            if existing.provisioning_state == "deleting":
+                raise ComputeError(
+                    f"ensure cluster {name}",
+                    "ClusterDeleting",
+                    "the cluster is being deleted; retry later",
+                    409,
+                )
+            problems = batchai_models.cluster_differences(existing, parameters)
+            if problems:
+                raise ComputeError(
+                    f"ensure cluster {name}",
+                    "ClusterMismatch",
+                    "an existing cluster of that name has other settings: " + "; ".join(problems),
+                    409,
+                )
+            wanted_manual = getattr(parameters.scale_settings, "manual", None)
+            have_manual = getattr(existing.scale_settings, "manual", None)
+            if (
+                wanted_manual is not None
+                and have_manual is not None
+                and (have_manual.target_node_count or 0) < wanted_manual.target_node_count
+            ):
+                self.scale_cluster(name, wanted_manual.target_node_count)
+            return ClusterRef(
+                name, existing.id or cluster_id, False, existing.provisioning_state, existing.allocation_state
+            )
+        self._send_no_wait(
+            f"create cluster {name}", self.batchai.clusters.begin_create, self._rg, self._ws, name, parameters
+        )
+        log.info("requested cluster %s (%s)", name, parameters.vm_size)
+        return ClusterRef(name, cluster_id, True, "creating")
+
+    def scale_cluster(self, name: str, target_node_count: int) -> models.Cluster:
+        """Manual resize (e.g. to zero nodes for an idle cluster)."""
+        with self._arm(f"scale cluster {name}"):
+            return self.batchai.clusters.update(
+                self._rg, self._ws, name, batchai_models.cluster_scale_parameters(target_node_count)
+            )
+
+    def delete_cluster(self, name: str) -> bool:
+        """Begin deleting a cluster; False when it does not exist."""
+        return self._send_no_wait(
+            f"delete cluster {name}",
+            self.batchai.clusters.begin_delete,
+            self._rg,
+            self._ws,
+            name,
+            missing_ok=True,
+        )
+
+    # --- experiments ---------------------------------------------------------------------------------
+    def get_experiment(self, name: str) -> models.Experiment | None:
+        return self._get_or_none(
+            f"get experiment {name}", self.batchai.experiments.get, self._rg, self._ws, name
+        )
+
+    def list_experiments(self) -> list[models.Experiment]:
+        with self._arm("list experiments"):
+            return list(self.batchai.experiments.list_by_workspace(self._rg, self._ws))
+
+    def ensure_experiment(self, name: str) -> models.Experiment:
+        """The experiment, created and waited for when missing (a job needs it to exist)."""
+        existing = self.get_experiment(name)
+        if existing is not None and existing.provisioning_state != "deleting":
+            return existing
+        with self._arm(f"create experiment {name}"):
+            experiment = self.batchai.experiments.begin_create(
+                self._rg, self._ws, name, polling_interval=1
+            ).result(timeout=WAIT_SECONDS)
+        experiment = experiment or self.get_experiment(name)
+        if experiment is None:
+            raise ComputeError(f"create experiment {name}", "ExperimentNotReady", "did not appear in time")
+        return experiment
+
+    def delete_experiment(self, name: str) -> bool:
+        """Begin deleting an experiment (and its jobs); False when it does not exist."""
+        return self._send_no_wait(
+            f"delete experiment {name}",
+            self.batchai.experiments.begin_delete,
+            self._rg,
+            self._ws,
+            name,
+            missing_ok=True,
+        )
+
+    # --- jobs ------------------------------------------------------------------------------------------
+    def get_job(self, experiment: str, job: str) -> models.Job | None:
+        return self._get_or_none(
+            f"get job {experiment}/{job}", self.batchai.jobs.get, self._rg, self._ws, experiment, job
+        )
+
+    def list_jobs(self, experiment: str) -> list[models.Job]:
+        """Every job of an experiment (all pages)."""
+        with self._arm(f"list jobs of {experiment}"):
+            return list(self.batchai.jobs.list_by_experiment(self._rg, self._ws, experiment))
+
+    def create_job(self, experiment: str, job: str, parameters: models.JobCreateParameters) -> JobRef:
+        """Submit a job (no waiting); when a retry finds the job already there, return it unchanged."""
+        job_id = batchai_models.job_id(self.settings, experiment, job)
+        existing = self.get_job(experiment, job)
+        if existing is not None:
+            return JobRef(experiment, job, existing.id or job_id, False, existing.execution_state)
+        self._send_no_wait(
+            f"create job {experiment}/{job}",
+            self.batchai.jobs.begin_create,
+            self._rg,
+            self._ws,
+            experiment,
+            job,
+            parameters,
+        )
+        log.info("submitted job %s/%s", experiment, job)
+        return JobRef(experiment, job, job_id, True, "queued")
+
+    def list_output_files(
+        self,
+        experiment: str,
+        job: str,
+        directory_id: str,
+        *,
+        directory: str = ".",
+        link_expiry_minutes: int = 60,
+    ) -> list[models.File]:
+        """Files (with download URLs) in one output directory of a job: 'stdouterr' or an output id."""
+        options = batchai_models.list_output_files_options(
+            directory_id, directory=directory, link_expiry_minutes=link_expiry_minutes
+        )
+        with self._arm(f"list output files of {experiment}/{job}/{directory_id}"):
+            return list(self.batchai.jobs.list_output_files(self._rg, self._ws, experiment, job, options))
+
+    def terminate_job(self, experiment: str, job: str) -> bool:
+        """Begin terminating a job; False when it does not exist."""
+        return self._send_no_wait(
+            f"terminate job {experiment}/{job}",
+            self.batchai.jobs.begin_terminate,
+            self._rg,
+            self._ws,
+            experiment,
+            job,
+            missing_ok=True,
+        )
+
+    def delete_job(self, experiment: str, job: str) -> bool:
+        """Begin deleting a job; False when it does not exist."""
+        return self._send_no_wait(
+            f"delete job {experiment}/{job}",
+            self.batchai.jobs.begin_delete,
+            self._rg,
+            self._ws,
+            experiment,
+            job,
+            missing_ok=True,
+        )
+
+
+def get_compute(settings: Settings | None = None) -> Compute:
+    """A Compute for the app settings (its SDK clients are cached by shared.clients)."""
+    return Compute(settings)
