@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import azure.functions as func
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.blob import InputStream as BlobsInputStream
 from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, StorageStreamDownloader
 
 from .app import FunctionSpec
@@ -86,8 +86,9 @@ class BlobPath:
         return found.groupdict() if found else None
 
 
-class BlobInputStream(func.InputStream):
-    """`azure.functions.InputStream` that reads the blob lazily in 4 MiB ranges, never whole."""
+class BlobInputStream(BlobsInputStream):
+    """The worker's `InputStream` (name, uri, length, blob_properties, metadata), reading the blob
+    lazily in 4 MiB ranges instead of holding it whole (the real class takes bytes)."""
 
     def __init__(self, client: BlobClient, properties: BlobProperties, container: str) -> None:
         self._client = client

@@ -97,6 +97,7 @@ def plain(req: func.HttpRequest) -> str:
     source=func.BlobSource.EVENT_GRID,
 )  # fmt: skip
 def ingest(blob: func.InputStream, context: func.Context) -> None:
+    began = time.time()
     digest = hashlib.sha256()
     reads = 0
     while chunk := blob.read(256 * 1024):
@@ -108,7 +109,7 @@ def ingest(blob: func.InputStream, context: func.Context) -> None:
     record(
         "ingest", name=blob.name, length=blob.length, uri=blob.uri, sha256=digest.hexdigest(), reads=reads,
         etag=props.get("ETag"), metadata=blob.metadata, invocation_id=context.invocation_id,
-        start=time.time(),
+        began=began, ended=time.time(),
     )  # fmt: skip
 
 
