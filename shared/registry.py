@@ -119,6 +119,7 @@ _SCALAR_FIELDS = (
     "manifest_etag",
     "staging_deadline",
     "submitted_at",
+    "callback_pending",
 )
 
 
@@ -202,6 +203,7 @@ class RunRecord:
     manifest_etag: str | None = None  # ETag of the run.json blob this run's spec came from
     staging_deadline: str | None = None
     submitted_at: str | None = None  # when the job was created in Batch AI
+    callback_pending: bool | None = None  # a terminal run whose callback is not delivered yet
     staged_files: list[StagedFile] = field(default_factory=list)
     output_files: list[OutputFile] = field(default_factory=list)
     etag: str | None = None

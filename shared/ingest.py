@@ -1,0 +1,654 @@
+"""Ingest: what happens when a dataset blob arrives, and how runs are started and torn down.
+
+The blob trigger calls ``ingest_blob(name)`` for each uploaded or changed blob
+``<dataset>/<relative path>`` of the training container (at least once per blob version: triggers are
+replayed, so every step here is idempotent):
+
+1. The dataset's *current staging run* is found or created (``RunRegistry.claim_staging_run``: a
+   pointer entity swapped by compare-and-swap, so twenty blobs of one dataset arriving at once make
+   exactly one run). A blob version (name + ETag) already recorded in the dataset's latest run is a
+   replay and changes nothing; an upload after that run was submitted starts a new run.
+2. The first upload of a run starts creating what it needs (resource group, workspace, the file
+   share and dataset directory, the cluster, reused when one with the same settings exists) without
+   waiting for the cluster to provision.
+3. A data blob is copied server side into ``<share>/<dataset>/<path>`` (``shared.staging``) and
+   recorded; ``<dataset>/run.json`` is parsed (``shared.runspec``) and becomes the run's spec. It
+   is never copied to the share (it may hold secret environment variables).
+4. When the manifest is in and every file it requires is staged with the blob's current ETag (or,
+   with no list, every blob under the prefix when the manifest arrived), the run moves on with a
+   compare-and-swap (staging -> provisioning, or -> queued when the cluster is steady) and only the
+   winner creates the experiment and the job (deterministic names: a retry hits the same job).
+
+Files a new run needs that an earlier run of the dataset already staged (same blob ETag, still on
+the share) are carried over without copying again.
+
+A bad blob name or manifest fails the run's staging with an error naming the problem; nothing is
+written for it. ``start_run`` (HTTP API) and ``cancel_run`` are the API's entry points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from shared import cloud
+from shared.registry import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    PROVISIONING,
+    QUEUED,
+    STAGING,
+    TERMINAL_STATES,
+    RunNotFound,
+    RunRecord,
+    RunRegistry,
+    StagedFile,
+    TransitionRejected,
+    utcnow,
+)
+from shared.runspec import RunSpec, RunSpecError, SpecContext, parse_run_spec, parse_run_spec_json
+from shared.staging import (
+    MANIFEST_NAME,
+    StagingError,
+    check_dataset_name,
+    check_relative_path,
+    ensure_directory,
+    ensure_share,
+    parse_blob_name,
+    stage_blob,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DatasetNotStaged(StagingError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="DatasetNotStaged")
+
+
+class NothingToStage(StagingError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="NothingToStage")
+
+
+@dataclass
+class IngestResult:
+    """What one blob event did (for logs and tests)."""
+
+    action: str  # staged, manifest, replay, ignored, failed
+    run_id: str | None = None
+    state: str | None = None
+    submitted: bool = False
+    message: str = ""
+
+
+@dataclass
+class Services:
+    """Everything ingest and monitor talk to, built once from settings (or given by tests)."""
+
+    settings: Any
+    registry: RunRegistry
+    container: Any  # azure.storage.blob.ContainerClient of TRAINING_CONTAINER
+    share: Any  # azure.storage.fileshare.ShareClient of FILE_SHARE_NAME
+    cloud: cloud.Cloud
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def account_key(self) -> str | None:
+        key = self.settings.storage.account_key
+        return key.get_secret_value() if key is not None else None
+
+    @property
+    def spec_context(self) -> SpecContext:
+        return SpecContext.from_settings(self.settings)
+
+
+_services: Services | None = None
+_services_lock = threading.Lock()
+
+
+def services() -> Services:
+    """The app's services from its settings (cached per process)."""
+    global _services
+    if _services is None:
+        with _services_lock:
+            if _services is None:
+                from shared import clients
+                from shared.settings import get_settings
+
+                settings = get_settings()
+                _services = Services(
+                    settings=settings,
+                    registry=RunRegistry(clients.runs_table(settings)),
+                    container=clients.training_container(settings),
+                    share=clients.share_client(settings),
+                    cloud=cloud.Cloud(settings),
+                )
+    return _services
+
+
+def reset_services() -> None:
+    global _services
+    with _services_lock:
+        _services = None
+
+
+# --- the blob trigger -----------------------------------------------------------------------------------
+def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
+    """Handle one uploaded/changed blob of the training container (idempotent; see module doc)."""
+    svc = svc or services()
+    try:
+        ref = parse_blob_name(blob_name)
+    except StagingError as exc:
+        return _bad_blob(svc, blob_name, exc)
+    blob = svc.container.get_blob_client(blob_name)
+    try:
+        props = blob.get_blob_properties()
+    except ResourceNotFoundError:
+        log.info("blob %s is gone; nothing to ingest", blob_name, extra={"dataset": ref.dataset})
+        return IngestResult("ignored", message="blob deleted")
+    etag = props.etag
+
+    latest = _latest_run(svc, ref.dataset)
+    if latest is not None:
+        seen = latest.staged(ref.path)
+        replay = (seen is not None and seen.etag == etag) or (
+            ref.path == MANIFEST_NAME and latest.manifest_etag == etag
+        )
+        if replay and latest.state != STAGING:
+            log.info(
+                "blob %s (ETag %s) was already ingested by run %s; replay ignored",
+                blob_name,
+                etag,
+                latest.run_id,
+                extra=latest.log_extra(),
+            )
+            return IngestResult("replay", latest.run_id, latest.state)
+        if replay and latest.state == STAGING:
+            submitted = check_ready(latest.run_id, svc)
+            return IngestResult("replay", latest.run_id, latest.state, submitted=submitted)
+
+    rec, created = svc.registry.claim_staging_run(
+        ref.dataset, staging_deadline=_staging_deadline(svc), source="blob"
+    )
+    extra = rec.log_extra()
+    if created:
+        log.info("first upload of dataset %s: run %s created", ref.dataset, rec.run_id, extra=extra)
+    if rec.cluster is None:
+        _prepare_infrastructure(svc, rec, spec=None)
+
+    if ref.path == MANIFEST_NAME:
+        try:
+            _take_manifest(svc, rec, props)
+        except RunSpecError as exc:
+            _fail_staging(svc, rec, "InvalidManifest", f"{blob_name}: {exc}")
+            return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
+        submitted = check_ready(rec.run_id, svc)
+        return IngestResult("manifest", rec.run_id, STAGING, submitted=submitted)
+
+    try:
+        staged = stage_blob(
+            svc.container,
+            blob_name,
+            svc.share,
+            copy_timeout=svc.settings.copy_timeout_seconds,
+            account_key=svc.account_key,
+        )
+    except StagingError as exc:
+        if exc.code in ("BlobNotFound",):
+            return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
+        if exc.code in ("CopyTimeout", "CopyFailed"):
+            raise  # transient: let the trigger retry (and poison after its retries)
+        _fail_staging(svc, rec, exc.code, str(exc))
+        return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
+    svc.registry.add_staged_files(rec.run_id, [staged])
+    submitted = check_ready(rec.run_id, svc)
+    return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
+
+
+def _latest_run(svc: Services, dataset: str) -> RunRecord | None:
+    run_id, _ = svc.registry.current_run_id(dataset)
+    if run_id is None:
+        return None
+    try:
+        return svc.registry.get(run_id)
+    except RunNotFound:
+        return None
+
+
+def _staging_deadline(svc: Services) -> str:
+    deadline = datetime.now(UTC) + timedelta(minutes=svc.settings.staging_timeout_minutes)
+    return deadline.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
+    """A blob whose name cannot be staged: fail its dataset's staging run (if the dataset part is
+    usable) with the error; nothing is written to the share."""
+    dataset = (blob_name or "").partition("/")[0]
+    try:
+        check_dataset_name(dataset)
+    except StagingError:
+        log.warning("blob %r ignored: %s", blob_name[:300], exc)
+        return IngestResult("ignored", message=str(exc))
+    latest = _latest_run(svc, dataset)
+    if (
+        latest is not None
+        and latest.state == FAILED
+        and any(e.get("blob") == blob_name for e in latest.errors)
+    ):
+        return IngestResult("replay", latest.run_id, latest.state, message=str(exc))
+    rec, _ = svc.registry.claim_staging_run(dataset, staging_deadline=_staging_deadline(svc), source="blob")
+    _fail_staging(svc, rec, exc.code, str(exc), blob=blob_name)
+    return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
+
+
+def _fail_staging(svc: Services, rec: RunRecord, code: str, message: str, *, blob: str | None = None) -> None:
+    error = {"code": code, "message": message, "time": utcnow()}
+    if blob is not None:
+        error["blob"] = blob
+    try:
+        failed = svc.registry.transition(
+            rec.run_id, FAILED, STAGING, add_error=error, callback_pending=bool(rec.callback_url)
+        )
+        log.warning("run %s staging failed: %s", rec.run_id, message, extra=failed.log_extra())
+    except TransitionRejected as rejected:
+        log.info(
+            "run %s not failed for %s: it is already %s",
+            rec.run_id,
+            code,
+            rejected.current.state,
+            extra=rec.log_extra(),
+        )
+
+
+def _take_manifest(svc: Services, rec: RunRecord, props: Any) -> RunSpec:
+    """Parse run.json and make it the run's spec (idempotent per manifest ETag)."""
+    spec = read_manifest(svc, rec.dataset)
+    if rec.manifest_etag == props.etag and rec.spec is not None:
+        return spec
+    expected = spec.required_files()
+    if not spec.files:
+        # No list: every blob under the prefix when the manifest arrived (plus the script).
+        present = [
+            name
+            for name in _dataset_blobs(svc, rec.dataset)
+            if name != MANIFEST_NAME and not name.endswith("/")
+        ]
+        expected = sorted(set(expected) | set(present))
+    spec_json = spec.to_json_dict()
+
+    def apply(r: RunRecord) -> None:
+        r.spec = spec_json
+        r.expected_files = expected
+        r.manifest_etag = props.etag
+        r.callback_url = spec.callback_url
+
+    svc.registry.update(rec.run_id, apply, expected_state=STAGING)
+    log.info("run %s: manifest taken (%d required file(s))", rec.run_id, len(expected), extra=rec.log_extra())
+    if rec.cluster is None or rec.cluster != svc.cloud.cluster_name(spec, rec.dataset):
+        _prepare_infrastructure(svc, rec, spec=spec)
+    return spec
+
+
+def read_manifest(svc: Services, dataset: str) -> RunSpec:
+    """Download and parse ``<dataset>/run.json`` (small: bounded by runspec's manifest limit)."""
+    from shared.runspec import MAX_MANIFEST_BYTES
+
+    blob = svc.container.get_blob_client(f"{dataset}/{MANIFEST_NAME}")
+    try:
+        size = blob.get_blob_properties().size
+    except ResourceNotFoundError:
+        raise RunSpecError(
+            [{"field": "(root)", "message": f"{dataset}/{MANIFEST_NAME} does not exist"}]
+        ) from None
+    if size > MAX_MANIFEST_BYTES:
+        raise RunSpecError([{"field": "(root)", "message": f"larger than {MAX_MANIFEST_BYTES} bytes"}])
+    text = blob.download_blob(length=MAX_MANIFEST_BYTES + 1).readall()
+    return parse_run_spec_json(text, svc.spec_context)
+
+
+def _dataset_blobs(svc: Services, dataset: str) -> dict[str, Any]:
+    """Relative path -> blob properties of every blob under ``<dataset>/`` (one list call per page)."""
+    prefix = f"{dataset}/"
+    return {b.name[len(prefix) :]: b for b in svc.container.list_blobs(name_starts_with=prefix)}
+
+
+def _prepare_infrastructure(svc: Services, rec: RunRecord, spec: RunSpec | None) -> None:
+    """Start creating what the run needs, without waiting for the cluster to provision. Failures
+    are logged and recorded: submission and the monitor try again."""
+    spec = spec or parse_run_spec({}, svc.spec_context)
+    try:
+        ensure_share(svc.share)
+        ensure_directory(svc.share, rec.dataset)
+        cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
+    except (HttpResponseError, OSError) as exc:
+        log.warning(
+            "run %s: preparing the cluster failed (will retry): %s", rec.run_id, exc, extra=rec.log_extra()
+        )
+        return
+    with contextlib.suppress(TransitionRejected):
+        svc.registry.update(rec.run_id, expected_state=STAGING, cluster=cluster.name, cluster_id=cluster.id)
+
+
+# --- readiness and submission -------------------------------------------------------------------------
+def check_ready(run_id: str, svc: Services | None = None, spec: RunSpec | None = None) -> bool:
+    """If the staging run has its manifest and every required file staged, submit it. Returns True
+    when this call submitted the job (exactly one caller wins the compare-and-swap)."""
+    svc = svc or services()
+    rec = svc.registry.get(run_id)
+    if rec.state != STAGING or rec.spec is None or rec.expected_files is None:
+        return False
+    missing = missing_files(svc, rec)
+    if missing:
+        return False
+    if spec is None:
+        if rec.source == "blob":
+            try:
+                spec = read_manifest(svc, rec.dataset)
+            except RunSpecError as exc:
+                _fail_staging(svc, rec, "InvalidManifest", str(exc))
+                return False
+        else:
+            spec = parse_run_spec(rec.spec, svc.spec_context)
+    return submit(svc, rec, spec)
+
+
+def missing_files(svc: Services, rec: RunRecord) -> list[str]:
+    """Required files not yet staged with the blob's current version; carries over files an earlier
+    run of the dataset staged (same blob ETag) when they are still on the share."""
+    expected = rec.expected_files or []
+    if rec.source != "blob":
+        return [name for name in expected if rec.staged(name) is None]
+    blobs = _dataset_blobs(svc, rec.dataset)
+    missing: list[str] = []
+    carry: list[StagedFile] = []
+    earlier: dict[str, StagedFile] | None = None
+    for name in expected:
+        blob = blobs.get(name)
+        staged = rec.staged(name)
+        if blob is None:
+            missing.append(name)
+            continue
+        if staged is not None and staged.etag == blob.etag:
+            continue
+        if staged is None:
+            if earlier is None:
+                earlier = _earlier_staged(svc, rec)
+            old = earlier.get(name)
+            if old is not None and old.etag == blob.etag and _on_share(svc, rec.dataset, name, old.size):
+                carry.append(old)
+                continue
+        missing.append(name)
+    if carry:
+        svc.registry.add_staged_files(rec.run_id, carry)
+        log.info(
+            "run %s: %d file(s) carried over from earlier runs", rec.run_id, len(carry), extra=rec.log_extra()
+        )
+    return missing
+
+
+def _earlier_staged(svc: Services, rec: RunRecord) -> dict[str, StagedFile]:
+    """The latest staged version of each file over the dataset's earlier runs."""
+    latest: dict[str, StagedFile] = {}
+    for other in svc.registry.iter_runs(dataset=rec.dataset):
+        if other.run_id >= rec.run_id:
+            continue
+        for f in svc.registry.get(other.run_id).staged_files:
+            if f.name not in latest or (f.staged_at or "") > (latest[f.name].staged_at or ""):
+                latest[f.name] = f
+    return latest
+
+
+def _on_share(svc: Services, dataset: str, name: str, size: int) -> bool:
+    try:
+        return int(svc.share.get_file_client(f"{dataset}/{name}").get_file_properties().size) == size
+    except ResourceNotFoundError:
+        return False
+
+
+def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
+    """Move the run out of staging (compare-and-swap: one winner) and create its experiment and job."""
+    names = svc.cloud.job_names(rec.run_id, rec.dataset)
+    try:
+        cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
+        steady = svc.cloud.is_steady(cluster)
+    except HttpResponseError as exc:
+        log.warning(
+            "run %s: cluster not ready to submit (will retry): %s", rec.run_id, exc, extra=rec.log_extra()
+        )
+        return False
+    target = QUEUED if steady else PROVISIONING
+    try:
+        moved = svc.registry.transition(
+            rec.run_id,
+            target,
+            STAGING,
+            cluster=cluster.name,
+            cluster_id=cluster.id,
+            experiment=names.experiment,
+            job_name=names.job,
+            job_id=names.job_id,
+            workspace=names.workspace,
+            resource_group=names.resource_group,
+        )
+    except TransitionRejected:
+        return False  # someone else submitted it (or it was cancelled)
+    create_job(svc, moved, spec)
+    return True
+
+
+def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
+    """Create the run's experiment and job (idempotent: the names are deterministic). Errors are
+    recorded on the run; the monitor retries runs whose job does not exist yet."""
+    names = svc.cloud.job_names(rec.run_id, rec.dataset)
+    cluster_id = rec.cluster_id or svc.cloud.ensure_cluster(spec, rec.dataset).id
+    try:
+        job = svc.cloud.create_job(names, spec, rec.dataset, cluster_id)
+    except HttpResponseError as exc:
+        message = f"creating job {rec.job_name} failed: {exc.message or exc}"[:2000]
+        log.warning("run %s: %s (will retry)", rec.run_id, message, extra=rec.log_extra())
+        with contextlib.suppress(TransitionRejected, RunNotFound):
+            svc.registry.update(
+                rec.run_id, add_error={"code": "JobCreateFailed", "message": message, "time": utcnow()}
+            )
+        return False
+    with contextlib.suppress(TransitionRejected, RunNotFound):
+        svc.registry.update(rec.run_id, submitted_at=utcnow(), job_id=job.id or rec.job_id)
+    log.info("run %s: job %s submitted", rec.run_id, rec.job_name, extra=rec.log_extra())
+    return True
+
+
+# --- the HTTP API's entry points ----------------------------------------------------------------------
+def start_run(
+    dataset: str,
+    spec: RunSpec | dict[str, Any],
+    *,
+    stage_from_prefix: str | None = None,
+    idempotency_key: str | None = None,
+    svc: Services | None = None,
+) -> RunRecord:
+    """Start a run on ``dataset`` with ``spec``: stage every blob under ``stage_from_prefix`` of the
+    training container into the dataset directory first, or use what the share already holds (every
+    required file must be there). Returns the run (submitted unless it failed). The same
+    ``idempotency_key`` returns the same run."""
+    svc = svc or services()
+    check_dataset_name(dataset)
+    if not isinstance(spec, RunSpec):
+        spec = parse_run_spec(spec, svc.spec_context)
+    prefix = None
+    if stage_from_prefix is not None:
+        prefix = stage_from_prefix.strip("/")
+        if prefix:
+            check_relative_path(prefix, what="stage_from_prefix")
+    rec = svc.registry.create(
+        dataset,
+        spec=spec.to_json_dict(),
+        callback_url=spec.callback_url,
+        idempotency_key=idempotency_key,
+        source="api",
+        stage_from_prefix=stage_from_prefix,
+        staging_deadline=_staging_deadline(svc),
+    )
+    if rec.state != STAGING:
+        return rec  # an idempotent replay of a run that already moved on
+    ensure_share(svc.share)
+    ensure_directory(svc.share, dataset)
+    if rec.cluster is None:
+        _prepare_infrastructure(svc, rec, spec)
+    if prefix is not None:
+        staged = _stage_prefix(svc, rec, dataset, prefix)
+        expected = sorted(set(spec.required_files()) | {f.name for f in staged})
+    else:
+        staged = _already_staged(svc, dataset, spec)
+        expected = spec.required_files() or [f.name for f in staged]
+    svc.registry.add_staged_files(rec.run_id, staged)
+    svc.registry.update(rec.run_id, expected_files=expected)
+    missing = [name for name in expected if name not in {f.name for f in staged}]
+    if missing:
+        message = f"required file(s) not in the dataset: {', '.join(missing[:20])}"
+        _fail_staging(svc, rec, "MissingFiles", message)
+        return svc.registry.get(rec.run_id)
+    check_ready(rec.run_id, svc, spec)
+    return svc.registry.get(rec.run_id)
+
+
+def _stage_prefix(svc: Services, rec: RunRecord, dataset: str, prefix: str) -> list[StagedFile]:
+    names = [
+        b.name
+        for b in svc.container.list_blobs(name_starts_with=f"{prefix}/" if prefix else None)
+        if not b.name.endswith(f"/{MANIFEST_NAME}") and b.name != MANIFEST_NAME
+    ]
+    if not names:
+        _fail_staging(svc, rec, "NothingToStage", f"no blobs under prefix {prefix!r}")
+        raise NothingToStage(f"no blobs under prefix {prefix!r} of container {svc.container.container_name}")
+    staged = []
+    for name in names:
+        rel = name[len(prefix) + 1 :] if prefix else name
+        try:
+            check_relative_path(rel, what=f"blob {name!r}")
+            staged.append(
+                stage_blob(
+                    svc.container,
+                    name if "/" in name else f"{dataset}/{name}",
+                    svc.share,
+                    dest_path=f"{dataset}/{rel}",
+                    copy_timeout=svc.settings.copy_timeout_seconds,
+                    account_key=svc.account_key,
+                )
+            )
+        except StagingError as exc:
+            _fail_staging(svc, rec, exc.code, str(exc), blob=name)
+            raise
+    return staged
+
+
+def _already_staged(svc: Services, dataset: str, spec: RunSpec) -> list[StagedFile]:
+    """Files already on the share for a dataset staged earlier (the API's 'use what is there')."""
+    directory = svc.share.get_directory_client(dataset)
+    try:
+        directory.get_directory_properties()
+    except ResourceNotFoundError:
+        raise DatasetNotStaged(
+            f"dataset {dataset!r} is not on the file share; give stage_from_prefix"
+        ) from None
+    found: list[StagedFile] = []
+    wanted = spec.required_files()
+    if wanted:
+        for name in wanted:
+            try:
+                props = svc.share.get_file_client(f"{dataset}/{name}").get_file_properties()
+            except ResourceNotFoundError:
+                continue
+            found.append(_staged_from_props(name, props))
+        return found
+    stack = [""]
+    while stack and len(found) < 10_000:
+        sub = stack.pop()
+        client = svc.share.get_directory_client(f"{dataset}/{sub}".rstrip("/"))
+        for item in client.list_directories_and_files():
+            rel = f"{sub}/{item['name']}".lstrip("/")
+            if item.get("is_directory"):
+                stack.append(rel)
+            else:
+                found.append(StagedFile(rel, int(item.get("size") or 0), staged_at=utcnow()))
+    if not found:
+        raise DatasetNotStaged(f"dataset {dataset!r} has no files on the share")
+    return found
+
+
+def _staged_from_props(name: str, props: Any) -> StagedFile:
+    md5 = props.content_settings.content_md5
+    if md5 is not None and not isinstance(md5, str):
+        import base64
+
+        md5 = base64.b64encode(bytes(md5)).decode()
+    return StagedFile(name, int(props.size), md5 or None, props.etag, utcnow())
+
+
+def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | None = None) -> RunRecord:
+    """Tear a run down: terminate and delete its job, mark it cancelled (from any non-terminal
+    state), and with ``delete_cluster`` delete its cluster when no other active run uses it.
+    Idempotent: a finished run is returned as it is (its job is still deleted if asked)."""
+    svc = svc or services()
+    rec = svc.registry.get(run_id)
+    if rec.job_name:
+        svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
+    if rec.state not in TERMINAL_STATES:
+        try:
+            rec = svc.registry.transition(
+                run_id,
+                CANCELLED,
+                ACTIVE_STATES,
+                add_error={"code": "Cancelled", "message": "cancelled on request", "time": utcnow()},
+                callback_pending=bool(rec.callback_url),
+            )
+        except TransitionRejected as rejected:
+            rec = rejected.current
+            if rec.state not in TERMINAL_STATES:
+                raise
+    if delete_cluster and rec.cluster:
+        users = [
+            r.run_id
+            for r in svc.registry.iter_runs(state=sorted(ACTIVE_STATES))
+            if r.cluster == rec.cluster and r.run_id != run_id
+        ]
+        if users:
+            log.info(
+                "run %s: cluster %s kept, in use by %s",
+                run_id,
+                rec.cluster,
+                ", ".join(users),
+                extra=rec.log_extra(),
+            )
+        else:
+            svc.cloud.delete_cluster(rec.cluster)
+    return svc.registry.get(run_id)
+
+
+def iter_active(svc: Services, states: Iterable[str]) -> Iterable[RunRecord]:
+    return svc.registry.iter_runs(state=list(states))
+
+
+__all__ = [
+    "DatasetNotStaged",
+    "IngestResult",
+    "NothingToStage",
+    "Services",
+    "cancel_run",
+    "check_ready",
+    "ingest_blob",
+    "missing_files",
+    "read_manifest",
+    "reset_services",
+    "services",
+    "start_run",
+    "submit",
+]
