@@ -1,0 +1,420 @@
+"""Run Batch AI jobs as local processes, the way a node ran them (minus the container).
+
+One thread per running job: mount the job-level volumes, resolve and create the input/output/stdouterr
+directories, run `jobPreparation` (bash), then the toolkit's processes, each in its own process group so
+that terminate and maxWallClockTime stop the whole tree. The container image is recorded on the job,
+never pulled.
+
+Environment of every process (beyond the emulator's own environment):
+- AZ_BATCHAI_MOUNT_ROOT: the node's mount root; each cluster mount volume is a symlink
+  `<relativeMountPath>` in it pointing at the share's directory (`<files-root>/<account>/<share>`).
+- AZ_BATCHAI_JOB_MOUNT_ROOT: the job's mount root (job-level mountVolumes).
+- AZ_BATCHAI_JOB_TEMP_DIR (all jobs' temp dirs on the node), AZ_BATCHAI_JOB_TEMP (this job's, also the
+  working directory), AZ_BATCHAI_SHARED_JOB_TEMP, AZ_BATCHAI_MPI_HOST_FILE (`localhost slots=N`).
+- AZ_BATCHAI_INPUT_<ID>, AZ_BATCHAI_OUTPUT_<ID> (`<pathPrefix>/<jobOutputDirectoryPathSegment>/outputs/
+  <pathSuffix>`), AZ_BATCHAI_STDOUTERR_DIR (`<stdOutErrPathPrefix>/<segment>/stdouterr`).
+- AZ_BATCHAI_NUM_GPUS=0 (no GPU here), AZ_BATCHAI_NODE_IP / AZ_BATCHAI_JOB_MASTER_NODE_IP=127.0.0.1,
+  AZ_BATCHAI_CLUSTER_NAME, AZ_BATCHAI_JOB_NAME, AZ_BATCHAI_EXPERIMENT_NAME, AZ_BATCHAI_WORKSPACE_NAME,
+  AZ_BATCHAI_RESOURCE_GROUP, AZ_BATCHAI_JOB_IMAGE (the recorded container image, if any).
+- Rank variables for each of the N processes (N = processCount, default nodeCount; TensorFlow: parameter
+  servers + workers): AZ_BATCHAI_TASK_INDEX, OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE,
+  PMI_RANK/PMI_SIZE, RANK/WORLD_SIZE/LOCAL_RANK, MASTER_ADDR/MASTER_PORT (PyTorch-style rendezvous);
+  TensorFlow also AZ_BATCHAI_PS_HOSTS, AZ_BATCHAI_WORKER_HOSTS and TF_CONFIG.
+- The job's environmentVariables and secrets ($VARS in their values expanded).
+`$VAR`/`${VAR}` in paths, script paths and arguments are expanded with that environment before launch.
+stdout/stderr of all the job's processes go to `stdout.txt`/`stderr.txt` in the stdouterr directory;
+the preparation task's to `stdout-job_prep.txt`/`stderr-job_prep.txt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infra.local.arm.models import expand_vars
+
+if TYPE_CHECKING:
+    from infra.local.arm.models import Backend
+
+KILL_GRACE_SECONDS = 2.0
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _exit_code(returncode: int) -> int:
+    """A process killed by signal N reports 128+N, as a shell on the node would."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class JobRunner:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.lock = threading.Lock()
+        self.procs: dict[str, list[subprocess.Popen]] = {}
+        self.killed: set[str] = set()
+        self.threads: dict[str, threading.Thread] = {}
+        self.shutting_down = False
+
+    @property
+    def python(self) -> str:
+        return self.backend.config.job_python or sys.executable
+
+    # --- launch ----------------------------------------------------------------------------------
+    def start(self, key: str, job: dict[str, Any], mount_root: Path, node_dir: Path) -> None:
+        """Resolve the job's paths and environment (caller holds the backend lock), then run it in a
+        thread."""
+        props, meta = job["body"]["properties"], job["meta"]
+        parts = props["jobOutputDirectoryPathSegment"].split("/")
+        job_temp = node_dir / "jobs" / meta["uuid"]
+        job_mount_root = job_temp / "mounts"
+        for path in (mount_root, job_temp / "shared", job_mount_root):
+            path.mkdir(parents=True, exist_ok=True)
+        env = {
+            "AZ_BATCHAI_MOUNT_ROOT": str(mount_root),
+            "AZ_BATCHAI_JOB_MOUNT_ROOT": str(job_mount_root),
+            "AZ_BATCHAI_JOB_TEMP_DIR": str(node_dir / "jobs"),
+            "AZ_BATCHAI_JOB_TEMP": str(job_temp),
+            "AZ_BATCHAI_SHARED_JOB_TEMP": str(job_temp / "shared"),
+            "AZ_BATCHAI_MPI_HOST_FILE": str(job_temp / "hostfile"),
+            "AZ_BATCHAI_NUM_GPUS": "0",
+            "AZ_BATCHAI_NODE_IP": "127.0.0.1",
+            "AZ_BATCHAI_JOB_MASTER_NODE_IP": "127.0.0.1",
+            "AZ_BATCHAI_CLUSTER_NAME": props["cluster"]["id"].rstrip("/").rsplit("/", 1)[-1],
+            "AZ_BATCHAI_JOB_NAME": parts[7],
+            "AZ_BATCHAI_EXPERIMENT_NAME": parts[5],
+            "AZ_BATCHAI_WORKSPACE_NAME": parts[3],
+            "AZ_BATCHAI_RESOURCE_GROUP": parts[1],
+            "AZ_BATCHAI_EMULATOR_JOB": meta["uuid"],  # lets a restarted emulator find orphans safely
+        }
+        image = ((props.get("containerSettings") or {}).get("imageSourceRegistry") or {}).get("image")
+        if image:
+            env["AZ_BATCHAI_JOB_IMAGE"] = image
+        mount_errors = self.backend.mount_volumes(props.get("mountVolumes") or {}, job_mount_root)
+        for directory in props.get("inputDirectories") or []:
+            env[f"AZ_BATCHAI_INPUT_{directory['id']}"] = expand_vars(directory["path"], env)
+        segment = props["jobOutputDirectoryPathSegment"]
+        outputs: dict[str, str] = {}
+        for directory in props.get("outputDirectories") or []:
+            prefix = Path(expand_vars(directory["pathPrefix"], env))
+            path = prefix / segment / "outputs"
+            if directory.get("pathSuffix"):
+                path = path / expand_vars(directory["pathSuffix"], env).strip("/")
+            env[f"AZ_BATCHAI_OUTPUT_{directory['id']}"] = str(path)
+            outputs[directory["id"]] = str(path)
+        stdouterr = (
+            Path(expand_vars(props.get("stdOutErrPathPrefix") or str(job_temp), env)) / segment / "stdouterr"
+        )
+        env["AZ_BATCHAI_STDOUTERR_DIR"] = str(stdouterr)
+        for var in props.get("environmentVariables") or []:
+            env[var["name"]] = expand_vars(var.get("value", ""), env)
+        for name, value in meta.get("secrets", {}).items():
+            env[name] = expand_vars(value, env)
+        errors = list(mount_errors)
+        for path in [stdouterr, *map(Path, outputs.values())]:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                errors.append({"code": "OutputDirectoryCreationFailed", "message": f"{path}: {exc}"})
+        meta["paths"] = {
+            "stdouterr": os.path.realpath(stdouterr),
+            "outputs": {k: os.path.realpath(v) for k, v in outputs.items()},
+            "job_temp": str(job_temp),
+        }
+        plan = self._plan(meta["tool"], props, env)
+        with self.lock:
+            self.killed.discard(key)
+            self.procs[key] = []
+        thread = threading.Thread(
+            target=self._run,
+            args=(key, env, plan, stdouterr, job_temp, props.get("jobPreparation"), errors),
+            name=f"job-{parts[7]}",
+            daemon=True,
+        )
+        self.threads[key] = thread
+        thread.start()
+
+    def _plan(self, tool: str, props: dict[str, Any], env: dict[str, str]) -> list[dict[str, Any]]:
+        """The processes to start: each {argv, env, waited} (parameter servers are not waited for)."""
+        node_count = int(props.get("nodeCount", 1))
+
+        def python_argv(settings: dict[str, Any], args_key: str = "commandLineArgs") -> list[str]:
+            interpreter = settings.get("pythonInterpreterPath")
+            if not interpreter or not Path(interpreter).is_file():
+                interpreter = self.python
+            script = expand_vars(settings["pythonScriptFilePath"], env)
+            args = shlex.split(expand_vars(settings.get(args_key) or "", env))
+            return [interpreter, script, *args]
+
+        def bash(command: str) -> list[str]:
+            return ["bash", "-c", command]
+
+        def ranks(argv: list[str], count: int) -> list[dict[str, Any]]:
+            port = _free_port()
+            return [
+                {"argv": argv, "env": _rank_env(rank, count, port), "waited": True} for rank in range(count)
+            ]
+
+        if tool == "cntk":
+            s = props["cntkSettings"]
+            count = int(s.get("processCount") or node_count)
+            if s.get("pythonScriptFilePath") and (s.get("languageType") or "Python").lower() == "python":
+                return ranks(python_argv(s), count)
+            config = expand_vars(s.get("configFilePath") or "", env)
+            args = expand_vars(s.get("commandLineArgs") or "", env)
+            return ranks(bash(f"cntk configFile={shlex.quote(config)} {args}"), count)
+        if tool == "caffe":
+            s = props["caffeSettings"]
+            count = int(s.get("processCount") or node_count)
+            if s.get("pythonScriptFilePath"):
+                return ranks(python_argv(s), count)
+            config = expand_vars(s.get("configFilePath") or "", env)
+            args = expand_vars(s.get("commandLineArgs") or "", env)
+            return ranks(bash(f"caffe train --solver={shlex.quote(config)} {args}"), count)
+        if tool in ("pytorch", "chainer", "horovod", "caffe2"):
+            s = props[
+                {
+                    "pytorch": "pyTorchSettings",
+                    "chainer": "chainerSettings",
+                    "horovod": "horovodSettings",
+                    "caffe2": "caffe2Settings",
+                }[tool]
+            ]
+            count = int(s.get("processCount") or (1 if tool == "caffe2" else node_count))
+            return ranks(python_argv(s), count)
+        if tool == "tensorflow":
+            s = props["tensorFlowSettings"]
+            workers = int(s.get("workerCount") or node_count)
+            distributed = workers > 1 or node_count > 1 or bool(s.get("parameterServerCount"))
+            if not distributed:
+                return ranks(python_argv(s, "masterCommandLineArgs"), 1)
+            ps_count = int(s.get("parameterServerCount") or 1)
+            ps_hosts = [f"127.0.0.1:{_free_port()}" for _ in range(ps_count)]
+            worker_hosts = [f"127.0.0.1:{_free_port()}" for _ in range(workers)]
+            common = {
+                "AZ_BATCHAI_PS_HOSTS": ",".join(ps_hosts),
+                "AZ_BATCHAI_WORKER_HOSTS": ",".join(worker_hosts),
+            }
+            plan = []
+            for index in range(ps_count):
+                tf_config = {
+                    "cluster": {"ps": ps_hosts, "worker": worker_hosts},
+                    "task": {"type": "ps", "index": index},
+                    "environment": "cloud",
+                }
+                plan.append(
+                    {
+                        "argv": python_argv(s, "parameterServerCommandLineArgs"),
+                        "env": {
+                            **common,
+                            "AZ_BATCHAI_TASK_INDEX": str(index),
+                            "TF_CONFIG": json.dumps(tf_config),
+                        },
+                        "waited": False,
+                    }
+                )
+            for index in range(workers):
+                args_key = "masterCommandLineArgs" if index == 0 else "workerCommandLineArgs"
+                if index and not s.get("workerCommandLineArgs"):
+                    args_key = "masterCommandLineArgs"
+                tf_config = {
+                    "cluster": {"ps": ps_hosts, "worker": worker_hosts},
+                    "task": {"type": "master" if index == 0 else "worker", "index": index},
+                    "environment": "cloud",
+                }
+                plan.append(
+                    {
+                        "argv": python_argv(s, args_key),
+                        "env": {
+                            **common,
+                            "AZ_BATCHAI_TASK_INDEX": str(index),
+                            "TF_CONFIG": json.dumps(tf_config),
+                        },
+                        "waited": True,
+                    }
+                )
+            return plan
+        if tool == "custommpi":
+            s = props["customMpiSettings"]
+            return ranks(bash(s["commandLine"]), int(s.get("processCount") or node_count))
+        command = (props.get("customToolkitSettings") or {}).get("commandLine") or "true"
+        return ranks(bash(command), 1)
+
+    # --- execution -------------------------------------------------------------------------------
+    def _spawn(
+        self, key: str, argv: list[str], env: dict[str, str], cwd: Path, out: Any, err: Any
+    ) -> subprocess.Popen:
+        with self.lock:
+            if key in self.killed:
+                raise _Killed
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            self.procs.setdefault(key, []).append(proc)
+        with self.backend.lock:
+            job = self.backend.state["jobs"].get(key)
+            if job is not None:
+                job["meta"].setdefault("pids", []).append(proc.pid)
+                self.backend.dirty = True
+        return proc
+
+    def _run(
+        self,
+        key: str,
+        env: dict[str, str],
+        plan: list[dict[str, Any]],
+        stdouterr: Path,
+        cwd: Path,
+        preparation: dict[str, Any] | None,
+        errors: list[dict[str, Any]],
+    ) -> None:
+        exit_code: int | None = None
+        try:
+            if errors:
+                return
+            base_env = {**os.environ, **env}
+            (cwd / "hostfile").write_text(f"localhost slots={max(1, len(plan))}\n")
+            if preparation:
+                with (
+                    open(stdouterr / "stdout-job_prep.txt", "ab") as out,
+                    open(stdouterr / "stderr-job_prep.txt", "ab") as err,
+                ):
+                    proc = self._spawn(
+                        key, ["bash", "-c", preparation["commandLine"]], base_env, cwd, out, err
+                    )
+                    code = _exit_code(proc.wait())
+                if code != 0:
+                    exit_code = code
+                    errors.append(
+                        {
+                            "code": "JobPreparationFailed",
+                            "message": f"The job preparation task exited with code {code}.",
+                        }
+                    )
+                    return
+            with open(stdouterr / "stdout.txt", "ab") as out, open(stdouterr / "stderr.txt", "ab") as err:
+                procs = [
+                    (
+                        self._spawn(key, step["argv"], {**base_env, **step["env"]}, cwd, out, err),
+                        step["waited"],
+                    )
+                    for step in plan
+                ]
+                exit_code = self._wait(key, procs)
+        except _Killed:
+            exit_code = exit_code if exit_code is not None else 137
+        except OSError as exc:
+            errors.append({"code": "JobLaunchFailed", "message": f"Could not start the job's process: {exc}"})
+        finally:
+            with self.lock:
+                self.procs.pop(key, None)
+                self.threads.pop(key, None)
+            # At shutdown the job stays `running` in the saved state: the next start reports it failed
+            # with an error saying why (see Backend._recover_after_restart).
+            if not self.shutting_down:
+                self.backend.job_process_exited(key, exit_code, errors)
+
+    def _wait(self, key: str, procs: list[tuple[subprocess.Popen, bool]]) -> int:
+        """Wait for the waited processes; the first non-zero exit stops the rest (as mpirun does)."""
+        result = 0
+        while True:
+            waited = [p for p, w in procs if w]
+            codes = [p.poll() for p in waited]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed and result == 0:
+                result = _exit_code(failed[0])
+                self._signal_all([p for p, _ in procs], signal.SIGTERM)
+            if all(c is not None for c in codes):
+                break
+            time.sleep(0.05)
+        self._signal_all([p for p, w in procs if not w], signal.SIGTERM)
+        for proc, _ in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(KILL_GRACE_SECONDS)
+        self._signal_all([p for p, _ in procs], signal.SIGKILL)
+        return result
+
+    # --- stopping --------------------------------------------------------------------------------
+    @staticmethod
+    def _signal_all(procs: list[subprocess.Popen], sig: int) -> None:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+
+    def kill(self, key: str) -> None:
+        """Stop the job's whole process tree: SIGTERM to each process group, SIGKILL after a grace."""
+        with self.lock:
+            self.killed.add(key)
+            procs = list(self.procs.get(key, []))
+        if not procs:
+            return
+        self._signal_all(procs, signal.SIGTERM)
+
+        def finish() -> None:
+            time.sleep(KILL_GRACE_SECONDS)
+            self._signal_all([p for p in procs if p.poll() is None], signal.SIGKILL)
+
+        threading.Thread(target=finish, daemon=True).start()
+
+    def kill_orphans(self, meta: dict[str, Any]) -> None:
+        """After a restart: stop processes a previous emulator started for this job, if still alive (the
+        job's id in the process environment proves the pid was not reused)."""
+        marker = f"AZ_BATCHAI_EMULATOR_JOB={meta.get('uuid')}".encode()
+        for pid in meta.get("pids") or []:
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+        with self.lock:
+            keys = list(self.procs)
+        for key in keys:
+            self.kill(key)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS + 1
+        for thread in list(self.threads.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Killed(Exception):
+    pass
+
+
+def _rank_env(rank: int, size: int, port: int) -> dict[str, str]:
+    return {
+        "AZ_BATCHAI_TASK_INDEX": str(rank),
+        "OMPI_COMM_WORLD_RANK": str(rank),
+        "OMPI_COMM_WORLD_SIZE": str(size),
+        "OMPI_COMM_WORLD_LOCAL_RANK": str(rank),
+        "OMPI_COMM_WORLD_LOCAL_SIZE": str(size),
+        "PMI_RANK": str(rank),
+        "PMI_SIZE": str(size),
+        "RANK": str(rank),
+        "WORLD_SIZE": str(size),
+        "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }

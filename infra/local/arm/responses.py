@@ -1,0 +1,649 @@
+"""Request parsing and response shaping for the ARM emulator: one handler per ARM operation.
+
+Handlers validate request bodies against the published spec (`specvalidator`) plus the rules the spec
+can't express (one toolkit per job, one scale mode per cluster, ...), call the backend, and shape ARM's
+answers: 200/201 with the resource, 202 with `Azure-AsyncOperation`, `Location` and `Retry-After` for
+long-running operations, 204 for deleting what isn't there, `{"error": {...}}` bodies for failures.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Response
+
+from infra.local.arm.models import (
+    BATCHAI_API_VERSION,
+    TOOLKIT_SETTINGS,
+    ArmError,
+    Backend,
+    now_iso,
+    parse_duration,
+)
+from infra.local.arm.specvalidator import validate
+
+NAME_RULES = {
+    "rg": (re.compile(r"^[-\w\.\(\)]{1,90}$"), "resourceGroupName"),
+    "ws": (re.compile(r"^[-\w]{1,64}$"), "workspaceName"),
+    "exp": (re.compile(r"^[-\w]{1,64}$"), "experimentName"),
+    "job": (re.compile(r"^[-\w]{1,64}$"), "jobName"),
+    "cluster": (re.compile(r"^[-\w]{1,64}$"), "clusterName"),
+    "fs": (re.compile(r"^[-\w]{1,64}$"), "fileServerName"),
+}
+ENV_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class ArmRequest:
+    method: str
+    path: str
+    args: MultiDict
+    data: bytes
+    host_url: str  # "http://127.0.0.1:10005/"
+
+    def json(self) -> Any:
+        if not self.data.strip():
+            return None
+        try:
+            return json.loads(self.data)
+        except ValueError as exc:
+            raise ArmError(
+                400, "InvalidRequestContent", f"The request body is not valid JSON: {exc}"
+            ) from exc
+
+    @property
+    def base(self) -> str:
+        return self.host_url.rstrip("/")
+
+
+def json_response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Response:
+    if body is None:
+        return Response(b"", status=status, headers=headers or {})
+    return Response(json.dumps(body), status=status, headers=headers or {}, content_type="application/json")
+
+
+def error_response(error: ArmError, headers: dict[str, str] | None = None) -> Response:
+    return json_response(error.status, error.body(), {"x-ms-failure-cause": "gateway", **(headers or {})})
+
+
+class ArmResponses:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def dispatch(self, req: ArmRequest, handler: str, params: dict[str, str]) -> Response:
+        for key, value in params.items():
+            rule = NAME_RULES.get(key)
+            if rule and not rule[0].match(value):
+                raise ArmError(
+                    400,
+                    "InvalidResourceName",
+                    f"{rule[1]} '{value}' is invalid: it must match {rule[0].pattern}.",
+                    target=rule[1],
+                )
+        return getattr(self, handler)(req, **params)
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _body(self, req: ArmRequest, definition: str) -> dict[str, Any]:
+        body = req.json()
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ArmError(
+                400, "InvalidRequestContent", f"The request body must be a JSON object ({definition})."
+            )
+        errors = validate(definition, body)
+        if errors:
+            first = errors[0]
+            raise ArmError(
+                400,
+                "InvalidRequestContent",
+                f"The request content is not a valid {definition}: {first.path}: {first.message}",
+                target=first.path,
+                details=[
+                    {"code": "InvalidRequestContent", "target": e.path, "message": e.message} for e in errors
+                ],
+            )
+        return body
+
+    def _accepted(self, req: ArmRequest, sub: str, op_id: str) -> Response:
+        location = self.backend.config.location
+        root = f"{req.base}/subscriptions/{sub}/providers/Microsoft.BatchAI/locations/{location}"
+        query = f"?api-version={BATCHAI_API_VERSION}"
+        headers = {
+            "Azure-AsyncOperation": f"{root}/operationstatuses/{op_id}{query}",
+            "Location": f"{root}/operationresults/{op_id}{query}",
+            "Retry-After": _seconds(self.backend.config.retry_after),
+        }
+        return json_response(202, None, headers)
+
+    def _created(self, req: ArmRequest, sub: str, result: tuple[str | None, dict[str, Any]]) -> Response:
+        op_id, body = result
+        if op_id is None:  # the same PUT again: nothing to do, answer with the resource
+            return json_response(200, body)
+        with self.backend.lock:
+            self.backend.save()
+        return self._accepted(req, sub, op_id)
+
+    def _deleted(self, req: ArmRequest, sub: str, op_id: str | None) -> Response:
+        if op_id is None:
+            return json_response(204)
+        return self._accepted(req, sub, op_id)
+
+    def _page(self, req: ArmRequest, items: list[dict[str, Any]]) -> Response:
+        raw = req.args.get("maxresults", "1000")
+        try:
+            max_results = int(raw)
+        except ValueError:
+            max_results = 0
+        if not 1 <= max_results <= 1000:
+            raise ArmError(
+                400,
+                "InvalidQueryParameterValue",
+                f"maxresults must be an integer from 1 to 1000, not '{raw}'.",
+                target="maxresults",
+            )
+        try:
+            skip = max(0, int(req.args.get("$skiptoken", "0")))
+        except ValueError as exc:
+            raise ArmError(
+                400, "InvalidQueryParameterValue", "$skiptoken is not valid.", target="$skiptoken"
+            ) from exc
+        body: dict[str, Any] = {"value": items[skip : skip + max_results]}
+        if skip + max_results < len(items):
+            args = [(k, v) for k, v in req.args.items(multi=True) if k != "$skiptoken"]
+            args.append(("$skiptoken", str(skip + max_results)))
+            body["nextLink"] = f"{req.base}{req.path}?{urlencode(args)}"
+        return json_response(200, body)
+
+    # --- resource groups -------------------------------------------------------------------------
+    def list_groups(self, req: ArmRequest, sub: str) -> Response:
+        return self._page(req, self.backend.list_groups(sub))
+
+    def put_group(self, req: ArmRequest, sub: str, rg: str) -> Response:
+        body = req.json()
+        if not isinstance(body, dict) or not isinstance(body.get("location"), str) or not body["location"]:
+            raise ArmError(
+                400,
+                "LocationRequired",
+                "The location property is required for this definition.",
+                target="location",
+            )
+        if (
+            "tags" in body
+            and body["tags"] is not None
+            and not (
+                isinstance(body["tags"], dict) and all(isinstance(v, str) for v in body["tags"].values())
+            )
+        ):
+            raise ArmError(
+                400, "InvalidRequestContent", "tags must be an object of string values.", target="tags"
+            )
+        status, group = self.backend.put_group(sub, rg, body)
+        return json_response(status, group)
+
+    def get_group(self, req: ArmRequest, sub: str, rg: str) -> Response:
+        return json_response(200, self.backend.get_group(sub, rg))
+
+    def head_group(self, req: ArmRequest, sub: str, rg: str) -> Response:
+        try:
+            self.backend.get_group(sub, rg)
+        except ArmError:
+            return json_response(404)
+        return json_response(204)
+
+    def delete_group(self, req: ArmRequest, sub: str, rg: str) -> Response:
+        op_id = self.backend.delete_group(sub, rg)
+        if op_id is None:
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+        location = (
+            f"{req.base}/subscriptions/{sub}/operationresults/{op_id}?api-version={req.args['api-version']}"
+        )
+        return json_response(
+            202, None, {"Location": location, "Retry-After": _seconds(self.backend.config.retry_after)}
+        )
+
+    def group_operation_result(self, req: ArmRequest, sub: str, op: str) -> Response:
+        operation = self.backend.operation(op)
+        if operation["status"] == "InProgress":
+            return json_response(
+                202,
+                None,
+                {
+                    "Location": f"{req.base}{req.path}?{urlencode(list(req.args.items()))}",
+                    "Retry-After": _seconds(self.backend.config.retry_after),
+                },
+            )
+        return json_response(200)
+
+    # --- long-running operation status -----------------------------------------------------------
+    def operation_status(self, req: ArmRequest, sub: str, location: str, op: str) -> Response:
+        operation = self.backend.operation(op)
+        body: dict[str, Any] = {
+            "id": f"{req.path}",
+            "name": op,
+            "status": operation["status"],
+            "startTime": operation["startTime"],
+        }
+        if operation.get("endTime"):
+            body["endTime"] = operation["endTime"]
+        if operation.get("error"):
+            body["error"] = operation["error"]
+        headers = (
+            {"Retry-After": _seconds(self.backend.config.retry_after)}
+            if operation["status"] == "InProgress"
+            else {}
+        )
+        return json_response(200, body, headers)
+
+    def operation_result(self, req: ArmRequest, sub: str, location: str, op: str) -> Response:
+        operation = self.backend.operation(op)
+        if operation["status"] == "InProgress":
+            return json_response(
+                202,
+                None,
+                {
+                    "Location": f"{req.base}{req.path}?{urlencode(list(req.args.items()))}",
+                    "Retry-After": _seconds(self.backend.config.retry_after),
+                },
+            )
+        if operation["status"] == "Failed":
+            error = operation.get("error") or {"code": "OperationFailed", "message": "The operation failed."}
+            return json_response(500, {"error": error})
+        meta = operation["meta"]
+        if meta["kind"] == "create":
+            with self.backend.lock:
+                record = self.backend.state[meta["collection"]].get(meta["resource"])
+                if record:
+                    body = (
+                        self.backend._cluster_body(record)
+                        if meta["collection"] == "clusters"
+                        else self.backend._job_body(record)
+                        if meta["collection"] == "jobs"
+                        else record["body"]
+                    )
+                    return json_response(200, body)
+        if meta["kind"] == "delete":
+            return json_response(204)
+        return json_response(200)
+
+    # --- provider level --------------------------------------------------------------------------
+    def list_operations(self, req: ArmRequest) -> Response:
+        ops = []
+        for resource, label in (
+            ("workspaces", "Workspaces"),
+            ("workspaces/experiments", "Experiments"),
+            ("workspaces/experiments/jobs", "Jobs"),
+            ("workspaces/clusters", "Clusters"),
+            ("workspaces/fileservers", "File Servers"),
+        ):
+            actions = [("read", "List or get"), ("write", "Create or update"), ("delete", "Delete")]
+            if resource.endswith("jobs"):
+                actions += [
+                    ("terminate/action", "Terminate"),
+                    ("listoutputfiles/action", "List output files of"),
+                    ("remoteLoginInformation/action", "List remote login information of"),
+                ]
+            if resource.endswith("clusters"):
+                actions.append(("remoteLoginInformation/action", "List remote login information of"))
+            for action, verb in actions:
+                ops.append(
+                    {
+                        "name": f"Microsoft.BatchAI/{resource}/{action}",
+                        "display": {
+                            "provider": "Microsoft Batch AI",
+                            "resource": f"Batch AI {label}",
+                            "operation": f"{verb} Batch AI {label.lower()}",
+                            "description": f"{verb} Batch AI {label.lower()}",
+                        },
+                        "origin": "user,system",
+                        "properties": {},
+                    }
+                )
+        return self._page(req, ops)
+
+    def list_usages(self, req: ArmRequest, sub: str, location: str) -> Response:
+        return self._page(req, self.backend.usages(sub))
+
+    # --- workspaces ------------------------------------------------------------------------------
+    def list_workspaces(self, req: ArmRequest, sub: str, rg: str | None = None) -> Response:
+        return self._page(req, self.backend.list_workspaces(sub, rg))
+
+    def create_workspace(self, req: ArmRequest, sub: str, rg: str, ws: str) -> Response:
+        body = self._body(req, "WorkspaceCreateParameters")
+        return self._created(req, sub, self.backend.create_workspace(sub, rg, ws, body))
+
+    def update_workspace(self, req: ArmRequest, sub: str, rg: str, ws: str) -> Response:
+        body = self._body(req, "WorkspaceUpdateParameters")
+        return json_response(200, self.backend.update_workspace(sub, rg, ws, body))
+
+    def get_workspace(self, req: ArmRequest, sub: str, rg: str, ws: str) -> Response:
+        return json_response(200, self.backend.get_workspace(sub, rg, ws))
+
+    def delete_workspace(self, req: ArmRequest, sub: str, rg: str, ws: str) -> Response:
+        return self._deleted(req, sub, self.backend.delete_workspace(sub, rg, ws))
+
+    # --- experiments -----------------------------------------------------------------------------
+    def list_experiments(self, req: ArmRequest, sub: str, rg: str, ws: str) -> Response:
+        return self._page(req, self.backend.list_experiments(sub, rg, ws))
+
+    def create_experiment(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str) -> Response:
+        return self._created(req, sub, self.backend.create_experiment(sub, rg, ws, exp))
+
+    def get_experiment(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str) -> Response:
+        return json_response(200, self.backend.get_experiment(sub, rg, ws, exp))
+
+    def delete_experiment(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str) -> Response:
+        return self._deleted(req, sub, self.backend.delete_experiment(sub, rg, ws, exp))
+
+    # --- file servers ----------------------------------------------------------------------------
+    def list_file_servers(self, req: ArmRequest, sub: str, rg: str, ws: str) -> Response:
+        return self._page(req, self.backend.list_file_servers(sub, rg, ws))
+
+    def create_file_server(self, req: ArmRequest, sub: str, rg: str, ws: str, fs: str) -> Response:
+        body = self._body(req, "FileServerCreateParameters")
+        props = body.get("properties") or {}
+        ssh = (props.get("sshConfiguration") or {}).get("userAccountSettings") or {}
+        if not ssh.get("adminUserPassword") and not ssh.get("adminUserSshPublicKey"):
+            raise ArmError(
+                400,
+                "InvalidRequestContent",
+                "properties.sshConfiguration.userAccountSettings: adminUserPassword or "
+                "adminUserSshPublicKey must be given.",
+                target="properties.sshConfiguration.userAccountSettings",
+            )
+        props.setdefault("dataDisks", {}).setdefault("cachingType", "none")
+        return self._created(req, sub, self.backend.create_file_server(sub, rg, ws, fs, body))
+
+    def get_file_server(self, req: ArmRequest, sub: str, rg: str, ws: str, fs: str) -> Response:
+        return json_response(200, self.backend.get_file_server(sub, rg, ws, fs))
+
+    def delete_file_server(self, req: ArmRequest, sub: str, rg: str, ws: str, fs: str) -> Response:
+        return self._deleted(req, sub, self.backend.delete_file_server(sub, rg, ws, fs))
+
+    # --- clusters --------------------------------------------------------------------------------
+    def list_clusters(self, req: ArmRequest, sub: str, rg: str, ws: str) -> Response:
+        return self._page(req, self.backend.list_clusters(sub, rg, ws))
+
+    def create_cluster(self, req: ArmRequest, sub: str, rg: str, ws: str, cluster: str) -> Response:
+        body = self._body(req, "ClusterCreateParameters")
+        props = body.get("properties") or {}
+        _check_scale(props.get("scaleSettings"), "properties.scaleSettings")
+        account = props["userAccountSettings"]
+        if not account.get("adminUserPassword") and not account.get("adminUserSshPublicKey"):
+            raise ArmError(
+                400,
+                "InvalidRequestContent",
+                "properties.userAccountSettings: adminUserPassword or adminUserSshPublicKey must be given.",
+                target="properties.userAccountSettings",
+            )
+        return self._created(req, sub, self.backend.create_cluster(sub, rg, ws, cluster, body))
+
+    def update_cluster(self, req: ArmRequest, sub: str, rg: str, ws: str, cluster: str) -> Response:
+        body = self._body(req, "ClusterUpdateParameters")
+        scale = (body.get("properties") or {}).get("scaleSettings")
+        if scale is not None:
+            _check_scale(scale, "properties.scaleSettings")
+        return json_response(200, self.backend.update_cluster(sub, rg, ws, cluster, body))
+
+    def get_cluster(self, req: ArmRequest, sub: str, rg: str, ws: str, cluster: str) -> Response:
+        return json_response(200, self.backend.get_cluster(sub, rg, ws, cluster))
+
+    def delete_cluster(self, req: ArmRequest, sub: str, rg: str, ws: str, cluster: str) -> Response:
+        return self._deleted(req, sub, self.backend.delete_cluster(sub, rg, ws, cluster))
+
+    def cluster_remote_logins(self, req: ArmRequest, sub: str, rg: str, ws: str, cluster: str) -> Response:
+        return self._page(req, self.backend.cluster_remote_logins(sub, rg, ws, cluster))
+
+    # --- jobs ------------------------------------------------------------------------------------
+    def list_jobs(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str) -> Response:
+        return self._page(req, self.backend.list_jobs(sub, rg, ws, exp))
+
+    def create_job(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str, job: str) -> Response:
+        body = self._body(req, "JobCreateParameters")
+        _check_job(body["properties"])
+        return self._created(req, sub, self.backend.create_job(sub, rg, ws, exp, job, body))
+
+    def get_job(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str, job: str) -> Response:
+        return json_response(200, self.backend.get_job(sub, rg, ws, exp, job))
+
+    def delete_job(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str, job: str) -> Response:
+        return self._deleted(req, sub, self.backend.delete_job(sub, rg, ws, exp, job))
+
+    def terminate_job(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str, job: str) -> Response:
+        return self._accepted(req, sub, self.backend.terminate_job(sub, rg, ws, exp, job))
+
+    def job_remote_logins(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str, job: str) -> Response:
+        return self._page(req, self.backend.job_remote_logins(sub, rg, ws, exp, job))
+
+    def list_output_files(self, req: ArmRequest, sub: str, rg: str, ws: str, exp: str, job: str) -> Response:
+        directory_id = req.args.get("outputdirectoryid")
+        if not directory_id:
+            raise ArmError(
+                400,
+                "MissingRequiredQueryParameter",
+                "The query parameter outputdirectoryid is required.",
+                target="outputdirectoryid",
+            )
+        raw_expiry = req.args.get("linkexpiryinminutes", "60")
+        try:
+            expiry_minutes = int(raw_expiry)
+        except ValueError:
+            expiry_minutes = 0
+        if not 5 <= expiry_minutes <= 600:
+            raise ArmError(
+                400,
+                "InvalidQueryParameterValue",
+                f"linkexpiryinminutes must be an integer from 5 to 600, not '{raw_expiry}'.",
+                target="linkexpiryinminutes",
+            )
+        sub_dir = req.args.get("directory", ".")
+        parts = [p for p in sub_dir.replace("\\", "/").split("/") if p not in ("", ".")]
+        if any(p == ".." for p in parts):
+            raise ArmError(
+                400, "InvalidQueryParameterValue", "directory must not contain '..'.", target="directory"
+            )
+        root = self.backend.job_output_dir(sub, rg, ws, exp, job, directory_id)
+        items: list[dict[str, Any]] = []
+        if root is not None:
+            base = root.joinpath(*parts)
+            if base.is_dir():
+                expires = time.time() + expiry_minutes * 60
+                for entry in sorted(base.iterdir(), key=lambda p: p.name):
+                    if entry.is_dir():
+                        items.append({"name": entry.name, "fileType": "directory"})
+                    elif entry.is_file():
+                        stat = entry.stat()
+                        items.append(
+                            {
+                                "name": entry.name,
+                                "fileType": "file",
+                                "downloadUrl": self.download_url(req, entry, expires),
+                                "properties": {
+                                    "lastModified": now_iso(stat.st_mtime).split(".")[0] + "Z",
+                                    "contentLength": stat.st_size,
+                                },
+                            }
+                        )
+        return self._page(req, items)
+
+    # --- downloads -------------------------------------------------------------------------------
+    def _sign(self, path: str, expires: int) -> str:
+        message = f"{path}\n{expires}".encode()
+        return hmac.new(self.backend.secret.encode(), message, hashlib.sha256).hexdigest()
+
+    def download_url(self, req: ArmRequest, path: Path, expires: float) -> str:
+        """A URL on this emulator that serves `path` until `expires`, like a read-only SAS link."""
+        real = str(path.resolve())
+        token = base64.urlsafe_b64encode(real.encode()).decode().rstrip("=")
+        se = int(expires)
+        query = urlencode(
+            {
+                "p": token,
+                "se": datetime.fromtimestamp(se, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "sp": "r",
+                "sig": self._sign(real, se),
+            }
+        )
+        return f"{req.base}/_emulator/files/{quote(path.name)}?{query}"
+
+    def download(self, args: MultiDict) -> Response:
+        try:
+            token = args["p"]
+            real = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            se = int(datetime.strptime(args["se"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+            sig = args["sig"]
+        except (KeyError, ValueError) as exc:
+            return _storage_error(400, "InvalidQueryParameterValue", f"The download link is malformed: {exc}")
+        if not hmac.compare_digest(sig, self._sign(real, se)):
+            return _storage_error(403, "AuthenticationFailed", "Signature did not match the download link.")
+        if time.time() > se:
+            return _storage_error(
+                403, "AuthenticationFailed", "Signed expiry time has passed: the link expired."
+            )
+        path = Path(real)
+        if not path.is_file():
+            return _storage_error(404, "ResourceNotFound", "The specified resource does not exist.")
+        size = path.stat().st_size
+        response = Response(
+            _FileStream(path.open("rb")),
+            status=200,
+            content_type="application/octet-stream",
+            direct_passthrough=True,
+        )
+        response.headers["Content-Length"] = str(size)
+        return response
+
+
+class _FileStream:
+    """Stream a file in bounded chunks and close it when the server is done."""
+
+    def __init__(self, handle: Any, chunk: int = 1 << 16) -> None:
+        self.handle = handle
+        self.chunk = chunk
+
+    def __iter__(self) -> Any:
+        while True:
+            data = self.handle.read(self.chunk)
+            if not data:
+                break
+            yield data
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _storage_error(status: int, code: str, message: str) -> Response:
+    xml = (
+        f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+        f"<Message>{message}</Message></Error>"
+    )
+    return Response(xml, status=status, content_type="application/xml", headers={"x-ms-error-code": code})
+
+
+def _check_scale(scale: dict[str, Any] | None, where: str) -> None:
+    if not scale or ("manual" in scale) == ("autoScale" in scale):
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            f"{where}: exactly one of manual or autoScale must be specified.",
+            target=where,
+        )
+    if "manual" in scale and scale["manual"]["targetNodeCount"] < 0:
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            f"{where}.manual.targetNodeCount must not be negative.",
+            target=f"{where}.manual.targetNodeCount",
+        )
+    if "autoScale" in scale:
+        auto = scale["autoScale"]
+        if not 0 <= auto["minimumNodeCount"] <= auto["maximumNodeCount"]:
+            raise ArmError(
+                400,
+                "InvalidRequestContent",
+                f"{where}.autoScale: need 0 <= minimumNodeCount <= maximumNodeCount.",
+                target=f"{where}.autoScale.minimumNodeCount",
+            )
+
+
+def _check_job(props: dict[str, Any]) -> None:
+    given = [name for name in TOOLKIT_SETTINGS if props.get(name)]
+    if len(given) != 1:
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            "properties: exactly one toolkit settings object must be given (one of "
+            f"{', '.join(TOOLKIT_SETTINGS)}); got {', '.join(given) or 'none'}.",
+            target="properties",
+        )
+    if int(props.get("nodeCount", 1)) < 1:
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            "properties.nodeCount must be at least 1.",
+            target="properties.nodeCount",
+        )
+    if not re.match(
+        r"(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.BatchAI/workspaces?/[^/]+"
+        r"/clusters/[^/]+$",
+        props["cluster"]["id"],
+    ):
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            "properties.cluster.id must be a Batch AI cluster resource id "
+            "(/subscriptions/../resourceGroups/../providers/Microsoft.BatchAI/workspaces/../clusters/..).",
+            target="properties.cluster.id",
+        )
+    for kind in ("inputDirectories", "outputDirectories"):
+        seen: set[str] = set()
+        for i, directory in enumerate(props.get(kind) or []):
+            if not ENV_ID.match(directory["id"]) or directory["id"].lower() == "stdouterr":
+                raise ArmError(
+                    400,
+                    "InvalidRequestContent",
+                    f"properties.{kind}[{i}].id '{directory['id']}' must be a valid environment "
+                    "variable name part (letters, digits, underscore) and not 'stdouterr'.",
+                    target=f"properties.{kind}[{i}].id",
+                )
+            if directory["id"].upper() in seen:
+                raise ArmError(
+                    400,
+                    "InvalidRequestContent",
+                    f"properties.{kind}[{i}].id '{directory['id']}' is used twice.",
+                    target=f"properties.{kind}[{i}].id",
+                )
+            seen.add(directory["id"].upper())
+    wall = (props.get("constraints") or {}).get("maxWallClockTime")
+    if wall is not None:
+        try:
+            parse_duration(wall)
+        except ValueError as exc:
+            raise ArmError(
+                400,
+                "InvalidRequestContent",
+                f"properties.constraints.maxWallClockTime: {exc}",
+                target="properties.constraints.maxWallClockTime",
+            ) from exc
+    if "stdOutErrPathPrefix" not in props:
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            "properties.stdOutErrPathPrefix is required.",
+            target="properties.stdOutErrPathPrefix",
+        )

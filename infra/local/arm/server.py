@@ -1,0 +1,222 @@
+"""The WSGI application: admin endpoints, fault injection, authentication and api-version checks in
+front of the routing table.
+
+Admin endpoints (no authentication; loopback tooling, never faulted, never counted):
+- `GET /_emulator/health`
+- `GET /_emulator/faults`, `POST /_emulator/faults` (JSON FaultSettings: rate_429, rate_500, rate_drop,
+  latency_ms, retry_after, seed; omitted fields reset to 0/defaults), `DELETE /_emulator/faults`
+- `GET /_emulator/requests[?since=SEQ]` (counts by ARM operation id and status, recent requests),
+  `DELETE /_emulator/requests` (reset the counts)
+- `GET /_emulator/files/<name>?p=..&se=..&sig=..`: output file downloads (listOutputFiles' downloadUrl)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import traceback
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from infra.local.arm import urls
+from infra.local.arm.faults import FaultInjector, FaultSettings, RequestLog
+from infra.local.arm.models import BATCHAI_API_VERSION, ArmError, Backend
+from infra.local.arm.responses import ArmRequest, ArmResponses, error_response, json_response
+
+# What azure-mgmt-resource sends for resource groups (26.0.0: 2025-04-01) and the versions before it.
+RESOURCES_API_VERSIONS = frozenset(
+    {
+        "2025-04-01",
+        "2025-03-01",
+        "2024-11-01",
+        "2024-07-01",
+        "2024-03-01",
+        "2023-07-01",
+        "2022-09-01",
+        "2021-04-01",
+        "2021-01-01",
+        "2020-10-01",
+        "2020-06-01",
+        "2019-10-01",
+        "2019-08-01",
+        "2019-07-01",
+        "2019-05-10",
+        "2019-05-01",
+        "2019-03-01",
+        "2018-05-01",
+        "2018-02-01",
+        "2017-05-10",
+        "2016-09-01",
+    }
+)
+BATCHAI_API_VERSIONS = frozenset({BATCHAI_API_VERSION})
+# azure-core retries a dropped connection only for idempotent methods; a drop drawn for POST/PATCH
+# is answered 503 instead (which every Azure SDK retries), so injected faults stay absorbable.
+DROPPABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+
+class ArmEmulator:
+    def __init__(self, backend: Backend, faults: FaultInjector | None = None) -> None:
+        self.backend = backend
+        self.responses = ArmResponses(backend)
+        self.faults = faults or FaultInjector()
+        self.log = RequestLog()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        if request.path.startswith("/_emulator/"):
+            response = self.admin(request)
+            return response(environ, start_response)
+        response = self.arm(request, environ)
+        if response is None:  # connection dropped on purpose
+            start_response("500 Internal Server Error", [("Content-Length", "0")])
+            return []
+        return response(environ, start_response)
+
+    # --- ARM requests ----------------------------------------------------------------------------
+    def arm(self, request: Request, environ: dict[str, Any]) -> Response | None:
+        method, path = request.method.upper(), request.path
+        try:
+            route = urls.match(method, path)
+        except LookupError:
+            route = None
+            not_allowed = True
+        else:
+            not_allowed = False
+        operation = route[1] if route else "Unknown"
+        fault = self.faults.draw()
+        if fault == "drop" and method not in DROPPABLE_METHODS:
+            fault = "503"
+        if fault == "drop":
+            self.log.record(method, path, operation, "dropped", fault)
+            sock = environ.get("werkzeug.socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                return None
+            fault = "500"
+        if fault:
+            response = self._fault_response(fault)
+            self.log.record(method, path, operation, response.status_code, fault)
+            return response
+        response = self._arm_response(request, route, not_allowed)
+        self.log.record(method, path, operation, response.status_code, None)
+        return response
+
+    def _fault_response(self, fault: str) -> Response:
+        if fault == "429":
+            retry_after = self.faults.settings.retry_after
+            return error_response(
+                ArmError(
+                    429,
+                    "TooManyRequests",
+                    f"The request was throttled (injected fault); retry after {retry_after} seconds.",
+                ),
+                {"Retry-After": str(retry_after)},
+            )
+        if fault == "503":
+            return error_response(
+                ArmError(503, "ServiceUnavailable", "The service is unavailable (injected fault).")
+            )
+        return error_response(ArmError(500, "InternalServerError", "Internal server error (injected fault)."))
+
+    def _arm_response(
+        self, request: Request, route: tuple[str, str, dict[str, str]] | None, not_allowed: bool
+    ) -> Response:
+        try:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ArmError(
+                    401,
+                    "AuthenticationFailed",
+                    "Authentication failed. The 'Authorization' header is missing."
+                    if not auth
+                    else "Authentication failed. The 'Authorization' header must be 'Bearer <token>'.",
+                )
+            batchai = "/providers/microsoft.batchai" in request.path.lower()
+            supported = BATCHAI_API_VERSIONS if batchai else RESOURCES_API_VERSIONS
+            version = request.args.get("api-version")
+            if not version:
+                raise ArmError(
+                    400,
+                    "MissingApiVersionParameter",
+                    "The api-version query parameter (?api-version=) is required for all requests.",
+                    target="api-version",
+                )
+            if version not in supported:
+                kind = "Microsoft.BatchAI" if batchai else "Microsoft.Resources"
+                raise ArmError(
+                    400,
+                    "InvalidApiVersionParameter",
+                    f"The api-version '{version}' is invalid. The supported versions for {kind} are "
+                    f"'{', '.join(sorted(supported, reverse=True))}'.",
+                    target="api-version",
+                )
+            if not_allowed:
+                raise ArmError(
+                    405, "MethodNotAllowed", f"The method {request.method} is not allowed on {request.path}."
+                )
+            if route is None:
+                raise ArmError(
+                    404, "InvalidResourceType", f"No Batch AI or resource group operation at {request.path}."
+                )
+            handler, _, params = route
+            arm_request = ArmRequest(
+                request.method.upper(), request.path, request.args, request.get_data(), request.host_url
+            )
+            return self.responses.dispatch(arm_request, handler, params)
+        except ArmError as error:
+            headers = (
+                {"WWW-Authenticate": 'Bearer authorization_uri="http://127.0.0.1/", error="invalid_token"'}
+                if error.status == 401
+                else {}
+            )
+            return error_response(error, headers)
+        except Exception:
+            traceback.print_exc()
+            return error_response(
+                ArmError(500, "InternalServerError", "The ARM emulator failed; see its log.")
+            )
+
+    # --- admin -----------------------------------------------------------------------------------
+    def admin(self, request: Request) -> Response:
+        path, method = request.path.rstrip("/"), request.method.upper()
+        if path == "/_emulator/health":
+            return json_response(200, {"status": "ok"})
+        if path == "/_emulator/faults":
+            if method == "GET":
+                return json_response(200, self.faults.as_json())
+            if method == "DELETE":
+                self.faults.configure(FaultSettings())
+                return json_response(200, self.faults.as_json())
+            if method == "POST":
+                try:
+                    data = json.loads(request.get_data() or b"{}")
+                    if not isinstance(data, dict):
+                        raise ValueError("the body must be a JSON object")
+                    self.faults.configure(FaultSettings.from_json(data))
+                except (ValueError, TypeError) as exc:
+                    return json_response(
+                        400, {"error": {"code": "InvalidFaultSettings", "message": str(exc)}}
+                    )
+                return json_response(200, self.faults.as_json())
+        if path == "/_emulator/requests":
+            if method == "DELETE":
+                self.log.reset()
+                return json_response(200, self.log.as_json())
+            try:
+                since = int(request.args.get("since", "0"))
+            except ValueError:
+                return json_response(
+                    400,
+                    {"error": {"code": "InvalidQueryParameterValue", "message": "since must be an integer"}},
+                )
+            return json_response(200, self.log.as_json(since))
+        if path.startswith("/_emulator/files/") and method in ("GET", "HEAD"):
+            return self.responses.download(request.args)
+        return json_response(
+            404, {"error": {"code": "NotFound", "message": f"No admin endpoint {method} {path}."}}
+        )
