@@ -226,16 +226,6 @@ def _schemas() -> dict[str, Any]:
                 "source": {"type": "string", "enum": ["job", "record", "none"]},
             },
         },
-        "Teardown": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "state": {"type": "string"},
-                "job_deleted": {"type": "boolean"},
-                "cluster_deleted": {"type": "boolean"},
-                "message": {"type": "string"},
-            },
-        },
         "Cluster": {
             "type": "object",
             "required": ["name"],
@@ -258,9 +248,14 @@ def _schemas() -> dict[str, Any]:
             "required": ["clusters"],
             "properties": {"clusters": {"type": "array", "items": _ref("Cluster")}},
         },
-        "ClusterDeleted": {
+        "ClusterDeleting": {
             "type": "object",
-            "properties": {"name": {"type": "string"}, "deleted": {"type": "boolean"}},
+            "required": ["name", "deleting"],
+            "properties": {
+                "name": {"type": "string"},
+                "deleting": {"type": "boolean"},
+                "cancelled_runs": {"type": "array", "items": {"type": "string"}},
+            },
         },
         "Health": {
             "type": "object",
@@ -365,7 +360,7 @@ def _operations() -> dict[str, Any]:
                 " A run already finished keeps its state; its job is still deleted.",
                 "parameters": [_bool_query("cluster", "Also delete the run's cluster when unused")],
                 "responses": {
-                    "200": _json(_ref("Teardown"), "Torn down"),
+                    "200": _json(_ref("Run"), "Torn down: the run as it is now"),
                     **_errors(400, 401, 404, 405, 409, 500, 502),
                 },
             },
@@ -407,10 +402,12 @@ def _operations() -> dict[str, Any]:
             "delete": {
                 "operationId": "deleteCluster",
                 "summary": "Delete a cluster; 409 while active runs use it unless force=true",
-                "description": security_note,
+                "description": security_note
+                + " With force=true the active runs using it are cancelled first. Deletion is"
+                " long-running: 202, and the cluster shows provisioning state 'deleting' until gone.",
                 "parameters": [_bool_query("force", "Delete even while active runs use it")],
                 "responses": {
-                    "200": _json(_ref("ClusterDeleted"), "Deleted"),
+                    "202": _json(_ref("ClusterDeleting"), "Deletion started"),
                     **_errors(400, 401, 404, 405, 409, 500, 502),
                 },
             },

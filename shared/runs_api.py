@@ -15,7 +15,6 @@ request is the same (same dataset, staging prefix and effective spec): 202 again
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import re
 import urllib.request
@@ -39,18 +38,6 @@ DEFAULT_TAIL = 100
 MAX_TAIL = 10_000
 LOG_READ_LIMIT = 4 * 1024 * 1024  # bytes of a log file read (from its end) to find the tail
 HEALTH_TIMEOUT = 20.0
-# ARM error codes meaning "this resource provider does not exist (any more) here": Batch AI's retirement.
-PROVIDER_GONE_CODES = frozenset(
-    {
-        "NoRegisteredProviderFound",
-        "InvalidResourceNamespace",
-        "MissingSubscriptionRegistration",
-        "SubscriptionNotRegistered",
-        "InvalidResourceType",
-        "ResourceProviderNotRegistered",
-    }
-)
-
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _CLUSTER = re.compile(CLUSTER_NAME_PATTERN)
 
@@ -84,11 +71,19 @@ def _unexpected(exc: Exception, operation: str) -> ApiError:
     """Map an exception from the pipeline or an SDK to an API error (never leaking a trace)."""
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
+    from shared.compute import ComputeError
     from shared.registry import ConcurrencyError, RegistryError, RunNotFound
     from shared.settings import SettingsError
 
     if isinstance(exc, RunNotFound):
         return ApiError(404, "RunNotFound", str(exc))
+    if isinstance(exc, ComputeError):
+        log.warning("%s: %s failed: %s %s", operation, exc.operation, exc.code, exc.message)
+        if exc.code in ("ServiceUnavailable", "BatchAIUnavailable"):
+            return ApiError(503, exc.code, exc.message)
+        if exc.code in ("ClusterMismatch", "ClusterDeleting", "Conflict"):
+            return ApiError(409, exc.code, exc.message)
+        return ApiError(502, exc.code, f"Batch AI answered {exc.status or ''} {exc.code}: {exc.message}")
     if isinstance(exc, SettingsError):
         log.error("%s: invalid app settings: %s", operation, exc)
         return ApiError(500, "InvalidSettings", str(exc))
@@ -242,7 +237,7 @@ def parse_start_request(body: dict[str, Any]) -> tuple[str, Any, str | None]:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ApiError(400, "InvalidRequest", f"{first['field']}: {first['message']}{more}", details=problems)
-    return dataset, spec, (prefix.strip("/") + "/") if prefix else None  # type: ignore[union-attr]
+    return dataset, spec, prefix.strip("/") if prefix else None  # type: ignore[union-attr]
 
 
 def _parse_spec(raw: dict[str, Any]) -> tuple[Any, list[dict[str, str]]]:
@@ -393,46 +388,36 @@ def get_run(request: ApiRequest) -> ApiResponse:
     return ApiResponse(200, data)
 
 
-def _job_ref(record: Any) -> tuple[str, str, str, str] | None:
-    """(resource group, workspace, experiment, job) of the run's Batch AI job, or None."""
+def _compute() -> Any:
+    from shared.compute import get_compute
+
+    return get_compute(_settings())
+
+
+def _job_ref(record: Any) -> tuple[str, str] | None:
+    """(experiment, job) of the run's Batch AI job, or None before it is submitted."""
     if not (record.job_name and record.experiment):
         return None
-    settings = _settings()
-    return (
-        record.resource_group or settings.resource_group,
-        record.workspace or settings.workspace,
-        record.experiment,
-        record.job_name,
-    )
-
-
-def _list_output_files(ref: tuple[str, str, str, str], directory_id: str) -> list[Any]:
-    from azure.mgmt.batchai.models import JobsListOutputFilesOptions
-
-    from shared import clients
-
-    options = JobsListOutputFilesOptions(outputdirectoryid=directory_id, linkexpiryinminutes=60)
-    return list(clients.batchai_client().jobs.list_output_files(*ref, options))
+    return record.experiment, record.job_name
 
 
 def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
     """The run's recorded output files with download URLs listed again now (they expire); None when
     the job is not there to ask (not submitted yet, or deleted by cleanup)."""
-    from azure.core.exceptions import HttpResponseError
+    from shared.compute import ComputeError
 
     ref = _job_ref(record)
     if ref is None or not record.output_files:
         return None
+    compute = _compute()
     directories = list(dict.fromkeys(o.directory_id for o in record.output_files))
     current: dict[tuple[str, str], Any] = {}
     try:
         for directory in directories:
-            for item in _list_output_files(ref, directory):
+            for item in compute.list_output_files(*ref, directory):
                 current[(directory, item.name)] = item
-    except HttpResponseError as exc:
-        log.info(
-            "run %s: output files not listable (%s); returning recorded URLs", record.run_id, exc.status_code
-        )
+    except ComputeError as exc:
+        log.info("run %s: output files not listable (%s); recorded URLs returned", record.run_id, exc.code)
         return None
     out = []
     for o in record.output_files:
@@ -461,13 +446,15 @@ def get_logs(request: ApiRequest) -> ApiResponse:
 
 
 def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
-    from azure.core.exceptions import HttpResponseError
+    from shared.compute import ComputeError
 
     ref = _job_ref(record)
     if ref is not None:
         try:
-            files = {f.name: f for f in _list_output_files(ref, "stdouterr")}
-        except HttpResponseError:
+            files = {f.name: f for f in _compute().list_output_files(*ref, "stdouterr")}
+        except ComputeError as exc:
+            if not exc.not_found:
+                raise
             files = {}
         if files:
             out = _tail_of_url(files["stdout.txt"].download_url, tail) if "stdout.txt" in files else ""
@@ -502,32 +489,15 @@ def _last_lines(text: str, lines: int) -> str:
 
 
 def delete_run(request: ApiRequest) -> ApiResponse:
+    """Terminate and delete the run's job and mark it cancelled (a finished run keeps its state); with
+    cluster=true also delete its cluster unless another active run uses it. Returns the run."""
     from shared import ingest
 
     run_id = _run_id(request)
     with_cluster = _flag(request, "cluster")
-    registry = _registry()
-    registry.get(run_id)  # 404 before any side effect
-    result = ingest.cancel_run(run_id, delete_cluster=with_cluster)
-    return ApiResponse(200, _teardown_body(result, run_id, registry))
-
-
-def _teardown_body(result: Any, run_id: str, registry: Any) -> dict[str, Any]:
-    """What cancel_run reported, as JSON (it may return a record, a dict or a small result object)."""
-    if isinstance(result, dict):
-        body = dict(result)
-    elif hasattr(result, "to_dict") and hasattr(result, "run_id"):
-        body = {"state": result.state}
-    elif result is not None and hasattr(result, "__dataclass_fields__"):
-        import dataclasses
-
-        body = {k: v for k, v in dataclasses.asdict(result).items() if not isinstance(v, dict | list)}
-    else:
-        body = {}
-    body["id"] = run_id
-    if "state" not in body:
-        body["state"] = registry.get(run_id).state
-    return body
+    _registry().get(run_id)  # 404 before any side effect
+    record = ingest.cancel_run(run_id, delete_cluster=with_cluster)
+    return ApiResponse(200, _full(record, request))
 
 
 # --- clusters ---------------------------------------------------------------------------------------
@@ -563,38 +533,39 @@ def _cluster_json(cluster: Any, users: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def list_clusters(request: ApiRequest) -> ApiResponse:
-    from azure.core.exceptions import ResourceNotFoundError
+    from shared.compute import ComputeError
 
-    from shared import clients
-
-    settings = _settings()
     try:
-        clusters = list(
-            clients.batchai_client().clusters.list_by_workspace(settings.resource_group, settings.workspace)
-        )
-    except ResourceNotFoundError:  # no workspace (or resource group) yet: no clusters
+        clusters = _compute().list_clusters()
+    except ComputeError as exc:
+        if not exc.not_found:  # no workspace (or resource group) yet: no clusters
+            raise
         clusters = []
     users = _active_runs_by_cluster()
     return ApiResponse(200, {"clusters": [_cluster_json(c, users) for c in clusters]})
 
 
 def delete_cluster(request: ApiRequest) -> ApiResponse:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    from shared import clients, ingest
+    """409 while active runs use the cluster; with force=true those runs are cancelled first (they
+    could not finish without it). Deletion is long-running: 202, the cluster is then 'deleting'."""
+    from shared import ingest
+    from shared.compute import ComputeError
 
     name = request.route_params.get("name", "")
     if not _CLUSTER.match(name):
         raise ApiError(404, "ClusterNotFound", f"cluster {name[:100]!r} not found")
     force = _flag(request, "force")
-    settings = _settings()
-    client = clients.batchai_client()
+    compute = _compute()
     try:
-        client.clusters.get(settings.resource_group, settings.workspace, name)
-    except ResourceNotFoundError:
+        cluster = compute.get_cluster(name)
+    except ComputeError as exc:
+        if not exc.not_found:
+            raise
+        cluster = None
+    if cluster is None:
         raise ApiError(
-            404, "ClusterNotFound", f"cluster {name!r} not found in workspace {settings.workspace}"
-        ) from None
+            404, "ClusterNotFound", f"cluster {name!r} not found in workspace {_settings().workspace}"
+        )
     users = _active_runs_by_cluster().get(name, [])
     if users and not force:
         raise ApiError(
@@ -604,14 +575,12 @@ def delete_cluster(request: ApiRequest) -> ApiResponse:
             "cancel them first or pass force=true",
         )
     cancelled = []
-    for run_id in users:  # force: the runs would fail anyway; end them cleanly first
-        with contextlib.suppress(Exception):
-            ingest.cancel_run(run_id, delete_cluster=False)
-            cancelled.append(run_id)
-    with contextlib.suppress(ResourceNotFoundError):
-        client.clusters.begin_delete(settings.resource_group, settings.workspace, name).result(timeout=120)
-    log.info("cluster %s deleted over HTTP (force=%s, cancelled runs %s)", name, force, cancelled)
-    return ApiResponse(200, {"name": name, "deleted": True, "cancelled_runs": cancelled})
+    for run_id in users:
+        ingest.cancel_run(run_id, delete_cluster=False)
+        cancelled.append(run_id)
+    compute.delete_cluster(name)
+    log.info("cluster %s deletion requested over HTTP (force=%s, cancelled runs %s)", name, force, cancelled)
+    return ApiResponse(202, {"name": name, "deleting": True, "cancelled_runs": cancelled})
 
 
 # --- GET /api/health ----------------------------------------------------------------------------------
@@ -690,24 +659,17 @@ def _probe_error(name: str, exc: Exception) -> str:
 
 def batchai_retired(exc: Any) -> bool:
     """Does this ARM error say Microsoft.BatchAI is not a registered/available resource provider?"""
+    from shared.compute import RETIRED_PROVIDER_CODES
+
     code = getattr(getattr(exc, "error", None), "code", None) or ""
-    text = str(getattr(exc, "message", None) or exc)
-    if code in PROVIDER_GONE_CODES:
-        return True
-    lowered = text.lower()
-    return "microsoft.batchai" in lowered and any(
-        phrase in lowered for phrase in ("not registered", "no registered resource provider", "not found",
-                                         "not supported", "invalid resource namespace")
-    )  # fmt: skip
+    return code in RETIRED_PROVIDER_CODES
 
 
 def retirement_message(exc: Any) -> str:
+    from shared.compute import RETIRED_MESSAGE
+
     code = getattr(getattr(exc, "error", None), "code", None) or getattr(exc, "reason", "")
-    return (
-        "Azure Batch AI is not available: ARM answered that Microsoft.BatchAI is not a registered or "
-        f"available resource provider ({code}). Microsoft retired Batch AI on 2019-03-31; this app runs "
-        "only against the local ARM emulator (or another Batch AI 2018-05-01 endpoint set in ARM_ENDPOINT)."
-    )
+    return RETIRED_MESSAGE.format(endpoint=_settings().arm_endpoint, code=code)
 
 
 # --- GET /api/openapi.json ----------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def test_valid_request_parses_with_quickstart_defaults() -> None:
             "spec": {"callback_url": "http://127.0.0.1:9/x"},
         }
     )
-    assert (dataset, prefix) == ("mnist", "uploads/mnist/")
+    assert (dataset, prefix) == ("mnist", "uploads/mnist")
     assert spec.script == "ConvNet_MNIST.py" and spec.vm_size == "STANDARD_NC6"
 
 
