@@ -447,34 +447,36 @@ class Cleanup:
 
     def __init__(self, settings: Any = None) -> None:
         from shared import clients
+        from shared.compute import get_compute
         from shared.registry import RunRegistry
         from shared.settings import get_settings
 
         self.settings = settings if settings is not None else get_settings()
-        self.batchai = clients.batchai_client(self.settings)
+        self.compute = get_compute(self.settings)
         self.registry = RunRegistry(clients.runs_table(self.settings))
         self.share = clients.share_client(self.settings)
         self.blobs = clients.blob_service(self.settings)
-        self.rg = self.settings.resource_group
-        self.ws = self.settings.workspace
 
     # --- inventory ----------------------------------------------------------------------------------
     def inventory(self) -> Inventory:
-        from azure.core.exceptions import ResourceNotFoundError
+        from shared.compute import ComputeError
 
         runs = [run_info(r) for r in self.registry.iter_runs()]
         experiments: list[ExperimentInfo] = []
         jobs: list[JobInfo] = []
         clusters: list[ClusterInfo] = []
         try:
-            for experiment in self.batchai.experiments.list_by_workspace(self.rg, self.ws):
+            for experiment in self.compute.list_experiments():
                 experiments.append(ExperimentInfo(experiment.name, _parse_time(experiment.creation_time)))
-                for job in self.batchai.jobs.list_by_experiment(self.rg, self.ws, experiment.name):
+                for job in self.compute.list_jobs(experiment.name):
                     jobs.append(job_info(job, experiment.name))
-            for cluster in self.batchai.clusters.list_by_workspace(self.rg, self.ws):
+            for cluster in self.compute.list_clusters():
                 clusters.append(ClusterInfo(cluster.name, _parse_time(cluster.creation_time)))
-        except ResourceNotFoundError:  # no resource group or workspace yet: nothing in Batch AI to clean
-            log.info("cleanup: workspace %s/%s does not exist", self.rg, self.ws)
+        except ComputeError as exc:
+            if not exc.not_found:
+                raise
+            # No resource group or workspace yet: nothing in Batch AI to clean.
+            log.info("cleanup: no Batch AI workspace %s yet", self.settings.workspace)
         return Inventory(runs, jobs, clusters, experiments, self._staged_datasets())
 
     def _staged_datasets(self) -> list[str]:
@@ -506,17 +508,8 @@ class Cleanup:
         return users
 
     def executor(self) -> Executor:
-        def terminate(a: Action) -> None:
-            self.batchai.jobs.begin_terminate(self.rg, self.ws, a.experiment, a.job).result(timeout=300)
-
-        def delete_job(a: Action) -> None:
-            self.batchai.jobs.begin_delete(self.rg, self.ws, a.experiment, a.job).result(timeout=300)
-
-        def delete_experiment(a: Action) -> None:
-            self.batchai.experiments.begin_delete(self.rg, self.ws, a.experiment).result(timeout=300)
-
-        def delete_cluster(a: Action) -> None:
-            self.batchai.clusters.begin_delete(self.rg, self.ws, a.cluster).result(timeout=300)
+        """Each action through Compute: ARM accepts the request and Batch AI carries it out (a job's
+        termination, deletions); an action on something already gone counts as done."""
 
         def delete_staged(a: Action) -> None:
             from shared.staging import check_dataset_name
@@ -525,10 +518,10 @@ class Cleanup:
 
         return Executor(
             perform={
-                "terminate_job": terminate,
-                "delete_job": delete_job,
-                "delete_experiment": delete_experiment,
-                "delete_cluster": delete_cluster,
+                "terminate_job": lambda a: self.compute.terminate_job(a.experiment, a.job),
+                "delete_job": lambda a: self.compute.delete_job(a.experiment, a.job),
+                "delete_experiment": lambda a: self.compute.delete_experiment(a.experiment),
+                "delete_cluster": lambda a: self.compute.delete_cluster(a.cluster),
                 "delete_staged_data": delete_staged,
             },
             in_use=self.in_use,
