@@ -513,7 +513,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CONTAINER_REGISTRY_PASSWORD: empty(containerRegistryPassword) ? '' : '${kvRef}${containerRegistryPasswordSecret.properties.secretUri})'
     MONITOR_SCHEDULE: monitorSchedule
     CLEANUP_SCHEDULE: cleanupSchedule
-    CLEANUP_DRY_RUN: string(cleanupDryRun)
+    CLEANUP_DRY_RUN: cleanupDryRun ? 'true' : 'false'
     JOB_RETENTION_HOURS: string(jobRetentionHours)
     STAGED_DATA_RETENTION_HOURS: string(stagedDataRetentionHours)
     CLUSTER_IDLE_MINUTES: string(clusterIdleMinutes)
