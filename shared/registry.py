@@ -677,6 +677,13 @@ class RunRegistry:
         for i in range(0, len(ops), 100):
             self.table.submit_transaction(ops[i : i + 100])
 
+    def iter_pending_callbacks(self, page_size: int = 200) -> Iterator[RunRecord]:
+        """Finished runs whose callback has not been delivered yet (``callback_pending``)."""
+        self._ensure_table()
+        query = f"RowKey eq {_odata_str(RUN_ROW)} and callback_pending eq true"
+        for entity in self.table.query_entities(query, results_per_page=page_size):
+            yield _from_entity(entity)
+
     # --- the dataset's current staging run -------------------------------------------------------
     def current_run_id(self, dataset: str) -> tuple[str | None, str | None]:
         """(run id, pointer ETag) of the dataset's latest ingest run, or (None, None)."""
@@ -740,6 +747,9 @@ def _apply(rec: RunRecord, changes: dict[str, Any]) -> None:
             continue
         if key == "add_error":
             rec.errors = [*rec.errors, value]
+            continue
+        if key == "extra_times":  # times of states passed between two polls; never overwrites
+            rec.times = {**value, **rec.times}
             continue
         if key not in allowed:
             raise RegistryError(f"unknown or read-only run field {key!r}")

@@ -1,0 +1,39 @@
+"""Ingest blob trigger on `training-data/{name}`: stage the blob and move its dataset's run on.
+
+Declared with the Event Grid source (what the Flex Consumption plan supports; the local host scans
+the container instead). The handler never reads the blob: `shared.ingest` copies it server side.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name("ingest")
+@bp.blob_trigger(
+    arg_name="blob",
+    path="training-data/{name}",
+    connection="STORAGE_CONNECTION_STRING",
+    source=func.BlobSource.EVENT_GRID,
+)
+def ingest(blob: func.InputStream) -> None:
+    """One uploaded or changed dataset blob (at least once per blob version)."""
+    from shared.ingest import ingest_blob
+
+    container, _, name = (blob.name or "").partition("/")
+    result = ingest_blob(name)
+    log.info(
+        "ingest %s/%s: %s (run %s, state %s%s)",
+        container,
+        name,
+        result.action,
+        result.run_id,
+        result.state,
+        ", job submitted" if result.submitted else "",
+        extra={"run_id": result.run_id, "state": result.state},
+    )

@@ -1,0 +1,467 @@
+"""Monitor: the timer that moves submitted runs through their states and reports finished ones.
+
+One pass (``run_monitor``):
+
+1. Staging runs: past their staging deadline (STAGING_TIMEOUT_MINUTES) they fail, naming the files
+   that never arrived (or the missing run.json); otherwise readiness is checked again (a safety net
+   for a trigger that died between staging its file and submitting).
+2. Submitted runs (provisioning, queued, running) are grouped by experiment; each experiment's jobs
+   are listed with ONE call per page, and the workspace's clusters with one call, never a GET per
+   run (1,000 runs over 10 experiments cost about a dozen ARM requests). Each run is reconciled:
+   job queued -> ``provisioning`` while its cluster resizes, ``queued`` once it is steady; running
+   -> ``running``; succeeded/failed -> terminal with exit code, errors, output files (``stdouterr``,
+   ``MODEL`` and every declared output directory: name, size, download URL) and the tail of stdout
+   (only the last MAX_STDOUT_TAIL_BYTES are downloaded). Times come from the job's execution info. A
+   cluster with errors fails its waiting runs with the cluster's error; a job that was never created
+   (a crashed or faulted submission) is created again with its deterministic name.
+3. Finished runs with ``callback_pending`` get their summary POSTed (``shared.callbacks``).
+
+Every change is a registry compare-and-swap, so a replayed or overlapping pass changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError
+
+from shared import callbacks
+from shared.ingest import Services, check_ready, create_job, missing_files, read_manifest, services
+from shared.registry import (
+    FAILED,
+    PROVISIONING,
+    QUEUED,
+    RUNNING,
+    STAGING,
+    SUBMITTED_STATES,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    OutputFile,
+    RegistryError,
+    RunRecord,
+    TransitionRejected,
+    utcnow,
+)
+from shared.runspec import RunSpec, RunSpecError, parse_run_spec
+
+log = logging.getLogger(__name__)
+
+RESUBMIT_GRACE = timedelta(seconds=60)  # a submission younger than this may still be in flight
+MAX_OUTPUT_FILES = 1000
+MAX_OUTPUT_DEPTH = 4
+MAX_CALLBACK_PASSES = 3
+STDOUT_NAMES = ("stdout.txt",)
+
+
+@dataclass
+class MonitorReport:
+    """What one pass did (logged, and asserted by tests)."""
+
+    checked: int = 0
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, from, to)
+    resubmitted: list[str] = field(default_factory=list)
+    callbacks: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _ts(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return str(value)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _state(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "value", value)).lower()
+
+
+# --- the pass ------------------------------------------------------------------------------------------
+def run_monitor(svc: Services | None = None, *, now: datetime | None = None) -> MonitorReport:
+    """One monitoring pass over every active run (see module doc)."""
+    svc = svc or services()
+    now = now or datetime.now(UTC)
+    report = MonitorReport()
+    _check_staging(svc, now, report)
+    _reconcile_submitted(svc, now, report)
+    _deliver_callbacks(svc, report)
+    log.info(
+        "monitor pass: %d run(s) checked, %d transition(s), %d resubmitted, %d callback(s)",
+        report.checked,
+        len(report.transitions),
+        len(report.resubmitted),
+        len(report.callbacks),
+    )
+    return report
+
+
+def _move(
+    svc: Services, rec: RunRecord, to_state: str, report: MonitorReport, **changes: Any
+) -> RunRecord | None:
+    try:
+        moved = svc.registry.transition(rec.run_id, to_state, rec.state, **changes)
+    except TransitionRejected as rejected:
+        log.info(
+            "run %s not moved to %s: it is now %s",
+            rec.run_id,
+            to_state,
+            rejected.current.state,
+            extra=rec.log_extra(),
+        )
+        return None
+    report.transitions.append((rec.run_id, rec.state, to_state))
+    return moved
+
+
+# --- staging -----------------------------------------------------------------------------------------
+def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
+    for rec in svc.registry.iter_runs(state=STAGING):
+        report.checked += 1
+        deadline = _parse_time(rec.staging_deadline)
+        if deadline is None:
+            created = _parse_time(rec.created_at) or now
+            deadline = created + timedelta(minutes=svc.settings.staging_timeout_minutes)
+        try:
+            if now < deadline:
+                if rec.spec is not None and check_ready(rec.run_id, svc):
+                    report.transitions.append((rec.run_id, STAGING, "submitted"))
+                continue
+            full = svc.registry.get(rec.run_id)
+            if full.spec is None:
+                message = f"staging timed out: {rec.dataset}/run.json never arrived"
+                missing: list[str] = []
+            else:
+                missing = missing_files(svc, full)
+                if not missing:  # everything arrived at the last moment: submit instead
+                    check_ready(rec.run_id, svc)
+                    continue
+                shown = ", ".join(missing[:50]) + (
+                    f" and {len(missing) - 50} more" if len(missing) > 50 else ""
+                )
+                message = f"staging timed out: file(s) never arrived: {shown}"
+            error = {
+                "code": "StagingTimeout",
+                "message": message,
+                "time": utcnow(),
+                "missing_files": missing[:200],
+            }
+            _move(svc, full, FAILED, report, add_error=error, callback_pending=bool(full.callback_url))
+            log.warning("run %s: %s", rec.run_id, message, extra=rec.log_extra())
+        except (HttpResponseError, RegistryError) as exc:
+            report.errors.append(f"{rec.run_id}: {exc}")
+            log.warning("run %s: staging check failed: %s", rec.run_id, exc, extra=rec.log_extra())
+
+
+# --- submitted runs ---------------------------------------------------------------------------------------
+def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) -> None:
+    runs = list(svc.registry.iter_runs(state=sorted(SUBMITTED_STATES)))
+    if not runs:
+        return
+    by_experiment: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    for rec in runs:
+        names = svc.cloud.job_names(rec.run_id, rec.dataset)
+        key = (
+            rec.resource_group or names.resource_group,
+            rec.workspace or names.workspace,
+            rec.experiment or names.experiment,
+        )
+        by_experiment[key].append(rec)
+    try:
+        clusters = svc.cloud.list_clusters()
+    except HttpResponseError as exc:
+        report.errors.append(f"listing clusters: {exc}")
+        log.warning("monitor: listing clusters failed (next pass retries): %s", exc)
+        return
+    for (rg, ws, experiment), members in by_experiment.items():
+        try:
+            jobs = {job.name: job for job in svc.cloud.list_jobs(rg, ws, experiment)}
+        except HttpResponseError as exc:
+            report.errors.append(f"listing jobs of {experiment}: {exc}")
+            log.warning(
+                "monitor: listing jobs of experiment %s failed (next pass retries): %s", experiment, exc
+            )
+            continue
+        for rec in members:
+            report.checked += 1
+            try:
+                _reconcile(
+                    svc, rec, jobs.get(rec.job_name or ""), clusters.get(rec.cluster or ""), now, report
+                )
+            except (HttpResponseError, RegistryError, OSError) as exc:
+                report.errors.append(f"{rec.run_id}: {exc}")
+                log.warning(
+                    "run %s: reconcile failed (next pass retries): %s", rec.run_id, exc, extra=rec.log_extra()
+                )
+
+
+def _reconcile(
+    svc: Services, rec: RunRecord, job: Any, cluster: Any, now: datetime, report: MonitorReport
+) -> None:
+    if job is None:
+        _job_missing(svc, rec, cluster, now, report)
+        return
+    state = _state(job.execution_state)
+    info = job.execution_info
+    start = _ts(getattr(info, "start_time", None))
+    if state in ("succeeded", "failed"):
+        _finish(svc, rec, job, state, report)
+        return
+    if state == "running":
+        if rec.state != RUNNING:
+            _move(svc, rec, RUNNING, report, time=start or utcnow(), extra_times=_skipped(rec, QUEUED, job))
+        return
+    if state == "queued":
+        errors = _cluster_failure(cluster)
+        if errors:
+            _fail_for_cluster(svc, rec, errors, report)
+            return
+        resizing = cluster is None or _state(cluster.allocation_state) == "resizing"
+        wanted = PROVISIONING if resizing else QUEUED
+        if rec.state != wanted and rec.state != RUNNING:
+            _move(svc, rec, wanted, report)
+    # "terminating": wait for the final state.
+
+
+def _skipped(rec: RunRecord, state: str, job: Any) -> dict[str, str]:
+    """A time for a state the run passed between two polls (from the job's creation time)."""
+    if state in rec.times:
+        return {}
+    created = _ts(getattr(job, "creation_time", None))
+    return {state: created} if created else {}
+
+
+def _cluster_failure(cluster: Any) -> list[dict[str, Any]]:
+    if cluster is None:
+        return []
+    errors = getattr(cluster, "errors", None) or []
+    if not errors:
+        return []
+    return [{"code": e.code or "ClusterError", "message": e.message or "cluster error"} for e in errors]
+
+
+def _fail_for_cluster(
+    svc: Services, rec: RunRecord, errors: list[dict[str, Any]], report: MonitorReport
+) -> None:
+    first = errors[0]
+    error = {
+        "code": "ClusterFailed",
+        "message": f"cluster {rec.cluster} failed to provision: {first['code']}: {first['message']}",
+        "cluster_errors": errors,
+        "time": utcnow(),
+    }
+    if _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url)):
+        log.warning("run %s failed: cluster %s has errors", rec.run_id, rec.cluster, extra=rec.log_extra())
+        with contextlib.suppress(HttpResponseError):
+            svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
+
+
+def _job_missing(svc: Services, rec: RunRecord, cluster: Any, now: datetime, report: MonitorReport) -> None:
+    """No job in the listing: its creation failed or never happened (create it again), or it was
+    deleted behind our back (the run fails)."""
+    if rec.submitted_at:
+        error = {
+            "code": "JobNotFound",
+            "message": f"job {rec.job_name} no longer exists in Batch AI",
+            "time": utcnow(),
+        }
+        _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url))
+        return
+    entered = _parse_time(rec.times.get(rec.state)) or now
+    if now - entered < RESUBMIT_GRACE:
+        return  # the submitting function may still be creating it
+    errors = _cluster_failure(cluster)
+    if errors:
+        _fail_for_cluster(svc, rec, errors, report)
+        return
+    spec = _spec_for_resubmit(svc, rec, report)
+    if spec is None:
+        return
+    if create_job(svc, rec, spec):
+        report.resubmitted.append(rec.run_id)
+
+
+def _spec_for_resubmit(svc: Services, rec: RunRecord, report: MonitorReport) -> RunSpec | None:
+    """The spec to create a run's job again: the manifest when it is still the one the run took
+    (secrets included), else the recorded spec when it holds no secret values (those are not kept)."""
+    if rec.source == "blob":
+        with contextlib.suppress(RunSpecError, HttpResponseError):
+            blob = svc.container.get_blob_client(f"{rec.dataset}/run.json")
+            if blob.get_blob_properties().etag == rec.manifest_etag:
+                return read_manifest(svc, rec.dataset)
+    spec = parse_run_spec(rec.spec or {}, svc.spec_context)
+    plain_secrets = [
+        name
+        for name, value in spec.secret_environment_variables.items()
+        if hasattr(value, "get_secret_value")
+    ]
+    if plain_secrets:
+        error = {
+            "code": "SubmissionFailed",
+            "message": "the job could not be created and its secret environment variables "
+            f"({', '.join(plain_secrets)}) are not kept to create it again; start the run again",
+            "time": utcnow(),
+        }
+        _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url))
+        return None
+    return spec
+
+
+# --- finished jobs --------------------------------------------------------------------------------------
+def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: MonitorReport) -> None:
+    info = job.execution_info
+    exit_code = getattr(info, "exit_code", None)
+    end = _ts(getattr(info, "end_time", None)) or utcnow()
+    errors = [
+        {"code": e.code or "JobError", "message": e.message or "", "time": end}
+        for e in (getattr(info, "errors", None) or [])
+    ]
+    names = svc.cloud.job_names(rec.run_id, rec.dataset)
+    outputs = collect_outputs(svc, rec, names)
+    svc.registry.set_output_files(rec.run_id, outputs)
+    tail = stdout_tail(outputs, svc.settings.max_stdout_tail_bytes)
+    target = SUCCEEDED if state == "succeeded" else FAILED
+    if target == FAILED and not errors:
+        errors = [{"code": "JobFailed", "message": f"the job exited with code {exit_code}", "time": end}]
+    extra = _skipped(rec, QUEUED, job)
+    start = _ts(getattr(info, "start_time", None))
+    if start and RUNNING not in rec.times:
+        extra[RUNNING] = start
+
+    moved = None
+    try:
+        moved = svc.registry.transition(
+            rec.run_id,
+            target,
+            rec.state,
+            time=end,
+            extra_times=extra,
+            exit_code=exit_code,
+            errors=[*rec.errors, *errors],
+            stdout_tail=tail,
+            callback_pending=bool(rec.callback_url),
+        )
+    except TransitionRejected as rejected:
+        log.info("run %s already %s", rec.run_id, rejected.current.state, extra=rec.log_extra())
+        return
+    report.transitions.append((rec.run_id, rec.state, target))
+    log.info(
+        "run %s %s (exit code %s, %d output file(s))",
+        rec.run_id,
+        target,
+        exit_code,
+        len(outputs),
+        extra=moved.log_extra(),
+    )
+
+
+def output_directory_ids(rec: RunRecord) -> list[str]:
+    ids = ["stdouterr"]
+    for directory in (rec.spec or {}).get("output_directories", [{"id": "MODEL"}]):
+        if directory.get("id") and directory["id"] not in ids:
+            ids.append(directory["id"])
+    return ids
+
+
+def collect_outputs(svc: Services, rec: RunRecord, names: Any) -> list[OutputFile]:
+    """Files of stdouterr and every output directory (recursing into subdirectories, bounded)."""
+    outputs: list[OutputFile] = []
+    for directory_id in output_directory_ids(rec):
+        pending = ["."]
+        depth = 0
+        while pending and depth < MAX_OUTPUT_DEPTH and len(outputs) < MAX_OUTPUT_FILES:
+            next_level: list[str] = []
+            for directory in pending:
+                for item in svc.cloud.list_output_files(names, directory_id, directory):
+                    is_dir = _state(getattr(item, "file_type", None)) == "directory"
+                    name = item.name if directory == "." else f"{directory}/{item.name}"
+                    if is_dir:
+                        next_level.append(name)
+                        continue
+                    outputs.append(
+                        OutputFile(
+                            directory_id, name, getattr(item, "content_length", None), item.download_url
+                        )
+                    )
+            pending, depth = next_level, depth + 1
+    return outputs[:MAX_OUTPUT_FILES]
+
+
+def stdout_tail(outputs: list[OutputFile], max_bytes: int) -> str | None:
+    """The last ``max_bytes`` of the job's stdout, fetched with a Range request (the rest of the
+    file is never downloaded; a server that ignores Range is read through, keeping only the tail)."""
+    if max_bytes <= 0:
+        return None
+    stdout = next(
+        (o for o in outputs if o.directory_id == "stdouterr" and o.name.rsplit("/", 1)[-1] in STDOUT_NAMES),
+        None,
+    )
+    if stdout is None or not stdout.download_url:
+        return None
+    request = urllib.request.Request(stdout.download_url, headers={"Range": f"bytes=-{max_bytes}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            tail = b""
+            while chunk := response.read(64 * 1024):
+                tail = (tail + chunk)[-max_bytes:]
+    except (OSError, ValueError) as exc:
+        log.warning("stdout tail not fetched: %s", type(exc).__name__)
+        return None
+    return tail.decode("utf-8", errors="replace")
+
+
+# --- callbacks ------------------------------------------------------------------------------------------
+def summary(rec: RunRecord) -> dict[str, Any]:
+    """The run summary a callback carries (no spec, no staged-file list, no idempotency key)."""
+    return {
+        "id": rec.run_id,
+        "dataset": rec.dataset,
+        "state": rec.state,
+        "times": rec.times,
+        "job_id": rec.job_id,
+        "cluster": rec.cluster,
+        "exit_code": rec.exit_code,
+        "errors": rec.errors,
+        "output_files": [o.to_dict() for o in rec.output_files],
+        "stdout_tail": rec.stdout_tail,
+    }
+
+
+def _deliver_callbacks(svc: Services, report: MonitorReport) -> None:
+    settings = svc.settings
+    secret = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
+    for pending in svc.registry.iter_pending_callbacks():
+        if pending.state not in TERMINAL_STATES or not pending.callback_url:
+            continue
+        rec = svc.registry.get(pending.run_id)
+        result = callbacks.deliver(
+            rec.callback_url or "",
+            summary(rec),
+            secret=secret,
+            allow_loopback_http=settings.callback_allow_loopback_http,
+            run_id=rec.run_id,
+        )
+        passes = int((rec.callback or {}).get("passes", 0)) + 1
+        done = result.delivered or passes >= MAX_CALLBACK_PASSES or result.attempts == 0
+        status = {**result.to_dict(), "passes": passes, "time": utcnow()}
+        with contextlib.suppress(RegistryError):
+            svc.registry.update(rec.run_id, callback=status, callback_pending=not done)
+        report.callbacks[rec.run_id] = status["status"]
