@@ -188,12 +188,12 @@ class TestClient:
     def timer(self, name: str, past_due: bool = False) -> None:
         self._spec(name, "timerTrigger")
         assert self.host.timers is not None
-        import azure.functions as func
+        from azure.functions.timer import TimerRequest
 
         trigger = self.host.timers.triggers[name]
         with trigger.lock:
             assert self.host.invoker is not None
-            self.host.invoker.invoke(trigger.spec, func.TimerRequest(past_due=past_due), "Test client", {})
+            self.host.invoker.invoke(trigger.spec, TimerRequest(past_due=past_due), "Test client", {})
 
     def blob(self, name: str, blob_path: str) -> Any:
         spec = self._spec(name, "blobTrigger")

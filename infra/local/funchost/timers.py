@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.timer import TimerRequest
 from azure.storage.blob import BlobServiceClient
 from croniter import croniter
 
@@ -175,7 +175,7 @@ class TimerTriggers:
 
     def fire(self, trigger: TimerTrigger, past_due: bool, status: dict[str, Any] | None = None) -> None:
         """One run, under the function's lock (singleton); a failure is logged, not raised."""
-        request = func.TimerRequest(
+        request = TimerRequest(
             past_due=past_due, schedule_status=status or {}, schedule={"AdjustForDST": True}
         )
         # A failure is logged by the invoker; the schedule goes on.
@@ -192,6 +192,12 @@ class TimerTriggers:
         return status
 
     def _run(self, trigger: TimerTrigger) -> None:
+        try:
+            self._schedule(trigger)
+        except Exception:
+            log.exception("timer %s stopped", trigger.spec.name)
+
+    def _schedule(self, trigger: TimerTrigger) -> None:
         now = datetime.now(UTC)
         status: dict[str, Any] | None = None
         if trigger.use_monitor and self.store is not None:
