@@ -39,6 +39,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from shared import cloud
+from shared.compute import ComputeError
 from shared.registry import (
     ACTIVE_STATES,
     CANCELLED,
@@ -329,7 +330,7 @@ def _prepare_infrastructure(svc: Services, rec: RunRecord, spec: RunSpec | None)
         ensure_share(svc.share)
         ensure_directory(svc.share, rec.dataset)
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
-    except (HttpResponseError, OSError) as exc:
+    except (ComputeError, HttpResponseError, OSError) as exc:
         log.warning(
             "run %s: preparing the cluster failed (will retry): %s", rec.run_id, exc, extra=rec.log_extra()
         )
@@ -420,7 +421,10 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     try:
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
         steady = svc.cloud.is_steady(cluster)
-    except HttpResponseError as exc:
+    except ComputeError as exc:
+        if exc.code == "ClusterMismatch":
+            _fail_staging(svc, rec, exc.code, str(exc))
+            return False
         log.warning(
             "run %s: cluster not ready to submit (will retry): %s", rec.run_id, exc, extra=rec.log_extra()
         )
@@ -449,11 +453,11 @@ def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     """Create the run's experiment and job (idempotent: the names are deterministic). Errors are
     recorded on the run; the monitor retries runs whose job does not exist yet."""
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
-    cluster_id = rec.cluster_id or svc.cloud.ensure_cluster(spec, rec.dataset).id
     try:
+        cluster_id = rec.cluster_id or svc.cloud.ensure_cluster(spec, rec.dataset).id
         job = svc.cloud.create_job(names, spec, rec.dataset, cluster_id)
-    except HttpResponseError as exc:
-        message = f"creating job {rec.job_name} failed: {exc.message or exc}"[:2000]
+    except ComputeError as exc:
+        message = f"creating job {rec.job_name} failed: {exc}"[:2000]
         log.warning("run %s: %s (will retry)", rec.run_id, message, extra=rec.log_extra())
         with contextlib.suppress(TransitionRejected, RunNotFound):
             svc.registry.update(
@@ -461,7 +465,7 @@ def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
             )
         return False
     with contextlib.suppress(TransitionRejected, RunNotFound):
-        svc.registry.update(rec.run_id, submitted_at=utcnow(), job_id=job.id or rec.job_id)
+        svc.registry.update(rec.run_id, submitted_at=utcnow(), job_id=getattr(job, "id", None) or rec.job_id)
     log.info("run %s: job %s submitted", rec.run_id, rec.job_name, extra=rec.log_extra())
     return True
 

@@ -32,6 +32,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError
 
 from shared import callbacks
+from shared.compute import ComputeError
 from shared.ingest import Services, check_ready, create_job, missing_files, read_manifest, services
 from shared.registry import (
     FAILED,
@@ -166,7 +167,7 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
             }
             _move(svc, full, FAILED, report, add_error=error, callback_pending=bool(full.callback_url))
             log.warning("run %s: %s", rec.run_id, message, extra=rec.log_extra())
-        except (HttpResponseError, RegistryError) as exc:
+        except (ComputeError, HttpResponseError, RegistryError) as exc:
             report.errors.append(f"{rec.run_id}: {exc}")
             log.warning("run %s: staging check failed: %s", rec.run_id, exc, extra=rec.log_extra())
 
@@ -187,14 +188,14 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
         by_experiment[key].append(rec)
     try:
         clusters = svc.cloud.list_clusters()
-    except HttpResponseError as exc:
+    except (ComputeError, HttpResponseError) as exc:
         report.errors.append(f"listing clusters: {exc}")
         log.warning("monitor: listing clusters failed (next pass retries): %s", exc)
         return
     for (rg, ws, experiment), members in by_experiment.items():
         try:
             jobs = {job.name: job for job in svc.cloud.list_jobs(rg, ws, experiment)}
-        except HttpResponseError as exc:
+        except (ComputeError, HttpResponseError) as exc:
             report.errors.append(f"listing jobs of {experiment}: {exc}")
             log.warning(
                 "monitor: listing jobs of experiment %s failed (next pass retries): %s", experiment, exc
@@ -206,7 +207,7 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
                 _reconcile(
                     svc, rec, jobs.get(rec.job_name or ""), clusters.get(rec.cluster or ""), now, report
                 )
-            except (HttpResponseError, RegistryError, OSError) as exc:
+            except (ComputeError, HttpResponseError, RegistryError, OSError) as exc:
                 report.errors.append(f"{rec.run_id}: {exc}")
                 log.warning(
                     "run %s: reconcile failed (next pass retries): %s", rec.run_id, exc, extra=rec.log_extra()
@@ -270,7 +271,7 @@ def _fail_for_cluster(
     }
     if _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url)):
         log.warning("run %s failed: cluster %s has errors", rec.run_id, rec.cluster, extra=rec.log_extra())
-        with contextlib.suppress(HttpResponseError):
+        with contextlib.suppress(ComputeError, HttpResponseError):
             svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
 
 
@@ -303,7 +304,7 @@ def _spec_for_resubmit(svc: Services, rec: RunRecord, report: MonitorReport) -> 
     """The spec to create a run's job again: the manifest when it is still the one the run took
     (secrets included), else the recorded spec when it holds no secret values (those are not kept)."""
     if rec.source == "blob":
-        with contextlib.suppress(RunSpecError, HttpResponseError):
+        with contextlib.suppress(RunSpecError, HttpResponseError, ComputeError):
             blob = svc.container.get_blob_client(f"{rec.dataset}/run.json")
             if blob.get_blob_properties().etag == rec.manifest_etag:
                 return read_manifest(svc, rec.dataset)
