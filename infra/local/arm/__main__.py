@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--files-endpoint", default="http://127.0.0.1:10004/devstoreaccount1")
     p.add_argument("--provisioning-delay", type=float, default=float(_env("PROVISIONING_DELAY", "5")))
     p.add_argument("--operation-delay", type=float, default=float(_env("OPERATION_DELAY", "0.5")))
-    p.add_argument("--retry-after", type=float, default=float(_env("RETRY_AFTER", "1")))
+    p.add_argument("--retry-after", type=int, default=int(_env("RETRY_AFTER", "1")))
     p.add_argument("--job-python", default=_env("JOB_PYTHON", sys.executable))
     p.add_argument("--location", default=_env("LOCATION", "eastus"))
     p.add_argument("--fault-429", type=float, default=float(_env("FAULT_429", "0")))

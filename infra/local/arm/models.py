@@ -41,6 +41,13 @@ PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 VM_CORES = {"standard_nc6": 6, "standard_nc12": 12, "standard_nc24": 24, "standard_d1": 1, "standard_d2": 2}
 
 
+# A cluster reference; the service also accepted the singular "workspace" (as in its PutJob example).
+CLUSTER_ID = re.compile(
+    r"(?i)^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.BatchAI/workspaces?/([^/]+)"
+    r"/clusters/([^/]+)$"
+)
+
+
 class ArmError(Exception):
     """An error the emulator answers with an ARM error body."""
 
@@ -75,7 +82,7 @@ class Config:
     files_endpoint: str = "http://127.0.0.1:10004/devstoreaccount1"
     provisioning_delay: float = 5.0  # seconds a cluster spends resizing (nodes preparing)
     operation_delay: float = 0.5  # seconds a long-running operation stays InProgress
-    retry_after: float = 1  # Retry-After on long-running operation answers (azure-core accepts fractions)
+    retry_after: int = 1  # Retry-After (whole seconds: SDKs parse it as an integer) on 202 answers
     job_python: str = ""  # interpreter for python toolkits; default: the emulator's own
     location: str = "eastus"
     tick_interval: float = 0.1
@@ -920,7 +927,9 @@ class Backend:
                 )
             req = body["properties"]
             cluster_id = req["cluster"]["id"]
-            cluster = self.state["clusters"].get(resource_key(cluster_id))
+            m = CLUSTER_ID.match(cluster_id)
+            canonical = f"{self._ids(*m.groups()[:3])}/clusters/{m.group(4)}" if m else cluster_id
+            cluster = self.state["clusters"].get(resource_key(canonical))
             if not cluster:
                 raise ArmError(
                     400,

@@ -544,7 +544,7 @@ class _FileStream:
 
 
 def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+    return str(int(value))
 
 
 def _storage_error(status: int, code: str, message: str) -> Response:

@@ -3,6 +3,8 @@ front of the routing table.
 
 Admin endpoints (no authentication; loopback tooling, never faulted, never counted):
 - `GET /_emulator/health`
+- `GET /_emulator/settings`, `POST /_emulator/settings` (JSON, any of provisioning_delay,
+  operation_delay, retry_after: seconds; changes timing at runtime, e.g. for fast tests)
 - `GET /_emulator/faults`, `POST /_emulator/faults` (JSON FaultSettings: rate_429, rate_500, rate_drop,
   latency_ms, retry_after, seed; omitted fields reset to 0/defaults), `DELETE /_emulator/faults`
 - `GET /_emulator/requests[?since=SEQ]` (counts by ARM operation id and status, recent requests),
@@ -186,6 +188,8 @@ class ArmEmulator:
         path, method = request.path.rstrip("/"), request.method.upper()
         if path == "/_emulator/health":
             return json_response(200, {"status": "ok"})
+        if path == "/_emulator/settings":
+            return self.settings(request)
         if path == "/_emulator/faults":
             if method == "GET":
                 return json_response(200, self.faults.as_json())
@@ -220,3 +224,30 @@ class ArmEmulator:
         return json_response(
             404, {"error": {"code": "NotFound", "message": f"No admin endpoint {method} {path}."}}
         )
+
+    def settings(self, request: Request) -> Response:
+        config = self.backend.config
+        if request.method.upper() == "POST":
+            try:
+                data = json.loads(request.get_data() or b"{}")
+                if not isinstance(data, dict):
+                    raise ValueError("the body must be a JSON object")
+                unknown = set(data) - set(TUNABLE_SETTINGS)
+                if unknown:
+                    raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {list(TUNABLE_SETTINGS)}")
+                for name, value in data.items():
+                    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                        raise ValueError(f"{name} must be a non-negative number of seconds, not {value!r}")
+                    if name == "retry_after" and not isinstance(value, int):
+                        raise ValueError(
+                            "retry_after must be whole seconds: SDKs parse Retry-After as an integer"
+                        )
+            except ValueError as exc:
+                return json_response(400, {"error": {"code": "InvalidSettings", "message": str(exc)}})
+            with self.backend.lock:
+                for name, value in data.items():
+                    setattr(config, name, value)
+        return json_response(200, {name: getattr(config, name) for name in TUNABLE_SETTINGS})
+
+
+TUNABLE_SETTINGS = ("provisioning_delay", "operation_delay", "retry_after")
