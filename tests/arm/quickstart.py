@@ -209,8 +209,10 @@ def walk(c: Clients, share: ShareClient, share_url: str, n: Names) -> dict[str, 
     assert idle.running_node_count == 0
 
     # Paging: two jobs, one per page.
-    names = [j.name for j in c.batchai.jobs.list_by_experiment(n.group, n.workspace, n.experiment,
-                                                               bai.JobsListByExperimentOptions(max_results=1))]  # fmt: skip
+    one_per_page = bai.JobsListByExperimentOptions(max_results=1)
+    names = [
+        j.name for j in c.batchai.jobs.list_by_experiment(n.group, n.workspace, n.experiment, one_per_page)
+    ]
     assert sorted(names) == sorted([n.job, "long"])
 
     c.batchai.jobs.begin_delete(n.group, n.workspace, n.experiment, n.job).result()
