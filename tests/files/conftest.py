@@ -1,0 +1,116 @@
+"""Fixtures for the Files emulator tests: SDK clients on the session stack, and a private emulator
+process (own port and data directory) for tests that restart it or slow its copies down."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from azure.storage.fileshare import ShareClient, ShareServiceClient
+
+from infra.local.stack import DEV_ACCOUNT, DEV_KEY, HOST, REPO_ROOT, port_open, stop_process
+
+
+@pytest.fixture(scope="module")
+def stack(local_stack):
+    return local_stack.ensure("azurite", "files")
+
+
+@pytest.fixture(scope="module")
+def file_service(stack) -> ShareServiceClient:
+    return ShareServiceClient.from_connection_string(stack.connection_string)
+
+
+@pytest.fixture(scope="module")
+def blob_service(stack) -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(stack.connection_string)
+
+
+@pytest.fixture
+def share(file_service: ShareServiceClient) -> Iterator[ShareClient]:
+    """A fresh share per test, deleted afterwards."""
+    client = file_service.get_share_client(f"t-{uuid.uuid4().hex[:12]}")
+    client.create_share()
+    yield client
+    with contextlib.suppress(Exception):  # the test may have deleted it already
+        client.delete_share()
+
+
+@dataclass
+class PrivateEmulator:
+    """One Files emulator process of our own, which a test may stop and start again."""
+
+    data_dir: Path
+    port: int
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}/{DEV_ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+            f"FileEndpoint={self.endpoint};"
+        )
+
+    def start(self) -> None:
+        log = open(self.data_dir.parent / f"files-{self.port}.log", "ab")  # noqa: SIM115 - handed to the child
+        cmd = [
+            sys.executable,
+            "-m",
+            "infra.local.files",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while not port_open(self.port):
+            assert self.process.poll() is None, "the Files emulator exited at start"
+            assert time.monotonic() < deadline, "the Files emulator did not answer within 30 s"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def private_emulator(tmp_path: Path) -> Iterator[Callable[..., PrivateEmulator]]:
+    started: list[PrivateEmulator] = []
+
+    def start(*extra_args: str) -> PrivateEmulator:
+        emulator = PrivateEmulator(tmp_path / "files", free_port(), tuple(extra_args))
+        emulator.start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
