@@ -1,0 +1,1 @@
+"""Command-line client of the training-run API: `python -m cli --help`."""
