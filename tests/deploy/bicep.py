@@ -53,7 +53,10 @@ def _parser() -> BicepParser:
 @cache
 def parse(path: Path) -> dict[str, Any]:
     """pycep's JSON rendering of a Bicep file (cached: parsing takes a moment)."""
-    return _parser().parse(file_path=path)
+    try:
+        return _parser().parse(file_path=path)
+    except Exception as exc:  # lark reports a syntax error as whatever its parser state tripped on
+        raise AssertionError(f"{path}: not valid Bicep (pycep-parser could not parse it): {exc!r}") from exc
 
 
 def parse_expression(text: str) -> Any:

@@ -1,0 +1,380 @@
+"""The structure of infra/azure/*.bicep: resources by type, identity and role assignments, Key Vault,
+the Flex Consumption app, and the Event Grid route from training-data to the ingest function.
+
+No Bicep compiler can be installed here (see tests/deploy/bicep.py), so these tests parse the
+templates with pycep-parser and evaluate them for concrete parameters; docs/deploy.md shows
+`az bicep build` for a full compile where the Azure CLI is available.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from shared.settings import Settings
+from tests.deploy.bicep import AZURE_DIR, MAIN, FunctionResult, ResourceRef, Template, parse, parse_expression
+
+SECRETS = {
+    "clusterSshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest test",
+    "callbackSigningSecret": "s" * 32,
+}
+
+# Azure built-in role definition GUIDs (Microsoft's "Azure built-in roles" reference). A role
+# assignment to a GUID outside this table fails the tests: a typo would otherwise surface only as a
+# RoleDefinitionDoesNotExist error at deployment time.
+BUILT_IN_ROLES = {
+    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+    "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "69566ab7-960f-475b-8e7c-b3118f30c6bd": "Storage File Data Privileged Contributor",
+    "0c867c2a-1d8c-454a-a3db-ab2ea1bdc8bb": "Storage File Data SMB Share Contributor",
+    "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+}
+# Roles that would let the app grant itself more, or that span more than it needs.
+TOO_WIDE = {
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",  # Owner
+    "18d7d88d-d35e-4fb1-a5c3-7773c20a72d9",  # User Access Administrator
+    "f58310d9-a9f6-439a-9e8d-f62e7b41a168",  # Role Based Access Control Administrator
+    "00482a5a-887f-4fb3-b363-3b7fe8e74483",  # Key Vault Administrator
+}
+
+STORAGE_ACCOUNT_NAME = re.compile(r"^[a-z0-9]{3,24}$")
+CONTAINER_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+KEY_VAULT_NAME = re.compile(r"^[a-zA-Z](?!.*--)[a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$")
+APP_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{0,58}[a-z0-9]$")
+
+
+def _main(**params: Any) -> Template:
+    return Template(MAIN, {**SECRETS, **params})
+
+
+def _expr(template: Template, text: str) -> Any:
+    return template.value(parse_expression(text))
+
+
+def _one(template: Template, resource_type: str) -> tuple[str, dict[str, Any]]:
+    found = template.resources_of_type(resource_type)
+    assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+    symbol, declaration = next(iter(found.items()))
+    return symbol, template.value(template.body(declaration))
+
+
+def _children(template: Template, resource_type: str) -> dict[str, str]:
+    """Full name (`account/default/child`) -> symbol of every deployed resource of a child type."""
+    return {
+        template.resource_name(symbol): symbol
+        for symbol in template.resources_of_type(resource_type)
+        if template.is_deployed(symbol)
+    }
+
+
+# --- every template parses and every module call matches its module -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", sorted(AZURE_DIR.rglob("*.bicep")), ids=lambda p: str(p.relative_to(AZURE_DIR))
+)
+def test_template_parses(path: Path) -> None:
+    document = parse(path)
+    assert document.get("resources"), f"{path.name} declares no resources"
+
+
+def test_module_calls_match_their_modules() -> None:
+    template = _main()
+    assert template.modules, "main.bicep uses its modules"
+    for symbol, declaration in template.modules.items():
+        module_path = AZURE_DIR / declaration["detail"]["path"]
+        assert module_path.is_file(), f"{symbol}: {module_path} missing"
+        declared = parse(module_path).get("parameters", {})
+        given = set(template.body(declaration).get("params", {}))
+        required = {name for name, spec in declared.items() if "default" not in spec}
+        assert given <= set(declared), f"{symbol}: unknown module parameters {sorted(given - set(declared))}"
+        assert required <= given, f"{symbol}: module parameters not given {sorted(required - given)}"
+
+
+# --- storage --------------------------------------------------------------------------------------------
+
+
+def test_data_and_host_storage_accounts() -> None:
+    template = _main()
+    accounts = template.resources_of_type("Microsoft.Storage/storageAccounts")
+    assert set(accounts) == {"dataStorage", "hostStorage"}
+    for symbol in accounts:
+        body = template.value(template.body(accounts[symbol]))
+        assert body["kind"] == "StorageV2", f"{symbol} is general-purpose v2"
+        assert STORAGE_ACCOUNT_NAME.match(body["name"]), body["name"]
+        properties = body["properties"]
+        assert properties["minimumTlsVersion"] == "TLS1_2"
+        assert properties["supportsHttpsTrafficOnly"] is True
+        assert properties["allowBlobPublicAccess"] is False
+    data = template.value(template.body(accounts["dataStorage"]))["properties"]
+    host = template.value(template.body(accounts["hostStorage"]))["properties"]
+    # The data account needs its key (Batch AI mounts the share with it); the host account does not.
+    assert data["allowSharedKeyAccess"] is True
+    assert host["allowSharedKeyAccess"] is False
+    assert template.resource_name("dataStorage") != template.resource_name("hostStorage")
+
+
+def test_data_account_holds_the_containers_share_and_table_the_app_uses() -> None:
+    template = _main()
+    data = template.resource_name("dataStorage")
+    defaults = {field.alias: field.default for field in Settings.model_fields.values()}
+    containers = _children(template, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    for container in (defaults["TRAINING_CONTAINER"], defaults["REPORTS_CONTAINER"], "eventgrid-deadletter"):
+        assert f"{data}/default/{container}" in containers, sorted(containers)
+    shares = _children(template, "Microsoft.Storage/storageAccounts/fileServices/shares")
+    share_symbol = shares[f"{data}/default/{defaults['FILE_SHARE_NAME']}"]
+    share = template.value(template.body(template.resources[share_symbol]))["properties"]
+    assert share["enabledProtocols"] == "SMB"  # Batch AI mounts Azure File shares over SMB
+    assert share["shareQuota"] >= 1
+    tables = _children(template, "Microsoft.Storage/storageAccounts/tableServices/tables")
+    assert f"{data}/default/{defaults['RUNS_TABLE']}" in tables
+
+
+def test_names_stay_valid_for_the_longest_base_name() -> None:
+    for base_name in ("batchai", "abcdefghij", "ab"):
+        template = _main(baseName=base_name)
+        for symbol in ("dataStorage", "hostStorage"):
+            assert STORAGE_ACCOUNT_NAME.match(template.resource_name(symbol))
+        assert KEY_VAULT_NAME.match(template.resource_name("vault"))
+        assert APP_NAME.match(template.resource_name("functionApp"))
+        for name in _children(template, "Microsoft.Storage/storageAccounts/blobServices/containers"):
+            assert CONTAINER_NAME.match(name.split("/")[-1]), name
+
+
+# --- the function app -----------------------------------------------------------------------------------
+
+
+def test_flex_consumption_plan_and_python_311_app() -> None:
+    template = _main()
+    _, plan = _one(template, "Microsoft.Web/serverfarms")
+    assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    assert plan["properties"]["reserved"] is True  # Linux
+    _, app = _one(template, "Microsoft.Web/sites")
+    assert app["kind"] == "functionapp,linux"
+    assert app["identity"] == {"type": "SystemAssigned"}
+    assert app["properties"]["httpsOnly"] is True
+    assert app["properties"]["serverFarmId"] == _expr(template, "plan.id")
+    config = app["properties"]["functionAppConfig"]
+    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert set(config["scaleAndConcurrency"]) >= {"maximumInstanceCount", "instanceMemoryMB"}
+    storage = config["deployment"]["storage"]
+    assert storage["type"] == "blobContainer"
+    assert storage["authentication"] == {"type": "SystemAssignedIdentity"}
+    host_blob = _expr(template, "hostStorage.properties.primaryEndpoints.blob")
+    containers = _children(template, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    host = template.resource_name("hostStorage")
+    assert storage["value"].startswith(host_blob)
+    assert f"{host}/default/{storage['value'].removeprefix(host_blob)}" in containers
+
+
+def test_application_insights_on_log_analytics_with_entra_id_only() -> None:
+    template = _main()
+    _one(template, "Microsoft.OperationalInsights/workspaces")
+    _, insights = _one(template, "Microsoft.Insights/components")
+    assert insights["properties"]["WorkspaceResourceId"] == _expr(template, "logAnalytics.id")
+    assert insights["properties"]["DisableLocalAuth"] is True
+
+
+# --- Key Vault ------------------------------------------------------------------------------------------
+
+
+def test_key_vault_in_rbac_mode_holds_the_secrets() -> None:
+    template = _main()
+    _, vault = _one(template, "Microsoft.KeyVault/vaults")
+    assert vault["properties"]["enableRbacAuthorization"] is True
+    assert "accessPolicies" not in vault["properties"]
+    vault_name = template.resource_name("vault")
+    always = {"storage-connection-string", "cluster-ssh-public-key", "callback-signing-secret"}
+    assert set(_children(template, "Microsoft.KeyVault/vaults/secrets")) == {
+        f"{vault_name}/{s}" for s in always
+    }
+    everything = _main(
+        clusterAdminPassword="Adm1n-password",
+        containerRegistryPassword="registry-password",
+        mountShareWithKeyVaultSecret=True,
+    )
+    optional = {"cluster-admin-password", "container-registry-password", "file-share-account-key"}
+    names = set(_children(everything, "Microsoft.KeyVault/vaults/secrets"))
+    assert names == {f"{vault_name}/{s}" for s in always | optional}
+
+
+def test_purge_protection_is_true_or_absent() -> None:
+    """ARM rejects enablePurgeProtection=false; the template sends true or nothing."""
+    assert _one(_main(), "Microsoft.KeyVault/vaults")[1]["properties"]["enablePurgeProtection"] is None
+    assert _one(_main(keyVaultPurgeProtection=True), "Microsoft.KeyVault/vaults")[1]["properties"][
+        "enablePurgeProtection"
+    ]
+
+
+# --- role assignments -----------------------------------------------------------------------------------
+
+
+def _assignments(template: Template) -> list[dict[str, Any]]:
+    found = []
+    for symbol, declaration in template.resources_of_type("Microsoft.Authorization/roleAssignments").items():
+        body = template.body(declaration)
+        properties = template.value(body["properties"])
+        found.append(
+            {
+                "symbol": symbol,
+                "name": template.value(body["name"]),
+                "scope": template.value(body["scope"]) if "scope" in body else None,
+                "role": properties["roleDefinitionId"].rsplit("/", 1)[-1],
+                "roleDefinitionId": properties["roleDefinitionId"],
+                "principalId": properties["principalId"],
+                "principalType": properties.get("principalType"),
+            }
+        )
+    return found
+
+
+def test_role_assignments_are_least_privilege_built_in_roles() -> None:
+    template = _main()
+    app_principal = _expr(template, "functionApp.identity.principalId")
+    topic_principal = _expr(template, "systemTopic.identity.principalId")
+    granted = set()
+    for assignment in _assignments(template):
+        assert assignment["role"] in BUILT_IN_ROLES, (
+            f"{assignment['symbol']}: unknown role {assignment['role']}"
+        )
+        assert assignment["roleDefinitionId"].startswith("/subscriptions/")
+        assert (
+            assignment["roleDefinitionId"]
+            .split("/providers/")[1]
+            .startswith("Microsoft.Authorization/roleDefinitions/")
+        )
+        assert isinstance(assignment["scope"], ResourceRef), f"{assignment['symbol']} has no explicit scope"
+        assert assignment["principalType"] == "ServicePrincipal"
+        uuid.UUID(assignment["name"])  # deterministic guid(...) names, so redeployments are idempotent
+        principal = {app_principal: "app", topic_principal: "event-grid"}[assignment["principalId"]]
+        granted.add((assignment["scope"].symbol, BUILT_IN_ROLES[assignment["role"]], principal))
+    assert granted == {
+        ("hostStorage", "Storage Blob Data Owner", "app"),
+        ("hostStorage", "Storage Queue Data Contributor", "app"),
+        ("dataStorage", "Storage Blob Data Contributor", "app"),
+        ("dataStorage", "Storage File Data Privileged Contributor", "app"),
+        ("dataStorage", "Storage Table Data Contributor", "app"),
+        ("vault", "Key Vault Secrets User", "app"),
+        ("appInsights", "Monitoring Metrics Publisher", "app"),
+        ("deadLetterContainer", "Storage Blob Data Contributor", "event-grid"),
+    }
+    names = [a["name"] for a in _assignments(template)]
+    assert len(names) == len(set(names))
+
+
+def test_contributor_only_on_the_batch_ai_resource_group() -> None:
+    template = _main(batchAiResourceGroupName="rg-training-batchai")
+    module = template.modules["batchAiAccess"]
+    body = template.body(module)
+    scope = template.value(body["scope"])
+    assert isinstance(scope, FunctionResult) and scope.properties["name"] == "rg-training-batchai"
+    params = template.value(body["params"])
+    assert params["principalId"] == _expr(template, "functionApp.identity.principalId")
+    access = Template(AZURE_DIR / module["detail"]["path"], params)
+    (assignment,) = _assignments(access)
+    assert BUILT_IN_ROLES[assignment["role"]] == "Contributor"
+    assert assignment["scope"] is None  # the module's own scope: the Batch AI resource group
+    assert assignment["principalId"] == params["principalId"]
+    assert assignment["principalType"] == "ServicePrincipal"
+
+
+def test_no_template_grants_a_role_that_could_widen_itself() -> None:
+    for path in sorted(AZURE_DIR.rglob("*.bicep")):
+        text = path.read_text().lower()
+        for role in TOO_WIDE:
+            assert role not in text, f"{path.name} grants {role}"
+
+
+# --- Event Grid -----------------------------------------------------------------------------------------
+
+
+def _ingest_events(template: Template) -> Template:
+    module = template.modules["ingestEvents"]
+    return Template(AZURE_DIR / module["detail"]["path"], template.value(template.body(module)["params"]))
+
+
+def test_system_topic_on_the_data_account() -> None:
+    template = _main()
+    _, topic = _one(template, "Microsoft.EventGrid/systemTopics")
+    assert topic["properties"]["topicType"] == "Microsoft.Storage.StorageAccounts"
+    assert topic["properties"]["source"] == _expr(template, "dataStorage.id")
+    assert topic["identity"] == {"type": "SystemAssigned"}
+
+
+def test_ingest_subscription_is_a_second_pass() -> None:
+    assert not _main().is_deployed("ingestEvents")
+    assert _main(enableIngestEventSubscription=True).is_deployed("ingestEvents")
+
+
+def test_ingest_subscription_delivers_training_data_blob_created_to_the_blob_trigger_webhook() -> None:
+    template = _main(enableIngestEventSubscription=True)
+    events = _ingest_events(template)
+    (symbol,) = events.resources_of_type("Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    subscription = events.value(events.body(events.resources[symbol]))
+    assert events.value(events.body(events.resources["systemTopic"])["name"]) == template.resource_name(
+        "systemTopic"
+    )
+    properties = subscription["properties"]
+    assert properties["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
+    assert properties["filter"]["subjectBeginsWith"] == "/blobServices/default/containers/training-data/"
+    destination = properties["destination"]
+    assert destination["endpointType"] == "WebHook"
+    url = urlsplit(destination["properties"]["endpointUrl"])
+    assert url.scheme == "https"
+    assert url.netloc == _expr(template, "functionApp.properties.defaultHostName")
+    assert url.path == "/runtime/webhooks/blobs"
+    query = parse_qs(url.query)
+    assert query["functionName"] == ["Host.Functions.ingest_blob"]
+    assert query["code"] == [
+        "simulated-blobs-extension-key"
+    ]  # listKeys(host/default).systemKeys.blobs_extension
+    dead_letter = properties["deadLetterWithResourceIdentity"]
+    assert dead_letter["identity"] == {"type": "SystemAssigned"}
+    destination = dead_letter["deadLetterDestination"]["properties"]
+    assert destination["resourceId"] == _expr(template, "dataStorage.id")
+    assert destination["blobContainerName"] == _expr(template, "deadLetterContainerName")
+
+
+def test_subscription_follows_the_training_container_parameter() -> None:
+    events = _ingest_events(_main(enableIngestEventSubscription=True, trainingContainerName="datasets"))
+    (symbol,) = events.resources_of_type("Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    subscription = events.value(events.body(events.resources[symbol]))
+    assert (
+        subscription["properties"]["filter"]["subjectBeginsWith"]
+        == "/blobServices/default/containers/datasets/"
+    )
+
+
+def test_ingest_function_matches_the_webhook() -> None:
+    """The function main.bicep routes events to is the app's Event Grid blob trigger on training-data."""
+    app_module = importlib.import_module("function_app")
+    functions = app_module.app.get_functions()
+    triggers = [
+        (function, binding.get_dict_repr())
+        for function in functions
+        for binding in function.get_bindings()
+        if binding.type == "blobTrigger"
+    ]
+    if not triggers:
+        pytest.skip("function_app registers no blob trigger yet (functions/ingest.py has not landed)")
+    template = _main()
+    app_settings = template.value(template.body(template.resources["appSettings"])["properties"])
+    default_name = template.value(template.parameters["ingestFunctionName"]["default"])
+    matching = [(f, b) for f, b in triggers if f.get_function_name() == default_name]
+    assert matching, f"no blob trigger named {default_name!r}: {[f.get_function_name() for f, _ in triggers]}"
+    (_, binding) = matching
+    # Flex Consumption runs blob triggers only with the Event Grid source.
+    assert binding.get("source") == "EventGrid", binding
+    assert binding["connection"] in app_settings
+    container = re.sub(r"%(\w+)%", lambda m: app_settings[m.group(1)], binding["path"]).split("/")[0]
+    assert container == app_settings["TRAINING_CONTAINER"]
