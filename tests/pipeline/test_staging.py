@@ -1,0 +1,97 @@
+"""Staging against Azurite and the Files emulator: server-side copy, verification, bad names."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.fileshare import ShareServiceClient
+
+from infra.local.stack import DEV_ACCOUNT
+from shared.staging import StagingError, check_relative_path, parse_blob_name, stage_blob
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def stores(local_stack):
+    local_stack.ensure("azurite", "files")
+    blobs = BlobServiceClient.from_connection_string(local_stack.connection_string)
+    container = blobs.get_container_client(f"data{uuid.uuid4().hex[:10]}")
+    container.create_container()
+    shares = ShareServiceClient.from_connection_string(local_stack.connection_string)
+    share = shares.get_share_client(f"share{uuid.uuid4().hex[:10]}")
+    share.create_share()
+    root = Path(local_stack.files_root) / DEV_ACCOUNT / share.share_name
+    return container, share, root
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def test_stage_copies_server_side_and_verifies(stores) -> None:
+    container, share, root = stores
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    md5 = hashlib.md5(data).digest()
+    container.upload_blob(
+        "mnist/sub/dir/train.bin", data, content_settings=ContentSettings(content_md5=bytearray(md5))
+    )
+    staged = stage_blob(container, "mnist/sub/dir/train.bin", share, copy_timeout=30)
+    assert staged.name == "sub/dir/train.bin" and staged.size == len(data) and staged.etag
+    assert (root / "mnist" / "sub" / "dir" / "train.bin").read_bytes() == data
+    # A changed blob is staged again over the old copy.
+    container.upload_blob("mnist/sub/dir/train.bin", b"new", overwrite=True)
+    again = stage_blob(container, "mnist/sub/dir/train.bin", share, copy_timeout=30)
+    assert again.size == 3 and again.etag != staged.etag
+    assert (root / "mnist" / "sub" / "dir" / "train.bin").read_bytes() == b"new"
+    # Another destination (an API run staging a prefix into a dataset directory).
+    other = stage_blob(container, "mnist/sub/dir/train.bin", share, dest_path="copy/x.bin", copy_timeout=30)
+    assert other.name == "x.bin" and (root / "copy" / "x.bin").read_bytes() == b"new"
+
+
+def test_missing_blob_is_a_clear_error(stores) -> None:
+    container, share, root = stores
+    with pytest.raises(StagingError, match="does not exist"):
+        stage_blob(container, "mnist/nope.txt", share, copy_timeout=5)
+    assert _tree(root) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("mnist/../escape.txt", "'..'"),
+        ("mnist/a/../../escape.txt", "'..'"),
+        ("mnist/./x", "'.'"),
+        ("mnist//x", "absolute"),
+        ("mnist/a//x", "empty"),
+        ("mnist/a:b", "':'"),
+        ("mnist/a|b", "'|'"),
+        ("mnist/a\\..\\..\\b", "does not allow"),
+        ("mnist/bad\x01name", "does not allow"),
+        ("mnist/trailing.", "ending in"),
+        ("mnist/" + "x" * 256, "255"),
+        ("toplevel.txt", "dataset folder"),
+        ("../mnist/x", "dataset name"),
+        (".hidden/x", "dataset name"),
+    ],
+)
+def test_bad_names_write_nothing(stores, name: str, message: str) -> None:
+    container, share, root = stores
+    with pytest.raises(StagingError, match=message):
+        stage_blob(container, name, share, copy_timeout=5)
+    assert _tree(root) == []
+    assert not any(root.parent.glob("escape*"))
+
+
+def test_name_checks() -> None:
+    assert parse_blob_name("mnist/a/b.txt").path == "a/b.txt"
+    assert check_relative_path("Train-28x28_cntk_text.txt") == "Train-28x28_cntk_text.txt"
+    with pytest.raises(StagingError, match="absolute"):
+        check_relative_path("/etc/passwd")
+    with pytest.raises(StagingError, match="2048"):
+        check_relative_path("a/" * 1100)
