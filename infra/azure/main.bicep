@@ -140,7 +140,7 @@ param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 
 @description('Name of the ingest function (its Event Grid blob trigger), as registered in functions/ingest.py.')
-param ingestFunctionName string = 'ingest_blob'
+param ingestFunctionName string = 'ingest'
 
 @description('Second pass, after the code is deployed: create the Event Grid subscription to the ingest function. Its endpoint needs the blobs_extension system key, which exists only once the host has loaded the blob trigger.')
 param enableIngestEventSubscription bool = false
