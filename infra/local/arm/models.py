@@ -941,6 +941,8 @@ class Backend:
             props = copy.deepcopy(req)
             props["cluster"] = {"id": cluster["body"]["id"]}
             props.setdefault("schedulingPriority", "normal")
+            # The service's own GetJob/PutJob examples also report the priority as `priority`.
+            props["priority"] = props["schedulingPriority"]
             props.setdefault("nodeCount", 1)
             props.setdefault("constraints", {})
             props["constraints"].setdefault("maxWallClockTime", "P7D")
