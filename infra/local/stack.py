@@ -119,6 +119,17 @@ class LocalStack:
             "FUNCTIONS_KEY": self.functions_key,
         }
 
+    def app_settings(self) -> dict[str, str]:
+        """App settings that point the function app at this stack. The host reads the rest from
+        local.settings.json (else the example); the process environment wins, as in Azure."""
+        return {
+            "AzureWebJobsStorage": self.connection_string,
+            "STORAGE_CONNECTION_STRING": self.connection_string,
+            "ARM_ENDPOINT": self.arm_endpoint,
+            "AZURE_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
+            "FUNCTIONS_KEY": self.functions_key,
+        }
+
     # --- service commands ------------------------------------------------------------------------
     def command(self, name: str) -> tuple[list[str], list[int]]:
         """The command line that runs one service, and the ports that answer when it is up."""
@@ -157,6 +168,7 @@ class LocalStack:
         env["PYTHONUNBUFFERED"] = "1"
         if name == "functions":
             env.update(self.env())
+            env.update(self.app_settings())
         env.update(self.extra_env)
         return env
 
