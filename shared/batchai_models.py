@@ -192,11 +192,15 @@ def _scale_settings(spec: RunSpec) -> models.ScaleSettings:
             )
         )
     manual = spec.cluster.manual
+    if manual is None:  # the quickstart's ManualScaleSettings(target_node_count=1), SDK defaults included
+        return models.ScaleSettings(manual=models.ManualScaleSettings(target_node_count=spec.node_count))
+    options = (
+        {"node_deallocation_option": manual.node_deallocation_option}
+        if manual.node_deallocation_option
+        else {}
+    )
     return models.ScaleSettings(
-        manual=models.ManualScaleSettings(
-            target_node_count=manual.target_node_count if manual is not None else spec.node_count,
-            node_deallocation_option=manual.node_deallocation_option if manual is not None else None,
-        )
+        manual=models.ManualScaleSettings(target_node_count=manual.target_node_count, **options)
     )
 
 
@@ -226,15 +230,17 @@ def cluster_parameters(spec: RunSpec, settings: Settings) -> models.ClusterCreat
     )
 
 
-def cluster_scale_parameters(target_node_count: int = 0) -> models.ClusterUpdateParameters:
-    """A manual resize (cleanup scales idle clusters to zero instead of deleting them)."""
+def cluster_scale_parameters(
+    target_node_count: int = 0, node_deallocation_option: str = "waitforjobcompletion"
+) -> models.ClusterUpdateParameters:
+    """A manual resize (cleanup scales idle clusters to zero instead of deleting them). Shrinking waits
+    for running jobs by default, so a job that started after the idle check is not killed."""
     from azure.mgmt.batchai import models
 
-    return models.ClusterUpdateParameters(
-        scale_settings=models.ScaleSettings(
-            manual=models.ManualScaleSettings(target_node_count=target_node_count)
-        )
+    manual = models.ManualScaleSettings(
+        target_node_count=target_node_count, node_deallocation_option=node_deallocation_option
     )
+    return models.ClusterUpdateParameters(scale_settings=models.ScaleSettings(manual=manual))
 
 
 def _capacity(scale: Any) -> int | None:

@@ -422,6 +422,8 @@ class RunSpec(_Strict):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         # ISO 8601 ('PT2H', 'P1D') or seconds; booleans and floats-as-strings are not durations.
+        if value is None:
+            return None
         if isinstance(value, bool) or not isinstance(value, str | int | float | timedelta):
             raise ValueError("expected an ISO 8601 duration such as 'PT2H' or a number of seconds")
         if isinstance(value, float) and value != value:  # NaN
@@ -542,8 +544,11 @@ class RunSpec(_Strict):
         return wanted
 
     def to_json_dict(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
-        """JSON-ready dict that parses back to an equal spec; secrets are masked unless revealed."""
-        return self.model_dump(mode="json", exclude_none=True, context={"reveal_secrets": reveal_secrets})
+        """JSON-ready dict that parses back to an equal spec; secrets are masked unless revealed.
+
+        Every field is written, nulls included: `"image": null` (run on the node, no container) must
+        not come back as the quickstart's default image."""
+        return self.model_dump(mode="json", context={"reveal_secrets": reveal_secrets})
 
     @field_serializer("max_wall_clock_time")
     def _serialize_duration(self, value: timedelta | None) -> float | None:
