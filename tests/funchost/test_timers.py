@@ -63,3 +63,15 @@ def test_slow_timer_never_overlaps_itself_and_sigterm_lets_it_finish(
     assert log.count("Executing 'Functions.slow'") == log.count("Executed 'Functions.slow' (Succeeded")
     assert len(host.records("slow")) == log.count("Executing 'Functions.slow'")
     assert "Host stopped" in log
+
+
+def test_sigterm_waits_for_running_invocations_only_as_long_as_the_shutdown_timeout(
+    host_factory: Callable[..., HostProcess],
+) -> None:
+    settings = {**only("slow"), "SLOW_SECONDS": "60", "FUNCHOST_SHUTDOWN_TIMEOUT": "1"}
+    host = host_factory(settings).start()
+    host.wait_for(lambda: "Executing 'Functions.slow'" in host.log(), what="the startup run")
+    started = time.monotonic()
+    assert host.stop() == 1, "exit status 1: an invocation was still running"
+    assert time.monotonic() - started < 8
+    assert "Host stopped with 1 invocation(s) still running" in host.log()

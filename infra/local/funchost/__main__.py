@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     stop.wait()
-    return 0 if host.stop() else 1
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a second signal: leave at once
+        signal.signal(signum, lambda *_: os._exit(1))
+    if host.stop():
+        return 0
+    # Invocations still running past the shutdown timeout: don't let their worker threads hold
+    # the process open (the interpreter would join them at exit).
+    logging.shutdown()
+    os._exit(1)
 
 
 if __name__ == "__main__":
