@@ -26,8 +26,8 @@ LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.json.example"
 PARAMETERS_EXAMPLE = AZURE_DIR / "main.parameters.example.json"
 
 # Host settings in local.settings.json.example that Azure must NOT get as app settings: on Flex
-# Consumption the worker runtime is functionAppConfig.runtime, and the platform rejects
-# FUNCTIONS_WORKER_RUNTIME (and FUNCTIONS_EXTENSION_VERSION) as app settings.
+# Consumption the worker runtime is functionAppConfig.runtime, and FUNCTIONS_WORKER_RUNTIME (like
+# FUNCTIONS_EXTENSION_VERSION) is on the plan's list of deprecated app settings.
 LOCAL_ONLY = {"FUNCTIONS_WORKER_RUNTIME"}
 
 # Settings the app reads under one name locally and that Azure gets in identity-based form: the host
@@ -39,7 +39,7 @@ IDENTITY_FORM = {"AzureWebJobsStorage": "AzureWebJobsStorage__accountName"}
 # authentication (its local auth is off). The local stack has no Application Insights.
 AZURE_ONLY = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
 
-# Settings that Flex Consumption rejects or ignores: none of them may appear in the Bicep app settings.
+# Settings Flex Consumption deprecates (moved to functionAppConfig or gone): none may appear in main.bicep.
 FLEX_REJECTED = {
     "FUNCTIONS_WORKER_RUNTIME",
     "FUNCTIONS_EXTENSION_VERSION",
