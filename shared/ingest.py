@@ -63,6 +63,7 @@ from shared.staging import (
     check_relative_path,
     ensure_directory,
     ensure_share,
+    etag_of,
     parse_blob_name,
     stage_blob,
 )
@@ -156,7 +157,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     except ResourceNotFoundError:
         log.info("blob %s is gone; nothing to ingest", blob_name, extra={"dataset": ref.dataset})
         return IngestResult("ignored", message="blob deleted")
-    etag = props.etag
+    etag = etag_of(props)
 
     latest = _latest_run(svc, ref.dataset)
     if latest is not None:
@@ -273,7 +274,7 @@ def _fail_staging(svc: Services, rec: RunRecord, code: str, message: str, *, blo
 def _take_manifest(svc: Services, rec: RunRecord, props: Any) -> RunSpec:
     """Parse run.json and make it the run's spec (idempotent per manifest ETag)."""
     spec = read_manifest(svc, rec.dataset)
-    if rec.manifest_etag == props.etag and rec.spec is not None:
+    if rec.manifest_etag == etag_of(props) and rec.spec is not None:
         return spec
     expected = spec.required_files()
     if not spec.files:
@@ -289,7 +290,7 @@ def _take_manifest(svc: Services, rec: RunRecord, props: Any) -> RunSpec:
     def apply(r: RunRecord) -> None:
         r.spec = spec_json
         r.expected_files = expected
-        r.manifest_etag = props.etag
+        r.manifest_etag = etag_of(props)
         r.callback_url = spec.callback_url
 
     svc.registry.update(rec.run_id, apply, expected_state=STAGING)
@@ -312,7 +313,7 @@ def read_manifest(svc: Services, dataset: str) -> RunSpec:
         ) from None
     if size > MAX_MANIFEST_BYTES:
         raise RunSpecError([{"field": "(root)", "message": f"larger than {MAX_MANIFEST_BYTES} bytes"}])
-    text = blob.download_blob(length=MAX_MANIFEST_BYTES + 1).readall()
+    text = blob.download_blob(offset=0, length=MAX_MANIFEST_BYTES + 1).readall()
     return parse_run_spec_json(text, svc.spec_context)
 
 
@@ -378,13 +379,13 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
         if blob is None:
             missing.append(name)
             continue
-        if staged is not None and staged.etag == blob.etag:
+        if staged is not None and staged.etag == etag_of(blob):
             continue
         if staged is None:
             if earlier is None:
                 earlier = _earlier_staged(svc, rec)
             old = earlier.get(name)
-            if old is not None and old.etag == blob.etag and _on_share(svc, rec.dataset, name, old.size):
+            if old is not None and old.etag == etag_of(blob) and _on_share(svc, rec.dataset, name, old.size):
                 carry.append(old)
                 continue
         missing.append(name)
@@ -594,7 +595,7 @@ def _staged_from_props(name: str, props: Any) -> StagedFile:
         import base64
 
         md5 = base64.b64encode(bytes(md5)).decode()
-    return StagedFile(name, int(props.size), md5 or None, props.etag, utcnow())
+    return StagedFile(name, int(props.size), md5 or None, etag_of(props), utcnow())
 
 
 def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | None = None) -> RunRecord:

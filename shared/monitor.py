@@ -50,6 +50,7 @@ from shared.registry import (
     utcnow,
 )
 from shared.runspec import RunSpec, RunSpecError, parse_run_spec
+from shared.staging import etag_of
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def _spec_for_resubmit(svc: Services, rec: RunRecord, report: MonitorReport) -> 
     if rec.source == "blob":
         with contextlib.suppress(RunSpecError, HttpResponseError, ComputeError):
             blob = svc.container.get_blob_client(f"{rec.dataset}/run.json")
-            if blob.get_blob_properties().etag == rec.manifest_etag:
+            if etag_of(blob.get_blob_properties()) == rec.manifest_etag:
                 return read_manifest(svc, rec.dataset)
     spec = parse_run_spec(rec.spec or {}, svc.spec_context)
     plain_secrets = [

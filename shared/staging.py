@@ -175,6 +175,12 @@ def ensure_directory(share: ShareClient, path: str) -> None:
                 directory.create_directory()
 
 
+def etag_of(props: Any) -> str | None:
+    """A blob's ETag without quotes (list and get answers differ in quoting)."""
+    etag = getattr(props, "etag", None)
+    return etag.strip('"') if etag else None
+
+
 def _md5_b64(value: Any) -> str | None:
     if not value:
         return None
@@ -284,7 +290,7 @@ def stage_blob(
         extra={"dataset": ref.dataset},
     )
     return StagedFile(
-        name=dest_path.partition("/")[2], size=size, md5=blob_md5, etag=props.etag, staged_at=utcnow()
+        name=dest_path.partition("/")[2], size=size, md5=blob_md5, etag=etag_of(props), staged_at=utcnow()
     )
 
 

@@ -1,0 +1,193 @@
+"""The pipeline in process on the local stack: ingest_blob for each upload, run_monitor as the timer.
+
+These call the very functions the blob trigger and the timer call, against Azurite, the Files
+emulator and the ARM emulator (which really runs the training script), through the real SDKs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+import uuid
+
+import pytest
+import requests
+
+from shared.ingest import cancel_run, ingest_blob, start_run
+from shared.monitor import run_monitor
+from shared.registry import TERMINAL_STATES, RunRecord
+
+from .conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline
+
+pytestmark = pytest.mark.e2e
+
+
+def dataset_name(prefix: str = "mnist") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def monitor_until_done(p: Pipeline, run_ids: list[str], timeout: float = 90.0) -> dict[str, RunRecord]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run_monitor(p.services)
+        records = {run_id: p.registry.get(run_id) for run_id in run_ids}
+        if all(r.state in TERMINAL_STATES and not r.callback_pending for r in records.values()):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError({r.run_id: (r.state, r.errors) for r in records.values()})
+        time.sleep(0.5)
+
+
+def test_quickstart_in_process(pipeline: Pipeline) -> None:
+    p = pipeline
+    ds = dataset_name()
+    names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+    results = [ingest_blob(name, p.services) for name in names]
+    assert [r.action for r in results] == ["staged", "staged", "staged", "manifest"]
+    assert results[-1].submitted and len({r.run_id for r in results}) == 1
+    run_id = results[0].run_id
+    rec = p.registry.get(run_id)
+    assert rec.state in ("provisioning", "queued") and rec.job_name and rec.cluster
+    assert {f.name for f in rec.staged_files} == set(QUICKSTART_FILES)
+    for name, data in QUICKSTART_FILES.items():
+        assert (p.share_root / ds / name).read_bytes() == data
+    assert not (p.share_root / ds / "run.json").exists()  # the manifest is never staged
+
+    rec = monitor_until_done(p, [run_id])[run_id]
+    assert rec.state == "succeeded", rec.errors
+    assert rec.exit_code == 0
+    assert {"staging", "running", "succeeded"} <= set(rec.times)
+    assert "test accuracy" in (rec.stdout_tail or "")
+    by_name = {(o.directory_id, o.name.rsplit("/", 1)[-1]): o for o in rec.output_files}
+    assert {
+        ("stdouterr", "stdout.txt"),
+        ("stdouterr", "stderr.txt"),
+        ("MODEL", "ConvNet_MNIST.model"),
+    } <= set(by_name)
+    model = by_name[("MODEL", "ConvNet_MNIST.model")]
+    download = requests.get(model.download_url, timeout=10)
+    assert (
+        download.status_code == 200
+        and download.content.startswith(b"{")
+        and len(download.content) == model.size
+    )
+    # The job carries the quickstart's settings.
+    job = p.services.cloud.compute.get_job(rec.experiment, rec.job_name)
+    assert job.cntk_settings.python_script_file_path == "$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py"
+    assert job.cntk_settings.command_line_args == "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL"
+    assert (
+        job.container_settings.image_source_registry.image
+        == "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"
+    )
+    assert [(o.id, o.path_suffix) for o in job.output_directories] == [("MODEL", "Models")]
+
+    # Every trigger replayed: nothing changes, still one job.
+    for _ in range(3):
+        for name in names:
+            assert ingest_blob(name, p.services).action == "replay"
+        run_monitor(p.services)
+    assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [run_id]
+    assert len(p.services.cloud.list_jobs("", "", rec.experiment)) == 1
+    assert p.registry.get(run_id).times == rec.times
+
+
+def test_changed_file_before_submission_and_upload_after(pipeline: Pipeline) -> None:
+    p = pipeline
+    ds = dataset_name()
+    files = dict(QUICKSTART_FILES)
+    first = [ingest_blob(n, p.services) for n in p.upload(ds, {"Train-28x28_cntk_text.txt": b"old"})]
+    p.upload(ds, {"Train-28x28_cntk_text.txt": files["Train-28x28_cntk_text.txt"]})
+    again = ingest_blob(f"{ds}/Train-28x28_cntk_text.txt", p.services)
+    assert again.run_id == first[0].run_id and again.action == "staged"
+    assert (p.share_root / ds / "Train-28x28_cntk_text.txt").read_bytes() == files[
+        "Train-28x28_cntk_text.txt"
+    ]
+    rest = [ingest_blob(n, p.services) for n in p.upload(ds, files, QUICKSTART_MANIFEST)]
+    assert rest[-1].submitted
+    run1 = first[0].run_id
+    # An upload after submission starts a new run; the unchanged files carry over without a copy.
+    p.upload(ds, {"extra.txt": b"more data"})
+    new = ingest_blob(f"{ds}/extra.txt", p.services)
+    assert new.run_id != run1 and new.state == "staging"
+    p.upload(ds, {}, {**QUICKSTART_MANIFEST, "files": [*QUICKSTART_MANIFEST["files"], "extra.txt"]})
+    result = ingest_blob(f"{ds}/run.json", p.services)
+    assert result.run_id == new.run_id and result.submitted
+    records = monitor_until_done(p, [run1, new.run_id])
+    assert [records[r].state for r in (run1, new.run_id)] == ["succeeded", "succeeded"]
+    assert {f.name for f in records[new.run_id].staged_files} == {*QUICKSTART_FILES, "extra.txt"}
+
+
+def test_twenty_datasets_at_once(pipeline: Pipeline) -> None:
+    p = pipeline
+    datasets = [dataset_name("many") for _ in range(20)]
+    blobs = [name for ds in datasets for name in p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: ingest_blob(n, p.services), blobs))
+    runs_by_dataset = {ds: [r.run_id for r in p.registry.iter_runs(dataset=ds)] for ds in datasets}
+    assert all(len(ids) == 1 for ids in runs_by_dataset.values()), runs_by_dataset
+    assert sum(r.submitted for r in results) == 20
+    run_ids = [ids[0] for ids in runs_by_dataset.values()]
+    records = monitor_until_done(p, run_ids, timeout=150)
+    assert all(r.state == "succeeded" for r in records.values()), {
+        r.run_id: r.errors for r in records.values()
+    }
+
+
+def test_bad_inputs(pipeline: Pipeline) -> None:
+    p = pipeline
+    ds = dataset_name("bad")
+    p.upload(ds, {}, {"toolkit": "cntk", "node_count": 0, "unknown": 1})
+    result = ingest_blob(f"{ds}/run.json", p.services)
+    assert result.action == "failed"
+    rec = p.registry.get(result.run_id)
+    assert rec.state == "failed" and rec.errors[0]["code"] == "InvalidManifest"
+    assert "node_count" in rec.errors[0]["message"] and "unknown" in rec.errors[0]["message"]
+    # A replay of the bad manifest changes nothing; a bad name fails a new run and writes nothing.
+    assert ingest_blob(f"{ds}/run.json", p.services).action == "replay"
+    ds2 = dataset_name("bad")
+    p.container.upload_blob(f"{ds2}/a|b.txt", b"x")
+    bad = ingest_blob(f"{ds2}/a|b.txt", p.services)
+    assert bad.action == "failed" and "'|'" in p.registry.get(bad.run_id).errors[0]["message"]
+    assert not (p.share_root / ds2).exists() or not any((p.share_root / ds2).iterdir())
+    assert ingest_blob(f"{ds2}/a|b.txt", p.services).action == "replay"
+    assert ingest_blob("no-dataset-folder.txt", p.services).action == "ignored"
+
+
+def test_staging_timeout_names_missing_files(pipeline: Pipeline) -> None:
+    p = pipeline
+    ds = dataset_name("late")
+    names = p.upload(ds, {"ConvNet_MNIST.py": QUICKSTART_FILES["ConvNet_MNIST.py"]}, QUICKSTART_MANIFEST)
+    run_id = [ingest_blob(n, p.services) for n in names][-1].run_id
+    from datetime import UTC, datetime, timedelta
+
+    report = run_monitor(p.services, now=datetime.now(UTC) + timedelta(hours=2))
+    rec = p.registry.get(run_id)
+    assert rec.state == "failed" and (run_id, "staging", "failed") in report.transitions
+    assert rec.errors[-1]["code"] == "StagingTimeout"
+    assert "Train-28x28_cntk_text.txt" in rec.errors[-1]["message"]
+    assert "ConvNet_MNIST.py" not in rec.errors[-1]["message"]
+
+
+def test_start_run_and_cancel(pipeline: Pipeline) -> None:
+    p = pipeline
+    prefix = f"uploads-{uuid.uuid4().hex[:6]}"
+    for name, data in QUICKSTART_FILES.items():
+        p.container.upload_blob(f"{prefix}/{name}", data)
+    ds = dataset_name("api")
+    spec = {
+        "files": sorted(QUICKSTART_FILES),
+        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+    }
+    rec = start_run(ds, spec, stage_from_prefix=prefix, idempotency_key=f"k-{ds}", svc=p.services)
+    assert rec.state in ("provisioning", "queued") and rec.source == "api"
+    same = start_run(ds, spec, stage_from_prefix=prefix, idempotency_key=f"k-{ds}", svc=p.services)
+    assert same.run_id == rec.run_id
+    # A second run on the already staged dataset, then both torn down.
+    second = start_run(ds, {"files": sorted(QUICKSTART_FILES)}, svc=p.services)
+    assert second.run_id != rec.run_id and second.state in ("provisioning", "queued")
+    cancelled = cancel_run(rec.run_id, delete_cluster=True, svc=p.services)
+    assert cancelled.state == "cancelled"
+    assert p.services.cloud.compute.get_cluster(rec.cluster) is not None  # still used by the second run
+    assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"  # idempotent
+    assert cancel_run(second.run_id, delete_cluster=True, svc=p.services).state == "cancelled"
+    assert p.services.cloud.compute.get_job(rec.experiment, rec.job_name) is None
