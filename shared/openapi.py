@@ -57,7 +57,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "Conflict with the current state (in use, already finished, idempotency key reused)",
         413: "Request body over 1 MiB",
         415: "Request body is not JSON",
-        422: "Idempotency-Key reused with a different request body",
+        422: "Idempotency-Key reused with a different request body (IdempotencyKeyReused), or the run "
+        "failed before its job existed, e.g. files the spec needs are not in the dataset (MissingFiles, "
+        "NothingToStage); Location names the failed run",
         500: "Internal error (no stack trace; see the function logs)",
         502: "Batch AI or storage answered with an error",
         503: "A dependency is unreachable or unavailable",

@@ -306,8 +306,25 @@ def start_run(request: ApiRequest) -> ApiResponse:
         # Another request with this key won the race with a different body.
         return _replay_or_conflict(request, record, dataset, spec, prefix)
     log.info("run %s started on dataset %s over HTTP", record.run_id, dataset, extra=record.log_extra())
+    return _accepted(request, record)
+
+
+def _accepted(request: ApiRequest, record: Any, headers: dict[str, str] | None = None) -> ApiResponse:
+    """202 with the run, or 422 when it failed before its job existed (the dataset lacks files it
+    needs, nothing under the prefix...): the client's request cannot run as it is. Location names the
+    run either way."""
     url = _run_url(request, record.run_id)
-    return ApiResponse(202, _full(record, request), headers={"Location": url})
+    headers = {"Location": url, **(headers or {})}
+    if record.state == "failed" and not record.job_name:
+        first = (record.errors or [{}])[0]
+        raise ApiError(
+            422,
+            str(first.get("code") or "RunFailedToStart"),
+            f"run {record.run_id} could not start: {first.get('message') or 'see the run record'}",
+            details=[{"field": "dataset", "message": str(e.get("message", ""))} for e in record.errors[:20]],
+            headers=headers,
+        )
+    return ApiResponse(202, _full(record, request), headers=headers)
 
 
 def _replay_or_conflict(
@@ -320,8 +337,7 @@ def _replay_or_conflict(
             f"Idempotency-Key was already used for run {record.run_id} with a different request body; "
             "use a new key for a different request",
         )
-    url = _run_url(request, record.run_id)
-    return ApiResponse(202, _full(record, request), headers={"Location": url, "Idempotent-Replayed": "true"})
+    return _accepted(request, record, {"Idempotent-Replayed": "true"})
 
 
 def _start_error(exc: Exception) -> Exception:

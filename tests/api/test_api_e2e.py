@@ -1,0 +1,219 @@
+"""The runs API end to end: real HTTP to the local Functions host running function_app.py, which talks
+to Azurite, the Files emulator and the ARM emulator through the real Azure SDKs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+
+from tests.api.stackapp import Api, stage_dataset
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def run_state(api: Api, run_id: str) -> str:
+    response = api.get(f"/runs/{run_id}")
+    assert response.status_code == 200, response.text
+    return response.json()["state"]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+# --- health, documents, keys ------------------------------------------------------------------------
+
+
+def test_health_is_anonymous_and_reports_every_check(api: Api) -> None:
+    response = requests.get(f"{api.base}/health", timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ok"
+    assert {"settings", "storage", "arm", "batchai"} <= set(body["checks"])
+    assert all(check["ok"] for check in body["checks"].values())
+
+
+def test_openapi_is_anonymous_and_names_this_server(api: Api) -> None:
+    response = requests.get(f"{api.base}/openapi.json", timeout=30)
+    assert response.status_code == 200
+    assert response.json()["servers"] == [{"url": api.base}]
+
+
+def test_function_key_is_required(api: Api) -> None:
+    assert requests.get(f"{api.base}/runs", timeout=30).status_code == 401
+    assert requests.get(f"{api.base}/runs", params={"code": "wrong"}, timeout=30).status_code == 401
+    assert requests.get(f"{api.base}/runs", params={"code": api.key}, timeout=30).status_code == 200
+
+
+# --- every error status -----------------------------------------------------------------------------
+
+
+def error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    return body["error"]
+
+
+def test_error_statuses_over_http(api: Api) -> None:
+    json_headers = {"Content-Type": "application/json"}
+    error(api.post("/runs", data=b"{not json", headers=json_headers), 400, "InvalidJson")
+    invalid = error(
+        api.post("/runs", json={"dataset": "mnist", "spec": {"node_count": 0}}), 400, "InvalidRequest"
+    )
+    assert [d["field"] for d in invalid["details"]] == ["spec.node_count"]
+    error(api.get("/runs/20990101-000000-deadbeef"), 404, "RunNotFound")
+    error(api.get("/runs/20990101-000000-deadbeef/logs"), 404, "RunNotFound")
+    error(api.delete("/runs/20990101-000000-deadbeef"), 404, "RunNotFound")
+    error(api.delete("/clusters/no-such-cluster"), 404, "ClusterNotFound")
+    not_allowed = api.put("/runs", json={})
+    error(not_allowed, 405, "MethodNotAllowed")
+    assert not_allowed.headers["Allow"] == "GET, POST"
+    error(
+        api.post("/runs", data=b"{" + b" " * (1024 * 1024) + b"}", headers=json_headers),
+        413,
+        "PayloadTooLarge",
+    )
+    error(
+        api.post("/runs", data=b"dataset=mnist", headers={"Content-Type": "text/plain"}),
+        415,
+        "UnsupportedMediaType",
+    )
+    refused = error(
+        api.post("/runs", json={"dataset": "mnist", "spec": {"callback_url": "https://169.254.169.254/x"}}),
+        400,
+        "InvalidRequest",
+    )
+    assert refused["details"][0]["field"] == "spec.callback_url"
+    error(api.get("/runs", params={"state": "sleeping"}), 400, "InvalidRequest")
+    error(api.get("/runs", params={"continuation": "not-a-token"}), 400, "InvalidRequest")
+    missing = api.post("/runs", json={"dataset": unique("nowhere")})
+    assert "ConvNet_MNIST.py" in error(missing, 422, "MissingFiles")["message"]
+    failed = api.get(missing.headers["Location"].removeprefix(api.base)).json()
+    assert failed["state"] == "failed" and failed["errors"][0]["code"] == "MissingFiles"
+
+
+# --- a run started over HTTP ----------------------------------------------------------------------
+
+
+def test_http_started_run_on_a_staged_dataset_with_idempotency_key(api: Api) -> None:
+    dataset = unique("api-quick")
+    stage_dataset(api.stack, dataset)
+    body = {"dataset": dataset, "spec": {"script": "train.py"}}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+
+    first = api.post("/runs", json=body, headers=key)
+    assert first.status_code == 202, first.text
+    run = first.json()
+    assert first.headers["Location"] == f"{api.base}/runs/{run['id']}"
+    assert run["dataset"] == dataset and run["source"] == "api"
+    assert run["spec"]["script"] == "train.py" and run["spec"]["image"].startswith("microsoft/cntk")
+
+    again = api.post("/runs", json=body, headers=key)
+    assert again.status_code == 202 and again.json()["id"] == run["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    changed = api.post("/runs", json={**body, "spec": {"script": "train.py", "node_count": 2}}, headers=key)
+    error(changed, 422, "IdempotencyKeyReused")
+    listed = api.get("/runs", params={"dataset": dataset}).json()["runs"]
+    assert [r["id"] for r in listed] == [run["id"]]
+
+    state = wait_for("the run to finish", lambda: (s := run_state(api, run["id"])) in TERMINAL and s, 90)
+    assert state == "succeeded"
+    record = api.get(f"/runs/{run['id']}").json()
+    assert record["exit_code"] == 0 and record["output_urls_fresh"] is True
+    names = {(o["directory_id"], o["name"]) for o in record["output_files"]}
+    assert {("stdouterr", "stdout.txt"), ("stdouterr", "stderr.txt")} <= names
+    model = next(o for o in record["output_files"] if o["name"] == "model.txt")
+    assert requests.get(model["download_url"], timeout=30).content == b"weights"
+
+    logs = api.get(f"/runs/{run['id']}/logs", params={"tail": "2"}).json()
+    assert logs["source"] == "job" and logs["stdout"].splitlines() == ["epoch 2", "done"]
+
+    by_state = api.get("/runs", params={"state": "succeeded", "dataset": dataset}).json()["runs"]
+    assert [r["id"] for r in by_state] == [run["id"]]
+
+
+def test_list_pages_with_continuation(api: Api) -> None:
+    seen: list[str] = []
+    token = None
+    for _ in range(50):
+        params = {"limit": "1", **({"continuation": token} if token else {})}
+        page = api.get("/runs", params=params).json()
+        assert len(page["runs"]) <= 1
+        seen += [r["id"] for r in page["runs"]]
+        token = page["continuation"]
+        if not token:
+            break
+    everything = [r["id"] for r in api.get("/runs", params={"limit": "1000"}).json()["runs"]]
+    assert seen == everything
+
+
+# --- teardown and clusters ------------------------------------------------------------------------------
+
+
+def start_long_run(api: Api, prefix: str) -> dict[str, Any]:
+    dataset = unique(prefix)
+    stage_dataset(api.stack, dataset)
+    spec = {"script": "train.py", "environment_variables": {"TRAIN_SECONDS": "120"}}
+    response = api.post("/runs", json={"dataset": dataset, "spec": spec})
+    assert response.status_code == 202, response.text
+    run = response.json()
+    wait_for("the job to run", lambda: run_state(api, run["id"]) == "running", 90)
+    return api.get(f"/runs/{run['id']}").json()
+
+
+def test_teardown_of_a_running_job_and_cluster_delete_refused_while_in_use(api: Api) -> None:
+    run = start_long_run(api, "api-teardown")
+    cluster = run["cluster"]
+    clusters = {c["name"]: c for c in api.get("/clusters").json()["clusters"]}
+    assert clusters[cluster]["active_runs"] == [run["id"]]
+
+    refused = error(api.delete(f"/clusters/{cluster}"), 409, "ClusterInUse")
+    assert run["id"] in refused["message"]
+
+    torn = api.delete(f"/runs/{run['id']}", params={"cluster": "true"})
+    assert torn.status_code == 200, torn.text
+    assert torn.json()["state"] == "cancelled"
+    batchai = api.stack_batchai()
+    wait_for(
+        "the job to be gone",
+        lambda: (
+            run["job_name"]
+            not in {j.name for j in batchai.jobs.list_by_experiment(*api.rg_ws, run["experiment"])}
+        ),
+        30,
+    )
+    wait_for(
+        "the cluster to be deleted",
+        lambda: cluster not in {c.name for c in batchai.clusters.list_by_workspace(*api.rg_ws)},
+        30,
+    )
+    again = api.delete(f"/runs/{run['id']}")
+    assert again.status_code == 200 and again.json()["state"] == "cancelled"
+
+
+def test_forced_cluster_delete_cancels_its_runs(api: Api) -> None:
+    run = start_long_run(api, "api-force")
+    response = api.delete(f"/clusters/{run['cluster']}", params={"force": "true"})
+    assert response.status_code == 202, response.text
+    assert response.json()["cancelled_runs"] == [run["id"]]
+    assert run_state(api, run["id"]) == "cancelled"
