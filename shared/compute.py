@@ -12,7 +12,7 @@ the monitor timer observes progress later. Prerequisites that are quick and need
 
 Idempotent by design (triggers are at-least-once): ensure_* GET first and create only what is
 missing, create_job returns the existing job when a retry finds it, deletes of missing resources
-return False instead of failing.
+return False on 404 instead of failing (ARM itself answers 204 for most).
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ class Compute:
             )
 
     def delete_cluster(self, name: str) -> bool:
-        """Begin deleting a cluster; False when it does not exist."""
+        """Begin deleting a cluster. True when ARM accepted it (204 if already gone), False on 404."""
         return self._send_no_wait(
             f"delete cluster {name}",
             self.batchai.clusters.begin_delete,
@@ -362,7 +362,7 @@ class Compute:
         return experiment
 
     def delete_experiment(self, name: str) -> bool:
-        """Begin deleting an experiment (and its jobs); False when it does not exist."""
+        """Begin deleting an experiment and its jobs. True when ARM accepted it, False on 404."""
         return self._send_no_wait(
             f"delete experiment {name}",
             self.batchai.experiments.begin_delete,
@@ -430,7 +430,7 @@ class Compute:
         )
 
     def delete_job(self, experiment: str, job: str) -> bool:
-        """Begin deleting a job; False when it does not exist."""
+        """Begin deleting a job. True when ARM accepted it (204 if already gone), False on 404."""
         return self._send_no_wait(
             f"delete job {experiment}/{job}",
             self.batchai.jobs.begin_delete,
