@@ -7,9 +7,11 @@ HTTP functions need a function key (`AuthLevel.FUNCTION`) unless a blueprint say
 
 import azure.functions as func
 
-from functions import api, cleanup
+from functions import api, cleanup, ingest, monitor
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
+app.register_functions(ingest.bp)  # blob trigger on training-data/{name}: stage, create cluster, submit
+app.register_functions(monitor.bp)  # timer: job states, outputs, callbacks
 app.register_functions(api.bp)  # HTTP API: runs, outputs, clusters, OpenAPI document
 app.register_functions(cleanup.bp)  # nightly cleanup timer
