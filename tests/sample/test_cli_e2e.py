@@ -1,0 +1,78 @@
+"""The CLI against the function app on the local stack: API errors as one line; upload, then watch a run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.client import Settings
+from samples.mnist import make_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO_ROOT),
+        "FUNCTIONS_URL": settings.functions_url or "",
+        "FUNCTIONS_KEY": settings.functions_key or "",
+        "AZURE_STORAGE_CONNECTION_STRING": settings.connection_string or "",
+    }
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT, env=env)  # fmt: skip
+
+
+def test_unknown_run_is_a_one_line_404(function_app: Settings) -> None:
+    for args in (["watch", "no-such-run"], ["outputs", "no-such-run"], ["teardown", "no-such-run"]):
+        result = cli(function_app, *args)
+        assert result.returncode == 1, result
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and ": 404 " in lines[0], lines
+
+
+def test_wrong_key_is_a_one_line_401(function_app: Settings) -> None:
+    wrong = Settings(function_app.functions_url, "not-the-key", None, "training-data", "test")
+    result = cli(wrong, "runs")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: GET /api/runs: 401") and len(result.stderr.splitlines()) == 1
+
+
+def test_runs_and_clusters_list(function_app: Settings) -> None:
+    result = cli(function_app, "runs")
+    assert result.returncode == 0, result.stderr
+    result = cli(function_app, "clusters")
+    assert result.returncode == 0, result.stderr
+
+
+def test_upload_then_watch_a_run_to_success(function_app: Settings, tmp_path: Path) -> None:
+    """The sample itself, tiny: upload (manifest last) -> ingest -> job -> monitor -> succeeded."""
+    data = tmp_path / "cli-e2e"
+    make_dataset.main([str(data), "--train", "60", "--test", "20"])
+    shutil.copy2(REPO_ROOT / "samples" / "mnist" / "ConvNet_MNIST.py", data)
+    manifest = json.loads((REPO_ROOT / "samples" / "mnist" / "run.json").read_text())
+    manifest["arguments"] = "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL --epochs 1 --width 0.5"
+    (data / "run.json").write_text(json.dumps(manifest))
+
+    result = cli(function_app, "upload", str(data), "--dataset", "cli-e2e", "--watch", timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    out = result.stdout
+    assert "uploaded 4 files" in out
+    for state in ("staging", "queued", "running", "succeeded"):
+        assert f"  {state}\n" in out, out
+    assert "Epoch 1/1: loss " in out  # the live tail of stdout
+    run_id = out.split("run ", 1)[1].split()[0]
+
+    download = tmp_path / "out"
+    result = cli(function_app, "outputs", run_id, "--download", str(download))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(next(download.rglob("metrics.json")).read_text())
+    assert metrics["epochs"] == 1 and metrics["train_samples"] == 60
+    assert any(p.name == "ConvNet_MNIST.pt" for p in download.rglob("*"))
+    assert any(p.name == "stdout.txt" for p in download.rglob("*"))
