@@ -191,7 +191,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
         try:
             _take_manifest(svc, rec, props)
         except RunSpecError as exc:
-            _fail_staging(svc, rec, "InvalidManifest", f"{blob_name}: {exc}")
+            _fail_staging(svc, rec, "InvalidManifest", f"{blob_name}: {exc}", manifest_etag=etag)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         submitted = check_ready(rec.run_id, svc)
         return IngestResult("manifest", rec.run_id, STAGING, submitted=submitted)
@@ -234,8 +234,10 @@ def _staging_deadline(svc: Services) -> str:
 def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
     """A blob whose name cannot be staged: fail its dataset's staging run (if the dataset part is
     usable) with the error; nothing is written to the share."""
-    dataset = (blob_name or "").partition("/")[0]
+    dataset, sep, _ = (blob_name or "").partition("/")
     try:
+        if not sep:
+            raise exc
         check_dataset_name(dataset)
     except StagingError:
         log.warning("blob %r ignored: %s", blob_name[:300], exc)
@@ -252,13 +254,15 @@ def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
     return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
 
 
-def _fail_staging(svc: Services, rec: RunRecord, code: str, message: str, *, blob: str | None = None) -> None:
+def _fail_staging(
+    svc: Services, rec: RunRecord, code: str, message: str, *, blob: str | None = None, **changes: Any
+) -> None:
     error = {"code": code, "message": message, "time": utcnow()}
     if blob is not None:
         error["blob"] = blob
     try:
         failed = svc.registry.transition(
-            rec.run_id, FAILED, STAGING, add_error=error, callback_pending=bool(rec.callback_url)
+            rec.run_id, FAILED, STAGING, add_error=error, callback_pending=bool(rec.callback_url), **changes
         )
         log.warning("run %s staging failed: %s", rec.run_id, message, extra=failed.log_extra())
     except TransitionRejected as rejected:
