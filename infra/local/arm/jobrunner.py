@@ -274,7 +274,8 @@ class JobRunner:
             job = self.backend.state["jobs"].get(key)
             if job is not None:
                 job["meta"].setdefault("pids", []).append(proc.pid)
-                self.backend.dirty = True
+                # Saved now, not at the next tick: a crash right after the launch must still find it.
+                self.backend.save()
         return proc
 
     def _run(
