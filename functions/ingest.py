@@ -1,4 +1,5 @@
-"""Ingest blob trigger on `training-data/{name}`: stage the blob and move its dataset's run on.
+"""Ingest blob trigger on `training-data/{name}` (the TRAINING_CONTAINER setting): stage the blob and
+move its dataset's run on.
 
 Declared with the Event Grid source (what the Flex Consumption plan supports; the local host scans
 the container instead). The handler never reads the blob: `shared.ingest` copies it server side.
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 @bp.function_name("ingest")
 @bp.blob_trigger(
     arg_name="blob",
-    path="training-data/{name}",
+    path="%TRAINING_CONTAINER%/{name}",  # training-data unless the setting says otherwise
     connection="STORAGE_CONNECTION_STRING",
     source=func.BlobSource.EVENT_GRID,
 )
