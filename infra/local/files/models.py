@@ -4,8 +4,9 @@ Bytes live at `<data-dir>/shares/<account>/<share>/<path>`, so the Batch AI emul
 and jobs can write into it directly; what the API reports (listings, sizes, times) is read from the
 disk on every request, so files that appear there without the API are visible at once. Metadata,
 content settings, SMB times and copy state live in `<data-dir>/meta/meta.sqlite3`, never in the share
-tree. A property record is tied to the inode it was written for: a file deleted and re-created behind
-the emulator's back starts with fresh properties.
+tree. A property record is tied to the inode it was written for, so a file deleted and re-created
+behind the emulator's back usually starts with fresh properties (unless the filesystem hands the new
+file the same inode number).
 """
 
 from __future__ import annotations
