@@ -399,6 +399,11 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _enum_text(value: Any) -> str | None:
+    """An SDK enum (or plain string) as its lowercase value."""
+    return None if value is None else str(getattr(value, "value", value)).lower()
+
+
 def _last_segment(resource_id: str | None) -> str | None:
     return resource_id.rstrip("/").rsplit("/", 1)[-1] if resource_id else None
 
@@ -433,7 +438,7 @@ def job_info(job: Any, experiment: str) -> JobInfo:
     return JobInfo(
         name=job.name,
         experiment=experiment,
-        state=str(job.execution_state or "unknown").lower(),
+        state=_enum_text(job.execution_state) or "unknown",
         cluster=_last_segment(job.cluster.id if job.cluster is not None else None),
         created_at=_parse_time(job.creation_time),
         started_at=_parse_time(info.start_time if info is not None else None),

@@ -536,9 +536,9 @@ def _cluster_json(cluster: Any, users: dict[str, list[str]]) -> dict[str, Any]:
         "name": cluster.name,
         "id": cluster.id,
         "vm_size": cluster.vm_size,
-        "vm_priority": str(cluster.vm_priority) if cluster.vm_priority else None,
-        "allocation_state": str(cluster.allocation_state) if cluster.allocation_state else None,
-        "provisioning_state": str(cluster.provisioning_state) if cluster.provisioning_state else None,
+        "vm_priority": _enum_text(cluster.vm_priority),
+        "allocation_state": _enum_text(cluster.allocation_state),
+        "provisioning_state": _enum_text(cluster.provisioning_state),
         "current_node_count": cluster.current_node_count,
         "node_state_counts": counts.as_dict() if counts is not None else None,
         "scale_settings": scale.as_dict() if scale is not None else None,
@@ -546,6 +546,10 @@ def _cluster_json(cluster: Any, users: dict[str, list[str]]) -> dict[str, Any]:
         "errors": [e.as_dict() for e in (cluster.errors or [])],
         "active_runs": users.get(cluster.name or "", []),
     }
+
+
+def _enum_text(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
 
 
 def list_clusters(request: ApiRequest) -> ApiResponse:

@@ -26,6 +26,13 @@ print("no warnings", file=sys.stderr)
 """
 
 
+# The run spec of TRAIN_PY: the quickstart's arguments (input and output directories).
+TRAIN_SPEC: dict[str, Any] = {
+    "script": "train.py",
+    "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+}
+
+
 def app_settings(stack: Any) -> dict[str, str]:
     """The function app's settings for a local stack on its own ports."""
     return local_stack_values(
@@ -37,13 +44,17 @@ def app_settings(stack: Any) -> dict[str, str]:
     )
 
 
-def stage_dataset(stack: Any, dataset: str, files: dict[str, bytes] | None = None) -> None:
+def stage_dataset(
+    stack: Any, dataset: str, files: dict[str, bytes] | None = None, *, share_name: str | None = None
+) -> None:
     """Put a dataset straight onto the file share (as an earlier staging would have)."""
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.fileshare import ShareClient
 
     settings = Settings.from_env(app_settings(stack))
-    share = ShareClient.from_connection_string(stack.connection_string, settings.file_share_name)
+    share = ShareClient.from_connection_string(
+        stack.connection_string, share_name or settings.file_share_name
+    )
     with contextlib.suppress(ResourceExistsError):
         share.create_share()
     share.get_directory_client(dataset).create_directory()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.api.stackapp import Api, stage_dataset
+from tests.api.stackapp import TRAIN_SPEC, Api, stage_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -118,7 +118,7 @@ def test_error_statuses_over_http(api: Api) -> None:
 def test_http_started_run_on_a_staged_dataset_with_idempotency_key(api: Api) -> None:
     dataset = unique("api-quick")
     stage_dataset(api.stack, dataset)
-    body = {"dataset": dataset, "spec": {"script": "train.py"}}
+    body = {"dataset": dataset, "spec": dict(TRAIN_SPEC)}
     key = {"Idempotency-Key": uuid.uuid4().hex}
 
     first = api.post("/runs", json=body, headers=key)
@@ -131,7 +131,7 @@ def test_http_started_run_on_a_staged_dataset_with_idempotency_key(api: Api) -> 
     again = api.post("/runs", json=body, headers=key)
     assert again.status_code == 202 and again.json()["id"] == run["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
-    changed = api.post("/runs", json={**body, "spec": {"script": "train.py", "node_count": 2}}, headers=key)
+    changed = api.post("/runs", json={**body, "spec": {**TRAIN_SPEC, "node_count": 2}}, headers=key)
     error(changed, 422, "IdempotencyKeyReused")
     listed = api.get("/runs", params={"dataset": dataset}).json()["runs"]
     assert [r["id"] for r in listed] == [run["id"]]
@@ -173,7 +173,7 @@ def test_list_pages_with_continuation(api: Api) -> None:
 def start_long_run(api: Api, prefix: str) -> dict[str, Any]:
     dataset = unique(prefix)
     stage_dataset(api.stack, dataset)
-    spec = {"script": "train.py", "environment_variables": {"TRAIN_SECONDS": "120"}}
+    spec = {**TRAIN_SPEC, "environment_variables": {"TRAIN_SECONDS": "120"}}
     response = api.post("/runs", json={"dataset": dataset, "spec": spec})
     assert response.status_code == 202, response.text
     run = response.json()

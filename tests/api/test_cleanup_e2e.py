@@ -1,0 +1,125 @@
+"""Cleanup end to end on the local stack: a dry run changes nothing and reports what it would do; the
+real run deletes the finished run's job, experiment, cluster and staged data, terminates a runaway job,
+leaves everything the live run uses, and writes its JSON report to the reports container.
+
+It runs in its own workspace, share and runs table, so it cannot touch what other tests made, and moves
+the clock (cleanup's `now`) forward instead of waiting for retention periods.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared import clients, ingest, monitor
+from shared.cleanup import Cleanup
+from shared.cloud import Cloud
+from shared.registry import RunRegistry
+from shared.settings import Settings
+from tests.api.stackapp import TRAIN_SPEC, app_settings, stage_dataset
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def isolated(api: Any) -> tuple[Settings, ingest.Services]:
+    stack = api.stack
+    settings = Settings.from_env(
+        {
+            **app_settings(stack),
+            "RUNS_TABLE": "cleanupe2e",
+            "BATCHAI_WORKSPACE": "cleanup-e2e",
+            "FILE_SHARE_NAME": "cleanup-e2e",
+        }
+    )
+    svc = ingest.Services(
+        settings=settings,
+        registry=RunRegistry(clients.runs_table(settings)),
+        container=clients.training_container(settings),
+        share=clients.share_client(settings),
+        cloud=Cloud(settings),
+    )
+    return settings, svc
+
+
+def start(svc: ingest.Services, stack: Any, dataset: str, spec: dict[str, Any]) -> str:
+    stage_dataset(stack, dataset, share_name="cleanup-e2e")
+    return ingest.start_run(dataset, spec, svc=svc).run_id
+
+
+def state_after_monitor(svc: ingest.Services, run_id: str) -> str:
+    monitor.run_monitor(svc)
+    return svc.registry.get(run_id).state
+
+
+def report_blob(settings: Settings, name: str) -> dict[str, Any]:
+    container = clients.blob_service(settings).get_container_client(settings.reports_container)
+    return json.loads(container.download_blob(name).readall())
+
+
+def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple[Settings, Any]) -> None:
+    settings, svc = isolated
+    stack = api.stack
+    done_id = start(svc, stack, "finished", dict(TRAIN_SPEC))
+    live_id = start(
+        svc, stack, "live",
+        {**TRAIN_SPEC, "environment_variables": {"TRAIN_SECONDS": "120"}, "max_wall_clock_time": "PT1H"},
+    )  # fmt: skip
+    wait_for("the short run to succeed", lambda: state_after_monitor(svc, done_id) == "succeeded", 90)
+    wait_for("the long run to run", lambda: state_after_monitor(svc, live_id) == "running", 60)
+    done, live = svc.registry.get(done_id), svc.registry.get(live_id)
+    compute = Cleanup(settings).compute
+    later = datetime.now(UTC) + timedelta(hours=100)  # past every retention; the live job past its 1 h
+
+    dry, dry_name = Cleanup(settings).run(now=later, dry_run=True)
+    planned = {(a["kind"], a["target"]): a for a in dry["actions"]}
+    assert set(planned) == {
+        ("terminate_job", f"{live.experiment}/{live.job_name}"),
+        ("delete_job", f"{done.experiment}/{done.job_name}"),
+        ("delete_experiment", done.experiment),
+        ("delete_cluster", done.cluster),
+        ("delete_staged_data", "finished"),
+    }, dry["actions"]
+    assert all(a["result"] == "dry-run" for a in dry["actions"]) and dry["dry_run"] is True
+    assert planned[("delete_job", f"{done.experiment}/{done.job_name}")]["run_ids"] == [done_id]
+    assert report_blob(settings, dry_name) == dry and "dry-run" in dry_name
+    assert compute.get_job(done.experiment, done.job_name) is not None
+    assert svc.share.get_directory_client("finished").exists()
+    assert svc.registry.get(live_id).state == "running"
+
+    real, real_name = Cleanup(settings).run(now=later, dry_run=False)
+    assert {(a["kind"], a["target"]): a["result"] for a in real["actions"]} == dict.fromkeys(planned, "done")
+    assert report_blob(settings, real_name)["summary"] == {"done": 5}
+    wait_for(
+        "the finished job to be deleted", lambda: compute.get_job(done.experiment, done.job_name) is None, 30
+    )
+    wait_for(
+        "the empty experiment to be deleted", lambda: compute.get_experiment(done.experiment) is None, 30
+    )
+    wait_for("the idle cluster to be deleted", lambda: compute.get_cluster(done.cluster) is None, 30)
+    assert not svc.share.get_directory_client("finished").exists()
+    # The live run's job was terminated as a runaway; its cluster, experiment and data are untouched.
+    wait_for(
+        "the runaway to stop",
+        lambda: state_after_monitor(svc, live_id) in ("failed", "succeeded", "cancelled"),
+        30,
+    )
+    assert compute.get_cluster(live.cluster) is not None
+    assert compute.get_experiment(live.experiment) is not None
+    assert svc.share.get_directory_client("live").exists()
+    # The registry keeps the records.
+    assert svc.registry.get(done_id).state == "succeeded"
