@@ -145,8 +145,11 @@ class Compute:
         return self.settings.workspace
 
     @contextlib.contextmanager
-    def _arm(self, operation: str) -> Iterator[None]:
-        """Translate every azure-core failure into ComputeError with ARM's code and message."""
+    def _arm(self, operation: str, *, batchai: bool = True) -> Iterator[None]:
+        """Translate every azure-core failure into ComputeError with ARM's code and message.
+
+        `batchai`: the call goes to Microsoft.BatchAI, so "no such provider" answers mean the retired
+        service (any call for resource groups passes False)."""
         from azure.core.exceptions import (
             AzureError,
             ClientAuthenticationError,
@@ -165,7 +168,7 @@ class Compute:
             ) from exc
         except HttpResponseError as exc:
             code, message = _error_code(exc)
-            if code in RETIRED_PROVIDER_CODES and "batchai" in f"{message} {operation}".lower():
+            if code in RETIRED_PROVIDER_CODES and (batchai or "batchai" in message.lower()):
                 message = (
                     RETIRED_MESSAGE.format(endpoint=self.settings.arm_endpoint, code=code) + f" ({message})"
                 )
@@ -178,20 +181,22 @@ class Compute:
         except AzureError as exc:
             raise ComputeError(operation, type(exc).__name__, str(exc).splitlines()[0]) from exc
 
-    def _get_or_none(self, operation: str, call: Any, *args: Any) -> Any:
+    def _get_or_none(self, operation: str, call: Any, *args: Any, batchai: bool = True) -> Any:
         from azure.core.exceptions import ResourceNotFoundError
 
-        with self._arm(operation):
+        with self._arm(operation, batchai=batchai):
             try:
                 return call(*args)
             except ResourceNotFoundError:
                 return None
 
-    def _send_no_wait(self, operation: str, begin: Any, *args: Any, missing_ok: bool = False) -> bool:
+    def _send_no_wait(
+        self, operation: str, begin: Any, *args: Any, missing_ok: bool = False, batchai: bool = True
+    ) -> bool:
         """Send a long-running request and return once ARM accepted it (no polling thread)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        with self._arm(operation):
+        with self._arm(operation, batchai=batchai):
             try:
                 begin(*args, polling=False)
             except ResourceNotFoundError:
@@ -205,15 +210,19 @@ class Compute:
         """Create BATCHAI_RESOURCE_GROUP in BATCHAI_LOCATION unless it exists (GET first: an identity
         with rights only inside the group can still use it)."""
         groups = self.resources.resource_groups
-        if self._get_or_none("get resource group", groups.get, self._rg) is None:
-            with self._arm("create resource group"):
+        if self._get_or_none("get resource group", groups.get, self._rg, batchai=False) is None:
+            with self._arm("create resource group", batchai=False):
                 groups.create_or_update(self._rg, {"location": self.settings.location})
             log.info("created resource group %s in %s", self._rg, self.settings.location)
 
     def delete_resource_group(self) -> bool:
         """Begin deleting the resource group and everything in it (the quickstart's last step)."""
         return self._send_no_wait(
-            "delete resource group", self.resources.resource_groups.begin_delete, self._rg, missing_ok=True
+            "delete resource group",
+            self.resources.resource_groups.begin_delete,
+            self._rg,
+            missing_ok=True,
+            batchai=False,
         )
 
     def get_workspace(self) -> models.Workspace | None:

@@ -41,6 +41,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -346,7 +347,19 @@ class RunSpec(_Strict):
 
     toolkit: Toolkit = Toolkit.CNTK
     script: FilePath | None = Field(default=None, description="relative to the dataset directory")
-    arguments: Annotated[StrictStr, _plain_text(8192)] | None = None
+    arguments: (
+        Annotated[
+            StrictStr,
+            _plain_text(8192),
+            WithJsonSchema(
+                {
+                    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                    "description": "one command line, or a list of arguments (quoted where needed)",
+                }
+            ),
+        ]
+        | None
+    ) = None
     python_interpreter: Annotated[StrictStr, _plain_text(1024)] | None = None
     command_line: Annotated[StrictStr, _command_text(16384)] | None = None
     image: StrictStr | None = None

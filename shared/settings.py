@@ -236,7 +236,14 @@ class Settings(BaseModel):
     max_stdout_tail_bytes: int = Field(default=4096, ge=0, le=1_048_576, alias="MAX_STDOUT_TAIL_BYTES")
 
     # --- field checks -------------------------------------------------------------------------------
-    @field_validator("storage_connection_string", "host_storage", mode="before")
+    @field_validator(
+        "storage_connection_string",
+        "host_storage",
+        "cluster_admin_password",
+        "container_registry_password",
+        "callback_signing_secret",
+        mode="before",
+    )
     @classmethod
     def _not_unresolved_key_vault_reference(cls, value: Any) -> Any:
         if isinstance(value, str) and _KEY_VAULT_REF.match(value.strip()):
