@@ -108,6 +108,12 @@ def test_empty_value_counts_as_missing() -> None:
             "@Microsoft.KeyVault(SecretUri=https://v/secrets/s)",
             "Key Vault reference",
         ),
+        ("CLUSTER_ADMIN_PASSWORD", "@Microsoft.KeyVault(VaultName=v;SecretName=pw)", "Key Vault reference"),
+        (
+            "CALLBACK_SIGNING_SECRET",
+            "@Microsoft.KeyVault(SecretUri=https://v/secrets/cb)",
+            "Key Vault reference",
+        ),
     ],
 )
 def test_malformed_setting_is_named_with_what_is_expected(name: str, bad: str, expected: str) -> None:
