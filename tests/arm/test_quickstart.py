@@ -26,3 +26,7 @@ def test_quickstart_walk(clients: Clients, arm_stack, make_share) -> None:
     operations = {r["operation"] for r in log["requests"]}
     assert {"Jobs_Create", "Jobs_Terminate", "Jobs_ListOutputFiles", "OperationStatus_Get"} <= operations
     assert log["by_operation"]["ResourceGroups_Delete"] >= 1
+    assert (
+        log["window"]["total"] == len(log["requests"])
+        and log["window"]["by_operation"]["Jobs_Terminate"] == 1
+    )

@@ -115,12 +115,20 @@ class RequestLog:
             )
 
     def as_json(self, since: int = 0) -> dict[str, Any]:
+        """Totals since the last reset, and the requests after sequence number `since` with their counts
+        by operation (`window`): read `last_seq`, run a cycle, ask again with `since` = that number."""
         with self.lock:
+            recent = [r for r in self.recent if r["seq"] > since]
             return {
                 "total": self.total,
                 "last_seq": self.seq,
                 "by_operation": dict(self.by_operation),
                 "by_status": dict(self.by_status),
                 "faults": dict(self.faults),
-                "requests": [r for r in self.recent if r["seq"] > since],
+                "since": since,
+                "window": {
+                    "total": len(recent),
+                    "by_operation": dict(Counter(r["operation"] for r in recent)),
+                },
+                "requests": recent,
             }
