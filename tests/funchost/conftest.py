@@ -3,6 +3,7 @@ command line `make up` uses), with settings written to a file, and read what the
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -35,6 +36,9 @@ BASE_SETTINGS = {
 }
 
 
+_HOST_NUMBERS = itertools.count()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,7 +58,7 @@ class HostProcess:
         self.records_dir = work_dir / "records"
         self.settings = {**BASE_SETTINGS, "FUNCHOST_TEST_RECORD_DIR": str(self.records_dir), **settings}
         self.settings_file = work_dir / "local.settings.json"
-        self.log_file = work_dir / "host.log"
+        self.log_file = work_dir / f"host-{next(_HOST_NUMBERS)}.log"  # one per process: restarts start clean
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 

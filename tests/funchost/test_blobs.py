@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -62,9 +64,7 @@ def test_blob_runs_once_across_a_restart_and_again_when_changed(
         "azure-webjobs-hosts",
         f"blobreceipts/{settings['AzureFunctionsWebHost__hostid']}/Host.Functions.ingest/{etag}/{container}/mnist/train.txt",
     )
-    host.wait_for(
-        lambda: "IncompleteInvocationId" not in receipt.get_blob_properties().metadata, what="receipt"
-    )
+    host.wait_for(lambda: "Incomplete" not in receipt.get_blob_properties().metadata, what="receipt")
     assert host.stop() == 0
 
     restarted = host_factory(settings).start()
@@ -153,3 +153,35 @@ def test_max_degree_of_parallelism_bounds_concurrent_invocations(
         running += step
         peak = max(peak, running)
     assert peak == 2
+
+
+def test_blob_whose_host_died_mid_invocation_runs_again(
+    storage: str, host_factory: Callable[..., HostProcess]
+) -> None:
+    settings = {
+        **names(),
+        **only("ingest"),
+        "AzureWebJobsStorage": storage,
+        "FUNCHOST_SHUTDOWN_TIMEOUT": "0.5",
+    }
+    container = settings["TEST_BLOB_CONTAINER"]
+    service = BlobServiceClient.from_connection_string(storage)
+    service.create_container(container)
+    blob = service.get_blob_client(container, "ds/long.txt")
+    blob.upload_blob(b"long", metadata={"sleep": "60"})
+    host = host_factory(settings).start()
+    host.wait_for(lambda: "Executing 'Functions.ingest'" in host.log(), what="the invocation to start")
+    assert host.proc is not None
+    os.killpg(host.proc.pid, signal.SIGKILL)
+    host.proc.wait()
+    receipt = service.get_blob_client(
+        "azure-webjobs-hosts",
+        f"blobreceipts/{settings['AzureFunctionsWebHost__hostid']}/Host.Functions.ingest/"
+        f"{blob.get_blob_properties().etag}/{container}/ds/long.txt",
+    )
+    assert receipt.get_blob_properties().metadata == {"Incomplete": "Incomplete"}
+    restarted = host_factory(settings).start()
+    restarted.wait_for(
+        lambda: "Executing 'Functions.ingest'" in restarted.log(), what="the blob to run again"
+    )
+    assert restarted.stop() == 1  # still sleeping past the 0.5 s shutdown timeout

@@ -4,7 +4,7 @@ receipts and poison messages where the real host keeps them, bound concurrency b
 
 Layout kept from the WebJobs SDK (BlobReceiptManager, BlobTriggerMessage), in the trigger's
 storage account: receipt `azure-webjobs-hosts/blobreceipts/<hostId>/<functionId>/<etag>/<container>/<blob>`
-(metadata `IncompleteInvocationId` while an invocation runs), poison queue
+(metadata `Incomplete` while an invocation runs), poison queue
 `webjobs-blobtrigger-poison` with a base64-encoded JSON message. Locally the receipt is completed
 when the invocation ends (success or poison), so a host killed mid-invocation runs the blob again.
 """
@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +33,7 @@ log = logging.getLogger("funchost")
 
 HOSTS_CONTAINER = "azure-webjobs-hosts"
 POISON_QUEUE = "webjobs-blobtrigger-poison"
-INCOMPLETE_KEY = "IncompleteInvocationId"
+INCOMPLETE_KEY = "Incomplete"  # BlobReceipt: the key's presence marks an unfinished receipt
 _CHUNK = 4 * 1024 * 1024
 
 
@@ -230,7 +229,7 @@ class BlobTriggers:
 
     def _mark_incomplete(self, trigger: BlobTrigger, blob_name: str, etag: str) -> BlobClient:
         receipt = self._receipt(trigger, blob_name, etag)
-        metadata = {INCOMPLETE_KEY: str(uuid.uuid4())}
+        metadata = {INCOMPLETE_KEY: INCOMPLETE_KEY}
         try:
             receipt.upload_blob(b"", metadata=metadata, overwrite=False)
         except ResourceNotFoundError:
