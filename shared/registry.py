@@ -318,6 +318,7 @@ def _from_entity(entity: dict[str, Any]) -> RunRecord:
     if kwargs["exit_code"] is not None:
         kwargs["exit_code"] = int(kwargs["exit_code"])
     times = {k[2:]: v for k, v in entity.items() if k.startswith("t_") and k[2:] in STATES}
+    times = dict(sorted(times.items(), key=lambda kv: (kv[1], STATES.index(kv[0]))))  # chronological
     rec = RunRecord(run_id=entity["PartitionKey"], times=times, **kwargs)
     rec.etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
     return rec

@@ -82,7 +82,7 @@ def test_quickstart_in_process(pipeline: Pipeline) -> None:
     assert [(o.id, o.path_suffix) for o in job.output_directories] == [("MODEL", "Models")]
 
     # Every trigger replayed: nothing changes, still one job.
-    for _ in range(3):
+    for _ in range(10):
         for name in names:
             assert ingest_blob(name, p.services).action == "replay"
         run_monitor(p.services)
