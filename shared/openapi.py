@@ -34,6 +34,8 @@ ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 RUN_STATES = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"]
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 CLUSTER_NAME_PATTERN = r"^[-\w_]{1,64}$"
+_STATE = "(" + "|".join(RUN_STATES) + ")"
+_STATE_LIST = f"^{_STATE}(,{_STATE})*$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -294,7 +296,7 @@ def _operations() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "description": "Only runs in this state (comma-separated for several)",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": _STATE_LIST},
                     },
                     {"name": "dataset", "in": "query", "required": False, "schema": {"type": "string"}},
                     {
@@ -308,8 +310,8 @@ def _operations() -> dict[str, Any]:
                         "name": "continuation",
                         "in": "query",
                         "required": False,
-                        "description": "The continuation of the previous page",
-                        "schema": {"type": "string"},
+                        "description": "The previous page's continuation (opaque; a malformed one is 400)",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4000},
                     },
                 ],
                 "responses": {"200": _json(_ref("RunList"), "A page of runs"), **_errors(400, 401, 405, 500)},
