@@ -204,10 +204,27 @@ class PrivateArm:
 
     def start(self) -> None:
         log = open(self.data_dir.parent / f"arm-{self.port}.log", "ab")  # noqa: SIM115 - handed to the child
-        cmd = [sys.executable, "-m", "infra.local.arm", "--host", HOST, "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--files-root", str(self.files_root),
-               "--files-endpoint", f"http://{HOST}:1/devstoreaccount1", "--provisioning-delay", "0.3",
-               "--operation-delay", "0.1", "--retry-after", "0"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "infra.local.arm",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--files-root",
+            str(self.files_root),
+            "--files-endpoint",
+            f"http://{HOST}:1/devstoreaccount1",
+            "--provisioning-delay",
+            "0.3",
+            "--operation-delay",
+            "0.1",
+            "--retry-after",
+            "0",
+        ]
         self.process = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

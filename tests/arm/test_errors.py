@@ -74,15 +74,21 @@ def test_bodies_the_spec_rejects_name_the_field(arm_stack, clients: Clients, wor
         "/workspaces/ws/clusters/bad?api-version=2018-05-01"
     )
     headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
-    body = {"properties": {"vmSize": "STANDARD_NC6", "userAccountSettings": {"adminUserName": "u",
-            "adminUserPassword": "p"}, "scaleSettings": {"manual": {"targetNodeCount": "two"}}}}  # fmt: skip
+    body = {
+        "properties": {
+            "vmSize": "STANDARD_NC6",
+            "userAccountSettings": {"adminUserName": "u", "adminUserPassword": "p"},
+            "scaleSettings": {"manual": {"targetNodeCount": "two"}},
+        }
+    }
     answer = requests.put(url, json=body, headers=headers, timeout=10)
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["code"] == "InvalidRequestContent"
     assert "targetNodeCount" in error["message"] and error["target"].endswith("targetNodeCount")
-    no_vm = requests.put(url, json={"properties": {"userAccountSettings": {"adminUserName": "u"}}},
-                         headers=headers, timeout=10)  # fmt: skip
+    no_vm = requests.put(
+        url, json={"properties": {"userAccountSettings": {"adminUserName": "u"}}}, headers=headers, timeout=10
+    )
     assert no_vm.status_code == 400 and "vmSize" in no_vm.json()["error"]["message"]
     not_json = requests.put(url, data=b"{nope", headers=headers, timeout=10)
     assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]["message"]

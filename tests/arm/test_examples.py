@@ -24,15 +24,36 @@ HEADERS = {"Authorization": "Bearer example-replay", "Content-Type": "applicatio
 
 # Dependency order: each example's prerequisites come from the ones before it.
 ORDER = [
-    "ListOperation", "ListUsages",
-    "PutWorkspace", "GetWorkspace", "ListWorkspace", "ListWorkspaceByResourceGroup", "PatchWorkspace",
-    "PutExperiment", "GetExperiment", "ListExperimentByWorkspace",
-    "PutFileServer", "GetFileServer", "ListFileServerByWorkspace",
-    "PutCluster", "GetCluster", "ListClusterByWorkspace", "ClusterListRemoteLoginInfo",
-    "PutJob", "GetJob", "ListJobByExperiment", "JobListRemoteLoginInfo", "ListOutputFiles", "TerminateJob",
+    "ListOperation",
+    "ListUsages",
+    "PutWorkspace",
+    "GetWorkspace",
+    "ListWorkspace",
+    "ListWorkspaceByResourceGroup",
+    "PatchWorkspace",
+    "PutExperiment",
+    "GetExperiment",
+    "ListExperimentByWorkspace",
+    "PutFileServer",
+    "GetFileServer",
+    "ListFileServerByWorkspace",
+    "PutCluster",
+    "GetCluster",
+    "ListClusterByWorkspace",
+    "ClusterListRemoteLoginInfo",
+    "PutJob",
+    "GetJob",
+    "ListJobByExperiment",
+    "JobListRemoteLoginInfo",
+    "ListOutputFiles",
+    "TerminateJob",
     "PatchCluster",
-    "DeleteJob", "DeleteCluster", "DeleteFileServer", "DeleteExperiment", "DeleteWorkspace",
-]  # fmt: skip
+    "DeleteJob",
+    "DeleteCluster",
+    "DeleteFileServer",
+    "DeleteExperiment",
+    "DeleteWorkspace",
+]
 
 
 def _operations() -> dict[str, tuple[str, str, dict[str, Any]]]:

@@ -34,9 +34,14 @@ def test_walk_survives_twenty_percent_faults(arm_stack, make_share, faults) -> N
     requests.delete(f"{arm_stack.arm_endpoint}/_emulator/requests", timeout=10)
     # Generous retry counts: with 20% faults a request sometimes fails several times in a row.
     clients = make_clients(
-        arm_stack.arm_endpoint, retry_total=30, retry_connect=30, retry_read=30, retry_status=30,
-        retry_backoff_factor=0.01, retry_backoff_max=0.2,
-    )  # fmt: skip
+        arm_stack.arm_endpoint,
+        retry_total=30,
+        retry_connect=30,
+        retry_read=30,
+        retry_status=30,
+        retry_backoff_factor=0.01,
+        retry_backoff_max=0.2,
+    )
 
     walk(clients, share, f"{arm_stack.file_endpoint}/{share.share_name}", Names(group=unique("faulty")))
 

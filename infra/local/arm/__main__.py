@@ -11,7 +11,8 @@ tune it without changing the command line:
   --fault-429 / --fault-500 / --fault-drop   ARM_EMULATOR_FAULT_429 / _500 / _DROP   fractions 0..1
   --fault-latency-ms    ARM_EMULATOR_FAULT_LATENCY_MS
   --fault-retry-after   ARM_EMULATOR_FAULT_RETRY_AFTER   Retry-After on injected 429s (1)
-  --fault-seed          ARM_EMULATOR_FAULT_SEED
+  --fault-seed          ARM_EMULATOR_FAULT_SEED          (also seeds node failures)
+  --node-failure-rate   ARM_EMULATOR_NODE_FAILURE_RATE   fraction of new nodes left unusable (0)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fault-retry-after", type=int, default=int(_env("FAULT_RETRY_AFTER", "1")))
     seed = _env("FAULT_SEED", None)
     p.add_argument("--fault-seed", type=int, default=int(seed) if seed else None)
+    p.add_argument("--node-failure-rate", type=float, default=float(_env("NODE_FAILURE_RATE", "0")))
     p.add_argument("--verbose", action="store_true", help="log every HTTP request")
     return p.parse_args(argv)
 
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         retry_after=args.retry_after,
         job_python=args.job_python,
         location=args.location,
+        node_failure_rate=args.node_failure_rate,
+        node_failure_seed=args.fault_seed,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -35,6 +36,7 @@ from urllib.parse import urlparse
 
 BATCHAI_API_VERSION = "2018-05-01"
 PROVIDER = "Microsoft.BatchAI"
+OPERATION_RETENTION = 3600.0
 NODE_STATES = ("idle", "running", "preparing", "leaving", "unusable")
 PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 # vCPUs per VM size family, for usages; unknown sizes count as 6.
@@ -86,6 +88,8 @@ class Config:
     job_python: str = ""  # interpreter for python toolkits; default: the emulator's own
     location: str = "eastus"
     tick_interval: float = 0.1
+    node_failure_rate: float = 0.0  # fraction of new nodes that fail setup and become unusable
+    node_failure_seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,6 +152,7 @@ class Backend:
         }
         self.secret = ""
         self.dirty = False
+        self.node_random = random.Random(config.node_failure_seed)
         self.runner = JobRunner(self)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = config.data_dir / "state.json"
@@ -226,6 +231,12 @@ class Backend:
             for op_id, op in list(self.state["operations"].items()):
                 if op["status"] == "InProgress" and now >= op["meta"]["done_at"]:
                     self._complete_operation(op_id, now)
+                elif (
+                    op["status"] != "InProgress"
+                    and now - op["meta"].get("ended_at", now) > OPERATION_RETENTION
+                ):
+                    del self.state["operations"][op_id]  # finished operations are kept for an hour
+                    self.dirty = True
             for key in list(self.state["clusters"]):
                 if key in self.state["clusters"]:
                     self._advance_cluster(key, now)
@@ -281,6 +292,7 @@ class Backend:
                 return  # still waiting for the processes to exit
         op["status"] = "Succeeded"
         op["endTime"] = now_iso(now)
+        meta["ended_at"] = now
         self.dirty = True
 
     def _set_provisioning(self, record: dict[str, Any], state: str, now: float | None = None) -> None:
@@ -533,7 +545,13 @@ class Backend:
             rid = f"{self._ids(sub, rg, ws)}/fileServers/{name}"
             existing = self.state["fileServers"].get(resource_key(rid))
             if existing:
-                raise ArmError(409, "Conflict", f"File server '{name}' already exists.")
+                if existing["meta"].get("request") == body:
+                    return None, copy.deepcopy(existing["body"])
+                raise ArmError(
+                    409,
+                    "FileServerAlreadyExists",
+                    f"File server '{name}' already exists with different properties; delete it first.",
+                )
             props = copy.deepcopy(body["properties"])
             ssh = props.get("sshConfiguration", {}).get("userAccountSettings", {})
             ssh.pop("adminUserPassword", None)
@@ -553,6 +571,7 @@ class Backend:
             )
             record = self._new_record("fileServers", rid, f"{PROVIDER}/workspaces/fileservers", props)
             record["meta"]["export_dir"] = str(export_dir)
+            record["meta"]["request"] = copy.deepcopy(body)
             return self.new_operation("create", rid, sub, collection="fileServers"), copy.deepcopy(
                 record["body"]
             )
@@ -800,6 +819,14 @@ class Backend:
         mount_root = Path(record["meta"]["node_root"]) / node["id"] / "mounts"
         mount_root.mkdir(parents=True, exist_ok=True)
         errors = self.mount_volumes(record["meta"]["node_setup"].get("mountVolumes") or {}, mount_root)
+        if self.config.node_failure_rate and self.node_random.random() < self.config.node_failure_rate:
+            errors.append(
+                {
+                    "code": "NodeSetupFailed",
+                    "message": "Node setup failed and the node is unusable (injected node failure).",
+                    "details": [],
+                }
+            )
         if errors:
             node["state"] = "unusable"
             props = record["body"]["properties"]

@@ -4,7 +4,7 @@ front of the routing table.
 Admin endpoints (no authentication; loopback tooling, never faulted, never counted):
 - `GET /_emulator/health`
 - `GET /_emulator/settings`, `POST /_emulator/settings` (JSON, any of provisioning_delay,
-  operation_delay, retry_after: seconds; changes timing at runtime, e.g. for fast tests)
+  operation_delay, retry_after: seconds; node_failure_rate: fraction; changes them at runtime)
 - `GET /_emulator/faults`, `POST /_emulator/faults` (JSON FaultSettings: rate_429, rate_500, rate_drop,
   latency_ms, retry_after, seed; omitted fields reset to 0/defaults), `DELETE /_emulator/faults`
 - `GET /_emulator/requests[?since=SEQ]` (counts by ARM operation id and status, recent requests),
@@ -238,6 +238,8 @@ class ArmEmulator:
                 for name, value in data.items():
                     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                         raise ValueError(f"{name} must be a non-negative number of seconds, not {value!r}")
+                    if name == "node_failure_rate" and value > 1:
+                        raise ValueError("node_failure_rate must be a fraction from 0 to 1")
                     if name == "retry_after" and not isinstance(value, int):
                         raise ValueError(
                             "retry_after must be whole seconds: SDKs parse Retry-After as an integer"
@@ -250,4 +252,4 @@ class ArmEmulator:
         return json_response(200, {name: getattr(config, name) for name in TUNABLE_SETTINGS})
 
 
-TUNABLE_SETTINGS = ("provisioning_delay", "operation_delay", "retry_after")
+TUNABLE_SETTINGS = ("provisioning_delay", "operation_delay", "retry_after", "node_failure_rate")
