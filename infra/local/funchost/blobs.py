@@ -2,11 +2,14 @@
 receipts and poison messages where the real host keeps them, bound concurrency by
 `extensions.blobs.maxDegreeOfParallelism`.
 
-Layout kept from the WebJobs SDK (BlobReceiptManager, BlobTriggerMessage), in the trigger's
-storage account: receipt `azure-webjobs-hosts/blobreceipts/<hostId>/<functionId>/<etag>/<container>/<blob>`
-(metadata `Incomplete` while an invocation runs), poison queue
-`webjobs-blobtrigger-poison` with a base64-encoded JSON message. Locally the receipt is completed
-when the invocation ends (success or poison), so a host killed mid-invocation runs the blob again.
+Layout kept from the WebJobs SDK (BlobListenerFactory, BlobReceiptManager, BlobTriggerMessage):
+- in the host's account (AzureWebJobsStorage, else the trigger's), the receipt
+  `azure-webjobs-hosts/blobreceipts/<hostId>/<functionId>/<"etag">/<container>/<blob>`, with
+  metadata `Incomplete` while the blob version is being handled;
+- in the trigger's account, queue `webjobs-blobtrigger-poison`, a base64-encoded JSON message.
+The real host completes the receipt once it has queued the blob for its workers; this host has no
+internal queue, so it completes the receipt when the invocation ends (success or poison), and a host
+killed mid-invocation runs that blob version again (at least once, as in Azure).
 """
 
 from __future__ import annotations
@@ -126,8 +129,9 @@ class BlobInputStream(BlobsInputStream):
 class BlobTrigger:
     spec: FunctionSpec
     path: BlobPath
-    service: BlobServiceClient
+    service: BlobServiceClient  # the trigger's account: the blobs, the poison queue
     conn_str: str
+    host_service: BlobServiceClient  # AzureWebJobsStorage: receipts
 
 
 class BlobTriggers:
@@ -147,7 +151,15 @@ class BlobTriggers:
             service = BlobServiceClient.from_connection_string(
                 conn, max_single_get_size=_CHUNK, max_chunk_get_size=_CHUNK
             )
-            self.triggers.append(BlobTrigger(spec, BlobPath.parse(path, spec.name), service, conn))
+            host_conn = config.get(STORAGE)
+            host_service = (
+                BlobServiceClient.from_connection_string(host_conn)
+                if host_conn and host_conn != conn
+                else service
+            )
+            self.triggers.append(
+                BlobTrigger(spec, BlobPath.parse(path, spec.name), service, conn, host_service)
+            )
         self._done: dict[tuple[str, str], str] = {}  # (function, blob) -> etag handled
         self._inflight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -218,7 +230,7 @@ class BlobTriggers:
             f"blobreceipts/{self.config.host_id}/{trigger.spec.function_id}/{etag}/"
             f"{trigger.path.container}/{blob_name}"
         )
-        return trigger.service.get_blob_client(HOSTS_CONTAINER, name)
+        return trigger.host_service.get_blob_client(HOSTS_CONTAINER, name)
 
     def _receipt_complete(self, trigger: BlobTrigger, blob_name: str, etag: str) -> bool:
         try:
@@ -234,7 +246,7 @@ class BlobTriggers:
             receipt.upload_blob(b"", metadata=metadata, overwrite=False)
         except ResourceNotFoundError:
             with contextlib.suppress(ResourceExistsError):
-                trigger.service.create_container(HOSTS_CONTAINER)
+                trigger.host_service.create_container(HOSTS_CONTAINER)
             receipt.upload_blob(b"", metadata=metadata, overwrite=True)
         except ResourceExistsError:
             receipt.set_blob_metadata(metadata)
