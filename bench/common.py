@@ -1,0 +1,141 @@
+"""What every benchmark shares: the figure record, medians, the local stack, ARM request-log helpers.
+
+Why one `Figure` shape: `__main__` prints every benchmark's figures in one table and writes them to
+`bench/results.json`, each next to the baseline measured in the same run and the issue's target, so a
+reader never compares an absolute time from a noisy machine with a number from another day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.local.stack import REPO_ROOT, LocalStack, Ports
+
+PY = sys.executable
+
+
+@dataclass
+class Figure:
+    """One line of the results table: a median over `runs` samples, its baseline, its target."""
+
+    name: str
+    value: float  # the figure compared to the target (a ratio, seconds, bytes, a count)
+    unit: str
+    target: str  # as the issue states it, e.g. "<= 2 s"
+    met: bool | None  # None: no target for this line (a supporting measurement)
+    baseline: str = ""  # what the figure is compared to, with its measured value
+    runs: int = 1
+    samples: list[float] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def median(values: Sequence[float]) -> float:
+    if not values:
+        raise ValueError("no samples to take a median of")
+    return float(statistics.median(values))
+
+
+def mib(n_bytes: float) -> float:
+    return n_bytes / (1024 * 1024)
+
+
+@dataclass
+class BenchOptions:
+    """What `python -m bench` was asked for (see `__main__`)."""
+
+    quick: bool = False
+    blob_size: int = 1024**3
+    work_dir: Path = Path("/tmp")
+    datasets: int = 20
+    monitor_runs: int = 1000
+    monitor_experiments: int = 10
+    monitor_cycles: int = 5
+    import_runs: int = 7
+    demo_repeats: int = 3
+    demo_train: int = 6000
+    demo_test: int = 1000
+    demo_epochs: int = 3
+    staging_repeats: int = 3
+
+
+@contextlib.contextmanager
+def local_stack(
+    data_dir: Path, services: Sequence[str], extra_env: Mapping[str, str] | None = None
+) -> Iterator[LocalStack]:
+    """A stack of its own on free ports (never the developer's `make up` stack), stopped on exit."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(data_dir=data_dir, ports=Ports.free(), extra_env=dict(extra_env or {}))
+    try:
+        stack.start(services, timeout=120)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def stack_env(stack: LocalStack, **overrides: str) -> dict[str, str]:
+    """App settings (the example's values) pointed at `stack`: for in-process shared/ code."""
+    from shared.settings import local_stack_values
+
+    values = local_stack_values(
+        AzureWebJobsStorage=stack.connection_string,
+        STORAGE_CONNECTION_STRING=stack.connection_string,
+        ARM_ENDPOINT=stack.arm_endpoint,
+    )
+    values.update(overrides)
+    return values
+
+
+# --- the ARM emulator's admin endpoints --------------------------------------------------------------
+def arm_admin(stack: LocalStack, path: str, method: str = "GET", body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"{stack.arm_endpoint}/_emulator/{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"} if data else {},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def arm_requests_since(stack: LocalStack, since: int) -> tuple[list[dict[str, Any]], int]:
+    """ARM requests the emulator logged after sequence number `since`, and the last sequence number."""
+    log = arm_admin(stack, f"requests?since={since}")
+    return log["requests"], int(log["last_seq"])
+
+
+def arm_last_seq(stack: LocalStack) -> int:
+    return int(arm_admin(stack, "requests?since=999999999999")["last_seq"])
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def repo_env() -> dict[str, str]:
+    """The environment for child interpreters: this repository importable, output unbuffered."""
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
