@@ -126,6 +126,13 @@ def test_twenty_datasets_at_once(pipeline: Pipeline) -> None:
     runs_by_dataset = {ds: [r.run_id for r in p.registry.iter_runs(dataset=ds)] for ds in datasets}
     assert all(len(ids) == 1 for ids in runs_by_dataset.values()), runs_by_dataset
     assert sum(r.submitted for r in results) == 20
+    # One monitor pass lists jobs per experiment and clusters once: never a GET per run.
+    seq = p.arm("/_emulator/requests")["last_seq"]
+    run_monitor(p.services)
+    window = p.arm(f"/_emulator/requests?since={seq}")["window"]["by_operation"]
+    assert not any("Jobs_Get" in op for op in window), window
+    assert sum(n for op, n in window.items() if "ListByExperiment" in op) <= 20, window
+    assert sum(n for op, n in window.items() if "Clusters_ListByWorkspace" in op) == 1, window
     run_ids = [ids[0] for ids in runs_by_dataset.values()]
     records = monitor_until_done(p, run_ids, timeout=150)
     assert all(r.state == "succeeded" for r in records.values()), {
@@ -191,3 +198,34 @@ def test_start_run_and_cancel(pipeline: Pipeline) -> None:
     assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"  # idempotent
     assert cancel_run(second.run_id, delete_cluster=True, svc=p.services).state == "cancelled"
     assert p.services.cloud.compute.get_job(rec.experiment, rec.job_name) is None
+
+
+def test_arm_faults_every_run_ends_in_the_right_state(pipeline: Pipeline) -> None:
+    p = pipeline
+    p.arm("/_emulator/faults", "POST", {"rate_429": 0.1, "rate_500": 0.1, "retry_after": 0, "seed": 20})
+    good = [dataset_name("faulty") for _ in range(2)]
+    bad = dataset_name("faulty")
+    blobs = [n for ds in good for n in p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)]
+    failing = {**QUICKSTART_FILES, "ConvNet_MNIST.py": b"import sys\nprint('boom')\nsys.exit(3)\n"}
+    blobs += p.upload(bad, failing, QUICKSTART_MANIFEST)
+
+    def trigger(name: str) -> None:  # as the host does: up to 5 attempts per blob
+        for attempt in range(5):
+            try:
+                ingest_blob(name, p.services)
+                return
+            except Exception:
+                if attempt == 4:
+                    raise
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(trigger, blobs))
+    run_ids = {ds: next(p.registry.iter_runs(dataset=ds)).run_id for ds in [*good, bad]}
+    records = monitor_until_done(p, list(run_ids.values()), timeout=150)
+    faults = p.arm("/_emulator/requests")["faults"]
+    assert sum(faults.values()) > 0, "no fault was injected"
+    assert [records[run_ids[ds]].state for ds in good] == ["succeeded", "succeeded"]
+    failed = records[run_ids[bad]]
+    assert failed.state == "failed" and failed.exit_code == 3 and "boom" in (failed.stdout_tail or "")
+    for rec in records.values():
+        assert len(p.services.cloud.list_jobs("", "", rec.experiment)) == 1
