@@ -26,13 +26,16 @@ def stack(local_stack):
 
 
 @pytest.fixture(scope="module")
-def file_service(stack) -> ShareServiceClient:
-    return ShareServiceClient.from_connection_string(stack.connection_string)
+def file_service(stack) -> Iterator[ShareServiceClient]:
+    with ShareServiceClient.from_connection_string(stack.connection_string) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
-def blob_service(stack) -> BlobServiceClient:
-    return BlobServiceClient.from_connection_string(stack.connection_string)
+def blob_service(stack) -> Iterator[BlobServiceClient]:
+    # Closed afterwards: Azurite waits for open keep-alive connections before it exits on SIGTERM.
+    with BlobServiceClient.from_connection_string(stack.connection_string) as client:
+        yield client
 
 
 @pytest.fixture
