@@ -179,19 +179,30 @@ class BlobTriggers:
         """Stop scanning and taking new work; running invocations finish (the host waits for them)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=2)  # a scan stuck in storage retries must not hold up shutdown
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _poll(self) -> None:
+        failing: dict[str, str] = {}
         while not self._stop.is_set():
             for trigger in self.triggers:
                 try:
                     self.scan(trigger)
-                except Exception as exc:
-                    log.warning(
-                        "blob scan of %s for %s failed: %s", trigger.path.container, trigger.spec.name, exc
-                    )
+                except Exception as exc:  # storage down: say so once, not every interval
+                    if failing.get(trigger.spec.name) != str(exc):
+                        log.warning(
+                            "blob scan of %s for %s failed: %s",
+                            trigger.path.container,
+                            trigger.spec.name,
+                            exc,
+                        )
+                    failing[trigger.spec.name] = str(exc)
+                else:
+                    if failing.pop(trigger.spec.name, None) is not None:
+                        log.info(
+                            "blob scan of %s for %s works again", trigger.path.container, trigger.spec.name
+                        )
                 if self._stop.is_set():
                     return
             self._stop.wait(self.interval)
