@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -134,7 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (default %(default)s)")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (default 0: every core this process may use)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to train (default: CUDA when available, CPU otherwise)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -149,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif hasattr(os, "sched_getaffinity"):
+        # torch's default divides the cores by OMPI_COMM_WORLD_LOCAL_SIZE, which Batch AI (and the local
+        # emulator) set for every job: one process per node should use every core it may run on.
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda asked for, but CUDA is not available", file=sys.stderr)
         return 2

@@ -47,13 +47,13 @@ def demo_settings(stack: LocalStack) -> dict[str, str]:
     }
 
 
-def prepare_dataset(directory: Path, train: int, test: int, epochs: int) -> None:
+def prepare_dataset(directory: Path, train: int, test: int, epochs: int | None) -> None:
     """The three quickstart files plus run.json, as a user would drop them."""
     make_dataset.main([str(directory), "--train", str(train), "--test", str(test)])
     shutil.copy2(SAMPLE_DIR / "ConvNet_MNIST.py", directory / "ConvNet_MNIST.py")
     manifest = json.loads((SAMPLE_DIR / "run.json").read_text())
     args = manifest["arguments"].split()
-    if "--epochs" in args:
+    if epochs is not None and "--epochs" in args:
         args[args.index("--epochs") + 1] = str(epochs)
     manifest["arguments"] = " ".join(args)
     (directory / "run.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--train", type=int, default=make_dataset.DEFAULT_TRAIN, help="training samples")
     parser.add_argument("--test", type=int, default=make_dataset.DEFAULT_TEST, help="test samples")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: run.json's)")
     parser.add_argument(
         "--timeout", type=float, default=600, help="give up on the run after this many seconds"
     )
