@@ -296,3 +296,21 @@ def test_delete_and_error_codes(stack, file_service, share: ShareClient) -> None
     with pytest.raises(ResourceNotFoundError) as caught:
         share.get_share_properties()
     assert caught.value.error_code == "ShareNotFound"
+
+
+def test_rename_file_and_directory_keeps_properties(stack, share: ShareClient) -> None:
+    directory = share.get_directory_client("tmp")
+    directory.create_directory()
+    directory.get_file_client("part.bin").upload_file(b"payload", metadata={"stage": "upload"})
+    renamed = directory.get_file_client("part.bin").rename_file("tmp/final.bin")
+    assert renamed.get_file_properties().metadata == {"stage": "upload"}
+    moved = directory.rename_directory("done")
+    assert [item["name"] for item in moved.list_directories_and_files()] == ["final.bin"]
+    assert share.get_file_client("done/final.bin").download_file().readall() == b"payload"
+    assert share.get_file_client("done/final.bin").get_file_properties().metadata == {"stage": "upload"}
+    assert not on_disk(stack, share, "tmp").exists()
+    share.get_file_client("done/other.bin").upload_file(b"x")
+    with pytest.raises(ResourceExistsError):
+        share.get_file_client("done/other.bin").rename_file("done/final.bin")
+    share.get_file_client("done/other.bin").rename_file("done/final.bin", overwrite=True)
+    assert share.get_file_client("done/final.bin").download_file().readall() == b"x"

@@ -190,6 +190,15 @@ class MetaStore:
                 "DELETE FROM entries WHERE account=? AND share=? AND path=?", (account, share, path)
             )
 
+    def move(self, account: str, share: str, old: str, new: str) -> None:
+        """Re-key the records of `old` and everything under it to `new`."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE entries SET path = ? || substr(path, ?) WHERE account=? AND share=?"
+                " AND (path = ? OR substr(path, 1, ?) = ?)",
+                (new, len(old) + 1, account, share, old, len(old) + 1, old + "/"),
+            )
+
     def all_entries(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         with self._lock:
             rows = self._db.execute("SELECT account, share, path, doc FROM entries").fetchall()
@@ -559,6 +568,31 @@ class FilesBackend:
             with contextlib.suppress(FileNotFoundError):  # deleted while listing
                 infos.append(self._info(account, share, child, target / name))
         return directory, infos, (rest[0] if rest else "")
+
+    def rename(
+        self, account: str, share: str, source: str, destination: str, kind: str, replace: bool
+    ) -> EntryInfo:
+        """Move a file or directory (with its subtree's properties) within one share."""
+        self.get_entry(account, share, source, kind)
+        source_path, source_parts = self.locate(account, share, source)
+        target, parts = self.locate(account, share, destination)
+        if not source_parts or not parts:
+            raise StorageError("InvalidResourceName", message="The root directory cannot be renamed.")
+        old, new = "/".join(source_parts), "/".join(parts)
+        if kind == "directory" and (new + "/").startswith(old + "/"):
+            raise StorageError("InvalidResourceName", message="A directory cannot move into itself.")
+        with self._lock:
+            self._refuse_while_copying(account, share, old)
+            if not target.parent.is_dir():
+                raise StorageError("ParentNotFound")
+            if target.exists() and old != new:
+                if not replace or target.is_dir() or kind == "directory":
+                    raise StorageError("ResourceAlreadyExists")
+                target.unlink()
+                self.meta.delete(account, share, new)
+            os.rename(source_path, target)
+            self.meta.move(account, share, old, new)
+        return self.get_entry(account, share, new, kind)
 
     # --- files -----------------------------------------------------------------------------------
     def _refuse_while_copying(self, account: str, share: str, key: str) -> None:

@@ -708,6 +708,10 @@ class FilesResponses:
         return empty(200, write_headers(info))
 
     def put_range(self, ctx: Ctx) -> Response:
+        if ctx.header("x-ms-copy-source"):
+            raise StorageError(
+                "NotImplemented", message="Put Range From URL is not supported by the local Files emulator."
+            )
         write = (ctx.header("x-ms-write") or "").lower()
         if write not in ("update", "clear"):
             raise StorageError(
@@ -785,6 +789,37 @@ class FilesResponses:
                 "x-ms-content-length": str(info.size),
             },
         )
+
+    def rename(self, ctx: Ctx) -> Response:
+        """Rename File / Directory: the source is a URL or a share-relative path in the same share."""
+        source = ctx.header("x-ms-file-rename-source")
+        if not source:
+            raise StorageError(
+                "MissingRequiredHeader",
+                message="Rename needs x-ms-file-rename-source.",
+                details={"HeaderName": "x-ms-file-rename-source"},
+            )
+        parts = urlsplit(source)
+        if parts.scheme:
+            routed = urls.match(unquote(parts.path))
+            if (
+                not routed
+                or routed[0] != "item"
+                or routed[1]["account"] != ctx.account
+                or routed[1]["share"] != ctx.share
+            ):
+                raise StorageError(
+                    "InvalidHeaderValue",
+                    message="The rename source must be in the same share.",
+                    details={"HeaderName": "x-ms-file-rename-source"},
+                )
+            source_path = routed[1]["path"]
+        else:
+            source_path = unquote(parts.path).lstrip("/")
+        kind = "directory" if ctx.args.get("restype") == "directory" else "file"
+        replace = (ctx.header("x-ms-file-rename-replace-if-exists") or "").lower() == "true"
+        info = self.backend.rename(ctx.account, ctx.share, source_path, ctx.path, kind, replace)
+        return empty(200, write_headers(info))
 
     # --- copy ------------------------------------------------------------------------------------
     def _open_copy_source(self, ctx: Ctx, url: str) -> CopySource:

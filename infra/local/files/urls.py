@@ -66,6 +66,8 @@ operations: dict[tuple[str, str, str | None, str | None], Operation] = {
     ("item", "PUT", None, "copy"): Operation("abort_copy", "w", "o"),
     ("item", "GET", None, "listhandles"): Operation("list_handles", "l", "o"),
     ("item", "PUT", None, "forceclosehandles"): Operation("force_close_handles", "w", "o"),
+    ("item", "PUT", None, "rename"): Operation("rename", "w", "o"),
+    ("item", "PUT", "directory", "rename"): Operation("rename", "w", "o"),
 }
 
 
