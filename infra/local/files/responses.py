@@ -233,7 +233,6 @@ class FilesResponses:
             import traceback
 
             traceback.print_exc()
-        self._drain(request, response)
         response.headers.setdefault("x-ms-request-id", request_id)
         response.headers.setdefault("x-ms-version", request.headers.get("x-ms-version") or DEFAULT_VERSION)
         response.headers.setdefault("Date", http_date(time.time()))
@@ -255,19 +254,6 @@ class FilesResponses:
                     }
                 )
         return response(environ, start_response)
-
-    @staticmethod
-    def _drain(request: Request, response: Response) -> None:
-        """Read what a handler left of the body, so a kept-alive connection stays in step."""
-        stream = request.stream
-        remaining = getattr(stream, "limit", 0) - getattr(stream, "_pos", 0)
-        if remaining <= 0:
-            return
-        if remaining <= 8 * 1024 * 1024:
-            while stream.read(1024 * 1024):
-                pass
-        else:
-            response.headers["Connection"] = "close"
 
     def error_response(self, exc: StorageError, request_id: str) -> Response:
         body = exc.xml(request_id, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z"))
