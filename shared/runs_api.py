@@ -224,6 +224,8 @@ def parse_start_request(body: dict[str, Any]) -> tuple[str, Any, str | None]:
         else:
             try:
                 check_relative_path(prefix.strip("/"), what="stage_from_prefix")
+                # Training-container blobs are named <dataset>/<path>: the prefix starts with a dataset.
+                check_dataset_name(prefix.strip("/").split("/")[0])
             except StagingError as exc:
                 problems.append({"field": "stage_from_prefix", "message": str(exc)})
     raw_spec = body.get("spec", {})

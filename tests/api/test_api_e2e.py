@@ -3,6 +3,7 @@ to Azurite, the Files emulator and the ARM emulator through the real Azure SDKs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 import requests
+from azure.core.exceptions import ResourceExistsError
 
-from tests.api.stackapp import TRAIN_SPEC, Api, stage_dataset
+from tests.api.stackapp import TRAIN_PY, TRAIN_SPEC, Api, stage_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -224,3 +226,32 @@ def test_forced_cluster_delete_cancels_its_runs(api: Api) -> None:
     assert response.status_code == 202, response.text
     assert response.json()["cancelled_runs"] == [run["id"]]
     assert run_state(api, run["id"]) == "cancelled"
+
+
+def test_run_staged_from_a_blob_prefix(api: Api) -> None:
+    from azure.storage.blob import ContainerClient
+
+    uploads = unique("api-uploads")  # blobs as a client drops them: <folder>/<path>, no run.json
+    container = ContainerClient.from_connection_string(
+        api.stack.connection_string, api.settings.training_container
+    )
+    with contextlib.suppress(ResourceExistsError):
+        container.create_container()
+    container.upload_blob(f"{uploads}/train.py", TRAIN_PY)
+    container.upload_blob(f"{uploads}/data/part-0.txt", b"1 2 3\n")
+    dataset = unique("api-prefix")
+    response = api.post(
+        "/runs", json={"dataset": dataset, "stage_from_prefix": uploads + "/", "spec": TRAIN_SPEC}
+    )
+    assert response.status_code == 202, response.text
+    run = response.json()
+    assert run["state"] != "staging" and run["stage_from_prefix"] == uploads
+    assert {f["name"] for f in run["staged_files"]} == {"train.py", "data/part-0.txt"}
+    state = wait_for("the run to finish", lambda: (s := run_state(api, run["id"])) in TERMINAL and s, 90)
+    assert state == "succeeded"
+    # The blob trigger also saw the uploads (a staging run waiting for a run.json): tear it down.
+    orphan = wait_for(
+        "ingest's run", lambda: api.get("/runs", params={"dataset": uploads}).json()["runs"], 30
+    )
+    for other in orphan:
+        assert api.delete(f"/runs/{other['id']}", params={"cluster": "true"}).status_code == 200

@@ -83,6 +83,7 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
         ({"dataset": "mnist", "spec": {"callback_url": "http://example.com/hook"}}, "spec.callback_url"),
         ({"dataset": "mnist", "stage_from_prefix": "a/../../b"}, "stage_from_prefix"),
         ({"dataset": "mnist", "stage_from_prefix": ""}, "stage_from_prefix"),
+        ({"dataset": "mnist", "stage_from_prefix": "_uploads/mnist"}, "stage_from_prefix"),
     ],
 )
 def test_invalid_start_request_is_400_naming_the_field(body: dict, field: str) -> None:
