@@ -45,6 +45,8 @@ DEFAULT_VERSION = "2025-05-05"
 MAX_FILE_SIZE = 4 * 1024**4
 MAX_LIST_RESULTS = 5000
 PERMISSION_KEY = "4066528134148476695*1"  # one default SDDL key, as a fresh Azure share reports
+# Copy sources are fetched directly: an HTTP(S)_PROXY in the environment must not carry loopback traffic.
+DIRECT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 XML_HEAD = '<?xml version="1.0" encoding="utf-8"?>'
 RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 ISO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,7}))?Z$")
@@ -111,10 +113,6 @@ class Ctx:
 
     def has_metadata(self) -> bool:
         return any(name.lower().startswith("x-ms-meta-") for name, _ in self.raw_headers)
-
-    @property
-    def version(self) -> str:
-        return self.header("x-ms-version") or DEFAULT_VERSION
 
 
 def xml_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -821,9 +819,8 @@ class FilesResponses:
             if routed and routed[0] == "item" and routed[1]["account"] in self.accounts:
                 groups = routed[1]
                 return self.backend.open_local_source(groups["account"], groups["share"], groups["path"], url)
-        request = urllib.request.Request(url, headers={"x-ms-version": ctx.version})
         try:
-            response = urllib.request.urlopen(request, timeout=30)
+            response = DIRECT_OPENER.open(url, timeout=30)
         except urllib.error.HTTPError as exc:
             source_code = exc.headers.get("x-ms-error-code", "") if exc.headers else ""
             exc.close()
