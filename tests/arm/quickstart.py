@@ -4,7 +4,6 @@ through azure-mgmt-resource and azure-mgmt-batchai, against whatever ARM endpoin
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import azure.mgmt.batchai.models as bai
@@ -197,7 +196,7 @@ def walk(c: Clients, share: ShareClient, share_url: str, n: Names) -> dict[str, 
     terminated = wait_job(c, n, "long", ("failed", "succeeded"))
     assert terminated.execution_state == "failed"
     assert [e.code for e in terminated.execution_info.errors] == ["JobTerminated"]
-    wait_for(lambda: not _alive(child_pid), timeout=10, what="the job's child process to stop")
+    wait_for(lambda: not alive(child_pid), timeout=10, what="the job's child process to stop")
     idle = wait_for(
         lambda: (
             (cnt := c.batchai.clusters.get(n.group, n.workspace, n.cluster).node_state_counts).idle_node_count
@@ -224,14 +223,10 @@ def walk(c: Clients, share: ShareClient, share_url: str, n: Names) -> dict[str, 
     return seen
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie is as good as gone
         return stat.read().split(")")[-1].split()[0] != "Z"
-
-
-def now() -> float:
-    return time.monotonic()

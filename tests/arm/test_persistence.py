@@ -11,8 +11,7 @@ import pytest
 import requests
 
 from tests.arm.conftest import PrivateArm, make_clients, wait_for
-from tests.arm.quickstart import MOUNT, Names, cluster_parameters, download, list_outputs, wait_job
-from tests.arm.quickstart import _alive as alive
+from tests.arm.quickstart import MOUNT, Names, alive, cluster_parameters, download, list_outputs, wait_job
 
 pytestmark = pytest.mark.e2e
 
