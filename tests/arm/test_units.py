@@ -1,0 +1,103 @@
+"""Pieces of the ARM emulator that need no server: durations, $VAR expansion, share URL mapping, download
+links (expiry, tampering), fault settings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from werkzeug.datastructures import MultiDict
+from werkzeug.test import Client
+
+from infra.local.arm.faults import FaultInjector, FaultSettings
+from infra.local.arm.models import Backend, Config, expand_vars, parse_duration
+from infra.local.arm.responses import ArmRequest
+from infra.local.arm.server import ArmEmulator
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Backend:
+    return Backend(
+        Config(
+            data_dir=tmp_path / "arm",
+            files_root=tmp_path / "shares",
+            files_endpoint="http://127.0.0.1:10004/x",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("P7D", 604800), ("PT1H30M", 5400), ("PT0.5S", 0.5), ("7.00:00:00", 604800), ("01:00:05", 3605)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["P", "PT", "seven days", "1:2"])
+def test_bad_durations_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_vars_expand_like_the_service() -> None:
+    env = {"AZ_BATCHAI_MOUNT_ROOT": "/mnt", "ID": "7"}
+    assert expand_vars("$AZ_BATCHAI_MOUNT_ROOT/afs/${ID}x $UNKNOWN", env) == "/mnt/afs/7x $UNKNOWN"
+
+
+def test_share_urls_map_to_the_files_root(backend: Backend, tmp_path: Path) -> None:
+    root = tmp_path / "shares"
+    assert (
+        backend.resolve_share("http://127.0.0.1:10004/devstoreaccount1/share")
+        == root / "devstoreaccount1/share"
+    )
+    assert backend.resolve_share("https://acct.file.core.windows.net/share/dir") == root / "acct/share/dir"
+    assert backend.resolve_share("http://127.0.0.1:9999/devstoreaccount1/share") is None  # another endpoint
+    assert backend.resolve_share("http://127.0.0.1:10004/devstoreaccount1/../etc") is None
+    assert backend.resolve_share("nfs://server/share") is None
+
+
+def test_download_links_expire_and_resist_tampering(backend: Backend, tmp_path: Path) -> None:
+    app = ArmEmulator(backend)
+    file = tmp_path / "out.txt"
+    file.write_bytes(b"model")
+    req = ArmRequest("POST", "/", MultiDict(), b"", "http://localhost/")
+    client = Client(app)
+
+    def get(url: str) -> tuple[int, bytes]:
+        parsed = urlparse(url)
+        response = client.get(parsed.path, query_string=parsed.query)
+        return response.status_code, response.get_data()
+
+    good = app.responses.download_url(req, file, time.time() + 300)
+    assert get(good) == (200, b"model")
+    expired = app.responses.download_url(req, file, time.time() - 1)
+    status, body = get(expired)
+    assert status == 403 and b"expired" in body
+    query = parse_qs(urlparse(good).query)
+    forged = good.replace(query["se"][0].replace(":", "%3A"), "2099-01-01T00%3A00%3A00Z")
+    status, body = get(forged)
+    assert status == 403 and b"Signature" in body
+    assert get(good.replace("sig=", "sig=0"))[0] == 403
+
+
+def test_fault_settings() -> None:
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        FaultSettings.from_json({"rate_429": 0.6, "rate_500": 0.6})
+    with pytest.raises(ValueError, match="latency_ms"):
+        FaultSettings.from_json({"latency_ms": -1})
+    injector = FaultInjector(FaultSettings.from_json({"rate_429": 0.5, "seed": 1}))
+    first = [injector.draw() for _ in range(20)]
+    injector.configure(FaultSettings.from_json({"rate_429": 0.5, "seed": 1}))
+    assert first == [injector.draw() for _ in range(20)] and set(first) == {None, "429"}
+
+
+def test_admin_settings_are_validated(backend: Backend) -> None:
+    client = Client(ArmEmulator(backend))
+    assert client.post("/_emulator/settings", json={"retry_after": 0.5}).status_code == 400
+    assert client.post("/_emulator/settings", json={"bogus": 1}).status_code == 400
+    answer = client.post("/_emulator/settings", json={"provisioning_delay": 0.25})
+    assert answer.status_code == 200 and answer.get_json()["provisioning_delay"] == 0.25
+    assert backend.config.provisioning_delay == 0.25
