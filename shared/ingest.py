@@ -184,7 +184,23 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     extra = rec.log_extra()
     if created:
         log.info("first upload of dataset %s: run %s created", ref.dataset, rec.run_id, extra=extra)
-    if rec.cluster is None:
+    if ref.path != MANIFEST_NAME and rec.spec is None and rec.manifest_etag is None:
+        # The manifest may be there already (uploaded first, or this run follows a submitted one
+        # of the same dataset): the run takes it now rather than waiting for a new upload of it.
+        manifest = svc.container.get_blob_client(f"{ref.dataset}/{MANIFEST_NAME}")
+        try:
+            manifest_props = manifest.get_blob_properties()
+        except ResourceNotFoundError:
+            manifest_props = None
+        if manifest_props is not None:
+            try:
+                _take_manifest(svc, rec, manifest_props)
+            except RunSpecError as exc:
+                message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
+                _fail_staging(svc, rec, "InvalidManifest", message, manifest_etag=etag_of(manifest_props))
+                return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
+            rec = svc.registry.get(rec.run_id)
+    if created and rec.cluster is None and ref.path != MANIFEST_NAME:
         _prepare_infrastructure(svc, rec, spec=None)
 
     if ref.path == MANIFEST_NAME:
@@ -356,15 +372,56 @@ def check_ready(run_id: str, svc: Services | None = None, spec: RunSpec | None =
     if missing:
         return False
     if spec is None:
-        if rec.source == "blob":
-            try:
-                spec = read_manifest(svc, rec.dataset)
-            except RunSpecError as exc:
-                _fail_staging(svc, rec, "InvalidManifest", str(exc))
-                return False
-        else:
-            spec = parse_run_spec(rec.spec, svc.spec_context)
+        spec = submission_spec(svc, rec)
+        if spec is None:
+            return False
     return submit(svc, rec, spec)
+
+
+def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
+    """The spec to create a run's job with, secrets included: the manifest the run took (read again:
+    the registry keeps secret values masked), or the recorded spec when it holds no secret value.
+    None when not possible now; a run whose spec cannot be had again is failed with the reason."""
+    if rec.source == "blob":
+        blob = svc.container.get_blob_client(f"{rec.dataset}/{MANIFEST_NAME}")
+        try:
+            if etag_of(blob.get_blob_properties()) == rec.manifest_etag:
+                return read_manifest(svc, rec.dataset)
+        except ResourceNotFoundError:
+            pass
+        except RunSpecError as exc:
+            _fail(svc, rec, "InvalidManifest", str(exc))
+            return None
+        if rec.state == STAGING:
+            return None  # a newer manifest is on its way through its own trigger
+    spec = parse_run_spec(rec.spec or {}, svc.spec_context)
+    masked = [
+        name
+        for name, value in spec.secret_environment_variables.items()
+        if hasattr(value, "get_secret_value")
+    ]
+    if masked:
+        _fail(
+            svc,
+            rec,
+            "SpecUnavailable",
+            f"the job must be created again but its secret environment variables ({', '.join(masked)}) "
+            "are not kept by the registry; start the run again",
+        )
+        return None
+    return spec
+
+
+def _fail(svc: Services, rec: RunRecord, code: str, message: str) -> None:
+    """Fail an active run (any non-terminal state) with an error."""
+    error = {"code": code, "message": message, "time": utcnow()}
+    try:
+        svc.registry.transition(
+            rec.run_id, FAILED, ACTIVE_STATES, add_error=error, callback_pending=bool(rec.callback_url)
+        )
+        log.warning("run %s failed: %s", rec.run_id, message, extra=rec.log_extra())
+    except TransitionRejected:
+        pass
 
 
 def missing_files(svc: Services, rec: RunRecord) -> list[str]:
@@ -469,8 +526,12 @@ def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
                 rec.run_id, add_error={"code": "JobCreateFailed", "message": message, "time": utcnow()}
             )
         return False
-    with contextlib.suppress(TransitionRejected, RunNotFound):
-        svc.registry.update(rec.run_id, submitted_at=utcnow(), job_id=getattr(job, "id", None) or rec.job_id)
+    with contextlib.suppress(TransitionRejected, RunNotFound, ComputeError):
+        now = svc.registry.update(
+            rec.run_id, submitted_at=utcnow(), job_id=getattr(job, "id", None) or rec.job_id
+        )
+        if now.state == CANCELLED:  # cancelled while the job was being created: no orphan job
+            svc.cloud.terminate_and_delete_job(names)
     log.info("run %s: job %s submitted", rec.run_id, rec.job_name, extra=rec.log_extra())
     return True
 

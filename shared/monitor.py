@@ -33,7 +33,7 @@ from azure.core.exceptions import HttpResponseError
 
 from shared import callbacks
 from shared.compute import ComputeError
-from shared.ingest import Services, check_ready, create_job, missing_files, read_manifest, services
+from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
 from shared.registry import (
     FAILED,
     PROVISIONING,
@@ -49,8 +49,6 @@ from shared.registry import (
     TransitionRejected,
     utcnow,
 )
-from shared.runspec import RunSpec, RunSpecError, parse_run_spec
-from shared.staging import etag_of
 
 log = logging.getLogger(__name__)
 
@@ -294,37 +292,11 @@ def _job_missing(svc: Services, rec: RunRecord, cluster: Any, now: datetime, rep
     if errors:
         _fail_for_cluster(svc, rec, errors, report)
         return
-    spec = _spec_for_resubmit(svc, rec, report)
+    spec = submission_spec(svc, rec)
     if spec is None:
         return
     if create_job(svc, rec, spec):
         report.resubmitted.append(rec.run_id)
-
-
-def _spec_for_resubmit(svc: Services, rec: RunRecord, report: MonitorReport) -> RunSpec | None:
-    """The spec to create a run's job again: the manifest when it is still the one the run took
-    (secrets included), else the recorded spec when it holds no secret values (those are not kept)."""
-    if rec.source == "blob":
-        with contextlib.suppress(RunSpecError, HttpResponseError, ComputeError):
-            blob = svc.container.get_blob_client(f"{rec.dataset}/run.json")
-            if etag_of(blob.get_blob_properties()) == rec.manifest_etag:
-                return read_manifest(svc, rec.dataset)
-    spec = parse_run_spec(rec.spec or {}, svc.spec_context)
-    plain_secrets = [
-        name
-        for name, value in spec.secret_environment_variables.items()
-        if hasattr(value, "get_secret_value")
-    ]
-    if plain_secrets:
-        error = {
-            "code": "SubmissionFailed",
-            "message": "the job could not be created and its secret environment variables "
-            f"({', '.join(plain_secrets)}) are not kept to create it again; start the run again",
-            "time": utcnow(),
-        }
-        _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url))
-        return None
-    return spec
 
 
 # --- finished jobs --------------------------------------------------------------------------------------

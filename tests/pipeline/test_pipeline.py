@@ -103,18 +103,27 @@ def test_changed_file_before_submission_and_upload_after(pipeline: Pipeline) -> 
         "Train-28x28_cntk_text.txt"
     ]
     rest = [ingest_blob(n, p.services) for n in p.upload(ds, files, QUICKSTART_MANIFEST)]
-    assert rest[-1].submitted
+    assert sum(r.submitted for r in rest) == 1
     run1 = first[0].run_id
-    # An upload after submission starts a new run; the unchanged files carry over without a copy.
+    # An upload after submission starts a new run: it takes the manifest already there, the unchanged
+    # files carry over without a copy, and it is submitted at once.
     p.upload(ds, {"extra.txt": b"more data"})
     new = ingest_blob(f"{ds}/extra.txt", p.services)
-    assert new.run_id != run1 and new.state == "staging"
-    p.upload(ds, {}, {**QUICKSTART_MANIFEST, "files": [*QUICKSTART_MANIFEST["files"], "extra.txt"]})
-    result = ingest_blob(f"{ds}/run.json", p.services)
-    assert result.run_id == new.run_id and result.submitted
+    assert new.run_id != run1 and new.submitted
     records = monitor_until_done(p, [run1, new.run_id])
     assert [records[r].state for r in (run1, new.run_id)] == ["succeeded", "succeeded"]
     assert {f.name for f in records[new.run_id].staged_files} == {*QUICKSTART_FILES, "extra.txt"}
+    assert records[new.run_id].job_name != records[run1].job_name
+
+
+def test_manifest_first_then_files(pipeline: Pipeline) -> None:
+    p = pipeline
+    ds = dataset_name()
+    manifest_blob = p.upload(ds, {}, QUICKSTART_MANIFEST)
+    data_blobs = p.upload(ds, QUICKSTART_FILES)
+    results = [ingest_blob(n, p.services) for n in manifest_blob + data_blobs]
+    assert [r.submitted for r in results] == [False, False, False, True]
+    assert len({r.run_id for r in results}) == 1
 
 
 def test_twenty_datasets_at_once(pipeline: Pipeline) -> None:
