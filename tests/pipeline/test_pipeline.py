@@ -7,15 +7,18 @@ emulator and the ARM emulator (which really runs the training script), through t
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import time
 import uuid
 
 import pytest
 import requests
 
+from shared.cloud import Cloud
 from shared.ingest import cancel_run, ingest_blob, start_run
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, RunRecord
+from shared.settings import Settings
 
 from .conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline
 
@@ -238,3 +241,19 @@ def test_arm_faults_every_run_ends_in_the_right_state(pipeline: Pipeline) -> Non
     assert failed.state == "failed" and failed.exit_code == 3 and "boom" in (failed.stdout_tail or "")
     for rec in records.values():
         assert len(p.services.cloud.list_jobs("", "", rec.experiment)) == 1
+
+
+def test_cluster_that_fails_to_provision_fails_its_runs(pipeline: Pipeline) -> None:
+    p = pipeline
+    # The clusters of this pipeline mount a share that does not exist: their nodes fail to set up.
+    broken = Settings.from_env({**p.values, "FILE_SHARE_NAME": f"missing-{uuid.uuid4().hex[:8]}"})
+    svc = dataclasses.replace(p.services, cloud=Cloud(broken))
+    ds = dataset_name("nocluster")
+    run_id = [ingest_blob(n, svc) for n in p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)][-1].run_id
+    deadline = time.monotonic() + 60
+    while (rec := p.registry.get(run_id)).state not in TERMINAL_STATES:
+        assert time.monotonic() < deadline, rec
+        run_monitor(svc)
+        time.sleep(0.5)
+    assert rec.state == "failed"
+    assert rec.errors[-1]["code"] == "ClusterFailed" and "ShareNotFound" in rec.errors[-1]["message"]
