@@ -38,6 +38,9 @@ DEFAULT_TAIL = 100
 MAX_TAIL = 10_000
 LOG_READ_LIMIT = 4 * 1024 * 1024  # bytes of a log file read (from its end) to find the tail
 HEALTH_TIMEOUT = 20.0
+# A probe answers fast or fails: one retry, short timeouts (azure-core takes these per call).
+PROBE_OPTIONS: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2, "connection_timeout": 5,
+                                 "read_timeout": 10}  # fmt: skip
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _CLUSTER = re.compile(CLUSTER_NAME_PATTERN)
 
@@ -640,8 +643,10 @@ def health(request: ApiRequest) -> ApiResponse:
 def _probe_storage(settings: Any) -> str:
     from shared import clients
 
-    next(iter(clients.blob_service(settings).list_containers(results_per_page=1).by_page()), None)
-    next(iter(clients.table_service(settings).list_tables(results_per_page=1).by_page()), None)
+    blobs = clients.blob_service(settings).list_containers(results_per_page=1, **PROBE_OPTIONS)
+    next(iter(blobs.by_page()), None)
+    tables = clients.table_service(settings).list_tables(results_per_page=1, **PROBE_OPTIONS)
+    next(iter(tables.by_page()), None)
     return f"blob and table storage of account {settings.storage.account_name} reachable"
 
 
@@ -651,7 +656,7 @@ def _probe_arm(settings: Any) -> str:
     from shared import clients
 
     try:
-        clients.resource_client(settings).resource_groups.get(settings.resource_group)
+        clients.resource_client(settings).resource_groups.get(settings.resource_group, **PROBE_OPTIONS)
     except ResourceNotFoundError:
         return f"ARM reachable; resource group {settings.resource_group} not created yet (made on first run)"
     return f"ARM reachable; resource group {settings.resource_group} exists"
@@ -660,7 +665,8 @@ def _probe_arm(settings: Any) -> str:
 def _probe_batchai(settings: Any) -> str:
     from shared import clients
 
-    next(iter(clients.batchai_client(settings).usages.list(settings.location).by_page()), None)
+    usages = clients.batchai_client(settings).usages.list(settings.location, **PROBE_OPTIONS)
+    next(iter(usages.by_page()), None)
     return f"Microsoft.BatchAI answers in {settings.location}"
 
 
