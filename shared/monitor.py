@@ -21,6 +21,7 @@ Every change is a registry compare-and-swap, so a replayed or overlapping pass c
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import urllib.request
@@ -56,6 +57,9 @@ RESUBMIT_GRACE = timedelta(seconds=60)  # a submission younger than this may sti
 MAX_OUTPUT_FILES = 1000
 MAX_OUTPUT_DEPTH = 4
 MAX_CALLBACK_PASSES = 3
+CALLBACK_ATTEMPTS = 3  # per pass, with backoff
+CALLBACK_TIMEOUT_SECONDS = 5.0
+CALLBACK_WORKERS = 4
 STDOUT_NAMES = ("stdout.txt",)
 
 
@@ -420,22 +424,39 @@ def summary(rec: RunRecord) -> dict[str, Any]:
 
 
 def _deliver_callbacks(svc: Services, report: MonitorReport) -> None:
+    """POST each pending run summary (a few at a time, so one dead endpoint cannot stall the pass);
+    a callback not delivered after MAX_CALLBACK_PASSES passes of CALLBACK_ATTEMPTS attempts is given
+    up and its last result recorded on the run."""
+    pending = [
+        r for r in svc.registry.iter_pending_callbacks() if r.state in TERMINAL_STATES and r.callback_url
+    ]
+    if not pending:
+        return
+    with concurrent.futures.ThreadPoolExecutor(min(CALLBACK_WORKERS, len(pending))) as pool:
+        for run_id, status in pool.map(lambda r: _deliver_one(svc, r.run_id), pending):
+            if status is not None:
+                report.callbacks[run_id] = status
+
+
+def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
     settings = svc.settings
     secret = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
-    for pending in svc.registry.iter_pending_callbacks():
-        if pending.state not in TERMINAL_STATES or not pending.callback_url:
-            continue
-        rec = svc.registry.get(pending.run_id)
+    try:
+        rec = svc.registry.get(run_id)
         result = callbacks.deliver(
             rec.callback_url or "",
             summary(rec),
             secret=secret,
             allow_loopback_http=settings.callback_allow_loopback_http,
+            attempts=CALLBACK_ATTEMPTS,
+            timeout_seconds=CALLBACK_TIMEOUT_SECONDS,
             run_id=rec.run_id,
         )
         passes = int((rec.callback or {}).get("passes", 0)) + 1
         done = result.delivered or passes >= MAX_CALLBACK_PASSES or result.attempts == 0
         status = {**result.to_dict(), "passes": passes, "time": utcnow()}
-        with contextlib.suppress(RegistryError):
-            svc.registry.update(rec.run_id, callback=status, callback_pending=not done)
-        report.callbacks[rec.run_id] = status["status"]
+        svc.registry.update(rec.run_id, callback=status, callback_pending=not done)
+    except (RegistryError, HttpResponseError) as exc:
+        log.warning("run %s: callback bookkeeping failed: %s", run_id, exc, extra={"run_id": run_id})
+        return run_id, None
+    return run_id, status["status"]

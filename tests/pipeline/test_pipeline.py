@@ -257,3 +257,18 @@ def test_cluster_that_fails_to_provision_fails_its_runs(pipeline: Pipeline) -> N
         time.sleep(0.5)
     assert rec.state == "failed"
     assert rec.errors[-1]["code"] == "ClusterFailed" and "ShareNotFound" in rec.errors[-1]["message"]
+
+
+def test_callbacks_to_refused_urls_are_given_up(pipeline: Pipeline) -> None:
+    p = pipeline
+    rec = p.registry.create(
+        dataset_name("cb"),
+        state="succeeded",
+        callback_url="https://169.254.169.254/latest",
+        callback_pending=True,
+    )
+    report = run_monitor(p.services)
+    assert report.callbacks[rec.run_id] == "failed"
+    after = p.registry.get(rec.run_id)
+    assert not after.callback_pending and "metadata" in after.callback["error"]
+    assert rec.run_id not in run_monitor(p.services).callbacks  # not tried again
