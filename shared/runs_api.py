@@ -39,8 +39,9 @@ MAX_TAIL = 10_000
 LOG_READ_LIMIT = 4 * 1024 * 1024  # bytes of a log file read (from its end) to find the tail
 HEALTH_TIMEOUT = 20.0
 # A probe answers fast or fails: one retry, short timeouts (azure-core takes these per call).
-PROBE_OPTIONS: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2, "connection_timeout": 5,
-                                 "read_timeout": 10}  # fmt: skip
+PROBE_OPTIONS: dict[str, Any] = {"retry_total": 1, "connection_timeout": 5, "read_timeout": 10}
+# Storage's own retry policy waits 15 s before its first retry: no retry for a probe.
+STORAGE_PROBE_OPTIONS: dict[str, Any] = {**PROBE_OPTIONS, "retry_total": 0}
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _CLUSTER = re.compile(CLUSTER_NAME_PATTERN)
 
@@ -643,9 +644,9 @@ def health(request: ApiRequest) -> ApiResponse:
 def _probe_storage(settings: Any) -> str:
     from shared import clients
 
-    blobs = clients.blob_service(settings).list_containers(results_per_page=1, **PROBE_OPTIONS)
+    blobs = clients.blob_service(settings).list_containers(results_per_page=1, **STORAGE_PROBE_OPTIONS)
     next(iter(blobs.by_page()), None)
-    tables = clients.table_service(settings).list_tables(results_per_page=1, **PROBE_OPTIONS)
+    tables = clients.table_service(settings).list_tables(results_per_page=1, **STORAGE_PROBE_OPTIONS)
     next(iter(tables.by_page()), None)
     return f"blob and table storage of account {settings.storage.account_name} reachable"
 
