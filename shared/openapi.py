@@ -338,7 +338,11 @@ def _operations() -> dict[str, Any]:
                     "202": {
                         **_json(_ref("Run"), "Accepted: the run record; poll its Location"),
                         "headers": {
-                            "Location": {"description": "The run's URL", "schema": {"type": "string"}}
+                            "Location": {"description": "The run's URL", "schema": {"type": "string"}},
+                            "Idempotent-Replayed": {
+                                "description": "true when the Idempotency-Key's earlier run is returned",
+                                "schema": {"type": "string", "enum": ["true"]},
+                            },
                         },
                     },
                     **_errors(400, 401, 404, 405, 409, 413, 415, 422, 500, 502, 503),
