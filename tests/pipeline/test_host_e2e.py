@@ -4,6 +4,7 @@ arrives signed; replays, a host killed mid-staging, and the logs checked for sec
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -242,3 +243,20 @@ def test_host_killed_mid_staging_then_restarted(hosted) -> None:
     (rec,) = wait_runs(p, "killed", done)
     assert rec.state == "succeeded", rec.errors
     assert {f.name for f in rec.staged_files} == set(big)
+
+
+def test_twenty_datasets_dropped_at_once_through_the_host(hosted) -> None:
+    p, make_host = hosted
+    make_host().start()
+    datasets = [f"drop-{i:02d}" for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda ds: p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST), datasets))
+    deadline = time.monotonic() + 180
+    while True:
+        runs = list(p.registry.iter_runs())
+        if len(runs) >= 20 and done(runs):
+            break
+        assert time.monotonic() < deadline, sorted((r.dataset, r.state) for r in runs)
+        time.sleep(1)
+    assert sorted(r.dataset for r in runs) == datasets  # none lost, none duplicated
+    assert all(r.state == "succeeded" for r in runs), [(r.dataset, r.errors) for r in runs if r.errors]
