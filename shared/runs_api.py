@@ -479,8 +479,13 @@ def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
                 raise
             files = {}
         if files:
-            out = _tail_of_url(files["stdout.txt"].download_url, tail) if "stdout.txt" in files else ""
-            err = _tail_of_url(files["stderr.txt"].download_url, tail) if "stderr.txt" in files else ""
+            try:
+                out = _tail_of_url(files["stdout.txt"].download_url, tail) if "stdout.txt" in files else ""
+                err = _tail_of_url(files["stderr.txt"].download_url, tail) if "stderr.txt" in files else ""
+            except OSError as exc:  # urllib's URLError/HTTPError, timeouts
+                raise ApiError(
+                    502, "LogDownloadFailed", f"reading the job's log failed: {_short(exc)}"
+                ) from None
             return out, err, "job"
     if record.stdout_tail:
         return _last_lines(record.stdout_tail, tail), "", "record"
