@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import pytest
-from azure.storage.fileshare import ContentSettings, ShareClient, ShareServiceClient
+import requests
+from azure.storage.fileshare import ContentSettings, LinearRetry, ShareClient, ShareServiceClient
 
 from infra.local.stack import DEV_ACCOUNT
 
@@ -77,3 +79,44 @@ def test_restart_keeps_state_and_sidecars_stay_out_of_the_share(private_emulator
     share_root = emulator.data_dir / "shares" / DEV_ACCOUNT / "keep"
     assert sorted(str(p.relative_to(share_root)) for p in share_root.rglob("*")) == ["d", "d/f.txt"]
     assert (emulator.data_dir / "meta").is_dir()
+
+
+def test_injected_faults_errors_latency_and_failed_copies(private_emulator) -> None:
+    emulator = private_emulator()
+    admin = f"http://127.0.0.1:{emulator.port}/_emulator/faults"
+    service = ShareServiceClient.from_connection_string(emulator.connection_string)
+    share = service.create_share("faulty")
+    source = share.get_file_client("source.bin")
+    source.upload_file(os.urandom(3 * 1024 * 1024))
+
+    bad = requests.put(admin, json={"error_rate": 2}, timeout=10)
+    assert bad.status_code == 400 and "fraction" in bad.json()["error"]
+    assert (
+        requests.put(admin, json={"copy_failure_rate": 1, "seed": 7}, timeout=10).json()["copy_failure_rate"]
+        == 1
+    )
+    dest = share.get_file_client("dest.bin")
+    dest.start_copy_from_url(source.url)
+    deadline = time.monotonic() + 20
+    while (props := dest.get_file_properties()).copy.status == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert props.copy.status == "failed"
+    assert "injected fault" in props.copy.status_description
+
+    # A third of the requests fail with 503 ServerBusy: the SDK's retries (made quick here) absorb them.
+    requests.put(admin, json={"error_rate": 0.3, "seed": 1}, timeout=10)
+    quick = LinearRetry(backoff=0, retry_total=10, random_jitter_range=0)
+    retrying = ShareServiceClient.from_connection_string(emulator.connection_string, retry_policy=quick)
+    for i in range(5):
+        retrying.get_share_client("faulty").get_file_client(f"f{i}.txt").upload_file(b"retried")
+    requests.put(admin, json={"latency_ms": 200}, timeout=10)
+    started = time.monotonic()
+    share.get_share_properties()
+    assert time.monotonic() - started >= 0.2
+    requests.delete(admin, timeout=10)
+    assert [item["name"] for item in share.list_directories_and_files(name_starts_with="f")] == [
+        f"f{i}.txt" for i in range(5)
+    ]
+    log = requests.get(f"http://127.0.0.1:{emulator.port}/_emulator/requests", timeout=10).json()
+    assert any(entry["error_code"] == "ServerBusy" for entry in log)

@@ -65,6 +65,7 @@ KNOWN: dict[str, tuple[int, str]] = {
         "The specified copy ID did not match the copy ID for the pending copy operation.",
     ),
     "PendingCopyOperation": (409, "There is currently a pending copy operation."),
+    "ServerBusy": (503, "The server is busy."),
     "InternalError": (500, "The server encountered an internal error. Please retry the request."),
 }
 

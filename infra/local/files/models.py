@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import sqlite3
@@ -241,6 +242,8 @@ class CopyJob(threading.Thread):
         self.ino = ino
         self.copied = 0
         self.abort_requested = threading.Event()
+        # An injected failure (see Faults) stops the copy halfway, as a broken source connection would.
+        self.fail_at = source.length // 2 if backend.faults.copy_fails() else None
 
     def run(self) -> None:
         status, description = "success", ""
@@ -250,6 +253,8 @@ class CopyJob(threading.Thread):
                     if self.abort_requested.is_set():
                         status = "aborted"
                         break
+                    if self.fail_at is not None and self.copied >= self.fail_at:
+                        raise OSError("injected fault: the connection to the copy source was reset")
                     chunk = self.source.stream.read(CHUNK)
                     if not chunk:
                         break
@@ -271,10 +276,65 @@ class CopyJob(threading.Thread):
         self.backend._finish_copy(self, status, description)
 
 
+class Faults:
+    """Injected trouble, set through `/_emulator/faults`: a fraction of API requests answered with an
+    error (503 ServerBusy by default, which the SDKs retry), added latency, and a fraction of copies that
+    end `failed`. Seeded, so a failing test can be replayed."""
+
+    FIELDS = ("error_rate", "error_status", "latency_ms", "copy_failure_rate", "seed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.configure({})
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        unknown = set(settings) - set(self.FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fault settings {sorted(unknown)}; known: {', '.join(self.FIELDS)}")
+        error_rate = float(settings.get("error_rate", 0.0))
+        copy_failure_rate = float(settings.get("copy_failure_rate", 0.0))
+        error_status = int(settings.get("error_status", 503))
+        latency_ms = float(settings.get("latency_ms", 0.0))
+        if not (0 <= error_rate <= 1 and 0 <= copy_failure_rate <= 1):
+            raise ValueError("error_rate and copy_failure_rate must be fractions between 0 and 1")
+        if error_status not in (500, 503) or latency_ms < 0:
+            raise ValueError("error_status must be 500 or 503 and latency_ms not negative")
+        with self._lock:
+            self.error_rate, self.error_status = error_rate, error_status
+            self.latency_ms, self.copy_failure_rate = latency_ms, copy_failure_rate
+            self.seed = settings.get("seed")
+            self._random = random.Random(self.seed)
+
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def request_error(self) -> StorageError | None:
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
+        with self._lock:
+            if not self.error_rate or self._random.random() >= self.error_rate:
+                return None
+        if self.error_status == 503:
+            return StorageError(
+                "ServerBusy",
+                status=503,
+                message="The server is busy. (injected fault)",
+                headers={"Retry-After": "1"},
+            )
+        return StorageError(
+            "InternalError", message="The server encountered an internal error. (injected fault)"
+        )
+
+    def copy_fails(self) -> bool:
+        with self._lock:
+            return bool(self.copy_failure_rate) and self._random.random() < self.copy_failure_rate
+
+
 class FilesBackend:
     """All state of the emulated File service for the accounts it serves."""
 
     def __init__(self, data_dir: Path, copy_chunk_delay: float = 0.0) -> None:
+        self.faults = Faults()
         self.data_dir = data_dir.resolve()
         self.shares_root = self.data_dir / "shares"
         self.shares_root.mkdir(parents=True, exist_ok=True)

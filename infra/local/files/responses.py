@@ -267,6 +267,9 @@ class FilesResponses:
         level, groups = routed
         if level == "admin":
             return self.admin(request, groups["action"])
+        injected = self.backend.faults.request_error()
+        if injected is not None:
+            raise injected
         ctx = Ctx(request, level, groups)
         restype = request.args.get("restype") or None
         comp = request.args.get("comp") or None
@@ -336,6 +339,20 @@ class FilesResponses:
             with self._log_lock:
                 entries = list(self.request_log)
             return Response(json.dumps(entries), content_type="application/json")
+        if action == "faults":
+            if request.method in ("PUT", "POST"):
+                try:
+                    settings = json.loads(request.get_data(as_text=True) or "{}")
+                    if not isinstance(settings, dict):
+                        raise ValueError("the body must be a JSON object")
+                    self.backend.faults.configure(settings)
+                except (ValueError, TypeError) as exc:
+                    return Response(
+                        json.dumps({"error": str(exc)}), status=400, content_type="application/json"
+                    )
+            elif request.method == "DELETE":
+                self.backend.faults.configure({})
+            return Response(json.dumps(self.backend.faults.settings()), content_type="application/json")
         return Response(
             json.dumps({"error": f"unknown admin endpoint {action!r}"}),
             status=404,
