@@ -7,16 +7,11 @@ import time
 import pytest
 import requests
 
-from tests.api.stackapp import Api, app_settings
+from tests.api.stackapp import Api
 
 
 @pytest.fixture(scope="session")
 def api(local_stack) -> Api:  # type: ignore[no-untyped-def]
-    if "functions" not in local_stack.processes and "STORAGE_CONNECTION_STRING" not in local_stack.env():
-        # Until the stack hands the host the app's settings itself, give them here (only to services
-        # started from now on: the host reads them; the emulators ignore them).
-        local_stack.extra_env = {**local_stack.extra_env, **app_settings(local_stack),
-                                 "ARM_EMULATOR_PROVISIONING_DELAY": "1"}  # fmt: skip
     stack = local_stack.ensure("azurite", "files", "arm", "functions")
     api = Api(stack)
     deadline = time.monotonic() + 30

@@ -35,13 +35,7 @@ TRAIN_SPEC: dict[str, Any] = {
 
 def app_settings(stack: Any) -> dict[str, str]:
     """The function app's settings for a local stack on its own ports."""
-    return local_stack_values(
-        STORAGE_CONNECTION_STRING=stack.connection_string,
-        AzureWebJobsStorage=stack.connection_string,
-        ARM_ENDPOINT=stack.arm_endpoint,
-        AZURE_SUBSCRIPTION_ID=stack.env()["AZURE_SUBSCRIPTION_ID"],
-        FUNCTIONS_KEY=stack.functions_key,
-    )
+    return local_stack_values(**stack.app_settings())
 
 
 def stage_dataset(
