@@ -274,8 +274,8 @@ class JobRunner:
             job = self.backend.state["jobs"].get(key)
             if job is not None:
                 job["meta"].setdefault("pids", []).append(proc.pid)
-                # Saved now, not at the next tick: a crash right after the launch must still find it.
-                self.backend.save()
+                self.backend.dirty = True
+        self.backend.log_pid(env["AZ_BATCHAI_EMULATOR_JOB"], proc.pid)
         return proc
 
     def _run(

@@ -37,6 +37,9 @@ from urllib.parse import urlparse
 BATCHAI_API_VERSION = "2018-05-01"
 PROVIDER = "Microsoft.BatchAI"
 OPERATION_RETENTION = 3600.0
+# Seconds between saves of what the clock changed (allocation, job states); accepted requests are saved
+# before they are answered (Backend.persist), launched pids are logged at once.
+SAVE_INTERVAL = 0.5
 NODE_STATES = ("idle", "running", "preparing", "leaving", "unusable")
 PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 # vCPUs per VM size family, for usages; unknown sizes count as 6.
@@ -156,6 +159,15 @@ class Backend:
         self.runner = JobRunner(self)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = config.data_dir / "state.json"
+        # One line per launched process ("<job uuid> <pid>"), appended at launch: cheap, and a crash
+        # between two state saves still leaves what the next start needs to stop orphans.
+        self.pid_log = config.data_dir / "pids.log"
+        self._save_lock = threading.Lock()
+        self._last_save = 0.0
+        self._started_saves = 0
+        self._finished_saves = 0
+        self._pending_ops: set[str] = set()
+        self._last_prune = 0.0
         self._load()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -169,15 +181,27 @@ class Backend:
             self._recover_after_restart()
         if not self.secret:
             self.secret = secrets.token_hex(32)
+        self._pending_ops = {k for k, op in self.state["operations"].items() if op["status"] == "InProgress"}
         self.save()
+        self.pid_log.unlink(missing_ok=True)
 
     def _recover_after_restart(self) -> None:
         """Jobs that were running when the emulator stopped can't be reattached: stop what is left of
         their processes and report them failed; free their nodes."""
+        logged: dict[str, list[int]] = {}
+        if self.pid_log.exists():
+            for line in self.pid_log.read_text().splitlines():
+                job_uuid, _, pid = line.partition(" ")
+                if pid.isdigit():
+                    logged.setdefault(job_uuid, []).append(int(pid))
         for key, job in self.state["jobs"].items():
             props = job["body"]["properties"]
-            if props.get("executionState") in ("running", "terminating"):
-                self.runner.kill_orphans(job["meta"])
+            launched = job["meta"].get("uuid", "") in logged  # started, maybe after the last save
+            if props.get("executionState") in ("running", "terminating") or (
+                launched and props.get("executionState") == "queued"
+            ):
+                pids = {*job["meta"].get("pids", []), *logged.get(job["meta"].get("uuid", ""), [])}
+                self.runner.kill_orphans({**job["meta"], "pids": sorted(pids)})
                 self._finish_job(
                     key,
                     exit_code=None,
@@ -196,12 +220,37 @@ class Backend:
             self._update_node_counts(cluster)
 
     def save(self) -> None:
+        with self._save_lock:
+            self._save_locked()
+
+    def persist(self) -> None:
+        """Return once the caller's changes are on disk (an accepted ARM request survives a crash).
+        Group commit: a save that started after the changes were made covers every request waiting."""
+        needed = self._started_saves + 1
+        with self._save_lock:
+            if self._finished_saves >= needed:
+                return
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        """Write the whole state (compact JSON: it is rewritten often). Serialised under the state lock,
+        written outside it; callers hold `_save_lock`, so an older snapshot never replaces a newer one."""
         with self.lock:
-            data = json.dumps({"state": self.state, "secret": self.secret}, indent=1)
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(data)
-            os.replace(tmp, self.state_file)
+            data = json.dumps(
+                {"state": self.state, "secret": self.secret}, separators=(",", ":"), check_circular=False
+            )
             self.dirty = False
+            self._last_save = time.monotonic()
+            self._started_saves += 1
+            generation = self._started_saves
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(data)
+        os.replace(tmp, self.state_file)
+        self._finished_saves = generation
+
+    def log_pid(self, job_uuid: str, pid: int) -> None:
+        with self.pid_log.open("a") as log:
+            log.write(f"{job_uuid} {pid}\n")
 
     # --- background progression ------------------------------------------------------------------
     def start(self) -> None:
@@ -228,22 +277,29 @@ class Backend:
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self.lock:
-            for op_id, op in list(self.state["operations"].items()):
-                if op["status"] == "InProgress" and now >= op["meta"]["done_at"]:
+            for op_id in list(self._pending_ops):
+                op = self.state["operations"].get(op_id)
+                if op is None or op["status"] != "InProgress":
+                    self._pending_ops.discard(op_id)
+                elif now >= op["meta"]["done_at"]:
                     self._complete_operation(op_id, now)
-                elif (
-                    op["status"] != "InProgress"
-                    and now - op["meta"].get("ended_at", now) > OPERATION_RETENTION
-                ):
-                    del self.state["operations"][op_id]  # finished operations are kept for an hour
-                    self.dirty = True
+            if now - self._last_prune > 60:  # finished operations are kept for an hour
+                self._last_prune = now
+                for op_id, op in list(self.state["operations"].items()):
+                    if (
+                        op["status"] != "InProgress"
+                        and now - op["meta"].get("ended_at", now) > OPERATION_RETENTION
+                    ):
+                        del self.state["operations"][op_id]
+                        self.dirty = True
             for key in list(self.state["clusters"]):
                 if key in self.state["clusters"]:
                     self._advance_cluster(key, now)
             self._schedule_jobs(now)
             self._enforce_wall_clock(now)
-            if self.dirty:
-                self.save()
+            save_due = self.dirty and time.monotonic() - self._last_save >= SAVE_INTERVAL
+        if save_due:  # changes are saved at most every SAVE_INTERVAL, outside the tick's lock
+            self.save()
 
     # --- operations ------------------------------------------------------------------------------
     def new_operation(
@@ -262,6 +318,7 @@ class Backend:
                 **extra,
             },
         }
+        self._pending_ops.add(op_id)
         self.dirty = True
         return op_id
 
@@ -1087,11 +1144,21 @@ class Backend:
 
     # --- job progression -------------------------------------------------------------------------
     def _schedule_jobs(self, now: float) -> None:
+        # Only clusters with an idle node can start anything: most ticks end here.
+        free = {
+            key
+            for key, cluster in self.state["clusters"].items()
+            if cluster["body"]["properties"].get("provisioningState") == "succeeded"
+            and any(n["state"] == "idle" for n in cluster["meta"]["nodes"])
+        }
+        if not free:
+            return
         queued = [
             (k, j)
             for k, j in self.state["jobs"].items()
             if j["body"]["properties"].get("executionState") == "queued"
             and j["body"]["properties"].get("provisioningState") == "succeeded"
+            and resource_key(j["body"]["properties"]["cluster"]["id"]) in free
         ]
         queued.sort(
             key=lambda kj: (
@@ -1180,7 +1247,6 @@ class Backend:
             for op in self.state["operations"].values():
                 if op["status"] == "InProgress" and op["meta"]["resource"] == key:
                     op["meta"]["done_at"] = min(op["meta"]["done_at"], time.time())
-            self.save()
 
     def _finish_job(self, key: str, exit_code: int | None, errors: list[dict[str, Any]]) -> None:
         job = self.state["jobs"][key]

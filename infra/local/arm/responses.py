@@ -91,7 +91,10 @@ class ArmResponses:
                     f"{rule[1]} '{value}' is invalid: it must match {rule[0].pattern}.",
                     target=rule[1],
                 )
-        return getattr(self, handler)(req, **params)
+        response = getattr(self, handler)(req, **params)
+        if req.method != "GET" and self.backend.dirty:
+            self.backend.persist()  # what a request changed is on disk before it is answered
+        return response
 
     # --- helpers ---------------------------------------------------------------------------------
     def _body(self, req: ArmRequest, definition: str) -> dict[str, Any]:
@@ -131,8 +134,6 @@ class ArmResponses:
         op_id, body = result
         if op_id is None:  # the same PUT again: nothing to do, answer with the resource
             return json_response(200, body)
-        with self.backend.lock:
-            self.backend.save()
         return self._accepted(req, sub, op_id)
 
     def _deleted(self, req: ArmRequest, sub: str, op_id: str | None) -> Response:
