@@ -100,6 +100,21 @@ def test_start_idempotent_then_teardown(
     listed = cli(function_app, "runs", "--dataset", DATASET)
     assert listed.returncode == 0 and run_id in listed.stdout and uploaded[0] in listed.stdout
 
+    runs = json.loads(cli(function_app, "runs", "--dataset", DATASET, "--json").stdout)
+    cluster = next(r["cluster"] for r in runs if r["id"] == run_id)
+    clusters = cli(function_app, "clusters")
+    assert (
+        clusters.returncode == 0
+        and f"{cluster} (" in clusters.stdout
+        and "Cluster state: " in clusters.stdout
+    )
+    refused = cli(function_app, "delete-cluster", cluster)
+    assert refused.returncode == 1
+    assert (
+        refused.stderr.startswith(f"error: DELETE /api/clusters/{cluster}: 409 ")
+        and len(refused.stderr.splitlines()) == 1
+    ), refused.stderr
+
     down = cli(function_app, "teardown", run_id)
     assert down.returncode == 0, down.stderr
     # `cancelled`, except that shared/ingest.cancel_run terminates the job before its CAS to cancelled,
