@@ -46,8 +46,10 @@ def test_quickstart_in_process(pipeline: Pipeline) -> None:
     ds = dataset_name()
     names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
     results = [ingest_blob(name, p.services) for name in names]
-    assert [r.action for r in results] == ["staged", "staged", "staged", "manifest"]
-    assert results[-1].submitted and len({r.run_id for r in results}) == 1
+    # The manifest was uploaded with the files: the first file's event takes it, the last file submits.
+    assert [r.action for r in results] == ["staged", "staged", "staged", "replay"]
+    assert [r.submitted for r in results] == [False, False, True, False]
+    assert len({r.run_id for r in results}) == 1
     run_id = results[0].run_id
     rec = p.registry.get(run_id)
     assert rec.state in ("provisioning", "queued") and rec.job_name and rec.cluster
