@@ -17,10 +17,10 @@ Slow operations are explicit state progressions advanced by `tick()` (called by 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import secrets
@@ -327,7 +327,7 @@ class Backend:
             op = self.state["operations"].get(op_id)
             if not op:
                 raise ArmError(404, "OperationNotFound", f"Operation {op_id} was not found.")
-            return copy.deepcopy(op)
+            return _clone(op)
 
     def _complete_operation(self, op_id: str, now: float) -> None:
         op = self.state["operations"][op_id]
@@ -386,7 +386,7 @@ class Backend:
                     )
                 existing["body"]["tags"] = body.get("tags") or {}
                 self.dirty = True
-                return 200, copy.deepcopy(existing["body"])
+                return 200, _clone(existing["body"])
             group_body = {
                 "id": self.group_id(sub, rg),
                 "name": rg,
@@ -399,16 +399,16 @@ class Backend:
                 group_body["managedBy"] = body["managedBy"]
             self.state["resourceGroups"][key] = {"body": group_body, "meta": {"subscription": sub}}
             self.dirty = True
-            return 201, copy.deepcopy(group_body)
+            return 201, _clone(group_body)
 
     def get_group(self, sub: str, rg: str) -> dict[str, Any]:
         with self.lock:
-            return copy.deepcopy(self.require_group(sub, rg)["body"])
+            return _clone(self.require_group(sub, rg)["body"])
 
     def list_groups(self, sub: str) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                copy.deepcopy(g["body"])
+                _clone(g["body"])
                 for g in self.state["resourceGroups"].values()
                 if g["meta"]["subscription"].lower() == sub.lower()
             ]
@@ -503,11 +503,12 @@ class Backend:
 
     def _list(self, collection: str, parent_id: str) -> list[dict[str, Any]]:
         prefix = resource_key(parent_id) + "/"
-        return [
-            copy.deepcopy(r["body"])
-            for k, r in sorted(self.state[collection].items(), key=lambda kv: kv[1]["body"]["id"])
+        children = [
+            r
+            for k, r in self.state[collection].items()
             if k.startswith(prefix) and "/" not in k[len(prefix) :]
         ]
+        return _clone(sorted((r["body"] for r in children), key=lambda body: body["id"]))
 
     # --- workspaces ------------------------------------------------------------------------------
     def create_workspace(self, sub: str, rg: str, ws: str, body: dict[str, Any]) -> tuple[str | None, dict]:
@@ -518,7 +519,7 @@ class Backend:
             if existing:
                 existing["body"]["tags"] = body.get("tags") or existing["body"].get("tags", {})
                 self.dirty = True
-                return None, copy.deepcopy(existing["body"])
+                return None, _clone(existing["body"])
             record = self._new_record(
                 "workspaces",
                 rid,
@@ -528,7 +529,7 @@ class Backend:
                 tags=body.get("tags") or {},
             )
             op = self.new_operation("create", rid, sub, collection="workspaces")
-            return op, copy.deepcopy(record["body"])
+            return op, _clone(record["body"])
 
     def update_workspace(self, sub: str, rg: str, ws: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -537,12 +538,12 @@ class Backend:
             if "tags" in body:
                 record["body"]["tags"] = body["tags"] or {}
             self.dirty = True
-            return copy.deepcopy(record["body"])
+            return _clone(record["body"])
 
     def get_workspace(self, sub: str, rg: str, ws: str) -> dict[str, Any]:
         with self.lock:
             self.require_group(sub, rg)
-            return copy.deepcopy(self._get_record("workspaces", self._ids(sub, rg, ws), "workspace")["body"])
+            return _clone(self._get_record("workspaces", self._ids(sub, rg, ws), "workspace")["body"])
 
     def require_workspace(self, sub: str, rg: str, ws: str) -> None:
         self.require_group(sub, rg)
@@ -554,7 +555,7 @@ class Backend:
                 self.require_group(sub, rg)
             prefix = f"/subscriptions/{sub}/" + (f"resourcegroups/{rg}/" if rg else "")
             return [
-                copy.deepcopy(r["body"])
+                _clone(r["body"])
                 for k, r in sorted(self.state["workspaces"].items())
                 if k.startswith(prefix.lower())
             ]
@@ -571,17 +572,15 @@ class Backend:
             rid = f"{self._ids(sub, rg, ws)}/experiments/{exp}"
             existing = self.state["experiments"].get(resource_key(rid))
             if existing:
-                return None, copy.deepcopy(existing["body"])
+                return None, _clone(existing["body"])
             record = self._new_record("experiments", rid, f"{PROVIDER}/workspaces/experiments", {})
-            return self.new_operation("create", rid, sub, collection="experiments"), copy.deepcopy(
-                record["body"]
-            )
+            return self.new_operation("create", rid, sub, collection="experiments"), _clone(record["body"])
 
     def get_experiment(self, sub: str, rg: str, ws: str, exp: str) -> dict[str, Any]:
         with self.lock:
             self.require_workspace(sub, rg, ws)
             rid = f"{self._ids(sub, rg, ws)}/experiments/{exp}"
-            return copy.deepcopy(self._get_record("experiments", rid, "experiment")["body"])
+            return _clone(self._get_record("experiments", rid, "experiment")["body"])
 
     def list_experiments(self, sub: str, rg: str, ws: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -603,13 +602,13 @@ class Backend:
             existing = self.state["fileServers"].get(resource_key(rid))
             if existing:
                 if existing["meta"].get("request") == body:
-                    return None, copy.deepcopy(existing["body"])
+                    return None, _clone(existing["body"])
                 raise ArmError(
                     409,
                     "FileServerAlreadyExists",
                     f"File server '{name}' already exists with different properties; delete it first.",
                 )
-            props = copy.deepcopy(body["properties"])
+            props = _clone(body["properties"])
             ssh = props.get("sshConfiguration", {}).get("userAccountSettings", {})
             ssh.pop("adminUserPassword", None)
             export_dir = self.config.data_dir / "fileservers" / rg / ws / name
@@ -628,16 +627,14 @@ class Backend:
             )
             record = self._new_record("fileServers", rid, f"{PROVIDER}/workspaces/fileservers", props)
             record["meta"]["export_dir"] = str(export_dir)
-            record["meta"]["request"] = copy.deepcopy(body)
-            return self.new_operation("create", rid, sub, collection="fileServers"), copy.deepcopy(
-                record["body"]
-            )
+            record["meta"]["request"] = _clone(body)
+            return self.new_operation("create", rid, sub, collection="fileServers"), _clone(record["body"])
 
     def get_file_server(self, sub: str, rg: str, ws: str, name: str) -> dict[str, Any]:
         with self.lock:
             self.require_workspace(sub, rg, ws)
             rid = f"{self._ids(sub, rg, ws)}/fileServers/{name}"
-            return copy.deepcopy(self._get_record("fileServers", rid, "file server")["body"])
+            return _clone(self._get_record("fileServers", rid, "file server")["body"])
 
     def list_file_servers(self, sub: str, rg: str, ws: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -670,10 +667,8 @@ class Backend:
             props: dict[str, Any] = {
                 "vmSize": req["vmSize"],
                 "vmPriority": req.get("vmPriority", "dedicated"),
-                "scaleSettings": copy.deepcopy(
-                    req.get("scaleSettings") or {"manual": {"targetNodeCount": 0}}
-                ),
-                "virtualMachineConfiguration": copy.deepcopy(
+                "scaleSettings": _clone(req.get("scaleSettings") or {"manual": {"targetNodeCount": 0}}),
+                "virtualMachineConfiguration": _clone(
                     req.get("virtualMachineConfiguration")
                     or {
                         "imageReference": {
@@ -694,7 +689,7 @@ class Backend:
                 auto.setdefault("initialNodeCount", 0)
             if req.get("nodeSetup"):
                 props["nodeSetup"] = _redact_node_setup(req["nodeSetup"])
-            props["subnet"] = copy.deepcopy(
+            props["subnet"] = _clone(
                 req.get("subnet")
                 or {
                     "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/"
@@ -707,8 +702,8 @@ class Backend:
             props["allocationStateTransitionTime"] = now_iso(now)
             props["errors"] = []
             record["meta"] = {
-                "request": copy.deepcopy(body),
-                "node_setup": copy.deepcopy(req.get("nodeSetup") or {}),
+                "request": _clone(body),
+                "node_setup": _clone(req.get("nodeSetup") or {}),
                 "nodes": [],
                 "node_root": str(self.config.data_dir / "nodes" / rg / ws / name),
                 "node_seq": 0,
@@ -720,7 +715,7 @@ class Backend:
             return op, self._cluster_body(record)
 
     def _cluster_body(self, record: dict[str, Any]) -> dict[str, Any]:
-        body = copy.deepcopy(record["body"])
+        body = _clone(record["body"])
         if not body["properties"].get("errors"):
             body["properties"].pop("errors", None)
         return body
@@ -731,7 +726,7 @@ class Backend:
             record = self._get_record("clusters", f"{self._ids(sub, rg, ws)}/clusters/{name}", "cluster")
             scale = (body.get("properties") or {}).get("scaleSettings")
             if scale:
-                scale = copy.deepcopy(scale)
+                scale = _clone(scale)
                 if "manual" in scale:
                     scale["manual"].setdefault("nodeDeallocationOption", "requeue")
                 if "autoScale" in scale:
@@ -1022,7 +1017,7 @@ class Backend:
                     target="properties.cluster.id",
                 )
             job_uuid = str(uuid.uuid4())
-            props = copy.deepcopy(req)
+            props = _clone(req)
             props["cluster"] = {"id": cluster["body"]["id"]}
             props.setdefault("schedulingPriority", "normal")
             # The service's own GetJob/PutJob examples also report the priority as `priority`.
@@ -1047,7 +1042,7 @@ class Backend:
             props["executionStateTransitionTime"] = now_iso(now)
             props["executionInfo"] = {}
             record["meta"] = {
-                "request": copy.deepcopy(body),
+                "request": _clone(body),
                 "uuid": job_uuid,
                 "tool": tool,
                 "secrets": {s["name"]: s.get("value", "") for s in req.get("secrets") or []},
@@ -1059,7 +1054,7 @@ class Backend:
             return op, self._job_body(record)
 
     def _job_body(self, record: dict[str, Any]) -> dict[str, Any]:
-        body = copy.deepcopy(record["body"])
+        body = _clone(record["body"])
         if not body["properties"].get("executionInfo"):
             body["properties"].pop("executionInfo", None)
         return body
@@ -1300,6 +1295,11 @@ class Backend:
             ]
 
 
+def _clone(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (pickle round trip: several times faster than copy.deepcopy)."""
+    return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+
+
 def toolkit_of(props: dict[str, Any]) -> str:
     for setting, tool in TOOLKIT_SETTINGS.items():
         if props.get(setting):
@@ -1322,7 +1322,7 @@ TOOLKIT_SETTINGS = {
 
 def _redact_node_setup(node_setup: dict[str, Any]) -> dict[str, Any]:
     """What the service echoes back: credentials emptied (as in the PutCluster example)."""
-    setup = copy.deepcopy(node_setup)
+    setup = _clone(node_setup)
     volumes = setup.get("mountVolumes") or {}
     for share in volumes.get("azureFileShares") or []:
         share["credentials"] = {}
