@@ -18,6 +18,7 @@ import contextlib
 import json
 import socket
 import traceback
+import uuid
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
@@ -104,6 +105,12 @@ class ArmEmulator:
             self.log.record(method, path, operation, response.status_code, fault)
             return response
         response = self._arm_response(request, route, not_allowed)
+        # ARM's tracing headers: the client's correlation id echoed, a fresh request id.
+        request_id = str(uuid.uuid4())
+        response.headers["x-ms-request-id"] = request_id
+        response.headers["x-ms-correlation-request-id"] = request.headers.get(
+            "x-ms-correlation-request-id", request.headers.get("x-ms-client-request-id", request_id)
+        )
         self.log.record(method, path, operation, response.status_code, None)
         return response
 
