@@ -70,6 +70,8 @@ from shared.staging import (
 
 log = logging.getLogger(__name__)
 
+CARRY_OVER_RUNS = 10  # how many earlier runs of a dataset are searched for files to carry over
+
 
 class DatasetNotStaged(StagingError):
     def __init__(self, message: str) -> None:
@@ -428,15 +430,16 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
     """Required files not yet staged with the blob's current version; carries over files an earlier
     run of the dataset staged (same blob ETag) when they are still on the share."""
     expected = rec.expected_files or []
+    staged_by_name = {f.name: f for f in rec.staged_files}
     if rec.source != "blob":
-        return [name for name in expected if rec.staged(name) is None]
+        return [name for name in expected if name not in staged_by_name]
     blobs = _dataset_blobs(svc, rec.dataset)
     missing: list[str] = []
     carry: list[StagedFile] = []
     earlier: dict[str, StagedFile] | None = None
     for name in expected:
         blob = blobs.get(name)
-        staged = rec.staged(name)
+        staged = staged_by_name.get(name)
         if blob is None:
             missing.append(name)
             continue
@@ -461,10 +464,9 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
 def _earlier_staged(svc: Services, rec: RunRecord) -> dict[str, StagedFile]:
     """The latest staged version of each file over the dataset's earlier runs."""
     latest: dict[str, StagedFile] = {}
-    for other in svc.registry.iter_runs(dataset=rec.dataset):
-        if other.run_id >= rec.run_id:
-            continue
-        for f in svc.registry.get(other.run_id).staged_files:
+    earlier = [r.run_id for r in svc.registry.iter_runs(dataset=rec.dataset) if r.run_id < rec.run_id]
+    for run_id in sorted(earlier)[-CARRY_OVER_RUNS:]:
+        for f in svc.registry.get(run_id).staged_files:
             if f.name not in latest or (f.staged_at or "") > (latest[f.name].staged_at or ""):
                 latest[f.name] = f
     return latest

@@ -239,7 +239,7 @@ def stage_blob(
     file = share.get_file_client(dest_path)
     started = time.monotonic()
     try:
-        copy = file.start_copy_from_url(source_url)
+        copy = _start_copy(file, source_url)
     except HttpResponseError as exc:
         raise StagingError(
             f"copy of {blob_name!r} to the file share could not start: {exc.reason or exc.status_code}",
@@ -292,6 +292,21 @@ def stage_blob(
     return StagedFile(
         name=dest_path.partition("/")[2], size=size, md5=blob_md5, etag=etag_of(props), staged_at=utcnow()
     )
+
+
+def _start_copy(file: ShareFileClient, source_url: str) -> dict[str, Any]:
+    """Start the copy; a copy still pending on the file (its stager died, e.g. a host killed mid-staging)
+    is aborted first, so a retried trigger always starts a fresh, complete copy."""
+    try:
+        return file.start_copy_from_url(source_url)
+    except HttpResponseError as exc:
+        if exc.status_code != 409 or getattr(exc, "error_code", None) != "PendingCopyOperation":
+            raise
+    with contextlib.suppress(HttpResponseError):
+        pending = file.get_file_properties().copy
+        if pending.id:
+            file.abort_copy(pending.id)
+    return file.start_copy_from_url(source_url)
 
 
 def _remove(file: ShareFileClient) -> None:
