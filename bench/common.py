@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import statistics
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,22 @@ class BenchOptions:
 
 @contextlib.contextmanager
 def local_stack(
-    data_dir: Path, services: Sequence[str], extra_env: Mapping[str, str] | None = None
+    data_dir: Path,
+    services: Sequence[str],
+    extra_env: Mapping[str, str] | Callable[[LocalStack], Mapping[str, str]] | None = None,
 ) -> Iterator[LocalStack]:
-    """A stack of its own on free ports (never the developer's `make up` stack), stopped on exit."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack(data_dir=data_dir, ports=Ports.free(), extra_env=dict(extra_env or {}))
+    """A stack of its own on free ports (never the developer's `make up` stack) in a fresh data
+    directory, stopped and removed on exit."""
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    stack = LocalStack(data_dir=data_dir, ports=Ports.free())
+    stack.extra_env = dict((extra_env(stack) if callable(extra_env) else extra_env) or {})
     try:
         stack.start(services, timeout=120)
         yield stack
     finally:
         stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def stack_env(stack: LocalStack, **overrides: str) -> dict[str, str]:

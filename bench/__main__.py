@@ -1,0 +1,175 @@
+"""`python -m bench` (`make bench`): every benchmark of issue 8 on local stacks of its own, a table,
+and `bench/results.json`.
+
+    python -m bench [--quick] [--only NAME ...] [--blob-size BYTES] [--out PATH] [--work-dir DIR]
+
+Each benchmark starts the services it needs on free ports in a fresh directory under --work-dir and
+stops them when done, so it never touches a developer's `make up` stack. `--quick` runs everything at
+tiny sizes (a 64 MiB blob, 100 runs, 5 datasets, a tiny demo): a smoke test of the harness, not
+figures to quote. Exit status 0 when every benchmark produced its figures (missed targets included:
+benchmarks report, they do not fail), 1 when one could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import cold_import, demo_overhead, ingest_latency, monitor_cycle, staging
+from bench.common import BenchOptions, Figure
+from infra.local.stack import REPO_ROOT
+
+BENCHMARKS: dict[str, Callable[[BenchOptions], list[Figure]]] = {
+    "ingest": ingest_latency.run,
+    "staging": staging.run,
+    "monitor": monitor_cycle.run,
+    "import": cold_import.run,
+    "demo": demo_overhead.run,
+}
+DEFAULT_OUT = REPO_ROOT / "bench" / "results.json"
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '1073741824', '64M', '1G' (binary units)."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        value = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"blob size {text!r} is not a size such as 1G, 64M or 4096"
+        ) from None
+    if value < 1024 * 1024:
+        raise argparse.ArgumentTypeError(f"blob size must be at least 1 MiB, not {value} bytes")
+    return value
+
+
+def options_from(args: argparse.Namespace) -> BenchOptions:
+    options = BenchOptions(work_dir=args.work_dir)
+    if args.quick:
+        options = BenchOptions(
+            quick=True,
+            work_dir=args.work_dir,
+            blob_size=64 * 1024**2,
+            datasets=5,
+            monitor_runs=100,
+            monitor_cycles=3,
+            import_runs=3,
+            demo_repeats=1,
+            demo_train=200,
+            demo_test=50,
+            demo_epochs=1,
+            staging_repeats=1,
+        )
+    if args.blob_size is not None:
+        options.blob_size = args.blob_size
+    if args.demo_epochs is not None:
+        options.demo_epochs = args.demo_epochs
+    if args.demo_repeats is not None:
+        options.demo_repeats = args.demo_repeats
+    return options
+
+
+def format_value(figure: Figure) -> str:
+    value = f"{figure.value:g}" if figure.unit != "s" else f"{figure.value:.2f}"
+    return f"{value} {figure.unit}"
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [("figure", "median", "target", "met", "runs", "baseline (same run)")]
+    for f in figures:
+        met = "-" if f.met is None else ("yes" if f.met else "NO")
+        rows.append((f.name, format_value(f), f.target, met, str(f.runs), f.baseline))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append(" | ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
+        if n == 0:
+            lines.append("-+-".join("-" * w for w in [*widths, len(rows[0][-1])]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--blob-size", type=parse_size, help="staging blob size (default 1G; --quick 64M)")
+    parser.add_argument("--demo-epochs", type=int, help="training epochs of the demo benchmark (default 3)")
+    parser.add_argument("--demo-repeats", type=int, help="direct/pipeline pairs of the demo benchmark")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="results JSON (default bench/results.json)"
+    )
+    parser.add_argument("--work-dir", type=Path, default=None, help="scratch space (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    own_work_dir = args.work_dir is None
+    args.work_dir = Path(tempfile.mkdtemp(prefix="bench-")) if own_work_dir else args.work_dir
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    options = options_from(args)
+    print(f"disk: {shutil.disk_usage(args.work_dir).free / 1024**3:.1f} GiB free in {args.work_dir}")
+    figures: list[Figure] = []
+    failures: dict[str, str] = {}
+    durations: dict[str, float] = {}
+    started_at = datetime.now(UTC)
+    load_at_start = round(os.getloadavg()[0], 2)
+    try:
+        for name in args.only or list(BENCHMARKS):
+            print(f"==> {name} ...", flush=True)
+            started = time.monotonic()
+            try:
+                produced = BENCHMARKS[name](options)
+            except Exception as exc:  # report the others; the exit status says one failed
+                traceback.print_exc()
+                failures[name] = f"{type(exc).__name__}: {exc}"[:2000]
+                produced = []
+            durations[name] = round(time.monotonic() - started, 1)
+            for figure in produced:
+                print(
+                    f"    {figure.name.strip()}: {format_value(figure)} (target {figure.target})", flush=True
+                )
+            figures.extend(produced)
+    finally:
+        if own_work_dir:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
+
+    command = "python -m bench" + (" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else "")
+    print()
+    print(table(figures))
+    for name, why in failures.items():
+        print(f"\n{name}: did not run: {why}", file=sys.stderr)
+    results = {
+        "command": command if argv is None else "python -m bench " + " ".join(argv),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "quick": options.quick,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": _cpus(),
+            "platform": platform.platform(),
+            "load_average_1m_at_start_and_end": [load_at_start, round(os.getloadavg()[0], 2)],
+        },
+        "seconds_per_benchmark": durations,
+        "figures": [f.to_json() for f in figures],
+        "failures": failures,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 1 if failures else 0
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
