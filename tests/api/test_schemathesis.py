@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.api.stackapp import Api
@@ -37,3 +38,21 @@ def test_api_conforms_to_its_openapi_document(api: Api) -> None:
         except Exception as exc:
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_invalid_start_requests_are_refused(api: Api) -> None:
+    """Negative mode on POST /runs: bodies, headers and parameters that break the document must get a
+    4xx (never a started run, never a 5xx)."""
+    schema = schemathesis.openapi.from_url(f"{api.base}/openapi.json")
+    schema.config.update(base_url=api.base)
+    (operation,) = [r.ok() for r in schema.include(method="POST", path="/runs").get_all_operations()]
+
+    @given(case=operation.as_strategy(GenerationMode.NEGATIVE))
+    @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(case: schemathesis.Case) -> None:
+        response = case.call(headers={"x-functions-key": api.key}, timeout=60)
+        assert 400 <= response.status_code < 500, (case.body, response.status_code, response.text[:500])
+        assert response.headers["content-type"][0].startswith("application/json")
+        assert set(response.json()) == {"error"}
+
+    check()
