@@ -9,6 +9,7 @@ the clock (cleanup's `now`) forward instead of waiting for retention periods.
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,3 +124,36 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
     assert svc.share.get_directory_client("live").exists()
     # The registry keeps the records.
     assert svc.registry.get(done_id).state == "succeeded"
+
+
+def test_cleanup_timer_in_the_host_honours_the_dry_run_setting(api: Any, isolated: Any) -> None:
+    """The timer function itself, invoked by the local host (its test client) with CLEANUP_DRY_RUN."""
+    from infra.local.funchost.host import FunctionHost
+    from infra.local.stack import REPO_ROOT
+    from shared.clients import reset_clients
+    from shared.settings import reset_settings
+
+    values = {
+        **app_settings(api.stack),
+        "RUNS_TABLE": "cleanupe2e",
+        "BATCHAI_WORKSPACE": "cleanup-e2e",
+        "FILE_SHARE_NAME": "cleanup-e2e",
+        "REPORTS_CONTAINER": "reports-timer",
+        "CLEANUP_DRY_RUN": "true",
+    }
+    saved = dict(os.environ)  # the host exports its settings into this process's environment
+    try:
+        reset_settings()
+        reset_clients()
+        FunctionHost(REPO_ROOT, settings=values, triggers=False).test_client().timer("cleanup")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_settings()
+        reset_clients()
+    settings = Settings.from_env(values)
+    container = clients.blob_service(settings).get_container_client("reports-timer")
+    names = [b.name for b in container.list_blobs(name_starts_with="cleanup/")]
+    assert len(names) == 1 and names[0].endswith("-dry-run.json"), names
+    report = report_blob(settings, names[0])
+    assert report["dry_run"] is True and all(a["result"] == "dry-run" for a in report["actions"])
