@@ -666,13 +666,12 @@ def _staged_from_props(name: str, props: Any) -> StagedFile:
 
 
 def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | None = None) -> RunRecord:
-    """Tear a run down: terminate and delete its job, mark it cancelled (from any non-terminal
-    state), and with ``delete_cluster`` delete its cluster when no other active run uses it.
-    Idempotent: a finished run is returned as it is (its job is still deleted if asked)."""
+    """Tear a run down: mark it cancelled (from any non-terminal state; a compare-and-swap, so the
+    monitor cannot finish it meanwhile), terminate and delete its job, and with ``delete_cluster``
+    delete its cluster when no other active run uses it. Idempotent: a finished run keeps its state
+    (its job is still deleted). Batch AI failures propagate (ComputeError); calling again resumes."""
     svc = svc or services()
     rec = svc.registry.get(run_id)
-    if rec.job_name:
-        svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
     if rec.state not in TERMINAL_STATES:
         try:
             rec = svc.registry.transition(
@@ -686,6 +685,8 @@ def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | Non
             rec = rejected.current
             if rec.state not in TERMINAL_STATES:
                 raise
+    if rec.job_name:
+        svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
     if delete_cluster and rec.cluster:
         users = [
             r.run_id

@@ -254,11 +254,22 @@ def _skipped(rec: RunRecord, state: str, job: Any) -> dict[str, str]:
 
 
 def _cluster_failure(cluster: Any) -> list[dict[str, Any]]:
+    """The cluster's errors when it failed to provision: it reports errors, is not resizing any more,
+    and has no node that is or may become usable (a single failed node among good ones is not a
+    failed cluster: the job runs on the others)."""
     if cluster is None:
         return []
     errors = getattr(cluster, "errors", None) or []
-    if not errors:
+    if not errors or _state(cluster.allocation_state) == "resizing":
         return []
+    counts = getattr(cluster, "node_state_counts", None)
+    if counts is not None:
+        usable = sum(
+            getattr(counts, name, 0) or 0
+            for name in ("idle_node_count", "running_node_count", "preparing_node_count")
+        )
+        if usable:
+            return []
     return [{"code": e.code or "ClusterError", "message": e.message or "cluster error"} for e in errors]
 
 
