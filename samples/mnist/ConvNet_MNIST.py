@@ -117,6 +117,21 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
     return total_loss / len(labels), correct / len(labels)
 
 
+def idle_cores() -> int:
+    """CPU threads to train with: the cores this process may use that are not busy already.
+
+    torch's default divides the cores by OMPI_COMM_WORLD_LOCAL_SIZE, which Batch AI (and the local
+    emulator) set for every job, so it must be set here anyway. On a dedicated node that is every core;
+    on a shared machine (the local stack) OpenMP threads that wait for busy cores run many times slower
+    than fewer threads, so cores already loaded (1-minute load average) are left out."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -136,7 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads (default 0: every core this process may use)"
+        "--threads", type=int, default=0, help="CPU threads (default 0: the cores not busy already)"
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to train (default: CUDA when available, CPU otherwise)")  # fmt: skip
@@ -150,12 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     seed_everything(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif hasattr(os, "sched_getaffinity"):
-        # torch's default divides the cores by OMPI_COMM_WORLD_LOCAL_SIZE, which Batch AI (and the local
-        # emulator) set for every job: one process per node should use every core it may run on.
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads or idle_cores())
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda asked for, but CUDA is not available", file=sys.stderr)
         return 2
