@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shared.cleanup import (
     Action,
     CleanupPolicy,
@@ -185,3 +188,71 @@ def test_execute_dry_run_changes_nothing_and_real_run_reports_each_result() -> N
     doc = report(real, started_at=NOW, finished_at=NOW, dry_run=False, policy=POLICY)
     assert doc["summary"] == {"done": 1, "failed": 1, "skipped": 1}
     assert doc["actions"][0]["kind"] == "delete_job" and doc["actions"][0]["result"] == "done"
+
+
+# --- the safety property, over random inventories ------------------------------------------------------
+
+NAMES = st.sampled_from(["a", "b", "c"])
+TIMES = st.one_of(st.none(), st.integers(min_value=0, max_value=400).map(lambda h: NOW - h * H))
+RUN_STATES = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATES = ["queued", "running", "terminating", "succeeded", "failed"]
+
+runs_strategy = st.builds(
+    RunInfo,
+    id=st.uuids().map(str),
+    dataset=NAMES,
+    state=st.sampled_from(RUN_STATES),
+    cluster=st.one_of(st.none(), NAMES),
+    experiment=st.one_of(st.none(), NAMES),
+    job=st.one_of(st.none(), NAMES),
+    finished_at=TIMES,
+)
+jobs_strategy = st.builds(
+    JobInfo,
+    name=NAMES,
+    experiment=NAMES,
+    state=st.sampled_from(JOB_STATES),
+    cluster=st.one_of(st.none(), NAMES),
+    created_at=TIMES,
+    started_at=TIMES,
+    ended_at=TIMES,
+    max_wall_clock=st.one_of(st.none(), st.integers(1, 300).map(lambda h: h * H)),
+)
+inventories = st.builds(
+    Inventory,
+    runs=st.lists(runs_strategy, max_size=6),
+    jobs=st.lists(jobs_strategy, max_size=6, unique_by=lambda j: (j.experiment, j.name)),
+    clusters=st.lists(
+        st.builds(ClusterInfo, name=NAMES, created_at=TIMES), max_size=3, unique_by=lambda c: c.name
+    ),
+    experiments=st.lists(
+        st.builds(ExperimentInfo, name=NAMES, created_at=TIMES), max_size=3, unique_by=lambda e: e.name
+    ),
+    staged_datasets=st.lists(NAMES, max_size=3, unique=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(inventories)
+def test_nothing_a_live_run_or_active_job_uses_is_ever_deleted(inventory: Inventory) -> None:
+    actions = plan(inventory, NOW, POLICY)
+    live = [r for r in inventory.runs if r.active]
+    active_jobs = [j for j in inventory.jobs if j.state not in ("succeeded", "failed")]
+    for action in actions:
+        if action.kind == "terminate_job":
+            job = next(j for j in inventory.jobs if (j.experiment, j.name) == (action.experiment, action.job))
+            assert job.state == "running"
+            continue
+        if action.kind == "delete_job":
+            assert all((r.experiment, r.job) != (action.experiment, action.job) for r in live)
+            job = next(j for j in inventory.jobs if (j.experiment, j.name) == (action.experiment, action.job))
+            assert job.state in ("succeeded", "failed")
+        if action.kind == "delete_experiment":
+            assert all(r.experiment != action.experiment for r in live)
+            assert all(j.experiment != action.experiment for j in active_jobs)
+        if action.kind == "delete_cluster":
+            assert all(r.cluster != action.cluster for r in live)
+            assert all(j.cluster != action.cluster for j in active_jobs)
+        if action.kind == "delete_staged_data":
+            assert all(r.dataset != action.dataset for r in live)
+    assert plan(inventory, NOW, POLICY) == actions  # pure: same inputs, same plan
