@@ -37,6 +37,42 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], list[Figure]]] = {
     "demo": demo_overhead.run,
 }
 DEFAULT_OUT = REPO_ROOT / "bench" / "results.json"
+# Every figure's key, by benchmark (the smoke test checks that a run produces all of them).
+FIGURE_KEYS = {
+    "ingest": ("ingest.one_at_a_time_s", "ingest.burst_s"),
+    "staging": (
+        "staging.throughput_ratio",
+        "staging.rss_growth_mib",
+        "staging.files_emulator_rss_growth_mib",
+    ),
+    "monitor": ("monitor.arm_requests", "monitor.pass_s"),
+    "import": ("import.ratio", "import.process_wall_ratio"),
+    "demo": ("demo.overhead_s", "demo.overhead_inside_run_s"),
+}
+# Sizes that override the defaults (or --quick's); the smoke test shrinks every one of them.
+SIZE_OPTIONS = {
+    "blob_size": "",
+    "staging_repeats": "download/stage pairs (default 3)",
+    "datasets": "datasets dropped, one at a time and at once (default 20)",
+    "monitor_runs": "active runs the monitor pass sees (default 1000)",
+    "monitor_experiments": "experiments they spread over (default 10)",
+    "monitor_cycles": "monitor passes timed (default 5)",
+    "import_runs": "fresh interpreters per import kind (default 7)",
+    "demo_repeats": "direct/pipeline pairs of the demo benchmark (default 3)",
+    "demo_train": "demo training samples (default 6000, the demo's)",
+    "demo_test": "demo test samples (default 1000, the demo's)",
+    "demo_epochs": "demo training epochs (default 3, the demo's)",
+}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def parse_size(text: str) -> int:
@@ -71,12 +107,10 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
             demo_epochs=1,
             staging_repeats=1,
         )
-    if args.blob_size is not None:
-        options.blob_size = args.blob_size
-    if args.demo_epochs is not None:
-        options.demo_epochs = args.demo_epochs
-    if args.demo_repeats is not None:
-        options.demo_repeats = args.demo_repeats
+    for name in SIZE_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            setattr(options, name, value)
     return options
 
 
@@ -104,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--blob-size", type=parse_size, help="staging blob size (default 1G; --quick 64M)")
-    parser.add_argument("--demo-epochs", type=int, help="training epochs of the demo benchmark (default 3)")
-    parser.add_argument("--demo-repeats", type=int, help="direct/pipeline pairs of the demo benchmark")
+    for name, help_text in SIZE_OPTIONS.items():
+        if name != "blob_size":
+            parser.add_argument("--" + name.replace("_", "-"), type=positive_int, help=help_text)
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="results JSON (default bench/results.json)"
     )

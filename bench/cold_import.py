@@ -80,6 +80,7 @@ def run(options: BenchOptions) -> list[Figure]:
     heavy = heaviest_imports("function_app")
     return [
         Figure(
+            key="import.ratio",
             name="import function_app (cold) / import azure.functions (cold)",
             value=round(ratio, 3),
             unit="x",
@@ -97,6 +98,7 @@ def run(options: BenchOptions) -> list[Figure]:
             },
         ),
         Figure(
+            key="import.process_wall_ratio",
             name="  process wall time, same interpreters",
             value=round(wall_ratio, 3),
             unit="x",

@@ -28,6 +28,7 @@ PY = sys.executable
 class Figure:
     """One line of the results table: a median over `runs` samples, its baseline, its target."""
 
+    key: str  # stable id, e.g. "staging.throughput_ratio" (names carry sizes and change)
     name: str
     value: float  # the figure compared to the target (a ratio, seconds, bytes, a count)
     unit: str

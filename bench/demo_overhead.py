@@ -126,6 +126,7 @@ def run(options: BenchOptions) -> list[Figure]:
     args = f"--train {options.demo_train} --test {options.demo_test} --epochs {options.demo_epochs}"
     return [
         Figure(
+            key="demo.overhead_s",
             name=f"demo end to end - training script alone ({args})",
             value=round(overhead, 2),
             unit="s",
@@ -137,6 +138,7 @@ def run(options: BenchOptions) -> list[Figure]:
             details={"direct_s": [round(x, 2) for x in direct], "end_to_end_s": [round(x, 2) for x in e2e]},
         ),
         Figure(
+            key="demo.overhead_inside_run_s",
             name="  overhead inside one run (end to end - its own job time)",
             value=round(median(inside), 2),
             unit="s",

@@ -124,6 +124,7 @@ def run(options: BenchOptions) -> list[Figure]:
     common = {"runs": cycles}
     return [
         Figure(
+            key="monitor.arm_requests",
             name=f"monitor pass, {runs} active runs / {experiments} experiments: ARM requests",
             value=med_requests,
             unit="requests",
@@ -142,6 +143,7 @@ def run(options: BenchOptions) -> list[Figure]:
             **common,
         ),
         Figure(
+            key="monitor.pass_s",
             name="  monitor pass duration",
             value=round(med_seconds, 3),
             unit="s",

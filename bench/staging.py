@@ -225,6 +225,7 @@ def figures(size: int, stage_runs: list[dict[str, Any]], download_runs: list[dic
     label = f"{mib(size):.0f} MiB" if size < 1024**3 else f"{size / 1024**3:g} GiB"
     return [
         Figure(
+            key="staging.throughput_ratio",
             name=f"staging {label} blob -> share: throughput / download-to-disk throughput",
             value=round(ratio, 3),
             unit="x",
@@ -240,6 +241,7 @@ def figures(size: int, stage_runs: list[dict[str, Any]], download_runs: list[dic
             },
         ),
         Figure(
+            key="staging.rss_growth_mib",
             name="  staging process peak RSS growth",
             value=round(mib(median(growth)), 1),
             unit="MiB",
@@ -252,6 +254,7 @@ def figures(size: int, stage_runs: list[dict[str, Any]], download_runs: list[dic
             details={"ready_rss_mib": [round(mib(r["ready_rss"]), 1) for r in stage_runs]},
         ),
         Figure(
+            key="staging.files_emulator_rss_growth_mib",
             name="  Files emulator RSS growth while staging",
             value=round(mib(median(emu_growth)), 1),
             unit="MiB",
