@@ -97,7 +97,7 @@ def _unexpected(exc: Exception, operation: str) -> ApiError:
         return ApiError(400, "InvalidRequest", str(exc))
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         log.warning("%s: dependency unreachable: %s", operation, exc)
-        return ApiError(503, "DependencyUnavailable", f"a dependency is unreachable: {_short(exc)}")
+        return ApiError(503, "ServiceUnavailable", f"a dependency is unreachable: {_short(exc)}")
     if isinstance(exc, HttpResponseError):
         code = getattr(getattr(exc, "error", None), "code", None) or exc.reason or "Error"
         log.warning("%s: upstream error %s %s: %s", operation, exc.status_code, code, _short(exc))
@@ -122,10 +122,10 @@ def _settings() -> Any:
 
 
 def _registry() -> Any:
-    from shared import clients
-    from shared.registry import RunRegistry
+    """The pipeline's registry (built once per process from the settings, table created once)."""
+    from shared import ingest
 
-    return RunRegistry(clients.runs_table())
+    return ingest.services().registry
 
 
 def _base_url(request: ApiRequest) -> str:
