@@ -81,6 +81,11 @@ class Cloud:
             self.ensure_workspace()
             return self.compute.ensure_cluster(name, params)
 
+    def ensure_experiment(self, dataset: str) -> None:
+        """The dataset's experiment (created and waited for when missing)."""
+        self.ensure_workspace()
+        self.compute.ensure_experiment(bm.experiment_name(dataset))
+
     @staticmethod
     def is_steady(cluster: ClusterRef) -> bool:
         return (cluster.allocation_state or "").lower() == "steady" and not cluster.created

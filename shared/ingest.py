@@ -186,6 +186,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     extra = rec.log_extra()
     if created:
         log.info("first upload of dataset %s: run %s created", ref.dataset, rec.run_id, extra=extra)
+    spec: RunSpec | None = None
     if ref.path != MANIFEST_NAME and rec.spec is None and rec.manifest_etag is None:
         # The manifest may be there already (uploaded first, or this run follows a submitted one
         # of the same dataset): the run takes it now rather than waiting for a new upload of it.
@@ -196,14 +197,12 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
             manifest_props = None
         if manifest_props is not None:
             try:
-                _take_manifest(svc, rec, manifest_props)
+                spec = _take_manifest(svc, rec, manifest_props, prepare=False)
             except RunSpecError as exc:
                 message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
                 _fail_staging(svc, rec, "InvalidManifest", message, manifest_etag=etag_of(manifest_props))
                 return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
             rec = svc.registry.get(rec.run_id)
-    if created and rec.cluster is None and ref.path != MANIFEST_NAME:
-        _prepare_infrastructure(svc, rec, spec=None)
 
     if ref.path == MANIFEST_NAME:
         try:
@@ -214,6 +213,14 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
         submitted = check_ready(rec.run_id, svc)
         return IngestResult("manifest", rec.run_id, STAGING, submitted=submitted)
 
+    # The first upload of a run (or the first with its manifest) starts creating the cluster and
+    # experiment while this blob is copied: provisioning overlaps the rest of the upload.
+    preparing = None
+    if (created or spec is not None) and needs_preparation(svc, rec, spec):
+        preparing = threading.Thread(
+            target=_prepare_infrastructure, args=(svc, rec, spec), name=f"prepare-{rec.run_id}", daemon=True
+        )
+        preparing.start()
     try:
         staged = stage_blob(
             svc.container,
@@ -229,6 +236,9 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
             raise  # transient: let the trigger retry (and poison after its retries)
         _fail_staging(svc, rec, exc.code, str(exc))
         return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
+    finally:
+        if preparing is not None:
+            preparing.join()  # nothing outlives the invocation
     svc.registry.add_staged_files(rec.run_id, [staged])
     submitted = check_ready(rec.run_id, svc)
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
@@ -293,8 +303,9 @@ def _fail_staging(
         )
 
 
-def _take_manifest(svc: Services, rec: RunRecord, props: Any) -> RunSpec:
-    """Parse run.json and make it the run's spec (idempotent per manifest ETag)."""
+def _take_manifest(svc: Services, rec: RunRecord, props: Any, *, prepare: bool = True) -> RunSpec:
+    """Parse run.json and make it the run's spec (idempotent per manifest ETag); with ``prepare``,
+    start creating the spec's cluster when it is not the one the run has."""
     spec = read_manifest(svc, rec.dataset)
     if rec.manifest_etag == etag_of(props) and rec.spec is not None:
         return spec
@@ -317,9 +328,16 @@ def _take_manifest(svc: Services, rec: RunRecord, props: Any) -> RunSpec:
 
     svc.registry.update(rec.run_id, apply, expected_state=STAGING)
     log.info("run %s: manifest taken (%d required file(s))", rec.run_id, len(expected), extra=rec.log_extra())
-    if rec.cluster is None or rec.cluster != svc.cloud.cluster_name(spec, rec.dataset):
+    if prepare and needs_preparation(svc, rec, spec):
         _prepare_infrastructure(svc, rec, spec=spec)
     return spec
+
+
+def needs_preparation(svc: Services, rec: RunRecord, spec: RunSpec | None) -> bool:
+    """Whether the run's cluster (for ``spec``, or the defaults) is not requested yet."""
+    if spec is None:
+        return rec.cluster is None
+    return rec.cluster != svc.cloud.cluster_name(spec, rec.dataset)
 
 
 def read_manifest(svc: Services, dataset: str) -> RunSpec:
@@ -353,6 +371,7 @@ def _prepare_infrastructure(svc: Services, rec: RunRecord, spec: RunSpec | None)
         ensure_share(svc.share)
         ensure_directory(svc.share, rec.dataset)
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
+        svc.cloud.ensure_experiment(rec.dataset)  # off the submission's critical path
     except (ComputeError, HttpResponseError, OSError) as exc:
         log.warning(
             "run %s: preparing the cluster failed (will retry): %s", rec.run_id, exc, extra=rec.log_extra()
