@@ -61,7 +61,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "Request body is not JSON",
         422: "Idempotency-Key reused with a different request body (IdempotencyKeyReused), or the run "
         "failed before its job existed, e.g. files the spec needs are not in the dataset (MissingFiles, "
-        "NothingToStage); Location names the failed run",
+        "NothingToStage, DatasetNotStaged); Location names the failed run when there is one",
         500: "Internal error (no stack trace; see the function logs)",
         502: "Batch AI or storage answered with an error",
         503: "A dependency is unreachable or unavailable",
@@ -345,7 +345,7 @@ def _operations() -> dict[str, Any]:
                             },
                         },
                     },
-                    **_errors(400, 401, 404, 405, 409, 413, 415, 422, 500, 502, 503),
+                    **_errors(400, 401, 405, 409, 413, 415, 422, 500, 502, 503),
                 },
             },
         },

@@ -346,29 +346,27 @@ def _replay_or_conflict(
     return _accepted(request, record, {"Idempotent-Replayed": "true"})
 
 
+# Staging refusals of ingest.start_run: the request names something that cannot run as it is (422, as
+# a run that failed before its job existed), a bad name (400), or the copy itself failed (502).
+_UNPROCESSABLE_STAGING = frozenset({"DatasetNotStaged", "NothingToStage", "MissingFiles"})
+_INVALID_STAGING = frozenset({"InvalidDatasetName", "InvalidBlobName"})
+
+
 def _start_error(exc: Exception) -> Exception:
-    """ingest.start_run's refusals as API errors (unknown dataset, empty prefix, bad names...)."""
-    from shared.settings import SettingsError
+    """ingest.start_run's refusals as API errors; anything else goes on to `_unexpected`."""
+    from shared.runspec import RunSpecError
     from shared.staging import StagingError
 
-    if isinstance(exc, ApiError | SettingsError):
-        return exc
-    name = type(exc).__name__
-    code = getattr(exc, "code", None) or name
-    if isinstance(exc, StagingError) or name in ("DatasetNotFound", "DatasetNotStaged", "NothingToStage"):
-        status = 404 if "NotFound" in str(code) or "NotStaged" in str(code) or "Nothing" in str(code) else 400
-        return ApiError(status, str(code), str(exc))
-    if name in ("RunConflict", "DatasetBusy", "TransitionRejected"):
-        return ApiError(409, str(code), str(exc))
-    if isinstance(exc, ValueError) and not _is_azure_error(exc):
-        return ApiError(400, "InvalidRequest", str(exc))
+    if isinstance(exc, StagingError):
+        status = 422 if exc.code in _UNPROCESSABLE_STAGING else 400 if exc.code in _INVALID_STAGING else 502
+        return ApiError(status, exc.code, str(exc))
+    code = getattr(exc, "error_code", None) or getattr(getattr(exc, "error", None), "code", None)
+    if code == "ContainerNotFound":  # staging from a prefix of a training container not created yet
+        return ApiError(422, "NothingToStage", f"nothing to stage: {_short(exc)}")
+    if isinstance(exc, RunSpecError):
+        details = [{"field": f"spec.{e['field']}", "message": e["message"]} for e in exc.errors]
+        return ApiError(400, "InvalidRequest", str(exc), details=details)
     return exc
-
-
-def _is_azure_error(exc: BaseException) -> bool:
-    from azure.core.exceptions import AzureError
-
-    return isinstance(exc, AzureError)
 
 
 # --- GET /api/runs ------------------------------------------------------------------------------------

@@ -112,6 +112,10 @@ def test_error_statuses_over_http(api: Api) -> None:
     assert "ConvNet_MNIST.py" in error(missing, 422, "MissingFiles")["message"]
     failed = api.get(missing.headers["Location"].removeprefix(api.base)).json()
     assert failed["state"] == "failed" and failed["errors"][0]["code"] == "MissingFiles"
+    empty = api.post(
+        "/runs", json={"dataset": unique("nothing"), "stage_from_prefix": unique("no-such-folder")}
+    )
+    error(empty, 422, "NothingToStage")
     # Its cluster was requested before the files were checked; nothing uses it: it can go.
     gone = api.delete(f"/clusters/{failed['cluster']}")
     assert gone.status_code == 202 and gone.json() == {
