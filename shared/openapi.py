@@ -158,6 +158,14 @@ def _schemas() -> dict[str, Any]:
             "idempotency_key": {"type": ["string", "null"]},
         }
     )
+    teardown = copy.deepcopy(run)
+    teardown["properties"].update(
+        {
+            "job_deleted": {"type": "boolean", "description": "The run's job was terminated and deleted"},
+            "cluster_deleted": {"type": "boolean", "description": "With cluster=true: the cluster is going"},
+            "message": {"type": "string"},
+        }
+    )
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -207,6 +215,7 @@ def _schemas() -> dict[str, Any]:
         "OutputFile": output_schema,
         "RunSummary": run_summary,
         "Run": run,
+        "Teardown": teardown,
         "RunList": {
             "type": "object",
             "required": ["runs"],
@@ -368,7 +377,7 @@ def _operations() -> dict[str, Any]:
                 " A run already finished keeps its state; its job is still deleted.",
                 "parameters": [_bool_query("cluster", "Also delete the run's cluster when unused")],
                 "responses": {
-                    "200": _json(_ref("Run"), "Torn down: the run as it is now"),
+                    "200": _json(_ref("Teardown"), "Torn down: the run as it is now, and what was done"),
                     **_errors(400, 401, 404, 405, 409, 500, 502),
                 },
             },

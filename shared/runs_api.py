@@ -515,14 +515,33 @@ def _last_lines(text: str, lines: int) -> str:
 
 def delete_run(request: ApiRequest) -> ApiResponse:
     """Terminate and delete the run's job and mark it cancelled (a finished run keeps its state); with
-    cluster=true also delete its cluster unless another active run uses it. Returns the run."""
+    cluster=true also delete its cluster unless another active run uses it. Answers the run record
+    with `job_deleted`, `cluster_deleted` (with cluster=true) and a `message`."""
     from shared import ingest
 
     run_id = _run_id(request)
     with_cluster = _flag(request, "cluster")
-    _registry().get(run_id)  # 404 before any side effect
+    before = _registry().get(run_id)  # 404 before any side effect
     record = ingest.cancel_run(run_id, delete_cluster=with_cluster)
-    return ApiResponse(200, _full(record, request))
+    body = _full(record, request)
+    body["job_deleted"] = bool(before.job_name)
+    notes = [f"job {before.job_name} terminated and deleted" if before.job_name else "the run had no job"]
+    if with_cluster:
+        body["cluster_deleted"] = _cluster_going(record.cluster)
+        if record.cluster and not body["cluster_deleted"]:
+            notes.append(f"cluster {record.cluster} kept: other active runs use it")
+        elif record.cluster:
+            notes.append(f"cluster {record.cluster} deleting")
+    body["message"] = "; ".join(notes)
+    return ApiResponse(200, body)
+
+
+def _cluster_going(name: str | None) -> bool:
+    """Is the cluster gone or being deleted?"""
+    if not name:
+        return False
+    cluster = _compute().get_cluster(name)
+    return cluster is None or _enum_text(cluster.provisioning_state) == "deleting"
 
 
 # --- clusters ---------------------------------------------------------------------------------------

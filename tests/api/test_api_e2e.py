@@ -206,6 +206,7 @@ def test_teardown_of_a_running_job_and_cluster_delete_refused_while_in_use(api: 
     torn = api.delete(f"/runs/{run['id']}", params={"cluster": "true"})
     assert torn.status_code == 200, torn.text
     assert torn.json()["state"] == "cancelled"
+    assert torn.json()["job_deleted"] is True and torn.json()["cluster_deleted"] is True
     batchai = api.stack_batchai()
     wait_for(
         "the job to be gone",
