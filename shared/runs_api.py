@@ -422,31 +422,29 @@ def _job_ref(record: Any) -> tuple[str, str] | None:
 
 
 def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
-    """The run's recorded output files with download URLs listed again now (they expire); None when
-    the job is not there to ask (not submitted yet, or deleted by cleanup)."""
+    """The run's output files listed again now, as the monitor lists them (download URLs expire); None
+    when the job is not there to ask (not submitted yet, or deleted by cleanup)."""
+    from shared import ingest, monitor
     from shared.compute import ComputeError
 
-    ref = _job_ref(record)
-    if ref is None or not record.output_files:
+    if _job_ref(record) is None or not record.output_files:
         return None
-    compute = _compute()
-    directories = list(dict.fromkeys(o.directory_id for o in record.output_files))
-    current: dict[tuple[str, str], Any] = {}
+    svc = ingest.services()
     try:
-        for directory in directories:
-            for item in compute.list_output_files(*ref, directory):
-                current[(directory, item.name)] = item
+        listed = monitor.collect_outputs(svc, record, svc.cloud.job_names(record.run_id, record.dataset))
     except ComputeError as exc:
         log.info("run %s: output files not listable (%s); recorded URLs returned", record.run_id, exc.code)
         return None
+    if not listed:
+        return None
+    current = {(o.directory_id, o.name): o for o in listed}
     out = []
-    for o in record.output_files:
-        item = current.get((o.directory_id, o.name))
-        data = o.to_dict()
-        if item is not None:
-            data["download_url"] = item.download_url
-            if item.content_length is not None:
-                data["size"] = item.content_length
+    for recorded in record.output_files:
+        data = recorded.to_dict()
+        now = current.get((recorded.directory_id, recorded.name))
+        if now is not None:
+            data["download_url"] = now.download_url
+            data["size"] = now.size if now.size is not None else data["size"]
         out.append(data)
     return out
 
