@@ -81,10 +81,20 @@ class Cloud:
             self.ensure_workspace()
             return self.compute.ensure_cluster(name, params)
 
-    def ensure_experiment(self, dataset: str) -> None:
-        """The dataset's experiment (created and waited for when missing)."""
+    def request_experiment(self, dataset: str) -> None:
+        """Send the creation of the dataset's experiment when it is missing, without waiting for it
+        (a job can be created in an experiment that is still provisioning). Uses Compute's no-wait
+        sender so errors still come as ComputeError."""
         self.ensure_workspace()
-        self.compute.ensure_experiment(bm.experiment_name(dataset))
+        name = bm.experiment_name(dataset)
+        if self.compute.get_experiment(name) is None:
+            self.compute._send_no_wait(
+                f"create experiment {name}",
+                self.compute.batchai.experiments.begin_create,
+                self.settings.resource_group,
+                self.settings.workspace,
+                name,
+            )
 
     @staticmethod
     def is_steady(cluster: ClusterRef) -> bool:

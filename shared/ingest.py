@@ -206,42 +206,56 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
 
     if ref.path == MANIFEST_NAME:
         try:
-            _take_manifest(svc, rec, props)
+            spec = _take_manifest(svc, rec, props, prepare=False)
         except RunSpecError as exc:
             _fail_staging(svc, rec, "InvalidManifest", f"{blob_name}: {exc}", manifest_etag=etag)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
-        submitted = check_ready(rec.run_id, svc)
+        preparing = _start_preparing(svc, rec, spec) if needs_preparation(svc, rec, spec) else None
+        try:
+            submitted = check_ready(rec.run_id, svc)
+        finally:
+            if preparing is not None:
+                preparing.join()
         return IngestResult("manifest", rec.run_id, STAGING, submitted=submitted)
 
     # The first upload of a run (or the first with its manifest) starts creating the cluster and
     # experiment while this blob is copied: provisioning overlaps the rest of the upload.
     preparing = None
     if (created or spec is not None) and needs_preparation(svc, rec, spec):
-        preparing = threading.Thread(
-            target=_prepare_infrastructure, args=(svc, rec, spec), name=f"prepare-{rec.run_id}", daemon=True
-        )
-        preparing.start()
+        preparing = _start_preparing(svc, rec, spec)
     try:
-        staged = stage_blob(
-            svc.container,
-            blob_name,
-            svc.share,
-            copy_timeout=svc.settings.copy_timeout_seconds,
-            account_key=svc.account_key,
-        )
-    except StagingError as exc:
-        if exc.code in ("BlobNotFound",):
-            return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
-        if exc.code in ("CopyTimeout", "CopyFailed"):
-            raise  # transient: let the trigger retry (and poison after its retries)
-        _fail_staging(svc, rec, exc.code, str(exc))
-        return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
+        try:
+            staged = stage_blob(
+                svc.container,
+                blob_name,
+                svc.share,
+                copy_timeout=svc.settings.copy_timeout_seconds,
+                account_key=svc.account_key,
+            )
+        except StagingError as exc:
+            if exc.code in ("BlobNotFound",):
+                return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
+            if exc.code in ("CopyTimeout", "CopyFailed"):
+                raise  # transient: let the trigger retry (and poison after its retries)
+            _fail_staging(svc, rec, exc.code, str(exc))
+            return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
+        svc.registry.add_staged_files(rec.run_id, [staged])
+        # Submission does not wait for the preparation: its creates are idempotent, and a job only
+        # needs its experiment and cluster to exist, not to be provisioned.
+        submitted = check_ready(rec.run_id, svc)
     finally:
         if preparing is not None:
             preparing.join()  # nothing outlives the invocation
-    svc.registry.add_staged_files(rec.run_id, [staged])
-    submitted = check_ready(rec.run_id, svc)
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
+
+
+def _start_preparing(svc: Services, rec: RunRecord, spec: RunSpec | None) -> threading.Thread:
+    """Prepare the run's infrastructure in a thread (the caller joins it before returning)."""
+    thread = threading.Thread(
+        target=_prepare_infrastructure, args=(svc, rec, spec), name=f"prepare-{rec.run_id}", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def _latest_run(svc: Services, dataset: str) -> RunRecord | None:
@@ -371,7 +385,7 @@ def _prepare_infrastructure(svc: Services, rec: RunRecord, spec: RunSpec | None)
         ensure_share(svc.share)
         ensure_directory(svc.share, rec.dataset)
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
-        svc.cloud.ensure_experiment(rec.dataset)  # off the submission's critical path
+        svc.cloud.request_experiment(rec.dataset)  # off the submission's critical path
     except (ComputeError, HttpResponseError, OSError) as exc:
         log.warning(
             "run %s: preparing the cluster failed (will retry): %s", rec.run_id, exc, extra=rec.log_extra()

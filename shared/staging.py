@@ -209,7 +209,7 @@ def stage_blob(
     dest_path: str | None = None,
     copy_timeout: float = 600.0,
     account_key: str | None = None,
-    poll_interval: float = 0.2,
+    poll_interval: float = 1.0,
 ) -> StagedFile:
     """Copy blob ``blob_name`` of ``container`` to ``dest_path`` on ``share`` (default: the blob's
     own name, i.e. ``<dataset>/<relative path>``), server side, and verify it. Returns the staged
@@ -246,6 +246,7 @@ def stage_blob(
             code="CopyFailed",
         ) from None
     copy_id = copy.get("copy_id")
+    delay = 0.05  # small files finish at once; big ones are polled every poll_interval
     status = copy.get("copy_status")
     while status == "pending":
         if time.monotonic() - started > copy_timeout:
@@ -257,7 +258,8 @@ def stage_blob(
                 "(COPY_TIMEOUT_SECONDS); aborted",
                 code="CopyTimeout",
             )
-        time.sleep(poll_interval)
+        time.sleep(delay)
+        delay = min(delay * 2, poll_interval)
         status = file.get_file_properties().copy.status
     if status != "success":
         description = file.get_file_properties().copy.status_description or ""
