@@ -3,6 +3,11 @@ move its dataset's run on.
 
 Declared with the Event Grid source (what the Flex Consumption plan supports; the local host scans
 the container instead). The handler never reads the blob: `shared.ingest` copies it server side.
+
+Caveat for Azure: with the `InputStream` binding the Functions host ships the blob's bytes to the
+worker even though the handler never reads them. The SDK-type binding (`azurefunctions-extensions-
+bindings-blob`, `client: blob.BlobClient`) avoids that, at the price of importing azure-storage-blob
+when function_app is imported; the local host supports both (it binds by the annotation's name).
 """
 
 from __future__ import annotations
