@@ -187,6 +187,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     if created:
         log.info("first upload of dataset %s: run %s created", ref.dataset, rec.run_id, extra=extra)
     spec: RunSpec | None = None
+    spec_etag: str | None = None
     if ref.path != MANIFEST_NAME and rec.spec is None and rec.manifest_etag is None:
         # The manifest may be there already (uploaded first, or this run follows a submitted one
         # of the same dataset): the run takes it now rather than waiting for a new upload of it.
@@ -198,6 +199,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
         if manifest_props is not None:
             try:
                 spec = _take_manifest(svc, rec, manifest_props, prepare=False)
+                spec_etag = etag_of(manifest_props)
             except RunSpecError as exc:
                 message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
                 _fail_staging(svc, rec, "InvalidManifest", message, manifest_etag=etag_of(manifest_props))
@@ -212,7 +214,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         preparing = _start_preparing(svc, rec, spec) if needs_preparation(svc, rec, spec) else None
         try:
-            submitted = check_ready(rec.run_id, svc)
+            submitted = check_ready(rec.run_id, svc, spec, etag)
         finally:
             if preparing is not None:
                 preparing.join()
@@ -242,7 +244,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
         svc.registry.add_staged_files(rec.run_id, [staged])
         # Submission does not wait for the preparation: its creates are idempotent, and a job only
         # needs its experiment and cluster to exist, not to be provisioned.
-        submitted = check_ready(rec.run_id, svc)
+        submitted = check_ready(rec.run_id, svc, spec, spec_etag)
     finally:
         if preparing is not None:
             preparing.join()  # nothing outlives the invocation
@@ -396,9 +398,13 @@ def _prepare_infrastructure(svc: Services, rec: RunRecord, spec: RunSpec | None)
 
 
 # --- readiness and submission -------------------------------------------------------------------------
-def check_ready(run_id: str, svc: Services | None = None, spec: RunSpec | None = None) -> bool:
+def check_ready(
+    run_id: str, svc: Services | None = None, spec: RunSpec | None = None, spec_etag: str | None = None
+) -> bool:
     """If the staging run has its manifest and every required file staged, submit it. Returns True
-    when this call submitted the job (exactly one caller wins the compare-and-swap)."""
+    when this call submitted the job (exactly one caller wins the compare-and-swap). ``spec`` is a
+    spec the caller already parsed: for ingest runs it is used only when ``spec_etag`` is the
+    manifest version the run took (else the manifest is read again)."""
     svc = svc or services()
     rec = svc.registry.get(run_id)
     if rec.state != STAGING or rec.spec is None or rec.expected_files is None:
@@ -406,6 +412,8 @@ def check_ready(run_id: str, svc: Services | None = None, spec: RunSpec | None =
     missing = missing_files(svc, rec)
     if missing:
         return False
+    if spec is not None and rec.source == "blob" and (spec_etag is None or spec_etag != rec.manifest_etag):
+        spec = None
     if spec is None:
         spec = submission_spec(svc, rec)
         if spec is None:
