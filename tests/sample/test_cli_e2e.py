@@ -50,6 +50,9 @@ def test_runs_and_clusters_list(function_app: Settings) -> None:
     assert result.returncode == 0, result.stderr
     result = cli(function_app, "clusters")
     assert result.returncode == 0, result.stderr
+    result = cli(function_app, "health")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok\n") and "  ok   " in result.stdout
 
 
 @pytest.fixture(scope="module")
