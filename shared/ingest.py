@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -747,10 +746,6 @@ def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | Non
     return svc.registry.get(run_id)
 
 
-def iter_active(svc: Services, states: Iterable[str]) -> Iterable[RunRecord]:
-    return svc.registry.iter_runs(state=list(states))
-
-
 __all__ = [
     "DatasetNotStaged",
     "IngestResult",
@@ -764,5 +759,6 @@ __all__ = [
     "reset_services",
     "services",
     "start_run",
+    "submission_spec",
     "submit",
 ]

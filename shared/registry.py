@@ -24,8 +24,10 @@ Layout (one table, default name ``runs``):
 - ``PartitionKey="~idem", RowKey=<sha256 of key>``: idempotency keys of started runs.
 
 Run ids sort by creation time (``YYYYMMDD-HHMMSS-<8 hex>``), so paging lists runs oldest first.
-Logs carry run id, dataset and state; a record never holds a secret (secret environment
-variables of a spec are stored by name only: callers pass the spec as they want it shown).
+``times`` maps each state entered to its ISO time, read back in chronological order. A finished run
+whose callback is still owed has ``callback_pending`` (queried by ``iter_pending_callbacks``).
+Logs carry run id, dataset and state; a record never holds a secret: callers store the spec as
+``RunSpec.to_json_dict()`` shows it, secret values masked.
 """
 
 from __future__ import annotations
