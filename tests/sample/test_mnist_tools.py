@@ -151,3 +151,10 @@ def test_run_manifest_is_a_valid_run_spec() -> None:
     assert set(spec.required_files()) == {
         "ConvNet_MNIST.py", make_dataset.TRAIN_FILE, make_dataset.TEST_FILE,
     }  # fmt: skip
+
+
+def test_training_script_parses_as_python_3_7() -> None:
+    """run.json's image (PyTorch 1.12.1, for the NC6's K80) ships Python 3.7: keep the script's grammar to it."""
+    import ast
+
+    ast.parse((SAMPLE_DIR / "ConvNet_MNIST.py").read_text(), feature_version=(3, 7))
