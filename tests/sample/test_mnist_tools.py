@@ -154,7 +154,7 @@ def test_run_manifest_is_a_valid_run_spec() -> None:
 
 
 def test_training_script_parses_as_python_3_7() -> None:
-    """run.json's image (PyTorch 1.12.1, for the NC6's K80) ships Python 3.7: keep the script's grammar to it."""
+    """run.json's image (PyTorch 1.12.1, for the NC6's K80) ships Python 3.7: keep to its grammar."""
     import ast
 
     ast.parse((SAMPLE_DIR / "ConvNet_MNIST.py").read_text(), feature_version=(3, 7))
