@@ -99,3 +99,30 @@ def test_table_lists_figures_with_target_and_verdict() -> None:
     assert "first" in text[2] and "1.50 s" in text[2] and "yes" in text[2]
     assert "0.7 x" in text[3] and "NO" in text[3] and "download 100 MiB/s" in text[3]
     assert "| -   |" in text[4]
+
+
+def test_report_renders_results_as_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import report
+
+    figures = [
+        Figure("a.x", "first", 1.5, "s", "<= 2 s", True, "none", runs=3, samples=[1, 1.5, 2]),
+        Figure("a.y", "  second", 0.7, "x", ">= 0.8x", False, "download 100 MiB/s", runs=3, samples=[0.7]),
+    ]
+    results = {
+        "command": "python -m bench",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "quick": False,
+        "machine": {"cpus": 2, "load_average_1m_at_start_and_end": [1.0, 2.0]},
+        "figures": [f.to_json() for f in figures],
+        "failures": {"demo": "RuntimeError: boom"},
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert report.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "`python -m bench` at 2026-01-01T00:00:00+00:00" in out
+    assert "| first | 1.50 s | <= 2 s | yes | 3 | none | 1, 1.5, 2 |" in out
+    assert "| &nbsp;&nbsp;second | 0.7 x | >= 0.8x | **no** |" in out
+    assert "demo did not run: RuntimeError: boom" in out
+    assert report.main([str(tmp_path / "missing.json")]) == 1
+    assert "cannot read results" in capsys.readouterr().err
