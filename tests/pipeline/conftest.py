@@ -54,7 +54,9 @@ def settings_values(local_stack: Any, **overrides: str) -> dict[str, str]:
         AzureWebJobsStorage=local_stack.connection_string,
         STORAGE_CONNECTION_STRING=local_stack.connection_string,
         ARM_ENDPOINT=local_stack.arm_endpoint,
-        TRAINING_CONTAINER="training-data",
+        # A container of its own: a Functions host another test area runs on this session's Azurite
+        # watches training-data, and must not ingest this pipeline's blobs.
+        TRAINING_CONTAINER=f"training-{tag}",
         FILE_SHARE_NAME=f"share-{tag}",
         RUNS_TABLE=f"runs{tag}",
         BATCHAI_RESOURCE_GROUP=f"rg-{tag}",
@@ -74,8 +76,6 @@ class Pipeline:
         self.values = settings_values(local_stack, **overrides)
         self.settings = Settings.from_env(self.values)
         blobs = BlobServiceClient.from_connection_string(local_stack.connection_string)
-        # A fresh training container per pipeline (the container name is fixed by the trigger path,
-        # so tests that go through a Functions host use their own storage paths instead).
         self.container = blobs.get_container_client(self.settings.training_container)
         self.registry = RunRegistry(
             TableClient.from_connection_string(local_stack.connection_string, self.settings.runs_table)
