@@ -70,6 +70,8 @@ class BenchOptions:
     demo_test: int = 1000
     demo_epochs: int = 3
     staging_repeats: int = 3
+    # --quick: one stack with every service serves all benchmarks (a smoke test pays one start-up).
+    shared_stack: LocalStack | None = None
 
 
 @contextlib.contextmanager
@@ -77,9 +79,17 @@ def local_stack(
     data_dir: Path,
     services: Sequence[str],
     extra_env: Mapping[str, str] | Callable[[LocalStack], Mapping[str, str]] | None = None,
+    *,
+    shared: LocalStack | None = None,
 ) -> Iterator[LocalStack]:
     """A stack of its own on free ports (never the developer's `make up` stack) in a fresh data
-    directory, stopped and removed on exit."""
+    directory, stopped and removed on exit; or `shared` (--quick), left running."""
+    if shared is not None:
+        missing = [s for s in services if s not in shared.processes]
+        if missing:
+            raise RuntimeError(f"the shared stack lacks {', '.join(missing)}")
+        yield shared
+        return
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     stack = LocalStack(data_dir=data_dir, ports=Ports.free())

@@ -113,7 +113,8 @@ def run(options: BenchOptions) -> list[Figure]:
     direct: list[float] = []
     pipeline: list[dict[str, float]] = []
     try:
-        with local_stack(work / "stack", ["azurite", "files", "arm", "functions"], demo_settings) as stack:
+        services = ["azurite", "files", "arm", "functions"]
+        with local_stack(work / "stack", services, demo_settings, shared=options.shared_stack) as stack:
             for i in range(repeats):
                 direct.append(direct_run(data_dir, work / "direct-out"))
                 pipeline.append(pipeline_run(stack, data_dir, f"mnist{i}", timeout=600 + 10 * direct[-1]))

@@ -100,7 +100,7 @@ def run(options: BenchOptions) -> list[Figure]:
     # then every job awaited. --quick keeps the one stack (a smoke test, not figures to quote).
     one_by_one: list[float] = []
     with contextlib.ExitStack() as stacks:
-        stack = stacks.enter_context(local_stack(work, services))
+        stack = stacks.enter_context(local_stack(work, services, shared=options.shared_stack))
         container = training_container(stack)
         for i in range(count):
             ds = f"seq{i:02d}"

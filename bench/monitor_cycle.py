@@ -21,9 +21,10 @@ from bench.common import BenchOptions, Figure, arm_admin, arm_requests_since, lo
 TARGET_REQUESTS = 20
 TARGET_SECONDS = 3.0
 SEED_THREADS = 8
+GROUP = "benchmonitor"  # resource group and registry table of the seeded runs
 
 
-def build_services(stack: Any) -> Any:
+def build_services(stack: Any, **overrides: str) -> Any:
     from azure.data.tables import TableClient
 
     from shared import clients
@@ -32,7 +33,7 @@ def build_services(stack: Any) -> Any:
     from shared.registry import RunRegistry
     from shared.settings import Settings
 
-    settings = Settings.from_env(stack_env(stack))
+    settings = Settings.from_env(stack_env(stack, **overrides))
     return Services(
         settings=settings,
         registry=RunRegistry(
@@ -88,37 +89,51 @@ def seed(svc: Any, runs: int, experiments: int) -> list[str]:
 
 
 def run(options: BenchOptions) -> list[Figure]:
-    from shared.monitor import run_monitor
-
     runs, experiments = options.monitor_runs, options.monitor_experiments
     cycles = max(1, options.monitor_cycles)
     # Nodes that take a day to prepare: clusters stay resizing, jobs stay queued, runs stay active.
-    with local_stack(Path(options.work_dir) / "monitor", ["azurite", "files", "arm"]) as stack:
+    work = Path(options.work_dir) / "monitor"
+    with local_stack(work, ["azurite", "files", "arm"], shared=options.shared_stack) as stack:
+        saved = arm_admin(stack, "settings")
         arm_admin(stack, "settings", "POST", {"provisioning_delay": 86400, "operation_delay": 0.05})
-        svc = build_services(stack)
+        try:
+            svc = build_services(stack, RUNS_TABLE=GROUP, BATCHAI_RESOURCE_GROUP=GROUP)
+            figures = measure(svc, stack, runs, experiments, cycles)
+        finally:
+            arm_admin(
+                stack, "settings", "POST", {k: saved[k] for k in ("provisioning_delay", "operation_delay")}
+            )
+    return figures
+
+
+def measure(svc: Any, stack: Any, runs: int, experiments: int, cycles: int) -> list[Figure]:
+    from shared.monitor import run_monitor
+
+    started = time.perf_counter()
+    seed(svc, runs, experiments)
+    seed_seconds = time.perf_counter() - started
+    seconds: list[float] = []
+    requests: list[int] = []
+    by_operation: list[dict[str, int]] = []
+    checked: list[int] = []
+    transitions: list[int] = []
+    errors: list[str] = []
+    for _ in range(cycles):
+        since = int(arm_admin(stack, "requests?since=999999999999")["last_seq"])
         started = time.perf_counter()
-        seed(svc, runs, experiments)
-        seed_seconds = time.perf_counter() - started
-        seconds: list[float] = []
-        requests: list[int] = []
-        by_operation: list[dict[str, int]] = []
-        checked: list[int] = []
-        transitions: list[int] = []
-        errors: list[str] = []
-        for _ in range(cycles):
-            since = int(arm_admin(stack, "requests?since=999999999999")["last_seq"])
-            started = time.perf_counter()
-            report = run_monitor(svc)
-            seconds.append(time.perf_counter() - started)
-            logged, _ = arm_requests_since(stack, since)
-            requests.append(len(logged))
-            ops: dict[str, int] = {}
-            for r in logged:
-                ops[r["operation"]] = ops.get(r["operation"], 0) + 1
-            by_operation.append(ops)
-            checked.append(report.checked)
-            transitions.append(len(report.transitions))
-            errors.extend(report.errors[:5])
+        report = run_monitor(svc)
+        seconds.append(time.perf_counter() - started)
+        logged, _ = arm_requests_since(stack, since)
+        # Only this pass's: a shared --quick stack also serves a Functions host.
+        logged = [r for r in logged if f"/resourcegroups/{GROUP}/" in r["path"].lower()]
+        requests.append(len(logged))
+        ops: dict[str, int] = {}
+        for r in logged:
+            ops[r["operation"]] = ops.get(r["operation"], 0) + 1
+        by_operation.append(ops)
+        checked.append(report.checked)
+        transitions.append(len(report.transitions))
+        errors.extend(report.errors[:5])
     med_requests = median(requests)
     med_seconds = median(seconds)
     common = {"runs": cycles}

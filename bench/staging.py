@@ -28,7 +28,7 @@ from typing import Any
 from bench.common import PY, BenchOptions, Figure, local_stack, median, mib, repo_env
 from infra.local.stack import DEV_KEY, REPO_ROOT
 
-CONTAINER = "training-data"
+CONTAINER = "benchstaging"  # not training-data: a function app watching that would ingest it
 SHARE = "batchaiquickstart"
 BLOB = "benchstage/big.bin"
 TARGET_RATIO = 0.8
@@ -191,7 +191,7 @@ def run(options: BenchOptions) -> list[Figure]:
     stage_runs: list[dict[str, Any]] = []
     download_runs: list[dict[str, Any]] = []
     try:
-        with local_stack(work / "stack", ["azurite", "files"]) as stack:
+        with local_stack(work / "stack", ["azurite", "files"], shared=options.shared_stack) as stack:
             make_blob(stack, size, work)
             files_pid = stack.processes["files"].pid
             share_dir = stack.files_root / "devstoreaccount1" / SHARE
