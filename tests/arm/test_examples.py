@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import requests
 
-from infra.local.arm.specvalidator import load_spec, validate
+from infra.local.arm.specvalidator import SPEC_DIR, load_spec, validate
 from tests.arm.conftest import RESPONSE_DEFINITIONS, wait_for
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "specs" / "batchai" / "2018-05-01" / "examples"
+EXAMPLES = SPEC_DIR / "examples"
 RG_API = "2025-04-01"
 TYPOS = {"demo_experimnet": "demo_experiment"}
 HEADERS = {"Authorization": "Bearer example-replay", "Content-Type": "application/json"}

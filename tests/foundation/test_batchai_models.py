@@ -6,17 +6,16 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.local.arm.specvalidator import validate
+from infra.local.arm.specvalidator import SPEC_DIR, validate
 from shared import batchai_models as bm
 from shared.runspec import RunSpecError, SpecContext, Toolkit, parse_run_spec
 from shared.settings import Settings, local_stack_values
 
-EXAMPLES = Path(__file__).with_name("spec_examples")
+EXAMPLES = SPEC_DIR / "examples"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHY043yG8lQAkJnhe6hCsIcrOIVQ/9AyVJO/t1EEpScb local-dev"
 VAULT_ID = (
