@@ -83,18 +83,9 @@ class Cloud:
 
     def request_experiment(self, dataset: str) -> None:
         """Send the creation of the dataset's experiment when it is missing, without waiting for it
-        (a job can be created in an experiment that is still provisioning). Uses Compute's no-wait
-        sender so errors still come as ComputeError."""
+        (a job can be created in an experiment that is still provisioning)."""
         self.ensure_workspace()
-        name = bm.experiment_name(dataset)
-        if self.compute.get_experiment(name) is None:
-            self.compute._send_no_wait(
-                f"create experiment {name}",
-                self.compute.batchai.experiments.begin_create,
-                self.settings.resource_group,
-                self.settings.workspace,
-                name,
-            )
+        self.compute.ensure_experiment(bm.experiment_name(dataset), wait=False)
 
     @staticmethod
     def is_steady(cluster: ClusterRef) -> bool:

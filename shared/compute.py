@@ -356,11 +356,19 @@ class Compute:
         with self._arm("list experiments"):
             return list(self.batchai.experiments.list_by_workspace(self._rg, self._ws))
 
-    def ensure_experiment(self, name: str) -> models.Experiment:
-        """The experiment, created and waited for when missing (a job needs it to exist)."""
+    def ensure_experiment(self, name: str, *, wait: bool = True) -> models.Experiment | None:
+        """The experiment, created when missing (a job needs it to exist). With ``wait`` the creation
+        is waited for and the experiment returned; without, the request is only sent (a job can be
+        created in an experiment that is still provisioning) and None is returned when it was."""
         existing = self.get_experiment(name)
         if existing is not None and existing.provisioning_state != "deleting":
             return existing
+        if not wait:
+            self._send_no_wait(
+                f"create experiment {name}", self.batchai.experiments.begin_create, self._rg, self._ws, name
+            )
+            log.info("requested experiment %s", name)
+            return None
         with self._arm(f"create experiment {name}"):
             experiment = self.batchai.experiments.begin_create(
                 self._rg, self._ws, name, polling_interval=1

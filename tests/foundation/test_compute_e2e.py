@@ -144,3 +144,18 @@ def test_unreachable_endpoint_is_a_retryable_compute_error() -> None:
     with pytest.raises(ComputeError) as info:
         Compute(settings, batchai=client).get_cluster("x")
     assert info.value.code == "ServiceUnavailable" and info.value.retryable
+
+
+def test_ensure_experiment_without_waiting(compute: Compute) -> None:
+    """wait=False only sends the creation (ingest requests the experiment off its critical path)."""
+    compute.ensure_workspace()
+    experiment = bm.experiment_name("foundation-nowait")
+    assert compute.get_experiment(experiment) is None
+    assert compute.ensure_experiment(experiment, wait=False) is None
+    deadline = time.monotonic() + 30
+    while (found := compute.get_experiment(experiment)) is None or found.provisioning_state != "succeeded":
+        assert time.monotonic() < deadline, f"experiment {experiment} did not appear"
+        time.sleep(0.1)
+    existing = compute.ensure_experiment(experiment, wait=False)
+    assert existing is not None and existing.name == experiment
+    assert compute.delete_experiment(experiment) is True
