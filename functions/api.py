@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.http import ApiRequest
 from shared.openapi import ALL_METHODS
-from shared.runs_api import handle
 
 bp = func.Blueprint()
 
@@ -21,6 +19,10 @@ METHODS = list(ALL_METHODS)
 
 
 def _call(route: str, req: func.HttpRequest) -> func.HttpResponse:
+    # Imported at first request, not at `import function_app`: cold start pays only for what it uses.
+    from shared.http import ApiRequest
+    from shared.runs_api import handle
+
     request = ApiRequest.build(
         req.method,
         req.url,

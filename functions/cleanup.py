@@ -6,8 +6,6 @@ import logging
 
 import azure.functions as func
 
-from shared.cleanup import run_cleanup
-
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
@@ -16,6 +14,8 @@ log = logging.getLogger(__name__)
 @bp.timer_trigger(schedule="%CLEANUP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 def cleanup(timer: func.TimerRequest) -> None:
     """Terminate runaway jobs; delete old jobs, empty experiments, idle clusters and old staged data."""
+    from shared.cleanup import run_cleanup  # at first run, not at `import function_app`
+
     if timer.past_due:
         log.info("cleanup timer is past due; running now")
     report, blob = run_cleanup()

@@ -41,13 +41,11 @@ def shown(path: Path) -> Path:
 
 
 def demo_settings(stack: LocalStack) -> dict[str, str]:
-    """App settings for this stack's ports (the example file's fixed ports would point elsewhere), and
-    short emulator delays so the demo spends its time training, not waiting."""
+    """A monitor pass every second and short emulator delays, so the demo spends its time training,
+    not waiting (the stack itself points the app at its own ports)."""
     return {
-        "STORAGE_CONNECTION_STRING": stack.connection_string,
-        "AzureWebJobsStorage": stack.connection_string,
-        "MONITOR_SCHEDULE": "*/2 * * * * *",
-        "ARM_EMULATOR_PROVISIONING_DELAY": "2",
+        "MONITOR_SCHEDULE": "* * * * * *",
+        "ARM_EMULATOR_PROVISIONING_DELAY": "1",
         "ARM_EMULATOR_OPERATION_DELAY": "0.2",
     }
 
