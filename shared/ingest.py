@@ -82,6 +82,11 @@ class NothingToStage(StagingError):
         super().__init__(message, code="NothingToStage")
 
 
+class MissingFiles(StagingError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="MissingFiles")
+
+
 @dataclass
 class IngestResult:
     """What one blob event did (for logs and tests)."""
@@ -590,7 +595,11 @@ def start_run(
     """Start a run on ``dataset`` with ``spec``: stage every blob under ``stage_from_prefix`` of the
     training container into the dataset directory first, or use what the share already holds (every
     required file must be there). Returns the run (submitted unless it failed). The same
-    ``idempotency_key`` returns the same run."""
+    ``idempotency_key`` returns the same run.
+
+    What the request needs is checked before anything is created: a dataset not on the share
+    (DatasetNotStaged), an empty prefix (NothingToStage) or a required file that is in neither
+    (MissingFiles) raises, and no run record, cluster or directory is made for it."""
     svc = svc or services()
     check_dataset_name(dataset)
     if not isinstance(spec, RunSpec):
@@ -600,6 +609,24 @@ def start_run(
         prefix = stage_from_prefix.strip("/")
         if prefix:
             check_relative_path(prefix, what="stage_from_prefix")
+    if idempotency_key:
+        replayed = svc.registry.find_by_idempotency_key(idempotency_key)
+        if replayed is not None and replayed.state != STAGING:
+            return replayed  # an idempotent replay of a run that already moved on
+
+    to_stage: list[tuple[str, str]] = []
+    staged: list[StagedFile] = []
+    if prefix is not None:
+        to_stage = _prefix_blobs(svc, prefix)
+        available = {rel for _, rel in to_stage}
+    else:
+        staged = _already_staged(svc, dataset, spec)
+        available = {f.name for f in staged}
+    missing = [name for name in spec.required_files() if name not in available]
+    if missing:
+        where = f"prefix {prefix!r}" if prefix is not None else f"dataset {dataset!r} on the file share"
+        raise MissingFiles(f"required file(s) not in {where}: {', '.join(missing[:20])}")
+
     rec = svc.registry.create(
         dataset,
         spec=spec.to_json_dict(),
@@ -611,20 +638,19 @@ def start_run(
     )
     if rec.state != STAGING:
         return rec  # an idempotent replay of a run that already moved on
-    ensure_share(svc.share)
-    ensure_directory(svc.share, dataset)
     if rec.cluster is None:
         _prepare_infrastructure(svc, rec, spec)
     if prefix is not None:
-        staged = _stage_prefix(svc, rec, dataset, prefix)
+        ensure_share(svc.share)
+        ensure_directory(svc.share, dataset)
+        staged = _stage_prefix(svc, rec, dataset, to_stage)
         expected = sorted(set(spec.required_files()) | {f.name for f in staged})
     else:
-        staged = _already_staged(svc, dataset, spec)
         expected = spec.required_files() or [f.name for f in staged]
     svc.registry.add_staged_files(rec.run_id, staged)
     svc.registry.update(rec.run_id, expected_files=expected)
     missing = [name for name in expected if name not in {f.name for f in staged}]
-    if missing:
+    if missing:  # a blob deleted between the listing and its copy
         message = f"required file(s) not in the dataset: {', '.join(missing[:20])}"
         _fail_staging(svc, rec, "MissingFiles", message)
         return svc.registry.get(rec.run_id)
@@ -632,20 +658,33 @@ def start_run(
     return svc.registry.get(rec.run_id)
 
 
-def _stage_prefix(svc: Services, rec: RunRecord, dataset: str, prefix: str) -> list[StagedFile]:
-    names = [
-        b.name
-        for b in svc.container.list_blobs(name_starts_with=f"{prefix}/" if prefix else None)
-        if not b.name.endswith(f"/{MANIFEST_NAME}") and b.name != MANIFEST_NAME
-    ]
+def _prefix_blobs(svc: Services, prefix: str) -> list[tuple[str, str]]:
+    """(blob name, path relative to the prefix) of every blob to stage under ``prefix`` (manifests
+    excluded); NothingToStage when there is none, StagingError naming a blob that cannot be staged."""
+    try:
+        names = [
+            b.name
+            for b in svc.container.list_blobs(name_starts_with=f"{prefix}/" if prefix else None)
+            if not b.name.endswith(f"/{MANIFEST_NAME}") and b.name != MANIFEST_NAME
+        ]
+    except ResourceNotFoundError:
+        names = []  # the training container does not exist (yet)
     if not names:
-        _fail_staging(svc, rec, "NothingToStage", f"no blobs under prefix {prefix!r}")
         raise NothingToStage(f"no blobs under prefix {prefix!r} of container {svc.container.container_name}")
-    staged = []
+    found = []
     for name in names:
         rel = name[len(prefix) + 1 :] if prefix else name
+        check_relative_path(rel, what=f"blob {name!r}")
+        found.append((name, rel))
+    return found
+
+
+def _stage_prefix(
+    svc: Services, rec: RunRecord, dataset: str, blobs: list[tuple[str, str]]
+) -> list[StagedFile]:
+    staged = []
+    for name, rel in blobs:
         try:
-            check_relative_path(rel, what=f"blob {name!r}")
             staged.append(
                 stage_blob(
                     svc.container,
@@ -749,6 +788,7 @@ def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | Non
 __all__ = [
     "DatasetNotStaged",
     "IngestResult",
+    "MissingFiles",
     "NothingToStage",
     "Services",
     "cancel_run",

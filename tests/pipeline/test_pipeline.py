@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from shared.cloud import Cloud
-from shared.ingest import cancel_run, ingest_blob, start_run
+from shared.ingest import DatasetNotStaged, MissingFiles, NothingToStage, cancel_run, ingest_blob, start_run
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, RunRecord
 from shared.settings import Settings
@@ -215,6 +215,33 @@ def test_start_run_and_cancel(pipeline: Pipeline) -> None:
     while p.services.cloud.compute.get_job(rec.experiment, rec.job_name) is not None:
         assert time.monotonic() < deadline, "the cancelled run's job was not deleted"
         time.sleep(0.3)
+
+
+def test_start_run_refusals_create_nothing(pipeline: Pipeline) -> None:
+    """A run that cannot proceed is refused before anything exists: no run record, no cluster, no
+    dataset directory (DatasetNotStaged is reachable: the check does not create the directory)."""
+    p = pipeline
+    svc = p.services
+    spec = {"files": sorted(QUICKSTART_FILES), "cluster_name": f"refused-{uuid.uuid4().hex[:6]}"}
+
+    unstaged = dataset_name("unstaged")
+    with pytest.raises(DatasetNotStaged, match=unstaged):
+        start_run(unstaged, spec, svc=svc)
+
+    empty = dataset_name("empty")
+    with pytest.raises(NothingToStage, match="no blobs under prefix"):
+        start_run(empty, spec, stage_from_prefix=f"no-such-{uuid.uuid4().hex[:6]}", svc=svc)
+
+    partial = dataset_name("partial")
+    p.container.upload_blob(f"{partial}/ConvNet_MNIST.py", QUICKSTART_FILES["ConvNet_MNIST.py"])
+    with pytest.raises(MissingFiles, match=r"Train-28x28_cntk_text\.txt") as missing:
+        start_run(partial, spec, stage_from_prefix=partial, svc=svc)
+    assert missing.value.code == "MissingFiles"
+
+    for dataset in (unstaged, empty, partial):
+        assert list(p.registry.iter_runs(dataset=dataset)) == [], dataset
+        assert not (p.share_root / dataset).exists(), dataset
+    assert svc.cloud.compute.get_cluster(spec["cluster_name"]) is None
 
 
 def test_arm_faults_every_run_ends_in_the_right_state(pipeline: Pipeline) -> None:
