@@ -91,7 +91,7 @@ class MissingFiles(StagingError):
 class IngestResult:
     """What one blob event did (for logs and tests)."""
 
-    action: str  # staged, manifest, replay, ignored, failed
+    action: str  # staged, manifest, replay, joined, ignored, failed
     run_id: str | None = None
     state: str | None = None
     submitted: bool = False
@@ -166,6 +166,8 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     etag = etag_of(props)
 
     latest = _latest_run(svc, ref.dataset)
+    if latest is not None and _staged_by_request(latest):
+        return _joined(latest, blob_name)
     if latest is not None:
         seen = latest.staged(ref.path)
         replay = (seen is not None and seen.etag == etag) or (
@@ -187,6 +189,8 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     rec, created = svc.registry.claim_staging_run(
         ref.dataset, staging_deadline=_staging_deadline(svc), source="blob"
     )
+    if _staged_by_request(rec):
+        return _joined(rec, blob_name)
     extra = rec.log_extra()
     if created:
         log.info("first upload of dataset %s: run %s created", ref.dataset, rec.run_id, extra=extra)
@@ -255,6 +259,26 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
 
 
+def _staged_by_request(rec: RunRecord) -> bool:
+    """Whether ``rec`` is a staging run started over HTTP from its dataset's own folder: its request
+    stages every blob under the folder (and submits), so the trigger's invocations for them join it."""
+    return (
+        rec.state == STAGING
+        and rec.source == "api"
+        and (rec.stage_from_prefix or "").strip("/") == rec.dataset
+    )
+
+
+def _joined(rec: RunRecord, blob_name: str) -> IngestResult:
+    log.info(
+        "blob %s: staged by run %s (started over HTTP from the dataset's folder); nothing to do",
+        blob_name,
+        rec.run_id,
+        extra=rec.log_extra(),
+    )
+    return IngestResult("joined", rec.run_id, rec.state, message=f"staged by run {rec.run_id}")
+
+
 def _start_preparing(svc: Services, rec: RunRecord, spec: RunSpec | None) -> threading.Thread:
     """Prepare the run's infrastructure in a thread (the caller joins it before returning)."""
     thread = threading.Thread(
@@ -291,6 +315,8 @@ def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
         log.warning("blob %r ignored: %s", blob_name[:300], exc)
         return IngestResult("ignored", message=str(exc))
     latest = _latest_run(svc, dataset)
+    if latest is not None and _staged_by_request(latest):
+        return _joined(latest, blob_name)
     if (
         latest is not None
         and latest.state == FAILED
@@ -609,10 +635,9 @@ def start_run(
         prefix = stage_from_prefix.strip("/")
         if prefix:
             check_relative_path(prefix, what="stage_from_prefix")
-    if idempotency_key:
-        replayed = svc.registry.find_by_idempotency_key(idempotency_key)
-        if replayed is not None and replayed.state != STAGING:
-            return replayed  # an idempotent replay of a run that already moved on
+    replayed = svc.registry.find_by_idempotency_key(idempotency_key) if idempotency_key else None
+    if replayed is not None and replayed.state != STAGING:
+        return replayed  # an idempotent replay of a run that already moved on
 
     to_stage: list[tuple[str, str]] = []
     staged: list[StagedFile] = []
@@ -627,18 +652,23 @@ def start_run(
         where = f"prefix {prefix!r}" if prefix is not None else f"dataset {dataset!r} on the file share"
         raise MissingFiles(f"required file(s) not in {where}: {', '.join(missing[:20])}")
 
-    rec = svc.registry.create(
-        dataset,
-        spec=spec.to_json_dict(),
-        callback_url=spec.callback_url,
-        idempotency_key=idempotency_key,
-        source="api",
-        stage_from_prefix=stage_from_prefix,
-        staging_deadline=_staging_deadline(svc),
-    )
+    fields: dict[str, Any] = {
+        "spec": spec.to_json_dict(),
+        "callback_url": spec.callback_url,
+        "idempotency_key": idempotency_key,
+        "source": "api",
+        "stage_from_prefix": stage_from_prefix,
+        "staging_deadline": _staging_deadline(svc),
+    }
+    if replayed is not None:
+        rec = replayed  # the same request again while its run is staging: carry on with it
+    elif prefix == dataset:
+        rec = _claim_dataset_folder(svc, dataset, fields)
+    else:
+        rec = svc.registry.create(dataset, **fields)
     if rec.state != STAGING:
         return rec  # an idempotent replay of a run that already moved on
-    if rec.cluster is None:
+    if needs_preparation(svc, rec, spec):
         _prepare_infrastructure(svc, rec, spec)
     if prefix is not None:
         ensure_share(svc.share)
@@ -656,6 +686,51 @@ def start_run(
         return svc.registry.get(rec.run_id)
     check_ready(rec.run_id, svc, spec)
     return svc.registry.get(rec.run_id)
+
+
+def _claim_dataset_folder(svc: Services, dataset: str, fields: dict[str, Any]) -> RunRecord:
+    """The run for staging from the dataset's own folder, whose blobs also fire the blob trigger: it
+    becomes the dataset's current staging run, so the trigger's invocations join it instead of
+    making another run. A staging run the trigger already made for these blobs (no manifest yet) is
+    adopted as this run; one with a manifest is cancelled as superseded (not left to time out)."""
+    previous = _latest_run(svc, dataset)
+    rec, created = svc.registry.claim_staging_run(
+        dataset, reuse=lambda r: r.source == "blob" and r.spec is None and r.manifest_etag is None, **fields
+    )
+    if created:
+        if previous is not None and previous.state == STAGING and previous.run_id != rec.run_id:
+            error = {
+                "code": "Superseded",
+                "message": f"run {rec.run_id}, started over HTTP, stages this dataset's folder",
+                "time": utcnow(),
+            }
+            with contextlib.suppress(TransitionRejected):
+                svc.registry.transition(
+                    previous.run_id,
+                    CANCELLED,
+                    STAGING,
+                    add_error=error,
+                    callback_pending=bool(previous.callback_url),
+                )
+                log.info("run %s superseded by %s", previous.run_id, rec.run_id, extra=previous.log_extra())
+        return rec
+    if rec.source == "api":
+        return rec
+    key = fields["idempotency_key"]
+    if key:
+        keyed = svc.registry.create(dataset, run_id=rec.run_id, idempotency_key=key)
+        if keyed.run_id != rec.run_id:
+            return keyed  # the key's run, made by a concurrent request
+
+    def adopt(r: RunRecord) -> None:
+        for name, value in fields.items():
+            setattr(r, name, value)
+
+    adopted = svc.registry.update(rec.run_id, adopt, expected_state=STAGING)
+    log.info(
+        "run %s (made by the blob trigger) adopted by an HTTP start", rec.run_id, extra=adopted.log_extra()
+    )
+    return adopted
 
 
 def _prefix_blobs(svc: Services, prefix: str) -> list[tuple[str, str]]:

@@ -244,6 +244,43 @@ def test_start_run_refusals_create_nothing(pipeline: Pipeline) -> None:
     assert svc.cloud.compute.get_cluster(spec["cluster_name"]) is None
 
 
+def test_start_run_from_the_dataset_folder_is_the_triggers_run_too(pipeline: Pipeline) -> None:
+    """Staging from the dataset's own folder: those blobs fire the blob trigger as well. The trigger's
+    run for them is adopted by the HTTP start, the trigger's later invocations join that run, and
+    the dataset ends with one run, no stray one left staging."""
+    p = pipeline
+    ds = dataset_name("folder")
+    names = p.upload(ds, QUICKSTART_FILES)
+    early = ingest_blob(names[0], p.services)  # the trigger fired before the HTTP call
+    assert early.action == "staged"
+    spec = {
+        "files": sorted(QUICKSTART_FILES),
+        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+    }
+    rec = start_run(ds, spec, stage_from_prefix=ds, idempotency_key=f"k-{ds}", svc=p.services)
+    assert rec.run_id == early.run_id and rec.source == "api"
+    assert rec.state in ("provisioning", "queued"), rec.errors
+    for name in names:  # the trigger's other invocations, and replays of them
+        for _ in range(2):
+            result = ingest_blob(name, p.services)
+            assert result.action in ("replay", "joined") and result.run_id == rec.run_id, result
+    runs = list(p.registry.iter_runs(dataset=ds))
+    assert [r.run_id for r in runs] == [rec.run_id]
+
+    # While such a run is staging, the trigger joins it rather than starting another.
+    ds2 = dataset_name("folder")
+    names2 = p.upload(ds2, QUICKSTART_FILES)
+    p.container.upload_blob(f"{ds2}/run.json", b"{}")
+    staging, _ = p.registry.claim_staging_run(
+        ds2, reuse=lambda r: False, source="api", stage_from_prefix=ds2, spec={"files": []}
+    )
+    for name in [*names2, f"{ds2}/run.json"]:
+        assert ingest_blob(name, p.services).action == "joined"
+    assert [r.run_id for r in p.registry.iter_runs(dataset=ds2)] == [staging.run_id]
+    assert p.registry.get(staging.run_id).manifest_etag is None  # the request's spec stays the run's
+    assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"
+
+
 def test_arm_faults_every_run_ends_in_the_right_state(pipeline: Pipeline) -> None:
     p = pipeline
     p.arm("/_emulator/faults", "POST", {"rate_429": 0.1, "rate_500": 0.1, "retry_after": 0, "seed": 20})
