@@ -260,3 +260,34 @@ def test_twenty_datasets_dropped_at_once_through_the_host(hosted) -> None:
         time.sleep(1)
     assert sorted(r.dataset for r in runs) == datasets  # none lost, none duplicated
     assert all(r.state == "succeeded" for r in runs), [(r.dataset, r.errors) for r in runs if r.errors]
+
+
+def test_http_start_from_the_dataset_folder_leaves_no_stray_run(hosted) -> None:
+    """Blobs dropped into a dataset's folder fire the trigger; a run then started on that folder
+    (what POST /api/runs with stage_from_prefix does) is the dataset's one run: the trigger's
+    invocations join it, none is left staging until the staging timeout."""
+    from shared.ingest import start_run
+
+    p, make_host = hosted
+    host = make_host().start()
+    names = p.upload("folder", QUICKSTART_FILES)
+    wait_runs(p, "folder", lambda runs: any(r.staged_files for r in runs), timeout=60)
+    rec = start_run("folder", QUICKSTART_MANIFEST, stage_from_prefix="folder", svc=p.services)
+    (finished,) = wait_runs(p, "folder", done)
+    assert finished.run_id == rec.run_id and finished.state == "succeeded", finished.errors
+    assert finished.source == "api" and {f.name for f in finished.staged_files} == set(QUICKSTART_FILES)
+    # Every trigger replayed (receipts deleted, host restarted): still the one run.
+    hosts = BlobServiceClient.from_connection_string(p.stack.connection_string).get_container_client(
+        "azure-webjobs-hosts"
+    )
+    host.stop()
+    for receipt in hosts.list_blobs(name_starts_with="blobreceipts/"):
+        if f"/{p.settings.training_container}/folder/" in receipt.name:
+            hosts.delete_blob(receipt.name)
+    host = make_host().start()
+    deadline = time.monotonic() + 30
+    while host.log().count("Executed 'Functions.ingest'") < 2 * len(names):  # the log is appended
+        assert time.monotonic() < deadline, host.log()[-3000:]
+        time.sleep(0.2)
+    runs = [p.registry.get(r.run_id) for r in p.registry.iter_runs(dataset="folder")]
+    assert [(r.run_id, r.state) for r in runs] == [(rec.run_id, "succeeded")]
