@@ -15,6 +15,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from infra.local.funchost import ConfigError, FunctionHost, TestClient, load_config
 from infra.local.funchost.routes import compile_route
 from infra.local.funchost.timers import Schedule
+from infra.local.stack import DEV_ACCOUNT, DEV_KEY
 
 from .conftest import APP_DIR, BASE_SETTINGS, FUNCTIONS_KEY
 
@@ -36,8 +37,8 @@ def isolated() -> Iterator[None]:
 def client(isolated: None, tmp_path: Path) -> TestClient:
     # Azurite's public development account; nothing connects to it in these tests.
     storage = (
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uS"
-        "RZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+        f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:9/{DEV_ACCOUNT};"
     )
     settings = {**BASE_SETTINGS, "FUNCHOST_TEST_RECORD_DIR": str(tmp_path), "AzureWebJobsStorage": storage}
     return FunctionHost(APP_DIR, settings=settings).test_client()
