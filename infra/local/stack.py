@@ -183,21 +183,9 @@ class LocalStack:
             for port in ports:
                 if port_open(port):
                     raise StackError(f"port {port} for {name} is already in use by another process")
-            log = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-            proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=self.service_env(name), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-            log.close()
-            self.processes[name] = proc
-            deadline = time.monotonic() + timeout
-            while not all(port_open(port) for port in ports):
-                if proc.poll() is not None:
-                    tail = (self.logs_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                    raise StackError(f"{name} exited with {proc.returncode} at start:\n{tail}")
-                if time.monotonic() > deadline:
-                    raise StackError(f"{name} did not answer on {ports} within {timeout:.0f}s")
-                time.sleep(0.1)
+            self.processes[name] = launch(
+                name, cmd, ports, self.logs_dir / f"{name}.log", env=self.service_env(name), timeout=timeout
+            )
 
     def stop(self, timeout: float = 15.0) -> None:
         for name in reversed(list(self.processes)):
@@ -218,6 +206,34 @@ def port_open(port: int, host: str = HOST) -> bool:
     with contextlib.closing(socket.socket()) as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+def launch(
+    name: str,
+    cmd: list[str],
+    ports: Iterable[int],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.Popen:
+    """Start one server in its own process group, its output appended to `log_path`, and return once
+    every port answers; a server that exits or stays silent is a StackError with its log's tail."""
+    ports = list(ports)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=dict(env) if env is not None else None, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not all(port_open(port) for port in ports):
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise StackError(f"{name} exited with {proc.returncode} at start:\n{tail}")
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise StackError(f"{name} did not answer on {ports} within {timeout:.0f}s")
+        time.sleep(0.05)
+    return proc
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:

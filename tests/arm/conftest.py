@@ -28,7 +28,7 @@ from azure.storage.fileshare import ShareClient, ShareServiceClient
 
 from infra.local.arm import urls
 from infra.local.arm.specvalidator import load_spec, validate
-from infra.local.stack import DEV_SUBSCRIPTION, HOST, REPO_ROOT, port_open, stop_process
+from infra.local.stack import DEV_SUBSCRIPTION, HOST, launch, stop_process
 
 SUB = DEV_SUBSCRIPTION
 # Fast but still real timings for the shared emulator while these tests run (restored afterwards).
@@ -203,37 +203,13 @@ class PrivateArm:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
-        log = open(self.data_dir.parent / f"arm-{self.port}.log", "ab")  # noqa: SIM115 - handed to the child
         cmd = [
-            sys.executable,
-            "-m",
-            "infra.local.arm",
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--files-root",
-            str(self.files_root),
-            "--files-endpoint",
-            f"http://{HOST}:1/devstoreaccount1",
-            "--provisioning-delay",
-            "0.3",
-            "--operation-delay",
-            "0.1",
-            "--retry-after",
-            "0",
-        ]
-        self.process = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while not port_open(self.port):
-            assert self.process.poll() is None, "the ARM emulator exited at start"
-            assert time.monotonic() < deadline, "the ARM emulator did not answer within 30 s"
-            time.sleep(0.05)
+            sys.executable, "-m", "infra.local.arm", "--host", HOST, "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--files-root", str(self.files_root),
+            "--files-endpoint", f"http://{HOST}:1/devstoreaccount1",
+            "--provisioning-delay", "0.3", "--operation-delay", "0.1", "--retry-after", "0",
+        ]  # fmt: skip
+        self.process = launch("ARM emulator", cmd, [self.port], self.data_dir.parent / f"arm-{self.port}.log")
 
     def stop(self) -> None:
         if self.process is not None:

@@ -7,7 +7,6 @@ import contextlib
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from azure.storage.fileshare import ShareClient, ShareServiceClient
 
-from infra.local.stack import DEV_ACCOUNT, DEV_KEY, HOST, REPO_ROOT, port_open, stop_process
+from infra.local.stack import DEV_ACCOUNT, DEV_KEY, HOST, launch, stop_process
 
 
 @pytest.fixture(scope="module")
@@ -69,28 +68,12 @@ class PrivateEmulator:
         )
 
     def start(self) -> None:
-        log = open(self.data_dir.parent / f"files-{self.port}.log", "ab")  # noqa: SIM115 - handed to the child
         cmd = [
-            sys.executable,
-            "-m",
-            "infra.local.files",
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while not port_open(self.port):
-            assert self.process.poll() is None, "the Files emulator exited at start"
-            assert time.monotonic() < deadline, "the Files emulator did not answer within 30 s"
-            time.sleep(0.05)
+            sys.executable, "-m", "infra.local.files", "--host", HOST, "--port", str(self.port),
+            "--data-dir", str(self.data_dir), *self.extra_args,
+        ]  # fmt: skip
+        log = self.data_dir.parent / f"files-{self.port}.log"
+        self.process = launch("Files emulator", cmd, [self.port], log)
 
     def stop(self) -> None:
         if self.process is not None:
