@@ -50,6 +50,7 @@ from shared.registry import (
     TransitionRejected,
     utcnow,
 )
+from shared.runspec import RunSpecError
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
         except (ComputeError, HttpResponseError, RegistryError) as exc:
             report.errors.append(f"{rec.run_id}: {exc}")
             log.warning("run %s: staging check failed: %s", rec.run_id, exc, extra=rec.log_extra())
+        except Exception as exc:  # one run's surprise must not stop the pass for the others
+            _run_failed_unexpectedly(svc, rec, exc, report)
 
 
 # --- submitted runs ---------------------------------------------------------------------------------------
@@ -215,6 +218,24 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
                 log.warning(
                     "run %s: reconcile failed (next pass retries): %s", rec.run_id, exc, extra=rec.log_extra()
                 )
+            except Exception as exc:  # one run's surprise must not stop the pass for the others
+                _run_failed_unexpectedly(svc, rec, exc, report)
+
+
+def _run_failed_unexpectedly(svc: Services, rec: RunRecord, exc: Exception, report: MonitorReport) -> None:
+    """Record an unexpected error against its run, so the pass goes on with the others. A spec that
+    no longer validates (e.g. a Key Vault secret without a vault, stored before parsing checked it)
+    can never be submitted: that run fails with the reason instead of erring on every pass."""
+    report.errors.append(f"{rec.run_id}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, RunSpecError):
+        log.warning("run %s: its spec is invalid: %s", rec.run_id, exc, extra=rec.log_extra())
+        error = {"code": "InvalidSpec", "message": str(exc)[:2000], "errors": exc.errors, "time": utcnow()}
+        try:
+            _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url))
+        except Exception as again:
+            log.warning("run %s: could not record the failure: %s", rec.run_id, again, extra=rec.log_extra())
+        return
+    log.exception("run %s: monitoring failed (next pass retries)", rec.run_id, extra=rec.log_extra())
 
 
 def _reconcile(

@@ -116,6 +116,9 @@ class SpecContext:
     allowed_vm_sizes: tuple[str, ...] = (DEFAULT_VM_SIZE,)
     default_vm_size: str = DEFAULT_VM_SIZE
     allow_loopback_http_callbacks: bool = False
+    # KEY_VAULT_RESOURCE_ID: the vault of a Key Vault secret that names none. Checked when the spec is
+    # parsed, so a spec the submission cannot build is refused before a run exists.
+    key_vault_resource_id: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Any = None) -> SpecContext:
@@ -127,6 +130,7 @@ class SpecContext:
             allowed_vm_sizes=tuple(settings.allowed_vm_sizes),
             default_vm_size=settings.default_vm_size,
             allow_loopback_http_callbacks=settings.callback_allow_loopback_http,
+            key_vault_resource_id=settings.key_vault_resource_id or None,
         )
 
 
@@ -494,6 +498,21 @@ class RunSpec(_Strict):
         for name in value:
             if name.upper().startswith("AZ_BATCHAI_"):
                 raise ValueError(f"{name!r}: names starting with AZ_BATCHAI_ are set by Batch AI")
+        return value
+
+    @field_validator("secret_environment_variables")
+    @classmethod
+    def _secret_vault_known(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # A Key Vault secret without its vault takes KEY_VAULT_RESOURCE_ID; with that unset the job
+        # could never be built, so refuse the spec now instead of failing the run at submission.
+        if _context(info).key_vault_resource_id:
+            return value
+        for name, secret in value.items():
+            if isinstance(secret, KeyVaultSecret) and not secret.key_vault_resource_id:
+                raise SpecFieldError(
+                    f"{name}.key_vault_resource_id",
+                    "required: the app setting KEY_VAULT_RESOURCE_ID is not set",
+                )
         return value
 
     # --- cross-field checks ------------------------------------------------------------------------------

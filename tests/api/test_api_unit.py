@@ -81,6 +81,17 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
         ({"dataset": "mnist", "spec": {"script": "../x.py"}}, "spec.script"),
         ({"dataset": "mnist", "spec": {"unknown": 1}}, "spec.unknown"),
         ({"dataset": "mnist", "spec": {"callback_url": "http://example.com/hook"}}, "spec.callback_url"),
+        (
+            {
+                "dataset": "mnist",
+                "spec": {
+                    "secret_environment_variables": {
+                        "KV": {"key_vault_secret_url": "https://kv1.vault.azure.net/secrets/x"}
+                    }
+                },
+            },
+            "spec.secret_environment_variables.KV.key_vault_resource_id",
+        ),
         ({"dataset": "mnist", "stage_from_prefix": "a/../../b"}, "stage_from_prefix"),
         ({"dataset": "mnist", "stage_from_prefix": ""}, "stage_from_prefix"),
         ({"dataset": "mnist", "stage_from_prefix": "_uploads/mnist"}, "stage_from_prefix"),

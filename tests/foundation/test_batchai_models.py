@@ -3,6 +3,7 @@ quickstart is reproduced field by field, and resource names are valid and determ
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -328,12 +329,15 @@ def test_file_share_mounted_by_key_vault_reference() -> None:
 
 
 def test_key_vault_secret_without_a_vault_names_the_field() -> None:
-    spec = spec_of(
+    # Parsing refuses this spec when KEY_VAULT_RESOURCE_ID is unset (tests/foundation/test_runspec.py);
+    # a spec parsed while it was set, built after it was unset, is still refused here.
+    spec = parse_run_spec(
         {
             "secret_environment_variables": {
                 "KV": {"key_vault_secret_url": "https://kv1.vault.azure.net/secrets/x"}
             }
-        }
+        },
+        dataclasses.replace(CTX, key_vault_resource_id=VAULT_ID),
     )
     with pytest.raises(RunSpecError) as info:
         bm.job_parameters(spec, "ds", CLUSTER_ID, SETTINGS)

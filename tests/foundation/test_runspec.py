@@ -363,3 +363,36 @@ def test_fuzzed_specs_are_valid_or_a_validation_error(data: Any) -> None:
 def test_fuzzed_manifest_text_is_valid_or_a_validation_error(text: str | bytes) -> None:
     with contextlib.suppress(RunSpecError):
         parse_run_spec_json(text, CTX)
+
+
+def test_key_vault_secret_without_a_vault_is_refused_when_no_default_vault_is_set() -> None:
+    """Without KEY_VAULT_RESOURCE_ID a Key Vault secret must name its vault, or the job cannot be built:
+    the spec is refused when parsed (before any run exists), naming the field."""
+    data = {"secret_environment_variables": {"KV_TOKEN": {"key_vault_secret_url": KV_URL}}}
+    errors = errors_of(data)
+    assert "KEY_VAULT_RESOURCE_ID" in errors["secret_environment_variables.KV_TOKEN.key_vault_resource_id"]
+    # The app's default vault, or the secret's own, makes it valid.
+    with_vault = SpecContext(allowed_vm_sizes=CTX.allowed_vm_sizes, key_vault_resource_id=KV_ID)
+    assert (
+        parse_run_spec(data, with_vault).secret_environment_variables["KV_TOKEN"].key_vault_secret_url
+        == KV_URL
+    )
+    own = {
+        "secret_environment_variables": {
+            "KV_TOKEN": {"key_vault_secret_url": KV_URL, "key_vault_resource_id": KV_ID}
+        }
+    }
+    parse_run_spec(own, CTX)
+
+
+def test_spec_context_carries_the_default_vault_from_the_settings() -> None:
+    from shared.settings import Settings, local_stack_values
+
+    settings = Settings.from_env(
+        local_stack_values(
+            KEY_VAULT_RESOURCE_ID=KV_ID,
+            FILE_SHARE_KEY_VAULT_SECRET_URL="https://vault1.vault.azure.net/secrets/k",
+        )
+    )
+    assert SpecContext.from_settings(settings).key_vault_resource_id == KV_ID
+    assert SpecContext.from_settings(Settings.from_env(local_stack_values())).key_vault_resource_id is None

@@ -341,3 +341,44 @@ def test_callbacks_to_refused_urls_are_given_up(pipeline: Pipeline) -> None:
     after = p.registry.get(rec.run_id)
     assert not after.callback_pending and "metadata" in after.callback["error"]
     assert rec.run_id not in run_monitor(p.services).callbacks  # not tried again
+
+
+def test_a_run_whose_handling_raises_does_not_stop_the_monitor_pass(pipeline: Pipeline) -> None:
+    """A run the monitor cannot handle (here: a spec stored before parsing checked that its Key Vault
+    secret names a vault, with KEY_VAULT_RESOURCE_ID unset) is failed with the reason, and the pass
+    still handles the runs after it, in staging and among the submitted runs alike."""
+    p = pipeline
+    ds = dataset_name("unhandled")
+    bad_spec = {
+        "secret_environment_variables": {
+            "KV": {"key_vault_secret_url": "https://kv1.vault.azure.net/secrets/x"}
+        }
+    }
+    long_ago = "2000-01-01T00:00:00.000Z"
+    # Run ids sort as the registry lists them: each bad run comes before the good one of its state.
+    bad_staging = p.registry.create(
+        ds, run_id="20000101-000000-0000aaaa", source="api", spec=bad_spec, expected_files=[]
+    )
+    good_staging = p.registry.create(
+        ds, run_id="20000101-000000-0000bbbb", source="api", staging_deadline=long_ago
+    )
+    bad_submitted = p.registry.create(
+        ds,
+        run_id="20000101-000000-0000cccc",
+        state="provisioning",
+        source="api",
+        spec=bad_spec,
+        times={"provisioning": long_ago},
+    )
+    good_submitted = p.registry.create(
+        ds, run_id="20000101-000000-0000dddd", state="provisioning", source="api", submitted_at=long_ago
+    )
+    report = run_monitor(p.services)
+    assert p.registry.get(good_staging.run_id).errors[-1]["code"] == "StagingTimeout"
+    assert p.registry.get(good_submitted.run_id).errors[-1]["code"] == "JobNotFound"
+    for bad in (bad_staging, bad_submitted):
+        rec = p.registry.get(bad.run_id)
+        assert rec.state == "failed", rec
+        assert rec.errors[-1]["code"] == "InvalidSpec"
+        assert "secret_environment_variables.KV.key_vault_resource_id" in rec.errors[-1]["message"]
+        assert any(e.startswith(bad.run_id) for e in report.errors)
