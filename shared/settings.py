@@ -143,12 +143,14 @@ class StorageAccount(BaseModel):
     @classmethod
     def parse(cls, connection_string: str) -> StorageAccount:
         parts: dict[str, str] = {}
-        for segment in connection_string.strip().split(";"):
+        for position, segment in enumerate(connection_string.strip().split(";"), start=1):
             if not segment.strip():
                 continue
             key, sep, value = segment.partition("=")
             if not sep:
-                raise ValueError(f"expected Key=Value pairs separated by ';', got segment {key!r}")
+                # Only the position: a ';' inside an account key makes the segment a piece of the key,
+                # and this message reaches logs and the anonymous /api/health body.
+                raise ValueError(f"expected Key=Value pairs separated by ';': segment {position} has no '='")
             parts[key.strip().lower()] = value.strip()
         if parts.get("usedevelopmentstorage", "").lower() == "true":
             raise ValueError(

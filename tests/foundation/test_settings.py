@@ -174,6 +174,22 @@ def test_secrets_are_absent_from_repr_str_and_errors() -> None:
     assert "tiny-secret" not in str(info.value)
 
 
+def test_a_semicolon_in_the_account_key_is_reported_by_position_without_the_keys_text() -> None:
+    """A ';' inside AccountKey splits the key into segments; the error names the segment's position
+    only (it reaches logs and the anonymous /api/health body), never a fragment of the key."""
+    key = "c2VjcmV0LWtleS1wYXJ0LW9uZQ;cGFydC10d28tb2YtdGhlLWtleQ;dGFpbC1vZi10aGUta2V5"
+    bad = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"
+    with pytest.raises(ValueError) as parsed:
+        StorageAccount.parse(bad)
+    with pytest.raises(SettingsError) as settings_error:
+        Settings.from_env(values(STORAGE_CONNECTION_STRING=bad))
+    for message in (str(parsed.value), str(settings_error.value)):
+        assert "segment 4" in message
+        for fragment in key.split(";"):
+            for start in range(len(fragment) - 3):  # not even four characters of it
+                assert fragment[start : start + 4] not in message, message
+
+
 def test_settings_are_frozen() -> None:
     s = Settings.from_env(values())
     with pytest.raises(ValueError):
