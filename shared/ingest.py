@@ -165,7 +165,8 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
         return IngestResult("ignored", message="blob deleted")
     etag = etag_of(props)
 
-    latest = _latest_run(svc, ref.dataset)
+    pointer = _seen_run(svc, ref.dataset)
+    latest = pointer[2]
     if latest is not None and _staged_by_request(latest):
         return _joined(latest, blob_name)
     if latest is not None:
@@ -187,7 +188,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
             return IngestResult("replay", latest.run_id, latest.state, submitted=submitted)
 
     rec, created = svc.registry.claim_staging_run(
-        ref.dataset, staging_deadline=_staging_deadline(svc), source="blob"
+        ref.dataset, staging_deadline=_staging_deadline(svc), source="blob", seen=pointer
     )
     if _staged_by_request(rec):
         return _joined(rec, blob_name)
@@ -206,17 +207,16 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
             manifest_props = None
         if manifest_props is not None:
             try:
-                spec = _take_manifest(svc, rec, manifest_props, prepare=False)
+                spec, rec = _take_manifest(svc, rec, manifest_props, prepare=False)
                 spec_etag = etag_of(manifest_props)
             except RunSpecError as exc:
                 message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
                 _fail_staging(svc, rec, "InvalidManifest", message, manifest_etag=etag_of(manifest_props))
                 return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
-            rec = svc.registry.get(rec.run_id)
 
     if ref.path == MANIFEST_NAME:
         try:
-            spec = _take_manifest(svc, rec, props, prepare=False)
+            spec, rec = _take_manifest(svc, rec, props, prepare=False)
         except RunSpecError as exc:
             _fail_staging(svc, rec, "InvalidManifest", f"{blob_name}: {exc}", manifest_etag=etag)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
@@ -289,13 +289,19 @@ def _start_preparing(svc: Services, rec: RunRecord, spec: RunSpec | None) -> thr
 
 
 def _latest_run(svc: Services, dataset: str) -> RunRecord | None:
-    run_id, _ = svc.registry.current_run_id(dataset)
+    return _seen_run(svc, dataset)[2]
+
+
+def _seen_run(svc: Services, dataset: str) -> tuple[str | None, str | None, RunRecord | None]:
+    """(run id, pointer ETag, run or None) of the dataset's latest ingest run: what
+    ``claim_staging_run(seen=...)`` takes, so the claim does not read the pointer and run again."""
+    run_id, pointer_etag = svc.registry.current_run_id(dataset)
     if run_id is None:
-        return None
+        return None, None, None
     try:
-        return svc.registry.get(run_id)
+        return run_id, pointer_etag, svc.registry.get(run_id)
     except RunNotFound:
-        return None
+        return run_id, pointer_etag, None
 
 
 def _staging_deadline(svc: Services) -> str:
@@ -314,7 +320,8 @@ def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
     except StagingError:
         log.warning("blob %r ignored: %s", blob_name[:300], exc)
         return IngestResult("ignored", message=str(exc))
-    latest = _latest_run(svc, dataset)
+    pointer = _seen_run(svc, dataset)
+    latest = pointer[2]
     if latest is not None and _staged_by_request(latest):
         return _joined(latest, blob_name)
     if (
@@ -323,7 +330,9 @@ def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
         and any(e.get("blob") == blob_name for e in latest.errors)
     ):
         return IngestResult("replay", latest.run_id, latest.state, message=str(exc))
-    rec, _ = svc.registry.claim_staging_run(dataset, staging_deadline=_staging_deadline(svc), source="blob")
+    rec, _ = svc.registry.claim_staging_run(
+        dataset, staging_deadline=_staging_deadline(svc), source="blob", seen=pointer
+    )
     _fail_staging(svc, rec, exc.code, str(exc), blob=blob_name)
     return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
 
@@ -349,12 +358,15 @@ def _fail_staging(
         )
 
 
-def _take_manifest(svc: Services, rec: RunRecord, props: Any, *, prepare: bool = True) -> RunSpec:
+def _take_manifest(
+    svc: Services, rec: RunRecord, props: Any, *, prepare: bool = True
+) -> tuple[RunSpec, RunRecord]:
     """Parse run.json and make it the run's spec (idempotent per manifest ETag); with ``prepare``,
-    start creating the spec's cluster when it is not the one the run has."""
+    start creating the spec's cluster when it is not the one the run has. Returns the spec and the
+    run as written (``rec``'s file lists kept)."""
     spec = read_manifest(svc, rec.dataset)
     if rec.manifest_etag == etag_of(props) and rec.spec is not None:
-        return spec
+        return spec, rec
     expected = spec.required_files()
     if not spec.files:
         # No list: every blob under the prefix when the manifest arrived (plus the script).
@@ -372,11 +384,12 @@ def _take_manifest(svc: Services, rec: RunRecord, props: Any, *, prepare: bool =
         r.manifest_etag = etag_of(props)
         r.callback_url = spec.callback_url
 
-    svc.registry.update(rec.run_id, apply, expected_state=STAGING)
+    updated = svc.registry.update(rec.run_id, apply, expected_state=STAGING, current=rec)
+    updated.staged_files, updated.output_files = list(rec.staged_files), list(rec.output_files)
     log.info("run %s: manifest taken (%d required file(s))", rec.run_id, len(expected), extra=rec.log_extra())
-    if prepare and needs_preparation(svc, rec, spec):
-        _prepare_infrastructure(svc, rec, spec=spec)
-    return spec
+    if prepare and needs_preparation(svc, updated, spec):
+        _prepare_infrastructure(svc, updated, spec=spec)
+    return spec, updated
 
 
 def needs_preparation(svc: Services, rec: RunRecord, spec: RunSpec | None) -> bool:
@@ -424,7 +437,9 @@ def _prepare_infrastructure(svc: Services, rec: RunRecord, spec: RunSpec | None)
         )
         return
     with contextlib.suppress(TransitionRejected):
-        svc.registry.update(rec.run_id, expected_state=STAGING, cluster=cluster.name, cluster_id=cluster.id)
+        svc.registry.update(
+            rec.run_id, expected_state=STAGING, current=rec, cluster=cluster.name, cluster_id=cluster.id
+        )
 
 
 # --- readiness and submission -------------------------------------------------------------------------
@@ -570,6 +585,7 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
             rec.run_id,
             target,
             STAGING,
+            current=rec,
             cluster=cluster.name,
             cluster_id=cluster.id,
             experiment=names.experiment,
@@ -601,7 +617,7 @@ def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
         return False
     with contextlib.suppress(TransitionRejected, RunNotFound, ComputeError):
         now = svc.registry.update(
-            rec.run_id, submitted_at=utcnow(), job_id=getattr(job, "id", None) or rec.job_id
+            rec.run_id, current=rec, submitted_at=utcnow(), job_id=getattr(job, "id", None) or rec.job_id
         )
         if now.state == CANCELLED:  # cancelled while the job was being created: no orphan job
             svc.cloud.terminate_and_delete_job(names)

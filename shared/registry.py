@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -565,12 +566,16 @@ class RunRegistry:
         run_id: str,
         to_state: str,
         expected_from: str | Iterable[str] | None = None,
+        *,
+        current: RunRecord | None = None,
         **changes: Any,
     ) -> RunRecord:
         """Move a run to ``to_state`` if it is now in ``expected_from`` (default: any state the
         transition table allows), applying ``changes`` in the same write. A compare-and-swap on
         the ETag: of two racing callers exactly one wins; the other (and every replay) gets
-        ``TransitionRejected`` with the record as it now is. Records the time of the new state."""
+        ``TransitionRejected`` with the record as it now is. Records the time of the new state.
+        ``current``: the run as the caller last read or wrote it (with its ETag), tried first
+        without reading it again (see ``_cas``)."""
         if to_state not in STATES:
             raise RegistryError(f"unknown state {to_state!r}; states are {', '.join(STATES)}")
         expected = (
@@ -595,7 +600,7 @@ class RunRegistry:
             rec.state = to_state
             rec.times[to_state] = changes.get("time") or utcnow()
 
-        rec = self._cas(run_id, mutate)
+        rec = self._cas(run_id, mutate, current)
         log.info("run %s -> %s", run_id, to_state, extra=rec.log_extra())
         return rec
 
@@ -605,12 +610,15 @@ class RunRegistry:
         mutate: Callable[[RunRecord], Any] | None = None,
         *,
         expected_state: str | Iterable[str] | None = None,
+        current: RunRecord | None = None,
         **changes: Any,
     ) -> RunRecord:
         """Change fields of a run (not its state) with compare-and-swap retries: read, apply
         ``changes`` and/or ``mutate(record)`` (which edits the record in place; it may raise to
         abort, and is called again on each retry), write with the ETag, repeat on a lost race.
-        With ``expected_state``, a run in another state raises ``TransitionRejected``."""
+        With ``expected_state``, a run in another state raises ``TransitionRejected``.
+        ``current``: the run as the caller last read or wrote it (with its ETag), tried first
+        without reading it again (see ``_cas``)."""
         if "state" in changes:
             raise RegistryError("change the state with transition(), not update()")
         expected = {expected_state} if isinstance(expected_state, str) else set(expected_state or [])
@@ -627,22 +635,44 @@ class RunRegistry:
             if rec.state != before:
                 raise RegistryError("update() must not change the state; use transition()")
 
-        return self._cas(run_id, apply)
+        return self._cas(run_id, apply, current)
 
-    def _cas(self, run_id: str, mutate: Callable[[RunRecord], None]) -> RunRecord:
+    def _cas(
+        self, run_id: str, mutate: Callable[[RunRecord], None], current: RunRecord | None = None
+    ) -> RunRecord:
+        """Read the run, ``mutate`` it, write it with the ETag read (If-Match); on a lost race read
+        again and repeat. With ``current`` (a record of this run carrying the ETag of its last read
+        or write) the first attempt mutates a copy of it and writes with that ETag, saving the read:
+        the If-Match makes a stale copy lose (412) exactly as a stale read would, and a copy whose
+        state ``mutate`` rejects is read again before anything is concluded from it."""
+        known = current if current is not None and current.run_id == run_id and current.etag else None
         for attempt in range(CAS_ATTEMPTS):
-            entity = self._get_run_entity(run_id)
-            rec = _from_entity(entity)
-            mutate(rec)
+            if known is not None:
+                rec = copy.deepcopy(known)
+                etag = known.etag
+                known = None
+                try:
+                    mutate(rec)
+                except Exception:
+                    continue  # judged on a possibly stale copy: read the run and decide on that
+            else:
+                entity = self._get_run_entity(run_id)
+                rec = _from_entity(entity)
+                etag = entity.metadata["etag"]
+                mutate(rec)
             rec.updated_at = utcnow()
             try:
                 meta = self.table.update_entity(
                     _to_entity(rec),
                     mode=UpdateMode.REPLACE,
-                    etag=entity.metadata["etag"],
+                    etag=etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
+            except ResourceNotFoundError:
+                raise RunNotFound(run_id) from None
             except ResourceModifiedError:
+                if attempt == 0 and current is not None:
+                    continue  # the copy was stale: read the run now, no back-off needed yet
                 time.sleep(min(0.02 * (attempt + 1), 0.3) * (0.5 + secrets.randbelow(100) / 100))
                 continue
             except HttpResponseError as exc:
@@ -698,7 +728,12 @@ class RunRegistry:
         return entity["run_id"], entity.metadata["etag"]
 
     def claim_staging_run(
-        self, dataset: str, *, reuse: Callable[[RunRecord], bool] | None = None, **create_fields: Any
+        self,
+        dataset: str,
+        *,
+        reuse: Callable[[RunRecord], bool] | None = None,
+        seen: tuple[str | None, str | None, RunRecord | None] | None = None,
+        **create_fields: Any,
     ) -> tuple[RunRecord, bool]:
         """The dataset's run that is collecting uploads, created if there is none: ``(run, created)``.
 
@@ -707,13 +742,23 @@ class RunRegistry:
         into the pointer by compare-and-swap (create when absent, ETag match when present), and
         the winner's run entity is created; concurrent callers all end with the same run. The
         pointer is written before the run entity, so a caller that sees a pointer whose run does
-        not exist yet creates it with the same id (creation is idempotent per id)."""
+        not exist yet creates it with the same id (creation is idempotent per id).
+
+        ``seen``: ``(run id, pointer ETag, run or None)`` as the caller just read them
+        (``current_run_id``, then ``get``): the first attempt decides on them instead of reading them
+        again. Stale values cost nothing in correctness: the pointer swap is conditional on that ETag
+        and a lost swap reads everything again."""
         create_fields.setdefault("source", "blob")
         for _ in range(CAS_ATTEMPTS):
-            run_id, pointer_etag = self.current_run_id(dataset)
+            known: RunRecord | None = None
+            if seen is not None:
+                run_id, pointer_etag, known = seen
+                seen = None
+            else:
+                run_id, pointer_etag = self.current_run_id(dataset)
             if run_id is not None:
                 try:
-                    rec = self.get(run_id)
+                    rec = known if known is not None and known.run_id == run_id else self.get(run_id)
                 except RunNotFound:
                     return self.create(dataset, run_id=run_id, **create_fields), False
                 if rec.state == STAGING and (reuse is None or reuse(rec)):

@@ -118,6 +118,67 @@ def test_concurrent_updates_lose_nothing(registry: RunRegistry) -> None:
         registry.update(rec.run_id, expected_state="running", exit_code=1)
 
 
+def test_writes_from_a_known_record_keep_compare_and_swap(registry: RunRegistry) -> None:
+    """``current=``: a write from the caller's last copy skips the read, and a stale copy loses to
+    the If-Match and is decided on a fresh read, never on the copy."""
+    rec = registry.create("ds")
+    stale = registry.get(rec.run_id)
+    winners: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def racer(i: int) -> None:
+        barrier.wait()
+        try:
+            registry.transition(rec.run_id, "provisioning", "staging", current=stale, job_name=f"j{i}")
+            winners.append(f"j{i}")
+        except TransitionRejected:
+            pass
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and registry.get(rec.run_id).job_name == winners[0]
+    # The copy says staging, the run is provisioning: rejected on the fresh read.
+    with pytest.raises(TransitionRejected) as info:
+        registry.transition(rec.run_id, "queued", "staging", current=stale)
+    assert info.value.current.state == "provisioning"
+    # Updates from one stale copy lose nothing; a fresh copy writes once.
+    fresh = registry.update(rec.run_id, exit_code=1, current=stale)
+    assert fresh.exit_code == 1 and fresh.job_name == winners[0]
+
+    def add(i: int) -> None:
+        registry.update(rec.run_id, lambda r: r.errors.append({"code": f"E{i}"}), current=fresh)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = registry.get(rec.run_id)
+    assert sorted(e["code"] for e in final.errors) == [f"E{i}" for i in range(6)] and final.exit_code == 1
+    with pytest.raises(TransitionRejected):
+        registry.update(rec.run_id, expected_state="staging", current=stale, exit_code=2)
+    assert registry.get(rec.run_id).exit_code == 1
+
+
+def test_claim_staging_run_from_a_stale_pointer(registry: RunRegistry) -> None:
+    first, created = registry.claim_staging_run("ds")
+    assert created
+    pointer = (*registry.current_run_id("ds"), registry.get(first.run_id))
+    registry.transition(first.run_id, "provisioning", "staging")
+    # The caller saw the run still staging: the claim returns it (as a claim a moment earlier would).
+    assert registry.claim_staging_run("ds", seen=pointer)[0].run_id == first.run_id
+    second, created = registry.claim_staging_run("ds")
+    assert created and second.run_id != first.run_id
+    # A pointer ETag from before the swap: the conditional swap loses and the claim reads again.
+    stale = (pointer[0], pointer[1], None)
+    third, created = registry.claim_staging_run("ds", seen=stale)
+    assert not created and third.run_id == second.run_id
+    assert [r.run_id for r in registry.iter_runs(dataset="ds")] == [first.run_id, second.run_id]
+
+
 def test_claim_staging_run_one_run_for_concurrent_uploads(registry: RunRegistry) -> None:
     results = []
     barrier = threading.Barrier(10)
