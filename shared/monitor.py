@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import secrets
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ MAX_CALLBACK_PASSES = 3
 CALLBACK_ATTEMPTS = 3  # per pass, with backoff
 CALLBACK_TIMEOUT_SECONDS = 5.0
 CALLBACK_WORKERS = 4
+# A pass's claim on a delivery: longer than its attempts with backoff can take.
+CALLBACK_CLAIM_SECONDS = 300
 STDOUT_NAMES = ("stdout.txt",)
 
 
@@ -470,11 +473,39 @@ def _deliver_callbacks(svc: Services, report: MonitorReport) -> None:
                 report.callbacks[run_id] = status
 
 
+class _NotOurs(Exception):
+    """The callback is no longer pending, or another pass holds its delivery claim."""
+
+
+def _claim_callback(svc: Services, run_id: str, token: str) -> RunRecord | None:
+    """Claim the run's callback delivery by compare-and-swap (None when it is not ours to deliver):
+    of two overlapping passes that both saw it pending, exactly one posts. A claim expires after
+    CALLBACK_CLAIM_SECONDS, so a pass that died holding it does not lose the callback."""
+    now = datetime.now(UTC)
+
+    def claim(rec: RunRecord) -> None:
+        if not rec.callback_pending or rec.state not in TERMINAL_STATES or not rec.callback_url:
+            raise _NotOurs
+        held = _parse_time((rec.callback or {}).get("claimed_until"))
+        if held is not None and held > now:
+            raise _NotOurs
+        until = _ts(now + timedelta(seconds=CALLBACK_CLAIM_SECONDS))
+        rec.callback = {**(rec.callback or {}), "claim": token, "claimed_until": until}
+
+    try:
+        return svc.registry.update(run_id, claim)
+    except (_NotOurs, TransitionRejected):
+        return None
+
+
 def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
     settings = svc.settings
     secret = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
+    token = secrets.token_hex(8)
     try:
-        rec = svc.registry.get(run_id)
+        rec = _claim_callback(svc, run_id, token)
+        if rec is None:
+            return run_id, None
         result = callbacks.deliver(
             rec.callback_url or "",
             summary(rec),
@@ -487,7 +518,17 @@ def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
         passes = int((rec.callback or {}).get("passes", 0)) + 1
         done = result.delivered or passes >= MAX_CALLBACK_PASSES or result.attempts == 0
         status = {**result.to_dict(), "passes": passes, "time": utcnow()}
-        svc.registry.update(rec.run_id, callback=status, callback_pending=not done)
+
+        def record(now: RunRecord) -> None:
+            if (now.callback or {}).get("claim") != token:
+                raise _NotOurs  # our claim expired and another pass took over: its result counts
+            now.callback = status
+            now.callback_pending = not done
+
+        svc.registry.update(rec.run_id, record)
+    except _NotOurs:
+        log.warning("run %s: callback claim lost while posting", run_id, extra={"run_id": run_id})
+        return run_id, None
     except (RegistryError, HttpResponseError) as exc:
         log.warning("run %s: callback bookkeeping failed: %s", run_id, exc, extra={"run_id": run_id})
         return run_id, None

@@ -100,3 +100,63 @@ def test_allowed_urls() -> None:
     check_callback_url("http://127.0.0.1:8080/hook", allow_loopback_http=True)
     with pytest.raises(CallbackError, match="https"):
         check_callback_url("http://127.0.0.1:8080/hook")
+
+
+@pytest.mark.e2e
+def test_overlapping_passes_deliver_a_callback_once(local_stack) -> None:
+    """Two monitor passes that overlap both see the run's callback pending: the delivery is claimed
+    by compare-and-swap before the POST, so exactly one of them posts."""
+    import time
+    import uuid
+
+    from shared import monitor
+
+    from .conftest import Pipeline
+
+    local_stack.ensure("azurite")
+    p = Pipeline(local_stack, CALLBACK_ALLOW_LOOPBACK_HTTP="true")
+    posts: list[bytes] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                posts.append(body)
+            time.sleep(0.5)  # a slow receiver: the other pass has long read the run by now
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rec = p.registry.create(
+            f"cb-{uuid.uuid4().hex[:8]}",
+            state="succeeded",
+            callback_url=f"http://127.0.0.1:{server.server_address[1]}/hook",
+            callback_pending=True,
+        )
+        barrier = threading.Barrier(2)
+
+        def deliver() -> tuple[str, str | None]:
+            barrier.wait()
+            return monitor._deliver_one(p.services, rec.run_id)
+
+        threads = [threading.Thread(target=lambda: results.append(deliver())) for _ in range(2)]
+        results: list[tuple[str, str | None]] = []
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(posts) == 1, posts
+    assert sorted(status or "" for _, status in results) == ["", "delivered"]
+    after = p.registry.get(rec.run_id)
+    assert not after.callback_pending and after.callback["status"] == "delivered"
+    assert monitor.run_monitor(p.services).callbacks == {}  # nothing left to deliver
