@@ -359,8 +359,17 @@ def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: Monitor
     if start and RUNNING not in rec.times:
         extra[RUNNING] = start
 
+    def add_job_errors(now: RunRecord) -> None:
+        # Appended to the run as it is at the write (``rec`` may be stale: an error recorded since
+        # it was read stays). The job's errors carry its end time, so a replay adds none twice.
+        now.errors = [*now.errors, *(e for e in errors if e not in now.errors)]
+
     moved = None
     try:
+        # The errors go first, in a compare-and-swap of their own, so no reader (nor a callback)
+        # ever sees the finished run without them.
+        if errors:
+            svc.registry.update(rec.run_id, add_job_errors, expected_state=rec.state)
         moved = svc.registry.transition(
             rec.run_id,
             target,
@@ -368,7 +377,6 @@ def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: Monitor
             time=end,
             extra_times=extra,
             exit_code=exit_code,
-            errors=[*rec.errors, *errors],
             stdout_tail=tail,
             callback_pending=bool(rec.callback_url),
         )

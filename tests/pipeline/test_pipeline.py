@@ -382,3 +382,40 @@ def test_a_run_whose_handling_raises_does_not_stop_the_monitor_pass(pipeline: Pi
         assert rec.errors[-1]["code"] == "InvalidSpec"
         assert "secret_environment_variables.KV.key_vault_resource_id" in rec.errors[-1]["message"]
         assert any(e.startswith(bad.run_id) for e in report.errors)
+
+
+def test_finishing_a_run_from_a_stale_read_keeps_errors_recorded_since(pipeline: Pipeline) -> None:
+    """The monitor finishes a run from the record it read at the start of the pass; an error recorded
+    on the run after that read (here: by another writer) survives, and the job's own errors are added
+    once, also when the finish is replayed."""
+    from shared import monitor
+
+    p = pipeline
+    ds = dataset_name("stale")
+    failing = {**QUICKSTART_FILES, "ConvNet_MNIST.py": b"import sys\nprint('boom')\nsys.exit(3)\n"}
+    run_id = [ingest_blob(n, p.services) for n in p.upload(ds, failing, QUICKSTART_MANIFEST)][-1].run_id
+    rec = p.registry.get(run_id)
+    names = p.services.cloud.job_names(run_id, ds)
+    deadline = time.monotonic() + 90
+    while True:
+        jobs = {
+            j.name: j
+            for j in p.services.cloud.list_jobs(names.resource_group, names.workspace, names.experiment)
+        }
+        job = jobs.get(names.job)
+        if job is not None and str(getattr(job.execution_state, "value", job.execution_state)) == "failed":
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    stale = p.registry.get(run_id)
+    meanwhile = {"code": "Meanwhile", "message": "recorded after the monitor read the run", "time": "x"}
+    p.registry.update(run_id, add_error=meanwhile)
+    report = monitor.MonitorReport()
+    monitor._finish(p.services, stale, job, "failed", report)
+    monitor._finish(p.services, stale, job, "failed", report)  # a replayed (or overlapping) pass
+    after = p.registry.get(run_id)
+    assert after.state == "failed" and after.exit_code == 3, after
+    codes = [e["code"] for e in after.errors]
+    assert "Meanwhile" in codes, after.errors
+    job_codes = [c for c in codes if c not in {e["code"] for e in rec.errors} | {"Meanwhile"}]
+    assert job_codes and len(job_codes) == len(set(job_codes)), after.errors
