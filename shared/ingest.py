@@ -241,6 +241,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
                 svc.share,
                 copy_timeout=svc.settings.copy_timeout_seconds,
                 account_key=svc.account_key,
+                props=props,
             )
         except StagingError as exc:
             if exc.code in ("BlobNotFound",):
@@ -361,10 +362,10 @@ def _fail_staging(
 def _take_manifest(
     svc: Services, rec: RunRecord, props: Any, *, prepare: bool = True
 ) -> tuple[RunSpec, RunRecord]:
-    """Parse run.json and make it the run's spec (idempotent per manifest ETag); with ``prepare``,
-    start creating the spec's cluster when it is not the one the run has. Returns the spec and the
-    run as written (``rec``'s file lists kept)."""
-    spec = read_manifest(svc, rec.dataset)
+    """Parse run.json (``props``: its blob properties, already fetched) and make it the run's spec
+    (idempotent per manifest ETag); with ``prepare``, start creating the spec's cluster when it is
+    not the one the run has. Returns the spec and the run as written (``rec``'s file lists kept)."""
+    spec = read_manifest(svc, rec.dataset, props)
     if rec.manifest_etag == etag_of(props) and rec.spec is not None:
         return spec, rec
     expected = spec.required_files()
@@ -399,13 +400,14 @@ def needs_preparation(svc: Services, rec: RunRecord, spec: RunSpec | None) -> bo
     return rec.cluster != svc.cloud.cluster_name(spec, rec.dataset)
 
 
-def read_manifest(svc: Services, dataset: str) -> RunSpec:
-    """Download and parse ``<dataset>/run.json`` (small: bounded by runspec's manifest limit)."""
+def read_manifest(svc: Services, dataset: str, props: Any = None) -> RunSpec:
+    """Download and parse ``<dataset>/run.json`` (small: bounded by runspec's manifest limit).
+    ``props``: the blob's properties when the caller has them (saves fetching them again)."""
     from shared.runspec import MAX_MANIFEST_BYTES
 
     blob = svc.container.get_blob_client(f"{dataset}/{MANIFEST_NAME}")
     try:
-        size = blob.get_blob_properties().size
+        size = (props if props is not None else blob.get_blob_properties()).size
     except ResourceNotFoundError:
         raise RunSpecError(
             [{"field": "(root)", "message": f"{dataset}/{MANIFEST_NAME} does not exist"}]
@@ -473,8 +475,9 @@ def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
     if rec.source == "blob":
         blob = svc.container.get_blob_client(f"{rec.dataset}/{MANIFEST_NAME}")
         try:
-            if etag_of(blob.get_blob_properties()) == rec.manifest_etag:
-                return read_manifest(svc, rec.dataset)
+            props = blob.get_blob_properties()
+            if etag_of(props) == rec.manifest_etag:
+                return read_manifest(svc, rec.dataset, props)
         except ResourceNotFoundError:
             pass
         except RunSpecError as exc:

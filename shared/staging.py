@@ -210,11 +210,13 @@ def stage_blob(
     copy_timeout: float = 600.0,
     account_key: str | None = None,
     poll_interval: float = 1.0,
+    props: Any = None,
 ) -> StagedFile:
     """Copy blob ``blob_name`` of ``container`` to ``dest_path`` on ``share`` (default: the blob's
     own name, i.e. ``<dataset>/<relative path>``), server side, and verify it. Returns the staged
     file with ``name`` relative to the dataset directory. Raises StagingError (nothing written for
-    a bad name; an incomplete file removed after a failed copy)."""
+    a bad name; an incomplete file removed after a failed copy). ``props``: the blob's properties
+    when the caller just fetched them (size, MD5 and ETag are taken from them; not fetched again)."""
     ref = parse_blob_name(blob_name)
     if dest_path is None:
         dest_path = blob_name
@@ -223,12 +225,13 @@ def stage_blob(
         check_dataset_name(dest_dataset)
         check_relative_path(dest_rel, what=f"destination {dest_path!r}")
     blob = container.get_blob_client(blob_name)
-    try:
-        props = blob.get_blob_properties()
-    except ResourceNotFoundError:
-        raise StagingError(
-            f"blob {blob_name!r} does not exist (deleted after upload?)", code="BlobNotFound"
-        ) from None
+    if props is None:
+        try:
+            props = blob.get_blob_properties()
+        except ResourceNotFoundError:
+            raise StagingError(
+                f"blob {blob_name!r} does not exist (deleted after upload?)", code="BlobNotFound"
+            ) from None
     size = int(props.size)
     blob_md5 = _md5_b64(props.content_settings.content_md5)
     source_url = blob_read_sas_url(blob, lifetime_seconds=copy_timeout, account_key=account_key)
@@ -241,6 +244,10 @@ def stage_blob(
     try:
         copy = _start_copy(file, source_url)
     except HttpResponseError as exc:
+        if exc.status_code == 404 and getattr(exc, "error_code", None) == "CannotVerifyCopySource":
+            raise StagingError(
+                f"blob {blob_name!r} does not exist (deleted after upload?)", code="BlobNotFound"
+            ) from None
         raise StagingError(
             f"copy of {blob_name!r} to the file share could not start: {exc.reason or exc.status_code}",
             code="CopyFailed",
@@ -248,6 +255,7 @@ def stage_blob(
     copy_id = copy.get("copy_id")
     delay = 0.05  # small files finish at once; big ones are polled every poll_interval
     status = copy.get("copy_status")
+    fprops = None  # the last poll's answer: it also carries the size and MD5 verified below
     while status == "pending":
         if time.monotonic() - started > copy_timeout:
             with contextlib.suppress(HttpResponseError):
@@ -260,15 +268,17 @@ def stage_blob(
             )
         time.sleep(delay)
         delay = min(delay * 2, poll_interval)
-        status = file.get_file_properties().copy.status
+        fprops = file.get_file_properties()
+        status = fprops.copy.status
     if status != "success":
-        description = file.get_file_properties().copy.status_description or ""
+        description = (fprops or file.get_file_properties()).copy.status_description or ""
         _remove(file)
         raise StagingError(
             f"copy of {blob_name!r} ended {status}: {description}".rstrip(": "), code="CopyFailed"
         )
 
-    fprops = file.get_file_properties()
+    if fprops is None:
+        fprops = file.get_file_properties()
     if int(fprops.size) != size:
         _remove(file)
         raise StagingError(

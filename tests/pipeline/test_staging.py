@@ -54,6 +54,17 @@ def test_stage_copies_server_side_and_verifies(stores) -> None:
     assert other.name == "x.bin" and (root / "copy" / "x.bin").read_bytes() == b"new"
 
 
+def test_blob_deleted_after_its_properties_were_read(stores) -> None:
+    container, share, root = stores
+    blob = container.upload_blob("mnist/gone.txt", b"x")
+    props = blob.get_blob_properties()
+    blob.delete_blob()
+    with pytest.raises(StagingError, match="does not exist") as caught:
+        stage_blob(container, "mnist/gone.txt", share, copy_timeout=5, props=props)
+    assert caught.value.code == "BlobNotFound"
+    assert not (root / "mnist" / "gone.txt").exists()
+
+
 def test_missing_blob_is_a_clear_error(stores) -> None:
     container, share, root = stores
     with pytest.raises(StagingError, match="does not exist"):
