@@ -25,7 +25,6 @@ import concurrent.futures
 import contextlib
 import logging
 import secrets
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
-from shared import callbacks
+from shared import callbacks, logtail
 from shared.compute import ComputeError
 from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
 from shared.registry import (
@@ -437,12 +436,8 @@ def stdout_tail(outputs: list[OutputFile], max_bytes: int) -> str | None:
     )
     if stdout is None or not stdout.download_url:
         return None
-    request = urllib.request.Request(stdout.download_url, headers={"Range": f"bytes=-{max_bytes}"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            tail = b""
-            while chunk := response.read(64 * 1024):
-                tail = (tail + chunk)[-max_bytes:]
+        tail = logtail.read_tail(stdout.download_url, max_bytes)
     except (OSError, ValueError) as exc:
         log.warning("stdout tail not fetched: %s", type(exc).__name__)
         return None

@@ -14,10 +14,8 @@ request is the same (same dataset, staging prefix and effective spec): 202 again
 
 from __future__ import annotations
 
-import collections
 import logging
 import re
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -489,18 +487,13 @@ def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
 
 
 def _tail_of_url(url: str | None, lines: int) -> str:
-    """The last `lines` lines of a download URL, reading at most LOG_READ_LIMIT bytes of its end."""
+    """The last `lines` lines of a download URL, reading at most LOG_READ_LIMIT bytes of its end
+    (a Range request: the rest of the file never travels)."""
     if not url:
         return ""
-    keep: collections.deque[bytes] = collections.deque()
-    kept = 0
-    with urllib.request.urlopen(url, timeout=30) as response:
-        while chunk := response.read(64 * 1024):
-            keep.append(chunk)
-            kept += len(chunk)
-            while kept - len(keep[0]) > LOG_READ_LIMIT:
-                kept -= len(keep.popleft())
-    return _last_lines(b"".join(keep).decode("utf-8", errors="replace"), lines)
+    from shared.logtail import read_tail
+
+    return _last_lines(read_tail(url, LOG_READ_LIMIT).decode("utf-8", errors="replace"), lines)
 
 
 def _last_lines(text: str, lines: int) -> str:
