@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -155,24 +156,60 @@ def blob_read_sas_url(blob: BlobClient, *, lifetime_seconds: float, account_key:
 
 
 # --- share -----------------------------------------------------------------------------------------
+# Shares and directories this process has created or found existing, keyed by the share's URL: every
+# blob of a dataset would otherwise send a PUT for the share and each directory (answered 409). A
+# share or directory deleted meanwhile (cleanup) shows up as ShareNotFound/ParentNotFound on the copy,
+# which forgets the share's entries (``forget_share``) and creates them again.
+_known: set[tuple[str, str]] = set()
+_known_lock = threading.Lock()
+_MISSING_PARENT_CODES = ("ParentNotFound", "ShareNotFound")
+_MAX_KNOWN = 100_000
+
+
+def _is_known(share: ShareClient, path: str) -> bool:
+    return (share.url, path) in _known
+
+
+def _remember(share: ShareClient, path: str) -> None:
+    with _known_lock:
+        if len(_known) >= _MAX_KNOWN:  # bounded: forgetting costs one 409 per directory, no more
+            _known.clear()
+        _known.add((share.url, path))
+
+
+def forget_share(share: ShareClient) -> None:
+    """Forget what this process knows exists on ``share`` (after a ShareNotFound/ParentNotFound)."""
+    with _known_lock:
+        for key in [k for k in _known if k[0] == share.url]:
+            _known.discard(key)
+
+
 def ensure_share(share: ShareClient) -> None:
+    if _is_known(share, ""):
+        return
     with contextlib.suppress(ResourceExistsError):
         share.create_share()
+    _remember(share, "")
 
 
 def ensure_directory(share: ShareClient, path: str) -> None:
-    """Create ``path`` and its parents on the share (idempotent)."""
+    """Create ``path`` and its parents on the share (idempotent; remembered per process)."""
     parts = [p for p in path.split("/") if p]
     for i in range(1, len(parts) + 1):
-        directory = share.get_directory_client("/".join(parts[:i]))
+        sub = "/".join(parts[:i])
+        if _is_known(share, sub):
+            continue
+        directory = share.get_directory_client(sub)
         try:
             directory.create_directory()
         except ResourceExistsError:
-            continue
+            pass
         except ResourceNotFoundError:  # the share itself is missing
+            forget_share(share)
             ensure_share(share)
             with contextlib.suppress(ResourceExistsError):
                 directory.create_directory()
+        _remember(share, sub)
 
 
 def etag_of(props: Any) -> str | None:
@@ -242,7 +279,17 @@ def stage_blob(
     file = share.get_file_client(dest_path)
     started = time.monotonic()
     try:
-        copy = _start_copy(file, source_url)
+        try:
+            copy = _start_copy(file, source_url)
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) not in _MISSING_PARENT_CODES:
+                raise
+            forget_share(share)  # deleted since this process created it (cleanup): create it again
+            if parent:
+                ensure_directory(share, parent)
+            else:
+                ensure_share(share)
+            copy = _start_copy(file, source_url)
     except HttpResponseError as exc:
         if exc.status_code == 404 and getattr(exc, "error_code", None) == "CannotVerifyCopySource":
             raise StagingError(

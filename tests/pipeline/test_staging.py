@@ -54,6 +54,23 @@ def test_stage_copies_server_side_and_verifies(stores) -> None:
     assert other.name == "x.bin" and (root / "copy" / "x.bin").read_bytes() == b"new"
 
 
+def test_deleted_directory_is_created_again(stores) -> None:
+    """Directories are remembered per process; one deleted since (cleanup) is created again."""
+    from shared.cleanup import delete_directory_tree
+
+    container, share, root = stores
+    container.upload_blob("mnist/sub/a.txt", b"a")
+    container.upload_blob("mnist/sub/b.txt", b"b")
+    stage_blob(container, "mnist/sub/a.txt", share, copy_timeout=30)
+    delete_directory_tree(share, "mnist")
+    assert _tree(root) == []
+    staged = stage_blob(container, "mnist/sub/b.txt", share, copy_timeout=30)
+    assert staged.name == "sub/b.txt" and (root / "mnist" / "sub" / "b.txt").read_bytes() == b"b"
+    share.delete_share()
+    again = stage_blob(container, "mnist/sub/a.txt", share, copy_timeout=30)
+    assert again.name == "sub/a.txt" and (root / "mnist" / "sub" / "a.txt").read_bytes() == b"a"
+
+
 def test_blob_deleted_after_its_properties_were_read(stores) -> None:
     container, share, root = stores
     blob = container.upload_blob("mnist/gone.txt", b"x")
