@@ -233,8 +233,8 @@ def cluster_parameters(spec: RunSpec, settings: Settings) -> models.ClusterCreat
 def cluster_scale_parameters(
     target_node_count: int = 0, node_deallocation_option: str = "waitforjobcompletion"
 ) -> models.ClusterUpdateParameters:
-    """A manual resize (cleanup scales idle clusters to zero instead of deleting them). Shrinking waits
-    for running jobs by default, so a job that started after the idle check is not killed."""
+    """A manual resize (cleanup does not use it: it deletes idle clusters). Shrinking waits for running
+    jobs by default, so a job that started after the caller last looked is not killed."""
     from azure.mgmt.batchai import models
 
     manual = models.ManualScaleSettings(

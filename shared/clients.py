@@ -102,14 +102,12 @@ def credential(settings: Settings | None = None) -> TokenCredential:
 
 
 def _arm_kwargs(settings: Settings) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
+    # The token audience is the ARM endpoint itself (sovereign clouds); the local dev token ignores it.
+    return {
         "base_url": settings.arm_endpoint,
         "per_call_policies": [make_loopback_http_policy()],
+        "credential_scopes": [settings.arm_endpoint.rstrip("/") + "/.default"],
     }
-    if not settings.arm_is_loopback:
-        # Sovereign clouds: the token audience is the ARM endpoint itself.
-        kwargs["credential_scopes"] = [settings.arm_endpoint.rstrip("/") + "/.default"]
-    return kwargs
 
 
 @functools.lru_cache(maxsize=8)

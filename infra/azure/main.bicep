@@ -43,7 +43,7 @@ param fileShareQuotaGiB int = 100
 @description('Table of the run registry.')
 param runsTableName string = 'runs'
 
-@description('Blob container for run reports.')
+@description('Blob container for cleanup reports.')
 param reportsContainerName string = 'reports'
 
 @description('Resource group that holds the Batch AI workspace, clusters and jobs. It must exist before this deployment (az group create); the app gets Contributor on it and nothing wider.')

@@ -87,3 +87,29 @@ def test_cleanup_timer_is_registered_with_the_schedule_setting() -> None:
         if trigger["type"] == "timerTrigger":
             timers[function.get_function_name()] = trigger
     assert timers["cleanup"]["schedule"] == "%CLEANUP_SCHEDULE%"
+
+
+def test_readme_api_table_names_every_query_parameter() -> None:
+    """Each `METHOD /api/path?a=&b=` in the README's HTTP API table lists exactly the query
+    parameters the OpenAPI document gives that operation."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## HTTP API", 1)[1].split("\n\n", 3)[2]
+    doc = document()
+    seen = 0
+    for span in re.findall(r"`([^`]+)`", table):
+        found = re.fullmatch(r"(GET|POST|DELETE|PUT|PATCH) /api(/[^?\[\s]*)(?:\[?\?(.*?)\]?)?", span)
+        if not found:
+            continue
+        method, path, query = found.group(1).lower(), found.group(2), found.group(3) or ""
+        operation = doc["paths"][path][method]
+        documented = {
+            p["name"]
+            for p in [*operation.get("parameters", []), *doc["paths"][path].get("parameters", [])]
+            if isinstance(p, dict) and p.get("in") == "query"
+        }
+        assert set(re.findall(r"(\w+)=", query)) == documented, (span, sorted(documented))
+        seen += 1
+    assert seen >= 6

@@ -81,6 +81,14 @@ def test_sovereign_cloud_scope_follows_the_arm_endpoint() -> None:
     assert client._config.credential_scopes == ["https://management.chinacloudapi.cn/.default"]
 
 
+def test_the_token_scope_follows_the_arm_endpoint_also_on_loopback() -> None:
+    """One rule for every endpoint (no "if local" branch): the local dev token ignores the scope."""
+    s = settings()
+    assert s.arm_is_loopback
+    client = clients.batchai_client(s)
+    assert client._config.credential_scopes == ["http://127.0.0.1:10005/.default"]
+
+
 def test_importing_the_app_modules_does_not_import_the_sdks() -> None:
     import subprocess
     import sys

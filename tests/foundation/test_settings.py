@@ -52,6 +52,20 @@ def test_every_setting_is_documented_in_the_example() -> None:
         assert name in document["_comment"], name
 
 
+def test_reports_container_is_documented_as_holding_cleanup_reports_only() -> None:
+    """Only cleanup writes to REPORTS_CONTAINER (run outputs and stdout tails live on the run record)."""
+    import json
+
+    from shared.settings import EXAMPLE_FILE
+
+    comment = json.loads(EXAMPLE_FILE.read_text())["_comment"]["REPORTS_CONTAINER"]
+    docs = (EXAMPLE_FILE.parent / "docs" / "settings.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `REPORTS_CONTAINER`"))
+    for text in (comment, row):
+        assert "cleanup report" in text, text
+        assert "stdout" not in text and "run report" not in text, text
+
+
 @pytest.mark.parametrize(
     "name",
     ["STORAGE_CONNECTION_STRING", "AZURE_SUBSCRIPTION_ID", "BATCHAI_RESOURCE_GROUP", "BATCHAI_LOCATION"],
