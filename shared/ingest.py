@@ -568,6 +568,10 @@ def _on_share(svc: Services, dataset: str, name: str, size: int) -> bool:
         return False
 
 
+# Answers that no retry changes: the run fails now instead of waiting for the staging timeout.
+PERMANENT_SUBMIT_ERRORS = frozenset({"ClusterMismatch", "BatchAIUnavailable"})
+
+
 def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     """Move the run out of staging (compare-and-swap: one winner) and create its experiment and job."""
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
@@ -575,7 +579,7 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
         steady = svc.cloud.is_steady(cluster)
     except ComputeError as exc:
-        if exc.code == "ClusterMismatch":
+        if exc.code in PERMANENT_SUBMIT_ERRORS:
             _fail_staging(svc, rec, exc.code, str(exc))
             return False
         log.warning(

@@ -158,13 +158,17 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
                 missing: list[str] = []
             else:
                 missing = missing_files(svc, full)
-                if not missing:  # everything arrived at the last moment: submit instead
-                    check_ready(rec.run_id, svc)
-                    continue
+                if not missing and check_ready(rec.run_id, svc):
+                    continue  # everything arrived at the last moment, and the job is submitted
                 shown = ", ".join(missing[:50]) + (
                     f" and {len(missing) - 50} more" if len(missing) > 50 else ""
                 )
-                message = f"staging timed out: file(s) never arrived: {shown}"
+                message = (
+                    f"staging timed out: file(s) never arrived: {shown}"
+                    if missing
+                    else "staging timed out: every file arrived but the job could not be submitted "
+                    "(the cluster or Batch AI kept refusing; see the function's log)"
+                )
             error = {
                 "code": "StagingTimeout",
                 "message": message,

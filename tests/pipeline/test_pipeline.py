@@ -419,3 +419,33 @@ def test_finishing_a_run_from_a_stale_read_keeps_errors_recorded_since(pipeline:
     assert "Meanwhile" in codes, after.errors
     job_codes = [c for c in codes if c not in {e["code"] for e in rec.errors} | {"Meanwhile"}]
     assert job_codes and len(job_codes) == len(set(job_codes)), after.errors
+
+
+def test_retired_batch_ai_fails_the_run_with_the_retirement_error(pipeline: Pipeline) -> None:
+    """Against Azure today Microsoft.BatchAI answers NoRegisteredProviderFound: a complete dataset's run
+    fails at once with BatchAIUnavailable instead of waiting in staging forever."""
+    from http.server import ThreadingHTTPServer
+    from threading import Thread
+
+    from tests.api.test_health import RetiredArm
+
+    class RetiredArmWrites(RetiredArm):
+        do_PUT = do_POST = do_PATCH = RetiredArm.do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RetiredArmWrites)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        retired = Pipeline(
+            pipeline.stack,
+            ARM_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+            TRAINING_CONTAINER=pipeline.settings.training_container,
+        )
+        ds = dataset_name("retired")
+        names = retired.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+        results = [ingest_blob(n, retired.services) for n in names]
+        rec = retired.registry.get(results[-1].run_id)
+        assert rec.state == "failed", rec.state
+        assert rec.errors[-1]["code"] == "BatchAIUnavailable"
+        assert "retired" in rec.errors[-1]["message"]
+    finally:
+        server.shutdown()
