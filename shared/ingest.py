@@ -153,6 +153,9 @@ def reset_services() -> None:
 def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     """Handle one uploaded/changed blob of the training container (idempotent; see module doc)."""
     svc = svc or services()
+    if blob_name.endswith("/"):
+        # A folder marker (zero-byte `ds/dir/` blob some upload tools write): not a file of the dataset.
+        return IngestResult("ignored", message="folder marker blob")
     try:
         ref = parse_blob_name(blob_name)
     except StagingError as exc:

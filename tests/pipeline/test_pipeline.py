@@ -172,6 +172,11 @@ def test_bad_inputs(pipeline: Pipeline) -> None:
     assert not (p.share_root / ds2).exists() or not any((p.share_root / ds2).iterdir())
     assert ingest_blob(f"{ds2}/a|b.txt", p.services).action == "replay"
     assert ingest_blob("no-dataset-folder.txt", p.services).action == "ignored"
+    # A folder-marker blob some upload tools write is ignored, not a bad name failing the dataset.
+    ds3 = dataset_name("marker")
+    p.container.upload_blob(f"{ds3}/sub/", b"")
+    assert ingest_blob(f"{ds3}/sub/", p.services).action == "ignored"
+    assert list(p.registry.iter_runs(dataset=ds3)) == []
 
 
 def test_staging_timeout_names_missing_files(pipeline: Pipeline) -> None:
