@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from shared.registry import TERMINAL_STATES
+
 __all__ = [
     "TERMINAL_RUN_STATES",
     "Action",
@@ -46,7 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_RUN_STATES = TERMINAL_STATES  # the registry owns the run states
 ACTIVE_JOB_STATES = frozenset({"queued", "running", "terminating"})
 FINISHED_JOB_STATES = frozenset({"succeeded", "failed"})
 BATCHAI_DEFAULT_MAX_WALL_CLOCK = timedelta(days=7)
