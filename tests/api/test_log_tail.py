@@ -46,9 +46,10 @@ def log_server() -> Iterator[tuple[LogServer, str]]:
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            # Counted before writing: the client can finish reading before this thread runs again.
+            state.sent += len(body)
             try:
                 self.wfile.write(body)
-                state.sent += len(body)
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
