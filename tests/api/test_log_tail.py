@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -48,10 +49,8 @@ def log_server() -> Iterator[tuple[LogServer, str]]:
             self.end_headers()
             # Counted before writing: the client can finish reading before this thread runs again.
             state.sent += len(body)
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
         def log_message(self, *args: object) -> None:
             pass
