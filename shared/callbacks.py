@@ -8,12 +8,20 @@ Safety (server-side request forgery): only https URLs (plain http only to loopba
 CALLBACK_ALLOW_LOOPBACK_HTTP is set, for the local stack); the host's addresses are resolved and
 private, link-local, loopback (unless allowed), multicast, reserved and cloud metadata addresses
 (169.254.169.254, Azure's 168.63.129.16, fd00:ec2::254) are refused; redirects are not followed.
+``check_callback_url`` gives the early, clear error; ``deliver`` then checks again, at connect
+time, the address each connection actually reached (the same policy, and plain http only to a
+loopback peer), and closes it before the TLS handshake or any byte of the request: the name is
+resolved again to connect, and a hostile DNS server could answer a public address for the check
+and a private or metadata one for the connection (DNS rebinding). Environment proxies are ignored
+(a proxy would resolve the name itself, out of reach of the check).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
@@ -22,6 +30,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -137,7 +146,85 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # a redirect is returned as the response (and counts as a failure)
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+def _peer_refused(sock: socket.socket, allow_loopback: bool, plain_http: bool) -> str | None:
+    """Why the address ``sock`` is connected to must not be called (None when it may)."""
+    try:
+        addr = ipaddress.ip_address(str(sock.getpeername()[0]).split("%")[0])
+    except ValueError:
+        return "an address that cannot be checked"
+    why = _address_refused(addr, allow_loopback)
+    if why is None and plain_http:
+        plain = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped else addr
+        if not plain.is_loopback:
+            why = "a non-loopback address over plain http"
+    return why
+
+
+def _guarded_connect(host: str, allow_loopback: bool, plain_http: bool) -> Callable[..., socket.socket]:
+    """A stand-in for ``socket.create_connection`` that checks the peer it connected to and closes the
+    socket (raising CallbackError) when refused, before anything is sent on it."""
+
+    def create_connection(
+        address: tuple[str, int], timeout: Any, source_address: Any = None
+    ) -> socket.socket:
+        sock = socket.create_connection(address, timeout, source_address)
+        try:
+            why = _peer_refused(sock, allow_loopback, plain_http)
+        except BaseException:
+            sock.close()
+            raise
+        if why:
+            sock.close()
+            raise CallbackError(f"callback host {host!r} connected to {why}; refused")
+        return sock
+
+    return create_connection
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, allow_loopback: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_connect(self.host, allow_loopback, plain_http=True)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, allow_loopback: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # HTTPSConnection.connect calls this (via HTTPConnection.connect) before the TLS handshake
+        self._create_connection = _guarded_connect(self.host, allow_loopback, plain_http=False)
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allow_loopback: bool) -> None:
+        super().__init__()
+        self._allow_loopback = allow_loopback
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        guarded = functools.partial(_GuardedHTTPConnection, allow_loopback=self._allow_loopback)
+        return super().do_open(guarded, req, **kwargs)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allow_loopback: bool) -> None:
+        super().__init__()
+        self._allow_loopback = allow_loopback
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        guarded = functools.partial(_GuardedHTTPSConnection, allow_loopback=self._allow_loopback)
+        return super().do_open(guarded, req, **kwargs)
+
+
+def _build_opener(allow_loopback: bool) -> urllib.request.OpenerDirector:
+    # Instances of subclasses replace build_opener's default HTTP, HTTPS and proxy handlers.
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        _NoRedirect,
+        _GuardedHTTPHandler(allow_loopback),
+        _GuardedHTTPSHandler(allow_loopback),
+    )
+
+
+_openers = {allow: _build_opener(allow) for allow in (False, True)}
 
 
 def deliver(
@@ -170,8 +257,17 @@ def deliver(
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         retry_after: float | None = None
         try:
-            with _opener.open(request, timeout=timeout_seconds) as response:
+            with _openers[bool(allow_loopback_http)].open(request, timeout=timeout_seconds) as response:
                 status = response.status
+        except CallbackError as exc:  # the connect-time check: the host now resolves somewhere refused
+            log.warning(
+                "callback for run %s to %s refused at connect time: %s",
+                run_id,
+                safe_url,
+                exc,
+                extra={"run_id": run_id},
+            )
+            return DeliveryResult(False, attempt, None, str(exc))
         except urllib.error.HTTPError as exc:
             status = exc.code
             error = f"HTTP {exc.code}"

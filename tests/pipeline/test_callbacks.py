@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,6 +101,50 @@ def test_allowed_urls() -> None:
     check_callback_url("http://127.0.0.1:8080/hook", allow_loopback_http=True)
     with pytest.raises(CallbackError, match="https"):
         check_callback_url("http://127.0.0.1:8080/hook")
+
+
+def test_dns_rebinding_is_refused_at_connect_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name answers a public address when checked and loopback when connected to (DNS
+    rebinding): the connection is refused at once, before the TLS handshake or any request byte."""
+    real_getaddrinfo = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding_getaddrinfo(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "rebind.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        lookups.append(host)
+        address = "93.184.216.34" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))]
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding_getaddrinfo)
+        result = deliver(
+            f"https://rebind.test:{port}/hook?token=abc",
+            {"id": "r1"},
+            secret=SECRET,
+            allow_loopback_http=False,
+            attempts=3,
+            backoff_seconds=0.01,
+            timeout_seconds=2,
+        )
+        monkeypatch.undo()
+        assert len(lookups) >= 2  # checked as public, connected as loopback
+        assert not result.delivered and result.attempts == 1 and result.status is None
+        assert result.error and "refused" in result.error and "loopback" in result.error
+        received = b""
+        listener.settimeout(0.5)
+        while True:  # every connection that reached the listener: nothing was sent on any of them
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                break
+            with conn:
+                conn.settimeout(2)
+                received += conn.recv(65536)
+        assert received == b""
 
 
 @pytest.mark.e2e
