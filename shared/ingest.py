@@ -47,6 +47,7 @@ from shared.registry import (
     QUEUED,
     STAGING,
     TERMINAL_STATES,
+    RegistryError,
     RunNotFound,
     RunRecord,
     RunRegistry,
@@ -189,6 +190,8 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
         if replay and latest.state == STAGING:
             submitted = check_ready(latest.run_id, svc)
             return IngestResult("replay", latest.run_id, latest.state, submitted=submitted)
+        if ref.path == MANIFEST_NAME and _manifest_superseded(latest, props):
+            return _joined(latest, blob_name)
 
     rec, created = svc.registry.claim_staging_run(
         ref.dataset, staging_deadline=_staging_deadline(svc), source="blob", seen=pointer
@@ -212,6 +215,8 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
             try:
                 spec, rec = _take_manifest(svc, rec, manifest_props, prepare=False)
                 spec_etag = etag_of(manifest_props)
+            except _Adopted as adopted:
+                return _joined(adopted.rec, blob_name)
             except RunSpecError as exc:
                 message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
                 _fail_staging(svc, rec, "InvalidManifest", message, manifest_etag=etag_of(manifest_props))
@@ -220,6 +225,8 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     if ref.path == MANIFEST_NAME:
         try:
             spec, rec = _take_manifest(svc, rec, props, prepare=False)
+        except _Adopted as adopted:
+            return _joined(adopted.rec, blob_name)
         except RunSpecError as exc:
             _fail_staging(svc, rec, "InvalidManifest", f"{blob_name}: {exc}", manifest_etag=etag)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
@@ -263,14 +270,25 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
 
 
+def _started_from_folder(rec: RunRecord) -> bool:
+    """Whether ``rec`` was started over HTTP staging its dataset's own folder: it supersedes the
+    trigger's run for the blobs (and the manifest) that were in the folder when it started."""
+    return rec.source == "api" and (rec.stage_from_prefix or "").strip("/") == rec.dataset
+
+
 def _staged_by_request(rec: RunRecord) -> bool:
     """Whether ``rec`` is a staging run started over HTTP from its dataset's own folder: its request
     stages every blob under the folder (and submits), so the trigger's invocations for them join it."""
-    return (
-        rec.state == STAGING
-        and rec.source == "api"
-        and (rec.stage_from_prefix or "").strip("/") == rec.dataset
-    )
+    return rec.state == STAGING and _started_from_folder(rec)
+
+
+def _manifest_superseded(rec: RunRecord, props: Any) -> bool:
+    """A run.json written before ``rec``, an HTTP start from the folder, began: the request's spec
+    replaced it, so its (late) trigger makes no run of its own. A later upload of it is a new run."""
+    written = getattr(props, "last_modified", None)
+    if not (_started_from_folder(rec) and rec.created_at and written is not None):
+        return False
+    return written <= datetime.fromisoformat(rec.created_at.replace("Z", "+00:00"))
 
 
 def _joined(rec: RunRecord, blob_name: str) -> IngestResult:
@@ -383,12 +401,19 @@ def _take_manifest(
     spec_json = spec.to_json_dict()
 
     def apply(r: RunRecord) -> None:
+        if _started_from_folder(r):
+            raise _Adopted(r)  # an HTTP start made the run its own meanwhile: its spec stays
         r.spec = spec_json
         r.expected_files = expected
         r.manifest_etag = etag_of(props)
         r.callback_url = spec.callback_url
 
-    updated = svc.registry.update(rec.run_id, apply, expected_state=STAGING, current=rec)
+    try:
+        updated = svc.registry.update(rec.run_id, apply, expected_state=STAGING, current=rec)
+    except TransitionRejected as exc:
+        if _started_from_folder(exc.current):
+            raise _Adopted(exc.current) from None  # adopted and already submitted
+        raise
     updated.staged_files, updated.output_files = list(rec.staged_files), list(rec.output_files)
     log.info("run %s: manifest taken (%d required file(s))", rec.run_id, len(expected), extra=rec.log_extra())
     if prepare and needs_preparation(svc, updated, spec):
@@ -718,45 +743,75 @@ def _claim_dataset_folder(svc: Services, dataset: str, fields: dict[str, Any]) -
     """The run for staging from the dataset's own folder, whose blobs also fire the blob trigger: it
     becomes the dataset's current staging run, so the trigger's invocations join it instead of
     making another run. A staging run the trigger already made for these blobs (no manifest yet) is
-    adopted as this run; one with a manifest is cancelled as superseded (not left to time out)."""
-    previous = _latest_run(svc, dataset)
-    rec, created = svc.registry.claim_staging_run(
-        dataset, reuse=lambda r: r.source == "blob" and r.spec is None and r.manifest_etag is None, **fields
-    )
-    if created:
-        if previous is not None and previous.state == STAGING and previous.run_id != rec.run_id:
-            error = {
-                "code": "Superseded",
-                "message": f"run {rec.run_id}, started over HTTP, stages this dataset's folder",
-                "time": utcnow(),
-            }
-            with contextlib.suppress(TransitionRejected):
-                svc.registry.transition(
-                    previous.run_id,
-                    CANCELLED,
-                    STAGING,
-                    add_error=error,
-                    callback_pending=bool(previous.callback_url),
+    adopted as this run; one with a manifest is cancelled as superseded (not left to time out).
+
+    Adoption is a compare-and-swap that rechecks the run: when the trigger takes a manifest between
+    the claim and the adoption, the run is superseded instead and a new one is claimed."""
+    for _ in range(5):
+        previous = _latest_run(svc, dataset)
+        rec, created = svc.registry.claim_staging_run(dataset, reuse=_adoptable, **fields)
+        if created:
+            if previous is not None and previous.state == STAGING and previous.run_id != rec.run_id:
+                _supersede(
+                    svc, previous, f"run {rec.run_id}, started over HTTP, stages this dataset's folder"
                 )
-                log.info("run %s superseded by %s", previous.run_id, rec.run_id, extra=previous.log_extra())
-        return rec
-    if rec.source == "api":
-        return rec
-    key = fields["idempotency_key"]
-    if key:
-        keyed = svc.registry.create(dataset, run_id=rec.run_id, idempotency_key=key)
-        if keyed.run_id != rec.run_id:
-            return keyed  # the key's run, made by a concurrent request
+            return rec
+        if rec.source == "api":
+            return rec
 
-    def adopt(r: RunRecord) -> None:
-        for name, value in fields.items():
-            setattr(r, name, value)
+        def adopt(r: RunRecord) -> None:
+            if not _adoptable(r):
+                raise _NotAdoptable
+            for name, value in fields.items():
+                setattr(r, name, value)
 
-    adopted = svc.registry.update(rec.run_id, adopt, expected_state=STAGING)
-    log.info(
-        "run %s (made by the blob trigger) adopted by an HTTP start", rec.run_id, extra=adopted.log_extra()
-    )
-    return adopted
+        try:
+            adopted = svc.registry.update(rec.run_id, adopt, expected_state=STAGING)
+        except _NotAdoptable:
+            _supersede(svc, rec, "a run started over HTTP stages this dataset's folder")
+            continue
+        except TransitionRejected:
+            continue  # the run left staging meanwhile: claim again
+        log.info(
+            "run %s (made by the blob trigger) adopted by an HTTP start",
+            rec.run_id,
+            extra=adopted.log_extra(),
+        )
+        key = fields["idempotency_key"]
+        if key:
+            keyed = svc.registry.create(dataset, run_id=adopted.run_id, idempotency_key=key)
+            if keyed.run_id != adopted.run_id:
+                return keyed  # the key's run, made by a concurrent request
+        return adopted
+    raise RegistryError(f"dataset {dataset!r}: could not claim its staging run (too many concurrent changes)")
+
+
+class _Adopted(Exception):
+    """The trigger's run was adopted by an HTTP start while an invocation was taking the manifest
+    (the invocation joins that run: the request's spec stays)."""
+
+    def __init__(self, rec: RunRecord) -> None:
+        super().__init__(rec.run_id)
+        self.rec = rec
+
+
+class _NotAdoptable(Exception):
+    """The trigger's run took a manifest between the claim and the adoption."""
+
+
+def _adoptable(rec: RunRecord) -> bool:
+    """A staging run the blob trigger made with no manifest yet: an HTTP start may make it its own."""
+    return rec.source == "blob" and rec.spec is None and rec.manifest_etag is None
+
+
+def _supersede(svc: Services, rec: RunRecord, why: str) -> None:
+    """Cancel a staging run that a run started over HTTP replaces (no-op if it left staging)."""
+    error = {"code": "Superseded", "message": why, "time": utcnow()}
+    with contextlib.suppress(TransitionRejected):
+        svc.registry.transition(
+            rec.run_id, CANCELLED, STAGING, add_error=error, callback_pending=bool(rec.callback_url)
+        )
+        log.info("run %s superseded: %s", rec.run_id, why, extra=rec.log_extra())
 
 
 def _prefix_blobs(svc: Services, prefix: str) -> list[tuple[str, str]]:

@@ -286,6 +286,106 @@ def test_start_run_from_the_dataset_folder_is_the_triggers_run_too(pipeline: Pip
     assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"
 
 
+def test_start_run_from_the_folder_supersedes_a_run_that_took_its_manifest_meanwhile(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trigger takes the manifest between the HTTP start's claim of its run and the adoption:
+    the run is not adopted (its manifest spec would be overwritten) but superseded, and the request
+    gets a run of its own."""
+    p = pipeline
+    ds = dataset_name("race")
+    names = p.upload(ds, QUICKSTART_FILES)
+    early = ingest_blob(names[0], p.services).run_id
+    p.upload(ds, {}, QUICKSTART_MANIFEST)
+    claim = p.registry.claim_staging_run
+    armed, injected = [True], []
+
+    def claim_then_trigger_takes_manifest(*args, **kwargs):
+        found = claim(*args, **kwargs)
+        if armed:  # once: the trigger's own claim is not hooked
+            armed.clear()
+            injected.append(ingest_blob(f"{ds}/run.json", p.services).action)
+        return found
+
+    monkeypatch.setattr(p.registry, "claim_staging_run", claim_then_trigger_takes_manifest)
+    spec = {
+        "files": sorted(QUICKSTART_FILES),
+        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+    }
+    rec = start_run(ds, spec, stage_from_prefix=ds, svc=p.services)
+    assert injected == ["manifest"]
+    assert rec.run_id != early and rec.source == "api"
+    assert rec.state in ("provisioning", "queued"), rec.errors
+    superseded = p.registry.get(early)
+    assert superseded.state == "cancelled" and superseded.manifest_etag is not None
+    assert [e["code"] for e in superseded.errors] == ["Superseded"]
+    assert sorted(r.run_id for r in p.registry.iter_runs(dataset=ds)) == sorted([early, rec.run_id])
+    assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"
+
+
+def test_a_manifest_taken_after_an_http_start_adopted_the_run_joins_it(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP start adopts the trigger's run while the trigger's invocation for run.json is between
+    its claim and its taking of the manifest: the invocation joins the adopted run, whose spec stays
+    the request's."""
+    p = pipeline
+    ds = dataset_name("race")
+    names = p.upload(ds, QUICKSTART_FILES)
+    early = ingest_blob(names[0], p.services).run_id
+    p.upload(ds, {}, QUICKSTART_MANIFEST)
+    claim = p.registry.claim_staging_run
+    armed, started = [True], []
+    spec = {
+        "files": sorted(QUICKSTART_FILES),
+        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+    }
+
+    def claim_then_http_start(*args, **kwargs):
+        found = claim(*args, **kwargs)
+        if armed:  # once: the start's own claim is not hooked
+            armed.clear()
+            started.append(start_run(ds, spec, stage_from_prefix=ds, svc=p.services))
+        return found
+
+    monkeypatch.setattr(p.registry, "claim_staging_run", claim_then_http_start)
+    result = ingest_blob(f"{ds}/run.json", p.services)
+    assert result.action == "joined" and result.run_id == early, result
+    rec = p.registry.get(early)
+    assert started[0].run_id == early and rec.source == "api"
+    assert rec.manifest_etag is None and rec.spec["arguments"] == spec["arguments"]
+    assert rec.state in ("provisioning", "queued"), rec.errors
+    assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [early]
+    assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"
+
+
+def test_a_manifest_in_the_folder_an_http_start_staged_makes_no_second_run(pipeline: Pipeline) -> None:
+    """Files and run.json are in the folder, an HTTP start stages the folder and submits before the
+    trigger fires: the late trigger makes no second run, for the files nor for the manifest. A new
+    upload of run.json afterwards is a new request to train, and makes a run."""
+    p = pipeline
+    ds = dataset_name("late")
+    names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+    spec = {
+        "files": sorted(QUICKSTART_FILES),
+        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+    }
+    rec = start_run(ds, spec, stage_from_prefix=ds, svc=p.services)
+    assert rec.state in ("provisioning", "queued"), rec.errors
+    for name in names:
+        result = ingest_blob(name, p.services)
+        assert result.action in ("replay", "joined") and result.run_id == rec.run_id, (name, result)
+    assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [rec.run_id]
+
+    time.sleep(0.01)
+    p.upload(ds, {}, QUICKSTART_MANIFEST)
+    again = ingest_blob(f"{ds}/run.json", p.services)
+    assert again.action == "manifest" and again.run_id != rec.run_id, again
+    assert len(list(p.registry.iter_runs(dataset=ds))) == 2
+    for run_id in (rec.run_id, again.run_id):
+        cancel_run(run_id, svc=p.services)
+
+
 def test_arm_faults_every_run_ends_in_the_right_state(pipeline: Pipeline) -> None:
     p = pipeline
     p.arm("/_emulator/faults", "POST", {"rate_429": 0.1, "rate_500": 0.1, "retry_after": 0, "seed": 20})
