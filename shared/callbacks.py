@@ -54,6 +54,7 @@ class DeliveryResult:
     attempts: int
     status: int | None = None
     error: str | None = None
+    refused: bool = False  # the URL or the address it reached is not allowed: retrying cannot help
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -246,7 +247,7 @@ def deliver(
         check_callback_url(url, allow_loopback_http=allow_loopback_http)
     except CallbackError as exc:
         log.warning("callback for run %s refused: %s", run_id, exc, extra={"run_id": run_id})
-        return DeliveryResult(False, 0, None, str(exc))
+        return DeliveryResult(False, 0, None, str(exc), refused=True)
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
     status: int | None = None
     error: str | None = None
@@ -267,7 +268,7 @@ def deliver(
                 exc,
                 extra={"run_id": run_id},
             )
-            return DeliveryResult(False, attempt, None, str(exc))
+            return DeliveryResult(False, attempt, None, str(exc), refused=True)
         except urllib.error.HTTPError as exc:
             status = exc.code
             error = f"HTTP {exc.code}"

@@ -523,7 +523,7 @@ def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
             run_id=rec.run_id,
         )
         passes = int((rec.callback or {}).get("passes", 0)) + 1
-        done = result.delivered or passes >= MAX_CALLBACK_PASSES or result.attempts == 0
+        done = result.delivered or result.refused or passes >= MAX_CALLBACK_PASSES
         status = {**result.to_dict(), "passes": passes, "time": utcnow()}
 
         def record(now: RunRecord) -> None:

@@ -93,7 +93,7 @@ def test_refused_urls(url: str, message: str) -> None:
     with pytest.raises(CallbackError, match=message):
         check_callback_url(url)
     result = deliver(url, {}, secret=SECRET)
-    assert not result.delivered and result.attempts == 0
+    assert not result.delivered and result.attempts == 0 and result.refused
 
 
 def test_allowed_urls() -> None:
@@ -132,7 +132,7 @@ def test_dns_rebinding_is_refused_at_connect_time(monkeypatch: pytest.MonkeyPatc
         )
         monkeypatch.undo()
         assert len(lookups) >= 2  # checked as public, connected as loopback
-        assert not result.delivered and result.attempts == 1 and result.status is None
+        assert not result.delivered and result.attempts == 1 and result.status is None and result.refused
         assert result.error and "refused" in result.error and "loopback" in result.error
         received = b""
         listener.settimeout(0.5)
@@ -205,3 +205,26 @@ def test_overlapping_passes_deliver_a_callback_once(local_stack) -> None:
     after = p.registry.get(rec.run_id)
     assert not after.callback_pending and after.callback["status"] == "delivered"
     assert monitor.run_monitor(p.services).callbacks == {}  # nothing left to deliver
+
+
+def test_a_refused_callback_is_not_tried_again(local_stack) -> None:
+    """A callback whose URL is refused (here: a loopback host without CALLBACK_ALLOW_LOOPBACK_HTTP)
+    ends after one monitor pass: no later pass tries it again."""
+    import uuid
+
+    from shared import monitor
+
+    from .conftest import Pipeline
+
+    local_stack.ensure("azurite")
+    p = Pipeline(local_stack, CALLBACK_ALLOW_LOOPBACK_HTTP="false")
+    rec = p.registry.create(
+        f"cb-{uuid.uuid4().hex[:8]}",
+        state="failed",
+        callback_url="https://127.0.0.1:9/hook",
+        callback_pending=True,
+    )
+    assert monitor._deliver_one(p.services, rec.run_id) == (rec.run_id, "failed")
+    after = p.registry.get(rec.run_id)
+    assert not after.callback_pending
+    assert after.callback["passes"] == 1 and "loopback" in after.callback["error"]
