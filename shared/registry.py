@@ -358,6 +358,10 @@ def _output_entity(run_id: str, o: OutputFile) -> dict[str, Any]:
 class RunRegistry:
     """Run records in one Azure Table. Thread-safe (the SDK client is), safe across processes."""
 
+    #: How long a request waits for the run of an idempotency key another request holds before it
+    #: takes the key over (its holder died between writing the key and the run).
+    idempotency_wait_seconds = 5.0
+
     def __init__(self, table: TableClient | str, table_name: str = "runs", *, create_table: bool = True):
         """``table``: a ``TableClient``, or a storage connection string (then ``table_name`` names
         the table). The table is created on first use when ``create_table``."""
@@ -513,17 +517,9 @@ class RunRegistry:
                     }
                 )
             except ResourceExistsError:
-                existing = self._wait_for_idempotent_run(idempotency_key)
+                existing = self._claim_idempotency_key(idempotency_key, run_id)
                 if existing is not None:
                     return existing
-                # The key's creator died before inserting its run: the key is ours now.
-                self.table.upsert_entity(
-                    {
-                        "PartitionKey": IDEMPOTENCY_PARTITION,
-                        "RowKey": _key_hash(idempotency_key),
-                        "run_id": run_id,
-                    }
-                )
         now = utcnow()
         rec = RunRecord(
             run_id=run_id,
@@ -552,14 +548,41 @@ class RunRegistry:
         log.info("run %s created for dataset %s in state %s", run_id, dataset, state, extra=rec.log_extra())
         return rec
 
-    def _wait_for_idempotent_run(self, key: str) -> RunRecord | None:
-        """The key exists: its creator may still be inserting the run; wait a moment for it."""
-        for _ in range(50):
-            found = self.find_by_idempotency_key(key)
-            if found is not None:
-                return found
+    def _claim_idempotency_key(self, key: str, run_id: str) -> RunRecord | None:
+        """The key is taken: wait a moment for its holder's run and return it. When none appears,
+        the holder died between writing the key and the run: take the key over for ``run_id`` by
+        compare-and-swap on the key's ETag (of requests taking it over at once, exactly one wins;
+        the others wait for its run) and return None."""
+        held_by: str | None = None
+        deadline = 0.0
+        while True:
+            entity = {"PartitionKey": IDEMPOTENCY_PARTITION, "RowKey": _key_hash(key), "run_id": run_id}
+            try:
+                current = self.table.get_entity(IDEMPOTENCY_PARTITION, _key_hash(key))
+            except ResourceNotFoundError:
+                try:
+                    self.table.create_entity(entity)
+                    return None
+                except ResourceExistsError:
+                    continue
+            if current["run_id"] != held_by:  # a new holder: give it the whole wait
+                held_by, deadline = current["run_id"], time.monotonic() + self.idempotency_wait_seconds
+            with contextlib.suppress(RunNotFound):
+                return self.get(held_by)
+            if time.monotonic() >= deadline:
+                try:
+                    self.table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=current.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                    return None
+                except HttpResponseError as exc:
+                    if not (isinstance(exc, ResourceModifiedError) or exc.status_code == 412):
+                        raise
+                    continue  # another request took it over first: wait for its run
             time.sleep(0.1)
-        return None
 
     def transition(
         self,

@@ -247,3 +247,28 @@ def test_entity_limits(registry: RunRegistry) -> None:
     # Names with characters Table keys forbid are fine: keys are hashes.
     registry.add_staged_files(rec.run_id, [StagedFile("we#ird/na?me\\x.txt", 3)])
     assert registry.get(rec.run_id).staged("we#ird/na?me\\x.txt").size == 3
+
+
+def test_a_dead_requests_idempotency_key_is_taken_over_by_exactly_one_request(registry: RunRegistry) -> None:
+    """A key whose creator died before inserting its run: the requests that retry it all wait, then
+    take it over by compare-and-swap. One wins; every request gets that one run."""
+    registry.idempotency_wait_seconds = 0.5
+    registry.create("mnist")  # the table exists
+    registry.table.create_entity(
+        {"PartitionKey": reg.IDEMPOTENCY_PARTITION, "RowKey": reg._key_hash("dead"), "run_id": "never-made"}
+    )
+    barrier = threading.Barrier(4)
+    results: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        results.append(registry.create("mnist", idempotency_key="dead").run_id)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 4 and len(set(results)) == 1, results
+    assert registry.find_by_idempotency_key("dead").run_id == results[0]
+    assert [r.run_id for r in registry.iter_runs(dataset="mnist") if r.idempotency_key] == results[:1]
