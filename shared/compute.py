@@ -29,7 +29,6 @@ from shared.settings import Settings, get_settings
 if TYPE_CHECKING:  # pragma: no cover
     from azure.mgmt.batchai import BatchAI, models
     from azure.mgmt.resource.resources import ResourceManagementClient
-    from azure.storage.fileshare import ShareClient
 
 __all__ = ["ClusterRef", "Compute", "ComputeError", "JobRef", "get_compute"]
 
@@ -245,41 +244,6 @@ class Compute:
             raise ComputeError("create workspace", "WorkspaceNotReady", f"{self._ws} did not appear in time")
         log.info("created Batch AI workspace %s", self._ws)
         return workspace
-
-    def share(self) -> ShareClient:
-        from shared import clients
-
-        return clients.share_client(self.settings)
-
-    def ensure_file_share(self) -> None:
-        """Create FILE_SHARE_NAME (the share clusters mount) unless it exists."""
-        from azure.core.exceptions import AzureError, ResourceExistsError
-
-        try:
-            self.share().create_share()
-        except ResourceExistsError:
-            return
-        except AzureError as exc:
-            code, message = _error_code(exc)
-            raise ComputeError("create file share", code, message, getattr(exc, "status_code", None)) from exc
-
-    def ensure_share_directory(self, path: str) -> None:
-        """Create `path` (and its parents) in the share; existing directories are fine."""
-        from azure.core.exceptions import AzureError, ResourceExistsError
-
-        share = self.share()
-        current = ""
-        for segment in [s for s in path.split("/") if s]:
-            current = f"{current}/{segment}" if current else segment
-            try:
-                share.get_directory_client(current).create_directory()
-            except ResourceExistsError:
-                continue
-            except AzureError as exc:
-                code, message = _error_code(exc)
-                raise ComputeError(
-                    f"create share directory {current}", code, message, getattr(exc, "status_code", None)
-                ) from exc
 
     # --- clusters ------------------------------------------------------------------------------------
     def get_cluster(self, name: str) -> models.Cluster | None:

@@ -713,25 +713,12 @@ class RunRegistry:
         for i in range(0, len(batch), 100):  # a transaction holds at most 100 operations
             self.table.submit_transaction(batch[i : i + 100])
 
-    def remove_staged_file(self, run_id: str, name: str) -> None:
-        self._ensure_table()
-        with contextlib.suppress(ResourceNotFoundError):
-            self.table.delete_entity(run_id, FILE_PREFIX + _key_hash(name))
-
     def set_output_files(self, run_id: str, outputs: Iterable[OutputFile]) -> None:
         """Record the run's output files (upserts: replays write the same entities again)."""
         self._ensure_table()
         batch = [("upsert", _output_entity(run_id, o), {"mode": UpdateMode.REPLACE}) for o in outputs]
         for i in range(0, len(batch), 100):
             self.table.submit_transaction(batch[i : i + 100])
-
-    def delete(self, run_id: str) -> None:
-        """Remove a run and its file entities (cleanup of very old records)."""
-        self._ensure_table()
-        rows = list(self.table.query_entities(f"PartitionKey eq {_odata_str(run_id)}", select=["RowKey"]))
-        ops = [("delete", {"PartitionKey": run_id, "RowKey": e["RowKey"]}) for e in rows]
-        for i in range(0, len(ops), 100):
-            self.table.submit_transaction(ops[i : i + 100])
 
     def iter_pending_callbacks(self, page_size: int = 200) -> Iterator[RunRecord]:
         """Finished runs whose callback has not been delivered yet (``callback_pending``)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -679,8 +678,3 @@ def parse_run_spec_json(text: str | bytes, context: SpecContext | None = None) -
     except (ValueError, RecursionError) as exc:
         raise RunSpecError([{"field": "(root)", "message": f"invalid JSON: {exc}"}]) from None
     return parse_run_spec(data, context)
-
-
-def split_arguments(arguments: str | None) -> list[str]:
-    """The arguments as a list (for display and for the local emulator's process runner)."""
-    return shlex.split(arguments) if arguments else []

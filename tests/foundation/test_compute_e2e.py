@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from shared import batchai_models as bm
-from shared import clients
+from shared import clients, staging
 from shared.compute import Compute, ComputeError
 from shared.runspec import SpecContext, parse_run_spec
 from shared.settings import Settings, local_stack_values
@@ -59,11 +59,11 @@ def test_full_cycle(compute: Compute) -> None:
     workspace = compute.ensure_workspace()
     assert workspace.name == "foundation-ws"
     assert compute.ensure_workspace().name == "foundation-ws"  # idempotent
-    compute.ensure_file_share()
-    compute.ensure_file_share()
-    compute.ensure_share_directory(f"{dataset}/nested/dir")
-    compute.ensure_share_directory(f"{dataset}/nested/dir")
-    compute.share().get_file_client(f"{dataset}/input.txt").upload_file(b"hello from the share\n")
+    share = clients.share_client(settings)
+    for _ in range(2):  # idempotent
+        staging.ensure_share(share)
+        staging.ensure_directory(share, f"{dataset}/nested/dir")
+    share.get_file_client(f"{dataset}/input.txt").upload_file(b"hello from the share\n")
 
     spec = parse_run_spec(
         {
