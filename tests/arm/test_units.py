@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from werkzeug.datastructures import MultiDict
-from werkzeug.test import Client
+from werkzeug.test import Client, TestResponse
 
 from infra.local.arm.faults import FaultInjector, FaultSettings
 from infra.local.arm.models import Backend, Config, expand_vars, parse_duration
@@ -81,6 +81,43 @@ def test_download_links_expire_and_resist_tampering(backend: Backend, tmp_path: 
     status, body = get(forged)
     assert status == 403 and b"Signature" in body
     assert get(good.replace("sig=", "sig=0"))[0] == 403
+
+
+def test_download_links_honour_range(backend: Backend, tmp_path: Path) -> None:
+    """Like Azure Files behind a SAS link: a suffix or bounded Range gets 206 with those bytes only,
+    a range past the end 416, an empty file no bytes, a HEAD the size; log tails rely on it to read
+    only a log's end."""
+    app = ArmEmulator(backend)
+    file = tmp_path / "stdout.txt"
+    data = b"".join(b"line %05d\n" % i for i in range(20_000))
+    file.write_bytes(data)
+    req = ArmRequest("POST", "/", MultiDict(), b"", "http://h/")
+    url = urlparse(app.responses.download_url(req, file, time.time() + 60))
+    client = Client(app)
+
+    def get(range_header: str | None, method: str = "GET") -> TestResponse:
+        headers = {"Range": range_header} if range_header else {}
+        return client.open(url.path, method=method, query_string=url.query, headers=headers)
+
+    tail = get("bytes=-100")
+    assert tail.status_code == 206 and tail.get_data() == data[-100:]
+    assert tail.headers["Content-Range"] == f"bytes {len(data) - 100}-{len(data) - 1}/{len(data)}"
+    middle = get("bytes=10-19")
+    assert middle.status_code == 206 and middle.get_data() == data[10:20]
+    assert get("bytes=-100000000").get_data() == data  # a suffix longer than the file: all of it
+    past = get(f"bytes={len(data)}-")
+    assert past.status_code == 416 and past.headers["x-ms-error-code"] == "InvalidRange"
+    whole = get(None)
+    assert whole.status_code == 200 and whole.get_data() == data and whole.headers["Accept-Ranges"] == "bytes"
+    empty = tmp_path / "stderr.txt"
+    empty.write_bytes(b"")
+    empty_url = urlparse(app.responses.download_url(req, empty, time.time() + 60))
+    nothing = client.get(empty_url.path, query_string=empty_url.query, headers={"Range": "bytes=-100"})
+    assert (nothing.status_code, nothing.get_data()) == (200, b"")  # no range in an empty file: no bytes
+    head = get(None, "HEAD")
+    assert (
+        head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and not head.get_data()
+    )
 
 
 def test_fault_settings() -> None:

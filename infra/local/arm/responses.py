@@ -21,7 +21,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from werkzeug.datastructures import MultiDict
-from werkzeug.wrappers import Response
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import wrap_file
 
 from infra.local.arm.models import (
     BATCHAI_API_VERSION,
@@ -498,7 +500,10 @@ class ArmResponses:
         )
         return f"{req.base}/_emulator/files/{quote(path.name)}?{query}"
 
-    def download(self, args: MultiDict) -> Response:
+    def download(self, request: Request) -> Response:
+        """Serve a download link's file; honours ``Range`` (206 with Content-Range, 416 past the
+        end) as Azure Files does for SAS links, so log tails read only the end of a log."""
+        args = request.args
         try:
             token = args["p"]
             real = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
@@ -516,32 +521,28 @@ class ArmResponses:
         if not path.is_file():
             return _storage_error(404, "ResourceNotFound", "The specified resource does not exist.")
         size = path.stat().st_size
+        wanted = request.range
+        if wanted and wanted.units == "bytes" and len(wanted.ranges) == 1 and size:
+            start, _ = wanted.ranges[0]
+            if start < 0 and -start > size:
+                # RFC 9110 14.1.2: a suffix longer than the file selects all of it (werkzeug says 416).
+                request.environ["HTTP_RANGE"] = "bytes=0-"
         response = Response(
-            _FileStream(path.open("rb")),
+            wrap_file(request.environ, path.open("rb"), buffer_size=1 << 16),
             status=200,
             content_type="application/octet-stream",
             direct_passthrough=True,
         )
         response.headers["Content-Length"] = str(size)
-        return response
-
-
-class _FileStream:
-    """Stream a file in bounded chunks and close it when the server is done."""
-
-    def __init__(self, handle: Any, chunk: int = 1 << 16) -> None:
-        self.handle = handle
-        self.chunk = chunk
-
-    def __iter__(self) -> Any:
-        while True:
-            data = self.handle.read(self.chunk)
-            if not data:
-                break
-            yield data
-
-    def close(self) -> None:
-        self.handle.close()
+        try:
+            return response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+        except RequestedRangeNotSatisfiable:
+            response.close()
+            error = _storage_error(
+                416, "InvalidRange", "The range specified is invalid for the current size of the resource."
+            )
+            error.headers["Content-Range"] = f"bytes */{size}"
+            return error
 
 
 def _seconds(value: float) -> str:

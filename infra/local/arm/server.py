@@ -227,7 +227,7 @@ class ArmEmulator:
                 )
             return json_response(200, self.log.as_json(since))
         if path.startswith("/_emulator/files/") and method in ("GET", "HEAD"):
-            return self.responses.download(request.args)
+            return self.responses.download(request)
         return json_response(
             404, {"error": {"code": "NotFound", "message": f"No admin endpoint {method} {path}."}}
         )
