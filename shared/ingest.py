@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -514,11 +515,9 @@ def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
         if rec.state == STAGING:
             return None  # a newer manifest is on its way through its own trigger
     spec = parse_run_spec(rec.spec or {}, svc.spec_context)
-    masked = [
-        name
-        for name, value in spec.secret_environment_variables.items()
-        if hasattr(value, "get_secret_value")
-    ]
+    masked = _inline_secrets(spec)
+    if masked and _touched_within(rec, SECRETS_HELD_SECONDS):
+        return None  # the request that holds the secrets may still be submitting the job itself
     if masked:
         _fail(
             svc,
@@ -736,6 +735,55 @@ def start_run(
         _fail_staging(svc, rec, "MissingFiles", message)
         return svc.registry.get(rec.run_id)
     check_ready(rec.run_id, svc, spec)
+    final = svc.registry.get(rec.run_id)
+    if _inline_secrets(spec) and final.state in ACTIVE_STATES and not final.submitted_at:
+        final = _submit_while_secrets_are_held(svc, final, spec)
+    return final
+
+
+# Submission attempts a request makes itself when its spec carries inline secret values: the
+# registry keeps them masked, so once the request returns no one can create the job any more.
+SECRET_SUBMIT_DELAYS = (0.5, 1.0, 2.0, 4.0)
+# Meanwhile the monitor leaves such a run alone: it fails it only once the run has been untouched
+# this long (the request died, or gave up and failed the run itself).
+SECRETS_HELD_SECONDS = 60.0
+
+
+def _touched_within(rec: RunRecord, seconds: float) -> bool:
+    touched = rec.updated_at or rec.created_at
+    if not touched:
+        return False
+    age = datetime.now(UTC) - datetime.fromisoformat(touched.replace("Z", "+00:00"))
+    return age.total_seconds() < seconds
+
+
+def _inline_secrets(spec: RunSpec) -> list[str]:
+    """Names of the spec's secret environment variables given by value (not Key Vault references)."""
+    return [name for name, v in spec.secret_environment_variables.items() if hasattr(v, "get_secret_value")]
+
+
+def _submit_while_secrets_are_held(svc: Services, rec: RunRecord, spec: RunSpec) -> RunRecord:
+    """Retry the submission of a run whose first try failed transiently (cluster being deleted, ARM
+    errors) while this request still holds its inline secrets; when it keeps failing, fail the run
+    now, saying why, rather than leave the monitor to fail it later for want of the secrets."""
+    for delay in SECRET_SUBMIT_DELAYS:
+        time.sleep(delay)
+        if rec.state == STAGING:
+            check_ready(rec.run_id, svc, spec)
+        else:
+            create_job(svc, rec, spec)
+        rec = svc.registry.get(rec.run_id)
+        if rec.state not in ACTIVE_STATES or rec.submitted_at:
+            return rec
+    last = rec.errors[-1]["message"] if rec.errors else "the cluster was not ready"
+    _fail(
+        svc,
+        rec,
+        "SubmitFailed",
+        f"the job could not be created ({last}); its inline secret environment variables "
+        f"({', '.join(_inline_secrets(spec))}) are not kept by the registry, so it cannot be retried "
+        "later: start the run again, or give the secrets as Key Vault references",
+    )
     return svc.registry.get(rec.run_id)
 
 
