@@ -62,6 +62,7 @@ from shared.staging import (
     StagingError,
     check_dataset_name,
     check_relative_path,
+    check_stage_prefix,
     ensure_directory,
     ensure_share,
     etag_of,
@@ -680,11 +681,7 @@ def start_run(
     check_dataset_name(dataset)
     if not isinstance(spec, RunSpec):
         spec = parse_run_spec(spec, svc.spec_context)
-    prefix = None
-    if stage_from_prefix is not None:
-        prefix = stage_from_prefix.strip("/")
-        if prefix:
-            check_relative_path(prefix, what="stage_from_prefix")
+    prefix = None if stage_from_prefix is None else check_stage_prefix(stage_from_prefix)
     replayed = svc.registry.find_by_idempotency_key(idempotency_key) if idempotency_key else None
     if replayed is not None and replayed.state != STAGING:
         return replayed  # an idempotent replay of a run that already moved on
@@ -868,8 +865,8 @@ def _prefix_blobs(svc: Services, prefix: str) -> list[tuple[str, str]]:
     try:
         names = [
             b.name
-            for b in svc.container.list_blobs(name_starts_with=f"{prefix}/" if prefix else None)
-            if not b.name.endswith(f"/{MANIFEST_NAME}") and b.name != MANIFEST_NAME
+            for b in svc.container.list_blobs(name_starts_with=f"{prefix}/")
+            if not b.name.endswith(f"/{MANIFEST_NAME}")
         ]
     except ResourceNotFoundError:
         names = []  # the training container does not exist (yet)
@@ -877,7 +874,7 @@ def _prefix_blobs(svc: Services, prefix: str) -> list[tuple[str, str]]:
         raise NothingToStage(f"no blobs under prefix {prefix!r} of container {svc.container.container_name}")
     found = []
     for name in names:
-        rel = name[len(prefix) + 1 :] if prefix else name
+        rel = name[len(prefix) + 1 :]
         check_relative_path(rel, what=f"blob {name!r}")
         found.append((name, rel))
     return found
@@ -892,7 +889,7 @@ def _stage_prefix(
             staged.append(
                 stage_blob(
                     svc.container,
-                    name if "/" in name else f"{dataset}/{name}",
+                    name,
                     svc.share,
                     dest_path=f"{dataset}/{rel}",
                     copy_timeout=svc.settings.copy_timeout_seconds,

@@ -205,7 +205,7 @@ def _full(record: Any, request: ApiRequest) -> dict[str, Any]:
 
 def parse_start_request(body: dict[str, Any]) -> tuple[str, Any, str | None]:
     """(dataset, RunSpec, stage_from_prefix) from a start-run body; ApiError(400) naming each bad field."""
-    from shared.staging import StagingError, check_dataset_name, check_relative_path
+    from shared.staging import StagingError, check_dataset_name, check_stage_prefix
 
     problems: list[dict[str, str]] = []
     for key in body:
@@ -221,15 +221,10 @@ def parse_start_request(body: dict[str, Any]) -> tuple[str, Any, str | None]:
             problems.append({"field": "dataset", "message": str(exc)})
     prefix = body.get("stage_from_prefix")
     if prefix is not None:
-        if not isinstance(prefix, str) or not prefix.strip("/"):
-            problems.append({"field": "stage_from_prefix", "message": "expected a non-empty blob prefix"})
-        else:
-            try:
-                check_relative_path(prefix.strip("/"), what="stage_from_prefix")
-                # Training-container blobs are named <dataset>/<path>: the prefix starts with a dataset.
-                check_dataset_name(prefix.strip("/").split("/")[0])
-            except StagingError as exc:
-                problems.append({"field": "stage_from_prefix", "message": str(exc)})
+        try:
+            check_stage_prefix(prefix)
+        except StagingError as exc:
+            problems.append({"field": "stage_from_prefix", "message": str(exc)})
     raw_spec = body.get("spec", {})
     spec = None
     if not isinstance(raw_spec, dict):

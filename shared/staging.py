@@ -73,6 +73,21 @@ def check_dataset_name(dataset: str) -> str:
     return dataset
 
 
+def check_stage_prefix(prefix: str) -> str:
+    """A folder of the training container to stage from (``<dataset>[/<path>]``, slashes around it
+    dropped), or a StagingError: never the container's root, whose blobs span every dataset."""
+    folder = prefix.strip("/") if isinstance(prefix, str) else ""
+    if not folder:
+        raise StagingError(
+            "stage_from_prefix must name a folder of the training container, not its root",
+            code="InvalidBlobName",
+        )
+    check_relative_path(folder, what="stage_from_prefix")
+    # Training-container blobs are named <dataset>/<path>: the prefix starts with a dataset.
+    check_dataset_name(folder.split("/")[0])
+    return folder
+
+
 def check_relative_path(path: str, *, what: str = "path") -> str:
     """A relative path inside a dataset directory that Azure Files accepts, or a StagingError."""
     if not path:

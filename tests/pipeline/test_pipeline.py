@@ -19,6 +19,7 @@ from shared.ingest import DatasetNotStaged, MissingFiles, NothingToStage, cancel
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, RunRecord
 from shared.settings import Settings
+from shared.staging import StagingError
 
 from .conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline
 
@@ -237,13 +238,18 @@ def test_start_run_refusals_create_nothing(pipeline: Pipeline) -> None:
     with pytest.raises(NothingToStage, match="no blobs under prefix"):
         start_run(empty, spec, stage_from_prefix=f"no-such-{uuid.uuid4().hex[:6]}", svc=svc)
 
+    root = dataset_name("root")  # the container's root holds every dataset's blobs: never staged whole
+    for prefix in ("/", "", "//"):
+        with pytest.raises(StagingError, match="not its root"):
+            start_run(root, spec, stage_from_prefix=prefix, svc=svc)
+
     partial = dataset_name("partial")
     p.container.upload_blob(f"{partial}/ConvNet_MNIST.py", QUICKSTART_FILES["ConvNet_MNIST.py"])
     with pytest.raises(MissingFiles, match=r"Train-28x28_cntk_text\.txt") as missing:
         start_run(partial, spec, stage_from_prefix=partial, svc=svc)
     assert missing.value.code == "MissingFiles"
 
-    for dataset in (unstaged, empty, partial):
+    for dataset in (unstaged, empty, root, partial):
         assert list(p.registry.iter_runs(dataset=dataset)) == [], dataset
         assert not (p.share_root / dataset).exists(), dataset
     assert svc.cloud.compute.get_cluster(spec["cluster_name"]) is None
