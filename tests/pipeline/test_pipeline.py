@@ -10,6 +10,8 @@ import concurrent.futures
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
@@ -292,6 +294,38 @@ def test_start_run_from_the_dataset_folder_is_the_triggers_run_too(pipeline: Pip
     assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"
 
 
+FOLDER_SPEC = {
+    "files": sorted(QUICKSTART_FILES),
+    "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+}
+
+
+def trigger_run_then_manifest(p: Pipeline) -> tuple[str, str]:
+    """A dataset folder whose first file the trigger made a run for, then run.json uploaded (its
+    trigger not fired yet): (dataset, the trigger's run id)."""
+    ds = dataset_name("race")
+    names = p.upload(ds, QUICKSTART_FILES)
+    early = ingest_blob(names[0], p.services).run_id
+    p.upload(ds, {}, QUICKSTART_MANIFEST)
+    return ds, early
+
+
+def after_next_claim(p: Pipeline, monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> list[Any]:
+    """Run ``action`` right after the next claim of a staging run returns (once): an interleaving of
+    two invocations forced at the point the race needs. Returns the list ``action``'s result lands in."""
+    claim, done = p.registry.claim_staging_run, []
+
+    def claim_then_act(*args: Any, **kwargs: Any) -> Any:
+        found = claim(*args, **kwargs)
+        if not done:
+            done.append(None)  # before acting: the action's own claims are not hooked
+            done[0] = action()
+        return found
+
+    monkeypatch.setattr(p.registry, "claim_staging_run", claim_then_act)
+    return done
+
+
 def test_start_run_from_the_folder_supersedes_a_run_that_took_its_manifest_meanwhile(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,26 +333,9 @@ def test_start_run_from_the_folder_supersedes_a_run_that_took_its_manifest_meanw
     the run is not adopted (its manifest spec would be overwritten) but superseded, and the request
     gets a run of its own."""
     p = pipeline
-    ds = dataset_name("race")
-    names = p.upload(ds, QUICKSTART_FILES)
-    early = ingest_blob(names[0], p.services).run_id
-    p.upload(ds, {}, QUICKSTART_MANIFEST)
-    claim = p.registry.claim_staging_run
-    armed, injected = [True], []
-
-    def claim_then_trigger_takes_manifest(*args, **kwargs):
-        found = claim(*args, **kwargs)
-        if armed:  # once: the trigger's own claim is not hooked
-            armed.clear()
-            injected.append(ingest_blob(f"{ds}/run.json", p.services).action)
-        return found
-
-    monkeypatch.setattr(p.registry, "claim_staging_run", claim_then_trigger_takes_manifest)
-    spec = {
-        "files": sorted(QUICKSTART_FILES),
-        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
-    }
-    rec = start_run(ds, spec, stage_from_prefix=ds, svc=p.services)
+    ds, early = trigger_run_then_manifest(p)
+    injected = after_next_claim(p, monkeypatch, lambda: ingest_blob(f"{ds}/run.json", p.services).action)
+    rec = start_run(ds, FOLDER_SPEC, stage_from_prefix=ds, svc=p.services)
     assert injected == ["manifest"]
     assert rec.run_id != early and rec.source == "api"
     assert rec.state in ("provisioning", "queued"), rec.errors
@@ -336,30 +353,15 @@ def test_a_manifest_taken_after_an_http_start_adopted_the_run_joins_it(
     its claim and its taking of the manifest: the invocation joins the adopted run, whose spec stays
     the request's."""
     p = pipeline
-    ds = dataset_name("race")
-    names = p.upload(ds, QUICKSTART_FILES)
-    early = ingest_blob(names[0], p.services).run_id
-    p.upload(ds, {}, QUICKSTART_MANIFEST)
-    claim = p.registry.claim_staging_run
-    armed, started = [True], []
-    spec = {
-        "files": sorted(QUICKSTART_FILES),
-        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
-    }
-
-    def claim_then_http_start(*args, **kwargs):
-        found = claim(*args, **kwargs)
-        if armed:  # once: the start's own claim is not hooked
-            armed.clear()
-            started.append(start_run(ds, spec, stage_from_prefix=ds, svc=p.services))
-        return found
-
-    monkeypatch.setattr(p.registry, "claim_staging_run", claim_then_http_start)
+    ds, early = trigger_run_then_manifest(p)
+    started = after_next_claim(
+        p, monkeypatch, lambda: start_run(ds, FOLDER_SPEC, stage_from_prefix=ds, svc=p.services)
+    )
     result = ingest_blob(f"{ds}/run.json", p.services)
     assert result.action == "joined" and result.run_id == early, result
     rec = p.registry.get(early)
     assert started[0].run_id == early and rec.source == "api"
-    assert rec.manifest_etag is None and rec.spec["arguments"] == spec["arguments"]
+    assert rec.manifest_etag is None and rec.spec["arguments"] == FOLDER_SPEC["arguments"]
     assert rec.state in ("provisioning", "queued"), rec.errors
     assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [early]
     assert cancel_run(rec.run_id, svc=p.services).state == "cancelled"
@@ -372,11 +374,7 @@ def test_a_manifest_in_the_folder_an_http_start_staged_makes_no_second_run(pipel
     p = pipeline
     ds = dataset_name("late")
     names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
-    spec = {
-        "files": sorted(QUICKSTART_FILES),
-        "arguments": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
-    }
-    rec = start_run(ds, spec, stage_from_prefix=ds, svc=p.services)
+    rec = start_run(ds, FOLDER_SPEC, stage_from_prefix=ds, svc=p.services)
     assert rec.state in ("provisioning", "queued"), rec.errors
     for name in names:
         result = ingest_blob(name, p.services)
