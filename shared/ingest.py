@@ -192,8 +192,6 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
         if replay and latest.state == STAGING:
             submitted = check_ready(latest.run_id, svc)
             return IngestResult("replay", latest.run_id, latest.state, submitted=submitted)
-        if ref.path == MANIFEST_NAME and _manifest_superseded(latest, props):
-            return _joined(latest, blob_name)
 
     rec, created = svc.registry.claim_staging_run(
         ref.dataset, staging_deadline=_staging_deadline(svc), source="blob", seen=pointer
@@ -282,15 +280,6 @@ def _staged_by_request(rec: RunRecord) -> bool:
     """Whether ``rec`` is a staging run started over HTTP from its dataset's own folder: its request
     stages every blob under the folder (and submits), so the trigger's invocations for them join it."""
     return rec.state == STAGING and _started_from_folder(rec)
-
-
-def _manifest_superseded(rec: RunRecord, props: Any) -> bool:
-    """A run.json written before ``rec``, an HTTP start from the folder, began: the request's spec
-    replaced it, so its (late) trigger makes no run of its own. A later upload of it is a new run."""
-    written = getattr(props, "last_modified", None)
-    if not (_started_from_folder(rec) and rec.created_at and written is not None):
-        return False
-    return written <= datetime.fromisoformat(rec.created_at.replace("Z", "+00:00"))
 
 
 def _joined(rec: RunRecord, blob_name: str) -> IngestResult:
@@ -688,8 +677,9 @@ def start_run(
 
     to_stage: list[tuple[str, str]] = []
     staged: list[StagedFile] = []
+    folder_manifest: str | None = None
     if prefix is not None:
-        to_stage = _prefix_blobs(svc, prefix)
+        to_stage, folder_manifest = _prefix_blobs(svc, prefix)
         available = {rel for _, rel in to_stage}
     else:
         staged = _already_staged(svc, dataset, spec)
@@ -710,6 +700,9 @@ def start_run(
     if replayed is not None:
         rec = replayed  # the same request again while its run is staging: carry on with it
     elif prefix == dataset:
+        # The run.json in the folder now is superseded by this request: its trigger (however late)
+        # is a replay of this run, not a new one. A later upload of it has another ETag: a new run.
+        fields["manifest_etag"] = folder_manifest
         rec = _claim_dataset_folder(svc, dataset, fields)
     else:
         rec = svc.registry.create(dataset, **fields)
@@ -859,15 +852,19 @@ def _supersede(svc: Services, rec: RunRecord, why: str) -> None:
         log.info("run %s superseded: %s", rec.run_id, why, extra=rec.log_extra())
 
 
-def _prefix_blobs(svc: Services, prefix: str) -> list[tuple[str, str]]:
+def _prefix_blobs(svc: Services, prefix: str) -> tuple[list[tuple[str, str]], str | None]:
     """(blob name, path relative to the prefix) of every blob to stage under ``prefix`` (manifests
-    excluded); NothingToStage when there is none, StagingError naming a blob that cannot be staged."""
+    excluded), and the ETag of ``<prefix>/run.json`` when there is one; NothingToStage when there is
+    no blob, StagingError naming a blob that cannot be staged."""
+    manifest = f"{prefix}/{MANIFEST_NAME}"
+    manifest_etag: str | None = None
+    names = []
     try:
-        names = [
-            b.name
-            for b in svc.container.list_blobs(name_starts_with=f"{prefix}/")
-            if not b.name.endswith(f"/{MANIFEST_NAME}")
-        ]
+        for b in svc.container.list_blobs(name_starts_with=f"{prefix}/"):
+            if b.name == manifest:
+                manifest_etag = etag_of(b)
+            elif not b.name.endswith(f"/{MANIFEST_NAME}"):
+                names.append(b.name)
     except ResourceNotFoundError:
         names = []  # the training container does not exist (yet)
     if not names:
@@ -877,7 +874,7 @@ def _prefix_blobs(svc: Services, prefix: str) -> list[tuple[str, str]]:
         rel = name[len(prefix) + 1 :]
         check_relative_path(rel, what=f"blob {name!r}")
         found.append((name, rel))
-    return found
+    return found, manifest_etag
 
 
 def _stage_prefix(
