@@ -173,7 +173,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
 
     pointer = _seen_run(svc, ref.dataset)
     latest = pointer[2]
-    if latest is not None and _staged_by_request(latest):
+    if latest is not None and _staged_by_request(latest, ref.dataset):
         return _joined(latest, blob_name)
     if latest is not None:
         seen = latest.staged(ref.path)
@@ -196,7 +196,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     rec, created = svc.registry.claim_staging_run(
         ref.dataset, staging_deadline=_staging_deadline(svc), source="blob", seen=pointer
     )
-    if _staged_by_request(rec):
+    if _staged_by_request(rec, ref.dataset):
         return _joined(rec, blob_name)
     extra = rec.log_extra()
     if created:
@@ -270,16 +270,17 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
 
 
-def _started_from_folder(rec: RunRecord) -> bool:
-    """Whether ``rec`` was started over HTTP staging its dataset's own folder: it supersedes the
-    trigger's run for the blobs (and the manifest) that were in the folder when it started."""
-    return rec.source == "api" and (rec.stage_from_prefix or "").strip("/") == rec.dataset
+def _started_from_folder(rec: RunRecord, folder: str) -> bool:
+    """Whether ``rec`` was started over HTTP staging the training container's top-level ``folder``
+    (its dataset's own, or another): it supersedes the trigger's run for the blobs (and the
+    manifest) that were in the folder when it started."""
+    return rec.source == "api" and (rec.stage_from_prefix or "").strip("/") == folder
 
 
-def _staged_by_request(rec: RunRecord) -> bool:
-    """Whether ``rec`` is a staging run started over HTTP from its dataset's own folder: its request
-    stages every blob under the folder (and submits), so the trigger's invocations for them join it."""
-    return rec.state == STAGING and _started_from_folder(rec)
+def _staged_by_request(rec: RunRecord, folder: str) -> bool:
+    """Whether ``rec`` is a staging run started over HTTP from ``folder``: its request stages every
+    blob under the folder (and submits), so the trigger's invocations for them join it."""
+    return rec.state == STAGING and _started_from_folder(rec, folder)
 
 
 def _joined(rec: RunRecord, blob_name: str) -> IngestResult:
@@ -335,7 +336,7 @@ def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
         return IngestResult("ignored", message=str(exc))
     pointer = _seen_run(svc, dataset)
     latest = pointer[2]
-    if latest is not None and _staged_by_request(latest):
+    if latest is not None and _staged_by_request(latest, dataset):
         return _joined(latest, blob_name)
     if (
         latest is not None
@@ -392,7 +393,7 @@ def _take_manifest(
     spec_json = spec.to_json_dict()
 
     def apply(r: RunRecord) -> None:
-        if _started_from_folder(r):
+        if _started_from_folder(r, rec.dataset):
             raise _Adopted(r)  # an HTTP start made the run its own meanwhile: its spec stays
         r.spec = spec_json
         r.expected_files = expected
@@ -402,7 +403,7 @@ def _take_manifest(
     try:
         updated = svc.registry.update(rec.run_id, apply, expected_state=STAGING, current=rec)
     except TransitionRejected as exc:
-        if _started_from_folder(exc.current):
+        if _started_from_folder(exc.current, rec.dataset):
             raise _Adopted(exc.current) from None  # adopted and already submitted
         raise
     updated.staged_files, updated.output_files = list(rec.staged_files), list(rec.output_files)
@@ -699,11 +700,12 @@ def start_run(
     }
     if replayed is not None:
         rec = replayed  # the same request again while its run is staging: carry on with it
-    elif prefix == dataset:
-        # The run.json in the folder now is superseded by this request: its trigger (however late)
-        # is a replay of this run, not a new one. A later upload of it has another ETag: a new run.
+    elif prefix is not None and "/" not in prefix:
+        # A top-level folder, whose blobs also fire the trigger as a dataset of that name. The
+        # run.json in it now is superseded by this request: its trigger (however late) is a replay
+        # of this run, not a new one. A later upload of it has another ETag: a new run.
         fields["manifest_etag"] = folder_manifest
-        rec = _claim_dataset_folder(svc, dataset, fields)
+        rec = _claim_folder(svc, prefix, dataset, fields)
     else:
         rec = svc.registry.create(dataset, **fields)
     if rec.state != STAGING:
@@ -777,21 +779,24 @@ def _submit_while_secrets_are_held(svc: Services, rec: RunRecord, spec: RunSpec)
     return svc.registry.get(rec.run_id)
 
 
-def _claim_dataset_folder(svc: Services, dataset: str, fields: dict[str, Any]) -> RunRecord:
-    """The run for staging from the dataset's own folder, whose blobs also fire the blob trigger: it
-    becomes the dataset's current staging run, so the trigger's invocations join it instead of
-    making another run. A staging run the trigger already made for these blobs (no manifest yet) is
-    adopted as this run; one with a manifest is cancelled as superseded (not left to time out).
+def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, Any]) -> RunRecord:
+    """The run for staging from the top-level ``folder``, whose blobs also fire the blob trigger (as
+    a dataset named ``folder``): it becomes the folder's current staging run, so the trigger's
+    invocations join it instead of making another run. When the folder is the dataset's own, a
+    staging run the trigger already made for these blobs (no manifest yet) is adopted as this run;
+    any other staging run of the folder (with a manifest, or made for the folder as a dataset of its
+    own) is cancelled as superseded, not left to time out.
 
     Adoption is a compare-and-swap that rechecks the run: when the trigger takes a manifest between
     the claim and the adoption, the run is superseded instead and a new one is claimed."""
+    reuse = _adoptable if folder == dataset else _never
     for _ in range(5):
-        previous = _latest_run(svc, dataset)
-        rec, created = svc.registry.claim_staging_run(dataset, reuse=_adoptable, **fields)
+        previous = _latest_run(svc, folder)
+        rec, created = svc.registry.claim_staging_run(folder, reuse=reuse, run_dataset=dataset, **fields)
         if created:
             if previous is not None and previous.state == STAGING and previous.run_id != rec.run_id:
                 _supersede(
-                    svc, previous, f"run {rec.run_id}, started over HTTP, stages this dataset's folder"
+                    svc, previous, f"run {rec.run_id}, started over HTTP, stages the folder {folder!r}"
                 )
             return rec
         if rec.source == "api":
@@ -806,7 +811,7 @@ def _claim_dataset_folder(svc: Services, dataset: str, fields: dict[str, Any]) -
         try:
             adopted = svc.registry.update(rec.run_id, adopt, expected_state=STAGING)
         except _NotAdoptable:
-            _supersede(svc, rec, "a run started over HTTP stages this dataset's folder")
+            _supersede(svc, rec, f"a run started over HTTP stages the folder {folder!r}")
             continue
         except TransitionRejected:
             continue  # the run left staging meanwhile: claim again
@@ -821,7 +826,7 @@ def _claim_dataset_folder(svc: Services, dataset: str, fields: dict[str, Any]) -
             if keyed.run_id != adopted.run_id:
                 return keyed  # the key's run, made by a concurrent request
         return adopted
-    raise RegistryError(f"dataset {dataset!r}: could not claim its staging run (too many concurrent changes)")
+    raise RegistryError(f"folder {folder!r}: could not claim its staging run (too many concurrent changes)")
 
 
 class _Adopted(Exception):
@@ -835,6 +840,10 @@ class _Adopted(Exception):
 
 class _NotAdoptable(Exception):
     """The trigger's run took a manifest between the claim and the adoption."""
+
+
+def _never(rec: RunRecord) -> bool:
+    return False
 
 
 def _adoptable(rec: RunRecord) -> bool:

@@ -743,6 +743,7 @@ class RunRegistry:
         *,
         reuse: Callable[[RunRecord], bool] | None = None,
         seen: tuple[str | None, str | None, RunRecord | None] | None = None,
+        run_dataset: str | None = None,
         **create_fields: Any,
     ) -> tuple[RunRecord, bool]:
         """The dataset's run that is collecting uploads, created if there is none: ``(run, created)``.
@@ -757,7 +758,10 @@ class RunRegistry:
         ``seen``: ``(run id, pointer ETag, run or None)`` as the caller just read them
         (``current_run_id``, then ``get``): the first attempt decides on them instead of reading them
         again. Stale values cost nothing in correctness: the pointer swap is conditional on that ETag
-        and a lost swap reads everything again."""
+        and a lost swap reads everything again.
+
+        ``run_dataset``: the dataset of a run this call creates, when it is not ``dataset`` (a run
+        started over HTTP that stages the folder ``dataset`` into another dataset's directory)."""
         create_fields.setdefault("source", "blob")
         for _ in range(CAS_ATTEMPTS):
             known: RunRecord | None = None
@@ -788,7 +792,7 @@ class RunRegistry:
                     )
             except (ResourceExistsError, ResourceModifiedError):
                 continue
-            return self.create(dataset, run_id=new_id, **create_fields), True
+            return self.create(run_dataset or dataset, run_id=new_id, **create_fields), True
         raise ConcurrencyError(f"dataset {dataset!r}: could not claim a staging run")
 
 

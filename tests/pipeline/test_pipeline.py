@@ -391,6 +391,41 @@ def test_a_manifest_in_the_folder_an_http_start_staged_makes_no_second_run(pipel
         cancel_run(run_id, svc=p.services)
 
 
+def test_start_run_from_another_folder_leaves_no_run_for_that_folder(pipeline: Pipeline) -> None:
+    """Staging dataset D from the top-level folder F: F's blobs also fire the trigger as a dataset F.
+    The trigger's invocations join D's run while it stages, and are replays of it afterwards; F gets
+    no run and no directory on the share. A run the trigger had already made for F is superseded."""
+    p = pipeline
+    folder = f"uploads-{uuid.uuid4().hex[:6]}"
+    names = p.upload(folder, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+    early = ingest_blob(names[0], p.services)  # the trigger fired first: a run of dataset F
+    assert early.action == "staged"
+    ds = dataset_name("api")
+    rec = start_run(ds, FOLDER_SPEC, stage_from_prefix=f"/{folder}/", svc=p.services)
+    assert rec.dataset == ds and rec.state in ("provisioning", "queued"), rec.errors
+    for name in names:
+        for _ in range(2):
+            result = ingest_blob(name, p.services)
+            assert result.action in ("replay", "joined") and result.run_id == rec.run_id, (name, result)
+    superseded = p.registry.get(early.run_id)
+    assert superseded.state == "cancelled" and superseded.errors[-1]["code"] == "Superseded"
+    assert [r.run_id for r in p.registry.iter_runs(dataset=folder)] == [early.run_id]
+    assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [rec.run_id]
+    assert {f.name for f in p.registry.get(rec.run_id).staged_files} == set(QUICKSTART_FILES)
+
+    # With no run of F before: none after either, and nothing staged under F.
+    folder2 = f"uploads-{uuid.uuid4().hex[:6]}"
+    names2 = p.upload(folder2, QUICKSTART_FILES)
+    ds2 = dataset_name("api")
+    rec2 = start_run(ds2, FOLDER_SPEC, stage_from_prefix=folder2, svc=p.services)
+    for name in names2:
+        assert ingest_blob(name, p.services).run_id == rec2.run_id
+    assert list(p.registry.iter_runs(dataset=folder2)) == []
+    assert not (p.share_root / folder2).exists()
+    for run_id in (rec.run_id, rec2.run_id):
+        cancel_run(run_id, svc=p.services)
+
+
 def test_arm_faults_every_run_ends_in_the_right_state(pipeline: Pipeline) -> None:
     p = pipeline
     p.arm("/_emulator/faults", "POST", {"rate_429": 0.1, "rate_500": 0.1, "retry_after": 0, "seed": 20})
