@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections import defaultdict
@@ -352,7 +353,9 @@ def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: Monitor
     ]
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
     outputs = collect_outputs(svc, rec, names)
-    svc.registry.set_output_files(rec.run_id, outputs)
+    # Names and sizes only: a download URL is a signed link that expires (GET /api/runs/{id} lists
+    # fresh ones), and the registry and callbacks are no place for credentials.
+    svc.registry.set_output_files(rec.run_id, [dataclasses.replace(o, download_url=None) for o in outputs])
     tail = stdout_tail(outputs, svc.settings.max_stdout_tail_bytes)
     target = SUCCEEDED if state == "succeeded" else FAILED
     if target == FAILED and not errors:
@@ -510,9 +513,10 @@ def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
     secret = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
     token = secrets.token_hex(8)
     try:
-        rec = _claim_callback(svc, run_id, token)
-        if rec is None:
+        claimed = _claim_callback(svc, run_id, token)
+        if claimed is None:
             return run_id, None
+        rec = svc.registry.get(run_id)  # with its output files (a compare-and-swap reads the run row only)
         result = callbacks.deliver(
             rec.callback_url or "",
             summary(rec),

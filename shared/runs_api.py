@@ -415,8 +415,9 @@ def _job_ref(record: Any) -> tuple[str, str] | None:
 
 
 def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
-    """The run's output files listed again now, as the monitor lists them (download URLs expire); None
-    when the job is not there to ask (not submitted yet, or deleted by cleanup)."""
+    """The run's output files listed again now, with download URLs, as the monitor lists them (the
+    registry keeps names and sizes only: the URLs are signed and expire); None when the job is not
+    there to ask (not submitted yet, or deleted by cleanup)."""
     from shared import ingest, monitor
     from shared.compute import ComputeError
 
@@ -426,7 +427,7 @@ def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
     try:
         listed = monitor.collect_outputs(svc, record, svc.cloud.job_names(record.run_id, record.dataset))
     except ComputeError as exc:
-        log.info("run %s: output files not listable (%s); recorded URLs returned", record.run_id, exc.code)
+        log.info("run %s: output files not listable (%s); no download URLs", record.run_id, exc.code)
         return None
     if not listed:
         return None

@@ -21,6 +21,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 
 from infra.local.stack import DEV_KEY, REPO_ROOT
+from shared import monitor
 from shared.callbacks import SIGNATURE_HEADER, verify
 from shared.registry import TERMINAL_STATES, RunRecord
 
@@ -182,9 +183,13 @@ def test_quickstart_through_the_functions_host(hosted) -> None:
     assert rec.state == "succeeded", rec.errors
     assert list(rec.times)[:1] == ["staging"] and {"running", "succeeded"} <= set(rec.times)
     assert {"queued", "provisioning"} & set(rec.times)
-    outputs = {(o.directory_id, o.name.rsplit("/", 1)[-1]): o for o in rec.output_files}
-    for key in (("stdouterr", "stdout.txt"), ("stdouterr", "stderr.txt"), ("MODEL", "ConvNet_MNIST.model")):
-        assert requests.get(outputs[key].download_url, timeout=10).status_code == 200, key
+    wanted = {("stdouterr", "stdout.txt"), ("stdouterr", "stderr.txt"), ("MODEL", "ConvNet_MNIST.model")}
+    assert wanted <= {(o.directory_id, o.name.rsplit("/", 1)[-1]) for o in rec.output_files}
+    assert all(o.download_url is None for o in rec.output_files)  # signed links are not kept
+    listed = monitor.collect_outputs(p.services, rec, p.services.cloud.job_names(rec.run_id, rec.dataset))
+    fresh = {(o.directory_id, o.name.rsplit("/", 1)[-1]): o for o in listed}
+    for key in sorted(wanted):
+        assert requests.get(fresh[key].download_url, timeout=10).status_code == 200, key
     assert "test accuracy" in rec.stdout_tail
     job = p.services.cloud.compute.get_job(rec.experiment, rec.job_name)
     assert job.cntk_settings.python_script_file_path == "$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py"
@@ -197,6 +202,8 @@ def test_quickstart_through_the_functions_host(hosted) -> None:
     headers, body = receiver.received[0]
     assert verify(body, headers[SIGNATURE_HEADER], SIGNING_SECRET)
     assert json.loads(body)["state"] == "succeeded" and json.loads(body)["id"] == rec.run_id
+    assert {o["name"] for o in json.loads(body)["output_files"]} == {o.name for o in rec.output_files}
+    assert b"sig=" not in body  # no signed download link leaves in a callback
 
     # Triggers replayed: receipts deleted and the host restarted (it remembers processed blobs in
     # memory, as the real host does), twice; the timer keeps running. One job per run, nothing moves.

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from shared import monitor
 from shared.cloud import Cloud
 from shared.ingest import DatasetNotStaged, MissingFiles, NothingToStage, cancel_run, ingest_blob, start_run
 from shared.monitor import run_monitor
@@ -72,7 +73,11 @@ def test_quickstart_in_process(pipeline: Pipeline) -> None:
         ("stdouterr", "stderr.txt"),
         ("MODEL", "ConvNet_MNIST.model"),
     } <= set(by_name)
-    model = by_name[("MODEL", "ConvNet_MNIST.model")]
+    assert all(o.download_url is None for o in rec.output_files)  # signed links are not kept
+    job_names = p.services.cloud.job_names(rec.run_id, rec.dataset)
+    fresh = {(o.directory_id, o.name): o for o in monitor.collect_outputs(p.services, rec, job_names)}
+    recorded = by_name[("MODEL", "ConvNet_MNIST.model")]
+    model = fresh[(recorded.directory_id, recorded.name)]
     download = requests.get(model.download_url, timeout=10)
     assert (
         download.status_code == 200
