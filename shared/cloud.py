@@ -42,6 +42,7 @@ class Cloud:
         self.settings = settings
         self.compute = compute or Compute(settings)
         self._lock = threading.Lock()
+        self._workspace_lock = threading.Lock()
         self._workspace_ready = False
 
     def cluster_name(self, spec: RunSpec, dataset: str) -> str:
@@ -59,11 +60,16 @@ class Cloud:
         )
 
     def ensure_workspace(self) -> None:
+        """The resource group and workspace, made once per process: concurrent first invocations wait
+        for the one that makes them rather than each sending its own create and polling it."""
         if self._workspace_ready:
             return
-        self.compute.ensure_workspace()
-        with self._lock:
-            self._workspace_ready = True
+        with self._workspace_lock:
+            if self._workspace_ready:
+                return
+            self.compute.ensure_workspace()
+            with self._lock:
+                self._workspace_ready = True
 
     def ensure_cluster(self, spec: RunSpec, dataset: str) -> ClusterRef:
         """The run's cluster: reused when one with the same settings exists, else its creation is

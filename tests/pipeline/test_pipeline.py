@@ -599,3 +599,23 @@ def test_retired_batch_ai_fails_the_run_with_the_retirement_error(pipeline: Pipe
         assert "retired" in rec.errors[-1]["message"]
     finally:
         server.shutdown()
+
+
+def test_concurrent_first_invocations_create_the_workspace_once(pipeline: Pipeline) -> None:
+    """Eight invocations starting together on a fresh process (a burst after a cold start) wait for
+    the one that creates the resource group's workspace instead of each creating and polling it."""
+    p = pipeline
+    cloud = Cloud(p.settings)
+    since = p.arm("/_emulator/requests?since=999999999999")["last_seq"]
+    pool = concurrent.futures.ThreadPoolExecutor(8)
+
+    def first_use(_: int) -> None:
+        cloud.ensure_workspace()
+
+    list(pool.map(first_use, range(8)))
+    pool.shutdown()
+    logged = p.arm(f"/_emulator/requests?since={since}")["requests"]
+    ours = [r for r in logged if f"/resourceGroups/{p.settings.resource_group}/" in r["path"]]
+    creates = [r for r in ours if r["operation"] == "Workspaces_Create"]
+    assert len(creates) == 1, [r["operation"] for r in ours]
+    assert p.services.cloud.compute.get_workspace() is not None
