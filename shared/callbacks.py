@@ -48,6 +48,11 @@ class CallbackError(ValueError):
     """A callback URL that must not be called (scheme, address); the message says why."""
 
 
+class CallbackUnresolvable(CallbackError):
+    """The callback host's name does not resolve now: refused at request time, but a delivery tries
+    again on a later pass (DNS failures can be transient)."""
+
+
 @dataclass(frozen=True)
 class DeliveryResult:
     delivered: bool
@@ -124,7 +129,7 @@ def check_callback_url(url: str, *, allow_loopback_http: bool = False, resolve: 
             try:
                 infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
             except OSError as exc:
-                raise CallbackError(
+                raise CallbackUnresolvable(
                     f"callback host {host!r} does not resolve: {exc.strerror or exc}"
                 ) from None
             addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
@@ -245,6 +250,9 @@ def deliver(
     safe_url = urlsplit(url)._replace(query="", fragment="").geturl()
     try:
         check_callback_url(url, allow_loopback_http=allow_loopback_http)
+    except CallbackUnresolvable as exc:
+        log.warning("callback for run %s not sent: %s", run_id, exc, extra={"run_id": run_id})
+        return DeliveryResult(False, 0, None, str(exc))
     except CallbackError as exc:
         log.warning("callback for run %s refused: %s", run_id, exc, extra={"run_id": run_id})
         return DeliveryResult(False, 0, None, str(exc), refused=True)

@@ -96,6 +96,16 @@ def test_refused_urls(url: str, message: str) -> None:
     assert not result.delivered and result.attempts == 0 and result.refused
 
 
+def test_an_unresolvable_host_is_not_sent_now_but_not_refused_for_good() -> None:
+    """A name that does not resolve (here: the reserved .invalid TLD) is refused at request time,
+    but a delivery only fails for this pass: DNS failures can be transient, so it is not `refused`."""
+    url = "https://callback.invalid/hook"
+    with pytest.raises(CallbackError, match="does not resolve"):
+        check_callback_url(url)
+    result = deliver(url, {}, secret=SECRET)
+    assert not result.delivered and not result.refused and "does not resolve" in (result.error or "")
+
+
 def test_allowed_urls() -> None:
     check_callback_url("https://93.184.216.34/hook")
     check_callback_url("http://127.0.0.1:8080/hook", allow_loopback_http=True)
