@@ -644,8 +644,8 @@ def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
         now = svc.registry.update(
             rec.run_id, current=rec, submitted_at=utcnow(), job_id=getattr(job, "id", None) or rec.job_id
         )
-        if now.state == CANCELLED:  # cancelled while the job was being created: no orphan job
-            svc.cloud.terminate_and_delete_job(names)
+        if now.state in TERMINAL_STATES:  # cancelled or failed while the job was being created
+            svc.cloud.terminate_and_delete_job(names)  # no orphan job
     log.info("run %s: job %s submitted", rec.run_id, rec.job_name, extra=rec.log_extra())
     return True
 
@@ -760,6 +760,8 @@ def _submit_while_secrets_are_held(svc: Services, rec: RunRecord, spec: RunSpec)
     now, saying why, rather than leave the monitor to fail it later for want of the secrets."""
     for delay in SECRET_SUBMIT_DELAYS:
         time.sleep(delay)
+        with contextlib.suppress(TransitionRejected, RunNotFound):
+            svc.registry.update(rec.run_id)  # touched: the monitor's grace (SECRETS_HELD_SECONDS) holds
         if rec.state == STAGING:
             check_ready(rec.run_id, svc, spec)
         else:

@@ -93,3 +93,35 @@ def test_the_monitor_leaves_a_young_run_with_masked_secrets_to_its_request(pipel
     assert failed.state == "failed" and failed.errors[-1]["code"] == "SpecUnavailable"
     assert "API_TOKEN" in failed.errors[-1]["message"]
     ingest.cancel_run(young.run_id, svc=p.services)
+
+
+def test_a_job_created_for_a_run_that_failed_meanwhile_is_deleted(pipeline: Pipeline) -> None:
+    """The request creates the job while the monitor fails the run (say SpecUnavailable, its grace
+    run out): the job the request then created is terminated and deleted, not left training."""
+    import time
+
+    from shared.registry import FAILED
+
+    p = pipeline
+    ds = f"secret-{uuid.uuid4().hex[:8]}"
+    p.upload(ds, QUICKSTART_FILES)
+    spec = parse_run_spec(secret_spec(f"secret-{uuid.uuid4().hex[:8]}"), p.services.spec_context)
+    cluster = p.services.cloud.ensure_cluster(spec, ds)
+    names = p.services.cloud.job_names("20260101-000000-0000beef", ds)
+    rec = p.registry.create(
+        ds,
+        run_id="20260101-000000-0000beef",
+        state="provisioning",
+        source="api",
+        cluster=cluster.name,
+        cluster_id=cluster.id,
+        experiment=names.experiment,
+        job_name=names.job,
+    )
+    p.registry.transition(rec.run_id, FAILED, add_error={"code": "SpecUnavailable", "message": "m"})
+    assert ingest.create_job(p.services, rec, spec)  # from the request's stale copy: still provisioning
+    deadline = time.monotonic() + 30
+    while (job := p.services.cloud.compute.get_job(names.experiment, names.job)) is not None:
+        assert time.monotonic() < deadline, job.provisioning_state
+        time.sleep(0.3)
+    assert p.registry.get(rec.run_id).state == "failed"
