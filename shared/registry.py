@@ -771,10 +771,9 @@ class RunRegistry:
             else:
                 run_id, pointer_etag = self.current_run_id(dataset)
             if run_id is not None:
-                try:
-                    rec = known if known is not None and known.run_id == run_id else self.get(run_id)
-                except RunNotFound:
-                    return self.create(dataset, run_id=run_id, **create_fields), False
+                rec = known if known is not None and known.run_id == run_id else self._pointed_run(run_id)
+                if rec is None:  # the pointer's writer died before creating its run: create it
+                    return self.create(run_dataset or dataset, run_id=run_id, **create_fields), False
                 if rec.state == STAGING and (reuse is None or reuse(rec)):
                     return rec, False
             new_id = new_run_id()
@@ -782,9 +781,9 @@ class RunRegistry:
             pointer["dataset"] = dataset
             try:
                 if pointer_etag is None:
-                    self.table.create_entity(pointer)
+                    meta = self.table.create_entity(pointer)
                 else:
-                    self.table.update_entity(
+                    meta = self.table.update_entity(
                         pointer,
                         mode=UpdateMode.REPLACE,
                         etag=pointer_etag,
@@ -792,8 +791,33 @@ class RunRegistry:
                     )
             except (ResourceExistsError, ResourceModifiedError):
                 continue
-            return self.create(run_dataset or dataset, run_id=new_id, **create_fields), True
+            rec = self.create(run_dataset or dataset, run_id=new_id, **create_fields)
+            if rec.run_id != new_id:
+                # The idempotency key's run, made by an earlier request: new_id will never exist,
+                # so the pointer goes back to that run (unless the pointer moved on meanwhile).
+                with contextlib.suppress(ResourceModifiedError):
+                    self.table.update_entity(
+                        {**pointer, "run_id": rec.run_id},
+                        mode=UpdateMode.REPLACE,
+                        etag=meta["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                return rec, False
+            return rec, True
         raise ConcurrencyError(f"dataset {dataset!r}: could not claim a staging run")
+
+    def _pointed_run(self, run_id: str, wait_seconds: float = 2.0) -> RunRecord | None:
+        """The run a dataset pointer names. Its writer swaps the pointer, then creates the run: a
+        run not there yet is waited for a moment, so another caller does not create it with its own
+        fields (a trigger's run where an HTTP start's should be). None: its writer died."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                return self.get(run_id)
+            except RunNotFound:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)
 
 
 def _apply(rec: RunRecord, changes: dict[str, Any]) -> None:

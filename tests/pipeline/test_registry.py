@@ -272,3 +272,36 @@ def test_a_dead_requests_idempotency_key_is_taken_over_by_exactly_one_request(re
     assert len(results) == 4 and len(set(results)) == 1, results
     assert registry.find_by_idempotency_key("dead").run_id == results[0]
     assert [r.run_id for r in registry.iter_runs(dataset="mnist") if r.idempotency_key] == results[:1]
+
+
+def test_a_pointer_whose_run_is_being_created_is_waited_for(registry: RunRegistry) -> None:
+    """The pointer's writer swaps it, then creates the run: a trigger that reads the pointer in
+    between waits for that run (an HTTP start's, of another dataset) instead of creating a blob run
+    under its id."""
+    registry.create("mnist")  # the table exists
+    run_id = reg.new_run_id()
+    registry.table.create_entity(
+        {"PartitionKey": reg.DATASET_PARTITION, "RowKey": reg._key_hash("uploads"), "run_id": run_id}
+    )
+    writer = threading.Timer(
+        0.3, lambda: registry.create("mnist", run_id=run_id, source="api", stage_from_prefix="uploads")
+    )
+    writer.start()
+    rec, created = registry.claim_staging_run("uploads", source="blob")
+    writer.join()
+    assert (rec.run_id, rec.source, rec.dataset, created) == (run_id, "api", "mnist", False)
+
+
+def test_a_claim_that_meets_its_idempotency_keys_run_points_the_pointer_back(registry: RunRegistry) -> None:
+    """A claim whose run creation returns the idempotency key's run (made by an earlier request)
+    does not leave the pointer naming a run that will never exist."""
+    earlier = registry.create("mnist", idempotency_key="k-same", source="api")
+    registry.table.create_entity(
+        {"PartitionKey": reg.DATASET_PARTITION, "RowKey": reg._key_hash("uploads"), "run_id": earlier.run_id}
+    )
+    registry.transition(earlier.run_id, "cancelled")  # not reusable: the claim swaps the pointer
+    rec, created = registry.claim_staging_run(
+        "uploads", reuse=lambda r: False, run_dataset="mnist", idempotency_key="k-same", source="api"
+    )
+    assert (rec.run_id, created) == (earlier.run_id, False)
+    assert registry.current_run_id("uploads")[0] == earlier.run_id
