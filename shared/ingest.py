@@ -48,7 +48,7 @@ from shared.registry import (
     QUEUED,
     STAGING,
     TERMINAL_STATES,
-    RegistryError,
+    ConcurrencyError,
     RunNotFound,
     RunRecord,
     RunRegistry,
@@ -300,10 +300,6 @@ def _start_preparing(svc: Services, rec: RunRecord, spec: RunSpec | None) -> thr
     )
     thread.start()
     return thread
-
-
-def _latest_run(svc: Services, dataset: str) -> RunRecord | None:
-    return _seen_run(svc, dataset)[2]
 
 
 def _seen_run(svc: Services, dataset: str) -> tuple[str | None, str | None, RunRecord | None]:
@@ -786,22 +782,21 @@ def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, An
     a dataset named ``folder``): it becomes the folder's current staging run, so the trigger's
     invocations join it instead of making another run. When the folder is the dataset's own, a
     staging run the trigger already made for these blobs (no manifest yet) is adopted as this run;
-    any other staging run of the folder (with a manifest, or made for the folder as a dataset of its
-    own) is cancelled as superseded, not left to time out.
+    the trigger's other staging runs of the folder (with a manifest, or made for the folder as a
+    dataset of its own) are cancelled as superseded, not left to time out. Another HTTP start's run
+    from the same folder is left alone: both requests get their runs.
 
     Adoption is a compare-and-swap that rechecks the run: when the trigger takes a manifest between
     the claim and the adoption, the run is superseded instead and a new one is claimed."""
     reuse = _adoptable if folder == dataset else _never
     for _ in range(5):
-        previous = _latest_run(svc, folder)
         rec, created = svc.registry.claim_staging_run(folder, reuse=reuse, run_dataset=dataset, **fields)
-        if created:
-            if previous is not None and previous.state == STAGING and previous.run_id != rec.run_id:
-                _supersede(
-                    svc, previous, f"run {rec.run_id}, started over HTTP, stages the folder {folder!r}"
-                )
-            return rec
-        if rec.source == "api":
+        if rec.source == "api":  # ours (or, for a repeated idempotency key, the key's run)
+            if created:
+                why = f"run {rec.run_id}, started over HTTP, stages the folder {folder!r}"
+                for other in svc.registry.iter_runs(state=STAGING, dataset=folder):
+                    if other.source == "blob" and other.run_id != rec.run_id:
+                        _supersede(svc, other, why)
             return rec
 
         def adopt(r: RunRecord) -> None:
@@ -828,7 +823,9 @@ def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, An
             if keyed.run_id != adopted.run_id:
                 return keyed  # the key's run, made by a concurrent request
         return adopted
-    raise RegistryError(f"folder {folder!r}: could not claim its staging run (too many concurrent changes)")
+    raise ConcurrencyError(
+        f"folder {folder!r}: could not claim its staging run (too many concurrent changes)"
+    )
 
 
 class _Adopted(Exception):

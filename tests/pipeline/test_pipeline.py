@@ -619,3 +619,27 @@ def test_concurrent_first_invocations_create_the_workspace_once(pipeline: Pipeli
     creates = [r for r in ours if r["operation"] == "Workspaces_Create"]
     assert len(creates) == 1, [r["operation"] for r in ours]
     assert p.services.cloud.compute.get_workspace() is not None
+
+
+def test_two_http_starts_from_one_folder_both_run(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second HTTP start from a top-level folder while the first still stages it (into another
+    dataset) takes the folder's pointer but does not cancel the first: both requests get their runs."""
+    p = pipeline
+    folder = f"uploads-{uuid.uuid4().hex[:6]}"
+    p.upload(folder, QUICKSTART_FILES)
+    first_ds, second_ds = dataset_name("one"), dataset_name("two")
+    second = after_next_claim(
+        p, monkeypatch, lambda: start_run(second_ds, FOLDER_SPEC, stage_from_prefix=folder, svc=p.services)
+    )
+    first = start_run(first_ds, FOLDER_SPEC, stage_from_prefix=folder, svc=p.services)
+    for rec in (first, second[0]):
+        assert rec.state in ("provisioning", "queued") and not rec.errors, (
+            rec.dataset,
+            rec.state,
+            rec.errors,
+        )
+    assert [first.dataset, second[0].dataset] == [first_ds, second_ds]
+    for rec in (first, second[0]):
+        cancel_run(rec.run_id, svc=p.services)
