@@ -156,6 +156,13 @@ def reset_services() -> None:
 def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
     """Handle one uploaded/changed blob of the training container (idempotent; see module doc)."""
     svc = svc or services()
+    try:
+        return _ingest(blob_name, svc)
+    except _Adopted as adopted:  # an HTTP start made the run its own while this invocation worked
+        return _joined(adopted.rec, blob_name)
+
+
+def _ingest(blob_name: str, svc: Services) -> IngestResult:
     if blob_name.endswith("/"):
         # A folder marker (zero-byte `ds/dir/` blob some upload tools write): not a file of the dataset.
         return IngestResult("ignored", message="folder marker blob")
@@ -215,20 +222,25 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
             try:
                 spec, rec = _take_manifest(svc, rec, manifest_props, prepare=False)
                 spec_etag = etag_of(manifest_props)
-            except _Adopted as adopted:
-                return _joined(adopted.rec, blob_name)
             except RunSpecError as exc:
                 message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
-                _fail_staging(svc, rec, "InvalidManifest", message, manifest_etag=etag_of(manifest_props))
+                _fail_staging(
+                    svc,
+                    rec,
+                    "InvalidManifest",
+                    message,
+                    folder=ref.dataset,
+                    manifest_etag=etag_of(manifest_props),
+                )
                 return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
 
     if ref.path == MANIFEST_NAME:
         try:
             spec, rec = _take_manifest(svc, rec, props, prepare=False)
-        except _Adopted as adopted:
-            return _joined(adopted.rec, blob_name)
         except RunSpecError as exc:
-            _fail_staging(svc, rec, "InvalidManifest", f"{blob_name}: {exc}", manifest_etag=etag)
+            _fail_staging(
+                svc, rec, "InvalidManifest", f"{blob_name}: {exc}", folder=ref.dataset, manifest_etag=etag
+            )
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         preparing = _start_preparing(svc, rec, spec) if needs_preparation(svc, rec, spec) else None
         try:
@@ -258,7 +270,7 @@ def ingest_blob(blob_name: str, svc: Services | None = None) -> IngestResult:
                 return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
             if exc.code in ("CopyTimeout", "CopyFailed"):
                 raise  # transient: let the trigger retry (and poison after its retries)
-            _fail_staging(svc, rec, exc.code, str(exc))
+            _fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         svc.registry.add_staged_files(rec.run_id, [staged])
         # Submission does not wait for the preparation: its creates are idempotent, and a job only
@@ -343,19 +355,39 @@ def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
     rec, _ = svc.registry.claim_staging_run(
         dataset, staging_deadline=_staging_deadline(svc), source="blob", seen=pointer
     )
-    _fail_staging(svc, rec, exc.code, str(exc), blob=blob_name)
+    _fail_staging(svc, rec, exc.code, str(exc), blob=blob_name, folder=dataset)
     return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
 
 
 def _fail_staging(
-    svc: Services, rec: RunRecord, code: str, message: str, *, blob: str | None = None, **changes: Any
+    svc: Services,
+    rec: RunRecord,
+    code: str,
+    message: str,
+    *,
+    blob: str | None = None,
+    folder: str | None = None,
+    **changes: Any,
 ) -> None:
+    """Fail a staging run. ``folder``: the trigger's dataset folder, when the trigger fails it: a
+    run an HTTP start from that folder adopted meanwhile is not failed (raises _Adopted)."""
     error = {"code": code, "message": message, "time": utcnow()}
     if blob is not None:
         error["blob"] = blob
+
+    def not_adopted(r: RunRecord) -> None:
+        if folder is not None and _started_from_folder(r, folder):
+            raise _Adopted(r)
+
     try:
         failed = svc.registry.transition(
-            rec.run_id, FAILED, STAGING, add_error=error, callback_pending=bool(rec.callback_url), **changes
+            rec.run_id,
+            FAILED,
+            STAGING,
+            guard=not_adopted,
+            add_error=error,
+            callback_pending=bool(rec.callback_url),
+            **changes,
         )
         log.warning("run %s staging failed: %s", rec.run_id, message, extra=failed.log_extra())
     except TransitionRejected as rejected:

@@ -591,6 +591,7 @@ class RunRegistry:
         expected_from: str | Iterable[str] | None = None,
         *,
         current: RunRecord | None = None,
+        guard: Callable[[RunRecord], Any] | None = None,
         **changes: Any,
     ) -> RunRecord:
         """Move a run to ``to_state`` if it is now in ``expected_from`` (default: any state the
@@ -598,7 +599,8 @@ class RunRegistry:
         the ETag: of two racing callers exactly one wins; the other (and every replay) gets
         ``TransitionRejected`` with the record as it now is. Records the time of the new state.
         ``current``: the run as the caller last read or wrote it (with its ETag), tried first
-        without reading it again (see ``_cas``)."""
+        without reading it again (see ``_cas``). ``guard(run)``: called on the run as written
+        against, first; it may raise to abort (a condition beyond the state)."""
         if to_state not in STATES:
             raise RegistryError(f"unknown state {to_state!r}; states are {', '.join(STATES)}")
         expected = (
@@ -612,6 +614,8 @@ class RunRegistry:
             raise RegistryError("change the state with transition's to_state, not a field")
 
         def mutate(rec: RunRecord) -> None:
+            if guard is not None:
+                guard(rec)
             if rec.state not in expected or to_state not in ALLOWED_TRANSITIONS[rec.state]:
                 why = "is not allowed" if to_state not in ALLOWED_TRANSITIONS[rec.state] else "not expected"
                 raise TransitionRejected(

@@ -643,3 +643,25 @@ def test_two_http_starts_from_one_folder_both_run(
     assert [first.dataset, second[0].dataset] == [first_ds, second_ds]
     for rec in (first, second[0]):
         cancel_run(rec.run_id, svc=p.services)
+
+
+def test_an_invalid_manifest_does_not_fail_the_run_an_http_start_adopted(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder's run.json is invalid, and the HTTP start (whose spec supersedes it) adopts the
+    trigger's run while the trigger's invocation for run.json is between its claim and its failing
+    of the run: the invocation joins the adopted run instead of failing it."""
+    p = pipeline
+    ds = dataset_name("race")
+    names = p.upload(ds, QUICKSTART_FILES)
+    early = ingest_blob(names[0], p.services).run_id
+    p.container.upload_blob(f"{ds}/run.json", b"{not json", overwrite=True)
+    started = after_next_claim(
+        p, monkeypatch, lambda: start_run(ds, FOLDER_SPEC, stage_from_prefix=ds, svc=p.services)
+    )
+    result = ingest_blob(f"{ds}/run.json", p.services)
+    assert result.action == "joined" and result.run_id == early, result
+    rec = p.registry.get(early)
+    assert started[0].run_id == early and rec.state in ("provisioning", "queued"), rec.errors
+    assert not [e for e in rec.errors if e["code"] == "InvalidManifest"]
+    cancel_run(early, svc=p.services)
