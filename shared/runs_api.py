@@ -309,17 +309,17 @@ def start_run(request: ApiRequest) -> ApiResponse:
 
 
 def _accepted(request: ApiRequest, record: Any, headers: dict[str, str] | None = None) -> ApiResponse:
-    """202 with the run, or 422 when it failed before its job existed (the dataset lacks files it
-    needs, nothing under the prefix...): the client's request cannot run as it is. Location names the
-    run either way."""
+    """202 with the run, or 422 when it failed before its job was created (the dataset lacks files
+    it needs, nothing under the prefix, SubmitFailed...): the client's request cannot run as it is.
+    The code is the error that failed it (the last). Location names the run either way."""
     url = _run_url(request, record.run_id)
     headers = {"Location": url, **(headers or {})}
-    if record.state == "failed" and not record.job_name:
-        first = (record.errors or [{}])[0]
+    if record.state == "failed" and not record.submitted_at:
+        last = (record.errors or [{}])[-1]
         raise ApiError(
             422,
-            str(first.get("code") or "RunFailedToStart"),
-            f"run {record.run_id} could not start: {first.get('message') or 'see the run record'}",
+            str(last.get("code") or "RunFailedToStart"),
+            f"run {record.run_id} could not start: {last.get('message') or 'see the run record'}",
             details=[{"field": "dataset", "message": str(e.get("message", ""))} for e in record.errors[:20]],
             headers=headers,
         )

@@ -76,7 +76,11 @@ def check_dataset_name(dataset: str) -> str:
 def check_stage_prefix(prefix: str) -> str:
     """A folder of the training container to stage from (``<dataset>[/<path>]``, slashes around it
     dropped), or a StagingError: never the container's root, whose blobs span every dataset."""
-    folder = prefix.strip("/") if isinstance(prefix, str) else ""
+    if not isinstance(prefix, str):
+        raise StagingError(
+            "stage_from_prefix must be a string: a folder of the training container", code="InvalidBlobName"
+        )
+    folder = prefix.strip("/")
     if not folder:
         raise StagingError(
             "stage_from_prefix must name a folder of the training container, not its root",

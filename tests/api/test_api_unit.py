@@ -94,6 +94,7 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
         ),
         ({"dataset": "mnist", "stage_from_prefix": "a/../../b"}, "stage_from_prefix"),
         ({"dataset": "mnist", "stage_from_prefix": ""}, "stage_from_prefix"),
+        ({"dataset": "mnist", "stage_from_prefix": 42}, "stage_from_prefix"),
         ({"dataset": "mnist", "stage_from_prefix": "_uploads/mnist"}, "stage_from_prefix"),
     ],
 )
