@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from shared.registry import TERMINAL_STATES
+from shared.registry import TERMINAL_STATES, parse_time
 
 __all__ = [
     "TERMINAL_RUN_STATES",
@@ -389,18 +389,6 @@ def report_bytes(data: dict[str, Any]) -> bytes:
 # --- gathering the facts and carrying out the plan against Azure ---------------------------------------
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _enum_text(value: Any) -> str | None:
     """An SDK enum (or plain string) as its lowercase value."""
     return None if value is None else str(getattr(value, "value", value)).lower()
@@ -417,7 +405,7 @@ def run_info(record: Any) -> RunInfo:
 
     finished = None
     if record.state in TERMINAL_RUN_STATES:
-        finished = _parse_time(record.times.get(record.state) or record.updated_at)
+        finished = parse_time(record.times.get(record.state) or record.updated_at)
     experiment = record.experiment
     if experiment is None and record.state not in TERMINAL_RUN_STATES:
         experiment = experiment_name(record.dataset)
@@ -442,9 +430,9 @@ def job_info(job: Any, experiment: str) -> JobInfo:
         experiment=experiment,
         state=_enum_text(job.execution_state) or "unknown",
         cluster=_last_segment(job.cluster.id if job.cluster is not None else None),
-        created_at=_parse_time(job.creation_time),
-        started_at=_parse_time(info.start_time if info is not None else None),
-        ended_at=_parse_time(info.end_time if info is not None else None),
+        created_at=parse_time(job.creation_time),
+        started_at=parse_time(info.start_time if info is not None else None),
+        ended_at=parse_time(info.end_time if info is not None else None),
         max_wall_clock=limit if isinstance(limit, timedelta) else None,
     )
 
@@ -474,11 +462,11 @@ class Cleanup:
         clusters: list[ClusterInfo] = []
         try:
             for experiment in self.compute.list_experiments():
-                experiments.append(ExperimentInfo(experiment.name, _parse_time(experiment.creation_time)))
+                experiments.append(ExperimentInfo(experiment.name, parse_time(experiment.creation_time)))
                 for job in self.compute.list_jobs(experiment.name):
                     jobs.append(job_info(job, experiment.name))
             for cluster in self.compute.list_clusters():
-                clusters.append(ClusterInfo(cluster.name, _parse_time(cluster.creation_time)))
+                clusters.append(ClusterInfo(cluster.name, parse_time(cluster.creation_time)))
         except ComputeError as exc:
             if not exc.not_found:
                 raise

@@ -54,6 +54,7 @@ from shared.registry import (
     RunRegistry,
     StagedFile,
     TransitionRejected,
+    parse_time,
     utcnow,
 )
 from shared.runspec import RunSpec, RunSpecError, SpecContext, parse_run_spec, parse_run_spec_json
@@ -770,11 +771,8 @@ SECRETS_HELD_SECONDS = 60.0
 
 
 def _touched_within(rec: RunRecord, seconds: float) -> bool:
-    touched = rec.updated_at or rec.created_at
-    if not touched:
-        return False
-    age = datetime.now(UTC) - datetime.fromisoformat(touched.replace("Z", "+00:00"))
-    return age.total_seconds() < seconds
+    touched = parse_time(rec.updated_at or rec.created_at)
+    return touched is not None and (datetime.now(UTC) - touched).total_seconds() < seconds
 
 
 def _inline_secrets(spec: RunSpec) -> list[str]:

@@ -49,6 +49,7 @@ from shared.registry import (
     RegistryError,
     RunRecord,
     TransitionRejected,
+    parse_time,
     utcnow,
 )
 from shared.runspec import RunSpecError
@@ -86,15 +87,6 @@ def _ts(value: Any) -> str | None:
             value = value.replace(tzinfo=UTC)
         return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return str(value)
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _state(value: Any) -> str | None:
@@ -144,9 +136,9 @@ def _move(
 def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
     for rec in svc.registry.iter_runs(state=STAGING):
         report.checked += 1
-        deadline = _parse_time(rec.staging_deadline)
+        deadline = parse_time(rec.staging_deadline)
         if deadline is None:
-            created = _parse_time(rec.created_at) or now
+            created = parse_time(rec.created_at) or now
             deadline = created + timedelta(minutes=svc.settings.staging_timeout_minutes)
         try:
             if now < deadline:
@@ -328,7 +320,7 @@ def _job_missing(svc: Services, rec: RunRecord, cluster: Any, now: datetime, rep
         }
         _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url))
         return
-    entered = _parse_time(rec.times.get(rec.state)) or now
+    entered = parse_time(rec.times.get(rec.state)) or now
     if now - entered < RESUBMIT_GRACE:
         return  # the submitting function may still be creating it
     errors = _cluster_failure(cluster)
@@ -496,7 +488,7 @@ def _claim_callback(svc: Services, run_id: str, token: str) -> RunRecord | None:
     def claim(rec: RunRecord) -> None:
         if not rec.callback_pending or rec.state not in TERMINAL_STATES or not rec.callback_url:
             raise _NotOurs
-        held = _parse_time((rec.callback or {}).get("claimed_until"))
+        held = parse_time((rec.callback or {}).get("claimed_until"))
         if held is not None and held > now:
             raise _NotOurs
         until = _ts(now + timedelta(seconds=CALLBACK_CLAIM_SECONDS))
