@@ -6,8 +6,11 @@ HMAC-SHA256 over ``b"<t>." + body`` with CALLBACK_SIGNING_SECRET; a receiver rec
 
 Safety (server-side request forgery): only https URLs (plain http only to loopback hosts when
 CALLBACK_ALLOW_LOOPBACK_HTTP is set, for the local stack); the host's addresses are resolved and
-private, link-local, loopback (unless allowed), multicast, reserved and cloud metadata addresses
-(169.254.169.254, Azure's 168.63.129.16, fd00:ec2::254) are refused; redirects are not followed.
+each must be globally routable (``_address_refused``): private, shared (100.64.0.0/10), link-local,
+loopback (unless allowed), multicast, reserved, special-purpose and cloud metadata addresses
+(169.254.169.254, Azure's 168.63.129.16, fd00:ec2::254) are refused, and so is an IPv6 address
+whose embedded IPv4 address (IPv4-mapped or -compatible, 6to4, Teredo, NAT64, ISATAP) is one of
+them; redirects are not followed.
 ``check_callback_url`` gives the early, clear error; ``deliver`` then checks again, at connect
 time, the address each connection actually reached (the same policy, and plain http only to a
 loopback peer), and closes it before the TLS handshake or any byte of the request: the name is
@@ -90,9 +93,45 @@ def verify(body: bytes, header: str, secret: str, *, tolerance_seconds: int = 30
     return hmac.compare_digest(expected, parts.get("sha256", ""))
 
 
-def _address_refused(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str | None:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Beyond what ``ipaddress``'s ``is_global`` knows (Python 3.11): IETF protocol assignments, the
+# deprecated 6to4 relay anycast, and NAT64's local-use prefix (RFC 8215), none of them a public host.
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24", "64:ff9b:1::/48", "::/96")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 is the last 32 bits
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(addr: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and would deliver to: IPv4-mapped and -compatible,
+    6to4 (2002::/16), Teredo (server and client), NAT64 (64:ff9b::/96) and ISATAP interface ids.
+    Empty for an IPv4 address or a plain IPv6 one."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return []
+    found: list[ipaddress.IPv4Address] = []
+    if addr.ipv4_mapped is not None:
+        found.append(addr.ipv4_mapped)
+    if addr.sixtofour is not None:
+        found.append(addr.sixtofour)
+    if addr.teredo is not None:
+        found.extend(addr.teredo)
+    low32 = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr in _NAT64 or (addr in _IPV4_COMPATIBLE and int(addr) > 1):
+        found.append(low32)
+    if (int(addr) >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP: interface id [02]00:5efe:a.b.c.d
+        found.append(low32)
+    return found
+
+
+def _plain(addr: IPAddress) -> IPAddress:
+    """The address a connection reaches: an IPv4-mapped IPv6 address is its IPv4 address."""
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+        return addr.ipv4_mapped
+    return addr
+
+
+def _one_address_refused(addr: IPAddress, allow_loopback: bool) -> str | None:
     if addr in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if addr.is_loopback:
@@ -103,7 +142,26 @@ def _address_refused(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_
         return "a private address"
     if addr.is_multicast or addr.is_reserved or addr.is_unspecified:
         return "a reserved, multicast or unspecified address"
+    if not addr.is_global or any(addr in net for net in _NOT_GLOBAL if net.version == addr.version):
+        return "not a globally routable address"
     return None
+
+
+def _address_refused(addr: IPAddress, allow_loopback: bool) -> str | None:
+    """Why ``addr`` must not be called, or None: it must be globally routable (loopback only when
+    allowed), and so must every IPv4 address it embeds (a 6to4, Teredo, NAT64 or IPv4-compatible
+    form of a private or shared address such as 100.64.0.0/10 reaches that address)."""
+    addr = _plain(addr)
+    inner = embedded_ipv4(addr)
+    for embedded in inner:
+        why = _one_address_refused(embedded, allow_loopback)
+        if why:
+            return f"{why} (embedded in {addr})"
+    if inner:
+        # The wrapper prefixes themselves (Teredo's 2001::/32, NAT64's) are not "global" to Python:
+        # what a wrapped address reaches is the IPv4 it carries, checked above.
+        return None
+    return _one_address_refused(addr, allow_loopback)
 
 
 def check_callback_url(url: str, *, allow_loopback_http: bool = False, resolve: bool = True) -> None:
@@ -133,10 +191,7 @@ def check_callback_url(url: str, *, allow_loopback_http: bool = False, resolve: 
                     f"callback host {host!r} does not resolve: {exc.strerror or exc}"
                 ) from None
             addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    is_loopback = bool(addresses) and all(
-        (a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped else a).is_loopback
-        for a in addresses
-    )
+    is_loopback = bool(addresses) and all(_plain(a).is_loopback for a in addresses)
     if parts.scheme == "http" and not (allow_loopback_http and is_loopback):
         raise CallbackError(
             "callback URL must be https (plain http only to loopback hosts with CALLBACK_ALLOW_LOOPBACK_HTTP)"
@@ -159,10 +214,8 @@ def _peer_refused(sock: socket.socket, allow_loopback: bool, plain_http: bool) -
     except ValueError:
         return "an address that cannot be checked"
     why = _address_refused(addr, allow_loopback)
-    if why is None and plain_http:
-        plain = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped else addr
-        if not plain.is_loopback:
-            why = "a non-loopback address over plain http"
+    if why is None and plain_http and not _plain(addr).is_loopback:
+        why = "a non-loopback address over plain http"
     return why
 
 

@@ -96,6 +96,38 @@ def test_refused_urls(url: str, message: str) -> None:
     assert not result.delivered and result.attempts == 0 and result.refused
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "100.64.0.1",  # shared address space (carrier-grade NAT): neither private nor reserved to Python
+        "100.127.255.254",
+        "198.18.0.1",  # benchmarking
+        "192.0.0.8",  # IETF protocol assignments
+        "[2002:a00:1::1]",  # 6to4 of 10.0.0.1
+        "[2002:6440:1::1]",  # 6to4 of 100.64.0.1
+        "[2002:a9fe:a9fe::1]",  # 6to4 of the metadata address
+        "[2001:0:4136:e378:8000:63bf:f5ff:fffe]",  # Teredo whose client is 10.0.0.1
+        "[64:ff9b::a00:1]",  # NAT64 of 10.0.0.1
+        "[64:ff9b::a9fe:a9fe]",  # NAT64 of the metadata address
+        "[64:ff9b:1::5db8:d822]",  # NAT64 local-use prefix
+        "[::a00:1]",  # IPv4-compatible 10.0.0.1
+        "[::ffff:100.64.0.1]",  # IPv4-mapped shared address
+        "[2606:4700::200:5efe:a00:1]",  # ISATAP interface id carrying 10.0.0.1
+        "[2001:db8::1]",  # documentation
+    ],
+)
+def test_addresses_that_are_not_globally_routable_are_refused(address: str) -> None:
+    with pytest.raises(CallbackError, match="refused"):
+        check_callback_url(f"https://{address}/hook")
+
+
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "[2606:4700::1]", "[2002:5db8:d822::1]", "[64:ff9b::5db8:d822]"]
+)
+def test_globally_routable_addresses_and_their_wrapped_forms_are_allowed(address: str) -> None:
+    check_callback_url(f"https://{address}/hook")
+
+
 def test_an_unresolvable_host_is_not_sent_now_but_not_refused_for_good() -> None:
     """A name that does not resolve (here: the reserved .invalid TLD) is refused at request time,
     but a delivery only fails for this pass: DNS failures can be transient, so it is not `refused`."""
