@@ -191,22 +191,33 @@ def free_port() -> int:
 
 @dataclass
 class PrivateArm:
-    """An ARM emulator process of our own, which a test may stop and start again."""
+    """An ARM emulator process of our own, which a test may stop and start again, beside a Files
+    emulator of its own that serves its shares (output download links point there)."""
 
     data_dir: Path
     files_root: Path
     port: int
+    files_port: int = 0
     process: subprocess.Popen | None = None
+    files_process: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
+        if self.files_process is None:
+            self.files_port = self.files_port or free_port()
+            files_cmd = [
+                sys.executable, "-m", "infra.local.files", "--host", HOST, "--port", str(self.files_port),
+                "--data-dir", str(self.files_root.parent),
+            ]  # fmt: skip
+            log = self.data_dir.parent / f"files-{self.files_port}.log"
+            self.files_process = launch("Files emulator", files_cmd, [self.files_port], log)
         cmd = [
             sys.executable, "-m", "infra.local.arm", "--host", HOST, "--port", str(self.port),
             "--data-dir", str(self.data_dir), "--files-root", str(self.files_root),
-            "--files-endpoint", f"http://{HOST}:1/devstoreaccount1",
+            "--files-endpoint", f"http://{HOST}:{self.files_port}/devstoreaccount1",
             "--provisioning-delay", "0.3", "--operation-delay", "0.1", "--retry-after", "0",
         ]  # fmt: skip
         self.process = launch("ARM emulator", cmd, [self.port], self.data_dir.parent / f"arm-{self.port}.log")
@@ -224,3 +235,5 @@ def private_arm(tmp_path: Path) -> Iterator[PrivateArm]:
     emulator.start()
     yield emulator
     emulator.stop()
+    if emulator.files_process is not None:
+        stop_process(emulator.files_process)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlparse
 
 import azure.mgmt.batchai.models as bai
 import requests
@@ -159,6 +160,15 @@ def walk(c: Clients, share: ShareClient, share_url: str, n: Names) -> dict[str, 
     assert stdouterr["stdout.txt"].content_length == len(stdout.encode())
     model_files = list_outputs(c, n, n.job, "MODEL")
     assert download(model_files["ConvNet_MNIST_0.dnn"].download_url) == b"model trained on 5 samples\n"
+    # As in Microsoft's ListOutputFiles example: read-only SAS URLs of the mounted share's files (the
+    # Files emulator serves them, ranges included); no path of this machine in them.
+    model_url = model_files["ConvNet_MNIST_0.dnn"].download_url
+    expected_prefix = f"{share.url}/{job.job_output_directory_path_segment}/outputs/Models/"
+    assert model_url.startswith(expected_prefix), (model_url, expected_prefix)
+    assert {"sv", "sr", "sig", "se", "sp"} <= set(parse_qs(urlparse(model_url).query))
+    assert "_emulator" not in model_url and "/shares/" not in unquote(model_url)
+    ranged = requests.get(model_url, headers={"x-ms-range": "bytes=6-12"}, timeout=10)
+    assert (ranged.status_code, ranged.content) == (206, b"trained")
     # The outputs landed on the share, where the service put them: <prefix>/<segment>/outputs/<suffix>.
     segment = job.job_output_directory_path_segment
     on_share = (

@@ -59,8 +59,20 @@ def test_share_urls_map_to_the_files_root(backend: Backend, tmp_path: Path) -> N
     assert backend.resolve_share("nfs://server/share") is None
 
 
-def test_download_links_expire_and_resist_tampering(backend: Backend, tmp_path: Path) -> None:
+def serve_outputs_from(backend: Backend, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Every job's output directory is `root` (these tests have no jobs, only links)."""
+    monkeypatch.setattr(backend, "job_output_dir", lambda *args: root)
+
+
+def link(app: ArmEmulator, req: ArmRequest, name: str, expires: float) -> str:
+    return app.responses.download_url(req, ["sub", "rg", "ws", "exp", "job", "stdouterr", name], expires)
+
+
+def test_download_links_expire_and_resist_tampering(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = ArmEmulator(backend)
+    serve_outputs_from(backend, monkeypatch, tmp_path)
     file = tmp_path / "out.txt"
     file.write_bytes(b"model")
     req = ArmRequest("POST", "/", MultiDict(), b"", "http://localhost/")
@@ -71,9 +83,11 @@ def test_download_links_expire_and_resist_tampering(backend: Backend, tmp_path: 
         response = client.get(parsed.path, query_string=parsed.query)
         return response.status_code, response.get_data()
 
-    good = app.responses.download_url(req, file, time.time() + 300)
+    good = link(app, req, "out.txt", time.time() + 300)
     assert get(good) == (200, b"model")
-    expired = app.responses.download_url(req, file, time.time() - 1)
+    assert str(tmp_path) not in good and "out.txt" in good  # names the file, never a local path
+    assert get(link(app, req, "../out.txt", time.time() + 300))[0] == 404
+    expired = link(app, req, "out.txt", time.time() - 1)
     status, body = get(expired)
     assert status == 403 and b"expired" in body
     query = parse_qs(urlparse(good).query)
@@ -83,16 +97,19 @@ def test_download_links_expire_and_resist_tampering(backend: Backend, tmp_path: 
     assert get(good.replace("sig=", "sig=0"))[0] == 403
 
 
-def test_download_links_honour_range(backend: Backend, tmp_path: Path) -> None:
+def test_download_links_honour_range(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Like Azure Files behind a SAS link: a suffix or bounded Range gets 206 with those bytes only,
     a range past the end 416, an empty file no bytes, a HEAD the size; log tails rely on it to read
     only a log's end."""
     app = ArmEmulator(backend)
+    serve_outputs_from(backend, monkeypatch, tmp_path)
     file = tmp_path / "stdout.txt"
     data = b"".join(b"line %05d\n" % i for i in range(20_000))
     file.write_bytes(data)
     req = ArmRequest("POST", "/", MultiDict(), b"", "http://h/")
-    url = urlparse(app.responses.download_url(req, file, time.time() + 60))
+    url = urlparse(link(app, req, "stdout.txt", time.time() + 60))
     client = Client(app)
 
     def get(range_header: str | None, method: str = "GET") -> TestResponse:
@@ -111,7 +128,7 @@ def test_download_links_honour_range(backend: Backend, tmp_path: Path) -> None:
     assert whole.status_code == 200 and whole.get_data() == data and whole.headers["Accept-Ranges"] == "bytes"
     empty = tmp_path / "stderr.txt"
     empty.write_bytes(b"")
-    empty_url = urlparse(app.responses.download_url(req, empty, time.time() + 60))
+    empty_url = urlparse(link(app, req, "stderr.txt", time.time() + 60))
     nothing = client.get(empty_url.path, query_string=empty_url.query, headers={"Range": "bytes=-100"})
     assert (nothing.status_code, nothing.get_data()) == (200, b"")  # no range in an empty file: no bytes
     head = get(None, "HEAD")

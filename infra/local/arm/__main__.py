@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 from infra.local.arm.faults import FaultInjector, FaultSettings
 from infra.local.arm.models import Backend, Config
 from infra.local.arm.server import ArmEmulator
+from infra.local.files.server import accounts_from_env
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         location=args.location,
         node_failure_rate=args.node_failure_rate,
         node_failure_seed=args.fault_seed,
+        storage_keys=accounts_from_env(),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)

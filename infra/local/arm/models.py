@@ -93,6 +93,9 @@ class Config:
     tick_interval: float = 0.1
     node_failure_rate: float = 0.0  # fraction of new nodes that fail setup and become unusable
     node_failure_seed: int | None = None
+    # Account name -> key of the storage accounts the Files emulator serves: download URLs of outputs
+    # in a share are that share's SAS URLs, signed with its account's key.
+    storage_keys: dict[str, bytes] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

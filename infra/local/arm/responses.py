@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
@@ -44,6 +44,8 @@ NAME_RULES = {
     "fs": (re.compile(r"^[-\w]{1,64}$"), "fileServerName"),
 }
 ENV_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The SAS version of the download URLs (the service's own ListOutputFiles example signs with it).
+SAS_VERSION = "2016-05-31"
 
 
 @dataclass
@@ -467,11 +469,15 @@ class ArmResponses:
                         items.append({"name": entry.name, "fileType": "directory"})
                     elif entry.is_file():
                         stat = entry.stat()
+                        relative = "/".join([*parts, entry.name])
+                        url = self.share_sas_url(entry, expires) or self.download_url(
+                            req, [sub, rg, ws, exp, job, directory_id, relative], expires
+                        )
                         items.append(
                             {
                                 "name": entry.name,
                                 "fileType": "file",
-                                "downloadUrl": self.download_url(req, entry, expires),
+                                "downloadUrl": url,
                                 "properties": {
                                     "lastModified": now_iso(stat.st_mtime).split(".")[0] + "Z",
                                     "contentLength": stat.st_size,
@@ -481,44 +487,87 @@ class ArmResponses:
         return self._page(req, items)
 
     # --- downloads -------------------------------------------------------------------------------
-    def _sign(self, path: str, expires: int) -> str:
-        message = f"{path}\n{expires}".encode()
+    def share_sas_url(self, path: Path, expires: float) -> str | None:
+        """A read-only service SAS URL of the Files emulator for an output file that lies in a share
+        (`<files-root>/<account>/<share>/...`), as the service answers with Azure Files SAS URLs of the
+        mounted share; None for a file outside every share or of an account without a known key."""
+        files_root = Path(self.backend.config.files_root).resolve()
+        try:
+            relative = path.resolve().relative_to(files_root).parts
+        except ValueError:
+            return None
+        if len(relative) < 3:
+            return None
+        account, share, *rest = relative
+        key = self.backend.config.storage_keys.get(account)
+        if key is None:
+            return None
+        endpoint = urlsplit(self.backend.config.files_endpoint)
+        file_path = "/".join(rest)
+        expiry = datetime.fromtimestamp(int(expires), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Service SAS string to sign (2015-04-05 and later): sp, st, se, canonicalized resource, si,
+        # sip, spr, sv, then the five response-header overrides (all empty here).
+        fields = ["rl", "", expiry, f"/file/{account}/{share}/{file_path}", "", "", "", SAS_VERSION]
+        string_to_sign = "\n".join(fields + [""] * 5)
+        sig = base64.b64encode(hmac.new(key, string_to_sign.encode(), hashlib.sha256).digest()).decode()
+        query = urlencode({"sv": SAS_VERSION, "sr": "f", "sig": sig, "se": expiry, "sp": "rl"})
+        return f"{endpoint.scheme}://{endpoint.netloc}/{quote(account)}/{quote(share)}/{quote(file_path)}?{query}"
+
+    def _sign(self, token: str, expires: int) -> str:
+        message = f"{token}\n{expires}".encode()
         return hmac.new(self.backend.secret.encode(), message, hashlib.sha256).hexdigest()
 
-    def download_url(self, req: ArmRequest, path: Path, expires: float) -> str:
-        """A URL on this emulator that serves `path` until `expires`, like a read-only SAS link."""
-        real = str(path.resolve())
-        token = base64.urlsafe_b64encode(real.encode()).decode().rstrip("=")
+    def download_url(self, req: ArmRequest, locator: list[str], expires: float) -> str:
+        """A read-only link on this emulator to an output file outside every share (a job's temp
+        directory): it names the job, output directory and relative path, never a path on this
+        machine, and is signed and expires like a SAS link."""
+        token = base64.urlsafe_b64encode(json.dumps(locator).encode()).decode().rstrip("=")
         se = int(expires)
         query = urlencode(
             {
-                "p": token,
+                "t": token,
                 "se": datetime.fromtimestamp(se, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "sp": "r",
-                "sig": self._sign(real, se),
+                "sig": self._sign(token, se),
             }
         )
-        return f"{req.base}/_emulator/files/{quote(path.name)}?{query}"
+        name = locator[-1].rsplit("/", 1)[-1]
+        return f"{req.base}/_emulator/files/{quote(name)}?{query}"
+
+    def _download_path(self, locator: Any) -> Path | None:
+        if not (isinstance(locator, list) and len(locator) == 7 and all(isinstance(p, str) for p in locator)):
+            return None
+        *job_ref, directory_id, relative = locator
+        try:
+            root = self.backend.job_output_dir(*job_ref, directory_id)
+        except ArmError:
+            return None  # the job (or its workspace) is gone
+        if root is None:
+            return None
+        parts = [p for p in relative.split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            return None
+        return root.joinpath(*parts)
 
     def download(self, request: Request) -> Response:
         """Serve a download link's file; honours ``Range`` (206 with Content-Range, 416 past the
         end) as Azure Files does for SAS links, so log tails read only the end of a log."""
         args = request.args
         try:
-            token = args["p"]
-            real = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            token = args["t"]
+            locator = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
             se = int(datetime.strptime(args["se"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
             sig = args["sig"]
         except (KeyError, ValueError) as exc:
             return _storage_error(400, "InvalidQueryParameterValue", f"The download link is malformed: {exc}")
-        if not hmac.compare_digest(sig, self._sign(real, se)):
+        if not hmac.compare_digest(sig, self._sign(token, se)):
             return _storage_error(403, "AuthenticationFailed", "Signature did not match the download link.")
         if time.time() > se:
             return _storage_error(
                 403, "AuthenticationFailed", "Signed expiry time has passed: the link expired."
             )
-        path = Path(real)
-        if not path.is_file():
+        path = self._download_path(locator)
+        if path is None or not path.is_file():
             return _storage_error(404, "ResourceNotFound", "The specified resource does not exist.")
         size = path.stat().st_size
         wanted = request.range

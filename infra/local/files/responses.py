@@ -49,6 +49,7 @@ PERMISSION_KEY = "4066528134148476695*1"  # one default SDDL key, as a fresh Azu
 DIRECT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 XML_HEAD = '<?xml version="1.0" encoding="utf-8"?>'
 RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+SUFFIX_RANGE = re.compile(r"^bytes=-(\d+)$")
 ISO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,7}))?Z$")
 # Request headers that carry a file's content settings, and the response headers that report them.
 CONTENT_HEADERS = {
@@ -650,7 +651,7 @@ class FilesResponses:
 
     def get_file(self, ctx: Ctx) -> Response:
         target, info = self.backend.file_path(ctx.account, ctx.share, ctx.path)
-        requested = parse_range(ctx.header("x-ms-range") or ctx.header("range"), "x-ms-range")
+        requested = self._read_range(ctx, info.size)
         headers = self._file_headers(info)
         if requested is None:
             start, length, status = 0, info.size, 200
@@ -679,6 +680,21 @@ class FilesResponses:
         return Response(
             read_chunks(target, start, length), status=status, headers=headers, direct_passthrough=True
         )
+
+    @staticmethod
+    def _read_range(ctx: Ctx, size: int) -> tuple[int, int | None] | None:
+        """The range a Get File asks for. Besides Azure's two forms, a suffix range (`bytes=-N`, the
+        last N bytes) in the standard Range header is honoured as HTTP defines it (a whole empty
+        file for an empty one), so SAS download links serve log tails as the emulator's own did."""
+        standard = ctx.header("range")
+        if not ctx.header("x-ms-range") and standard:
+            found = SUFFIX_RANGE.match(standard.strip())
+            if found:
+                wanted = int(found.group(1))
+                if not size or not wanted:
+                    return None
+                return max(0, size - wanted), size - 1
+        return parse_range(ctx.header("x-ms-range") or standard, "x-ms-range")
 
     def delete_file(self, ctx: Ctx) -> Response:
         self.backend.delete_file(ctx.account, ctx.share, ctx.path)
