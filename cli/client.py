@@ -152,6 +152,10 @@ class ApiClient:
     def logs(self, run_id: str, tail: int = 200) -> dict[str, Any]:
         return self.json("GET", f"runs/{quote(run_id)}/logs", params={"tail": tail})
 
+    def metrics(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
+        """The run's metrics series: name -> points ({"x", "value", "time"}), oldest first."""
+        return self.json("GET", f"runs/{quote(run_id)}/metrics").get("metrics") or {}
+
     def delete_run(self, run_id: str, cluster: bool = False) -> dict[str, Any]:
         params = {"cluster": "true"} if cluster else {}
         return self.json("DELETE", f"runs/{quote(run_id)}", params=params)

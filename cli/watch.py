@@ -1,4 +1,5 @@
-"""Follow a run to its end: state transitions with times, cluster status, live tail of stdout.
+"""Follow a run to its end: state transitions with times, cluster status, live tail of stdout, and
+each new epoch's metric values (from the JSON lines the job prints; docs/run-spec.md).
 
 Polls `GET /api/runs/{id}` (and `/logs`, `/clusters`): the API is the one source of truth, so the same
 command works against the local stack and a deployment.
@@ -72,6 +73,33 @@ class LogFollower:
         self.seen = (self.seen + fresh)[-2000:]
 
 
+class MetricsPrinter:
+    """Prints one line per new x (epoch, step or record number) of the run's metrics, once."""
+
+    def __init__(self, out: TextIO, prefix: str = "  metrics ") -> None:
+        self.out = out
+        self.prefix = prefix
+        self.printed: set[float] = set()
+        self.latest: Any = None
+
+    def feed(self, series: dict[str, list[dict[str, Any]]]) -> None:
+        by_x: dict[float, dict[str, Any]] = {}
+        for name, points in series.items():
+            for point in points:
+                if point.get("x") not in self.printed:
+                    by_x.setdefault(point["x"], {})[name] = point.get("value")
+        for x in sorted(by_x):
+            values = "  ".join(f"{name} {_number(value)}" for name, value in sorted(by_x[x].items()))
+            self.out.write(f"{self.prefix}{_number(x)}: {values}\n")
+            self.printed.add(x)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
 def watch_run(api: ApiClient, run_id: str, out: TextIO = sys.stdout, interval: float = 2.0,
               timeout: float | None = None, logs: bool = True,
               clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:  # fmt: skip
@@ -80,6 +108,7 @@ def watch_run(api: ApiClient, run_id: str, out: TextIO = sys.stdout, interval: f
     printed_states: set[str] = set()
     last_cluster_line = ""
     follower = LogFollower(out)
+    metrics_printer = MetricsPrinter(out)
     unreachable_since: float | None = None
     header_done = False
     while True:
@@ -131,6 +160,11 @@ def watch_run(api: ApiClient, run_id: str, out: TextIO = sys.stdout, interval: f
         if logs and (state == "running" or state in TERMINAL_STATES):
             with contextlib.suppress(CliError):  # logs are best effort while the job runs
                 follower.feed(api.logs(run_id).get("stdout") or "", final=state in TERMINAL_STATES)
+        latest = record.get("metrics")
+        if latest and latest != metrics_printer.latest:  # new values: fetch the series, print new x
+            with contextlib.suppress(CliError):
+                metrics_printer.feed(api.metrics(run_id))
+                metrics_printer.latest = latest
         out.flush()
         if state in TERMINAL_STATES:
             return record

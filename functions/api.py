@@ -59,6 +59,13 @@ def run_logs(req: func.HttpRequest) -> func.HttpResponse:
     return _call("runs/{id}/logs", req)
 
 
+@bp.function_name("run_metrics")
+@bp.route(route="runs/{id}/metrics", methods=METHODS, auth_level=FUNCTION)
+def run_metrics(req: func.HttpRequest) -> func.HttpResponse:
+    """GET: the run's metrics series (from the JSON lines of its stdout)."""
+    return _call("runs/{id}/metrics", req)
+
+
 @bp.function_name("clusters")
 @bp.route(route="clusters", methods=METHODS, auth_level=FUNCTION)
 def clusters(req: func.HttpRequest) -> func.HttpResponse:

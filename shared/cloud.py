@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Cloud", "ClusterRef", "ComputeError", "JobNames"]
 
 TERMINATE_WAIT_SECONDS = 30.0
+STDOUT_FILE = "stdouterr/stdout.txt"
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ class JobNames:
 class Cloud:
     """Batch AI operations for runs, in the settings' resource group and workspace."""
 
-    def __init__(self, settings: Any, compute: Compute | None = None) -> None:
+    def __init__(self, settings: Any, compute: Compute | None = None, share: Any = None) -> None:
         self.settings = settings
         self.compute = compute or Compute(settings)
+        self._share = share
         self._lock = threading.Lock()
         self._workspace_lock = threading.Lock()
         self._workspace_ready = False
@@ -155,4 +157,29 @@ class Cloud:
         except ComputeError as exc:
             if exc.not_found:
                 return []
+            raise
+
+    def read_stdout(self, job: Any, offset: int, length: int) -> bytes:
+        """Bytes ``offset`` to ``offset + length`` of a job's stdout as far as it is written (b"" when
+        there is nothing there yet). Batch AI writes a job's stdout, while it runs, to
+        ``<stdOutErrPathPrefix>/<jobOutputDirectoryPathSegment>/stdouterr/stdout.txt``, and our jobs'
+        prefix is the root of the file share they mount: one Range GET on the share, no ARM request
+        (the monitor reads every running job's new output on every pass)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        segment = getattr(job, "job_output_directory_path_segment", None)
+        if not segment or length <= 0:
+            return b""
+        if self._share is None:
+            from shared import clients
+
+            self._share = clients.share_client(self.settings)
+        file = self._share.get_file_client(f"{segment.strip('/')}/{STDOUT_FILE}")
+        try:
+            return file.download_file(offset=offset, length=length).readall()
+        except ResourceNotFoundError:
+            return b""
+        except HttpResponseError as exc:
+            if exc.status_code == 416:  # nothing at or past the offset yet
+                return b""
             raise

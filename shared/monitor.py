@@ -14,6 +14,11 @@ One pass (``run_monitor``):
    (only the last MAX_STDOUT_TAIL_BYTES are downloaded). Times come from the job's execution info. A
    cluster with errors fails its waiting runs with the cluster's error; a job that was never created
    (a crashed or faulted submission) is created again with its deterministic name.
+   Running jobs' metrics (``shared.metrics``): the new bytes of each one's stdout since the last pass
+   (at most READ_BYTES_PER_PASS per run, a few runs at a time, read from the file share, never
+   through ARM) are parsed into the run's bounded series; the run record keeps the latest value of
+   each metric. A finishing job's remaining output is read to its end (bounded) before the run is
+   moved, so the finished record and its callback carry the final values.
 3. Finished runs with ``callback_pending`` get their summary POSTed (``shared.callbacks``).
 
 Every change is a registry compare-and-swap, so a replayed or overlapping pass changes nothing twice.
@@ -34,6 +39,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError
 
 from shared import callbacks, logtail
+from shared import metrics as run_metrics
 from shared.compute import ComputeError
 from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
 from shared.registry import (
@@ -66,6 +72,8 @@ CALLBACK_WORKERS = 4
 # A pass's claim on a delivery: longer than its attempts with backoff can take.
 CALLBACK_CLAIM_SECONDS = 300
 STDOUT_NAMES = ("stdout.txt",)
+METRICS_WORKERS = 8  # running jobs whose stdout is read at once
+FINAL_METRICS_BYTES = 4 * 1024 * 1024  # the most of a finished job's unread stdout parsed for metrics
 
 
 @dataclass
@@ -73,6 +81,7 @@ class MonitorReport:
     """What one pass did (logged, and asserted by tests)."""
 
     checked: int = 0
+    metrics_read: int = 0  # running jobs whose stdout was read for metrics
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, from, to)
     resubmitted: list[str] = field(default_factory=list)
     callbacks: dict[str, str] = field(default_factory=dict)
@@ -197,6 +206,7 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
         report.errors.append(f"listing clusters: {exc}")
         log.warning("monitor: listing clusters failed (next pass retries): %s", exc)
         return
+    running: list[tuple[RunRecord, Any]] = []
     for (rg, ws, experiment), members in by_experiment.items():
         try:
             jobs = {job.name: job for job in svc.cloud.list_jobs(rg, ws, experiment)}
@@ -208,10 +218,11 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
             continue
         for rec in members:
             report.checked += 1
+            job = jobs.get(rec.job_name or "")
             try:
-                _reconcile(
-                    svc, rec, jobs.get(rec.job_name or ""), clusters.get(rec.cluster or ""), now, report
-                )
+                _reconcile(svc, rec, job, clusters.get(rec.cluster or ""), now, report)
+                if job is not None and _state(job.execution_state) == "running":
+                    running.append((rec, job))
             except (ComputeError, HttpResponseError, RegistryError, OSError) as exc:
                 report.errors.append(f"{rec.run_id}: {exc}")
                 log.warning(
@@ -219,6 +230,7 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
                 )
             except Exception as exc:  # one run's surprise must not stop the pass for the others
                 _run_failed_unexpectedly(svc, rec, exc, report)
+    _read_running_metrics(svc, running, report)
 
 
 def _run_failed_unexpectedly(svc: Services, rec: RunRecord, exc: Exception, report: MonitorReport) -> None:
@@ -353,6 +365,11 @@ def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: Monitor
     if target == FAILED and not errors:
         errors = [{"code": "JobFailed", "message": f"the job exited with code {exit_code}", "time": end}]
     extra = _skipped(rec, QUEUED, job)
+    final_metrics: dict[str, Any] = {}
+    try:
+        final_metrics = read_metrics(svc, rec, job, final=True) or {}
+    except (HttpResponseError, RegistryError, OSError) as exc:  # the run finishes with what it has
+        log.warning("run %s: final metrics not read: %s", rec.run_id, exc, extra=rec.log_extra())
     start = _ts(getattr(info, "start_time", None))
     if start and RUNNING not in rec.times:
         extra[RUNNING] = start
@@ -377,6 +394,7 @@ def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: Monitor
             exit_code=exit_code,
             stdout_tail=tail,
             callback_pending=bool(rec.callback_url),
+            **final_metrics,
         )
     except TransitionRejected as rejected:
         log.info("run %s already %s", rec.run_id, rejected.current.state, extra=rec.log_extra())
@@ -390,6 +408,76 @@ def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: Monitor
         len(outputs),
         extra=moved.log_extra(),
     )
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+def _read_running_metrics(svc: Services, running: list[tuple[RunRecord, Any]], report: MonitorReport) -> None:
+    """Read each running job's new stdout for metrics, METRICS_WORKERS at a time; a failure is that
+    run's alone and the next pass reads again from where the last one stopped."""
+    if not running:
+        return
+
+    def one(item: tuple[RunRecord, Any]) -> None:
+        rec, job = item
+        try:
+            changes = read_metrics(svc, rec, job)
+            if changes:
+                _record_latest(svc, rec.run_id, changes)
+        except (ComputeError, HttpResponseError, RegistryError, OSError, ValueError) as exc:
+            report.errors.append(f"{rec.run_id}: metrics: {exc}")
+            log.warning("run %s: metrics not read: %s", rec.run_id, exc, extra=rec.log_extra())
+
+    report.metrics_read += len(running)
+    with concurrent.futures.ThreadPoolExecutor(min(METRICS_WORKERS, len(running))) as pool:
+        list(pool.map(one, running))
+
+
+def read_metrics(svc: Services, rec: RunRecord, job: Any, *, final: bool = False) -> dict[str, Any] | None:
+    """Parse the job's stdout written since the last read into the run's stored series; the run
+    fields to set (``metrics``: latest values, ``metrics_offset``), or None when nothing changed or
+    an overlapping pass recorded the same bytes first. ``final``: the job has ended; read on to the
+    end of its output (at most FINAL_METRICS_BYTES) and count an unterminated last line."""
+    chunk = run_metrics.READ_BYTES_PER_PASS
+    hint = rec.metrics_offset or 0
+    data = svc.cloud.read_stdout(job, hint, chunk)
+    if not data:
+        return None
+    text, etag = svc.registry.get_metrics(rec.run_id)
+    state = run_metrics.MetricsState.from_json(text)
+    if state.offset != hint:  # the run record lags the series (a pass died between the writes)
+        data = svc.cloud.read_stdout(job, state.offset, chunk)
+    start = state.offset
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    budget = FINAL_METRICS_BYTES if final else chunk
+    while True:
+        budget -= len(data)
+        more = final and len(data) == chunk and budget > 0
+        state.feed(data, now_ms=now_ms, final=final and not more)
+        if not more:
+            break
+        data = svc.cloud.read_stdout(job, state.offset, chunk)
+    if state.offset == start:
+        return None
+    if not svc.registry.put_metrics(rec.run_id, state.to_json(), etag):
+        return None
+    return {"metrics": state.latest() or None, "metrics_offset": state.offset}
+
+
+def _record_latest(svc: Services, run_id: str, changes: dict[str, Any]) -> None:
+    """Copy the latest values onto the run record, unless a later read is there already."""
+
+    def apply(now: RunRecord) -> None:
+        if (now.metrics_offset or 0) > changes["metrics_offset"]:
+            raise _Stale
+        now.metrics = changes["metrics"]
+        now.metrics_offset = changes["metrics_offset"]
+
+    with contextlib.suppress(_Stale):
+        svc.registry.update(run_id, apply)
+
+
+class _Stale(Exception):
+    """A newer metrics read is recorded on the run already."""
 
 
 def output_directory_ids(rec: RunRecord) -> list[str]:
@@ -457,6 +545,7 @@ def summary(rec: RunRecord) -> dict[str, Any]:
         "errors": rec.errors,
         "output_files": [o.to_dict() for o in rec.output_files],
         "stdout_tail": rec.stdout_tail,
+        "metrics": rec.metrics or {},
     }
 
 

@@ -22,6 +22,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "runs": {"GET": "listRuns", "POST": "startRun"},
     "runs/{id}": {"GET": "getRun", "DELETE": "deleteRun"},
     "runs/{id}/logs": {"GET": "getRunLogs"},
+    "runs/{id}/metrics": {"GET": "getRunMetrics"},
     "clusters": {"GET": "listClusters"},
     "clusters/{name}": {"DELETE": "deleteCluster"},
     "health": {"GET": "health"},
@@ -141,6 +142,12 @@ def _schemas() -> dict[str, Any]:
             "exit_code": {"type": ["integer", "null"]},
             "source": {"type": ["string", "null"]},
             "url": {"type": "string", "description": "This run's URL in the API"},
+            "metrics": {
+                "type": ["object", "null"],
+                "description": "The latest value of each metric the job printed (GET .../metrics has "
+                "the series); null before the first",
+                "additionalProperties": _ref("MetricPoint"),
+            },
         },
     }
     run = copy.deepcopy(run_summary)
@@ -156,6 +163,10 @@ def _schemas() -> dict[str, Any]:
             "callback": {"type": ["object", "null"]},
             "stage_from_prefix": {"type": ["string", "null"]},
             "idempotency_key": {"type": ["string", "null"]},
+            "metrics_offset": {
+                "type": ["integer", "null"],
+                "description": "How many bytes of the job's stdout have been read for metrics",
+            },
         }
     )
     teardown = copy.deepcopy(run)
@@ -237,6 +248,29 @@ def _schemas() -> dict[str, Any]:
                 "stdout": {"type": "string"},
                 "stderr": {"type": "string"},
                 "source": {"type": "string", "enum": ["job", "record", "none"]},
+            },
+        },
+        "MetricPoint": {
+            "type": "object",
+            "required": ["x", "value", "time"],
+            "properties": {
+                "x": {"type": "number", "description": "The record's epoch, else its step, else its order"},
+                "value": {"type": "number"},
+                "time": {"type": "string", "description": "When the monitor read the record (UTC)"},
+            },
+        },
+        "RunMetrics": {
+            "type": "object",
+            "required": ["id", "state", "metrics"],
+            "properties": {
+                "id": {"type": "string"},
+                "state": {"type": "string", "enum": RUN_STATES},
+                "metrics": {
+                    "type": "object",
+                    "description": "Metric name -> its points, oldest first (older points thinned "
+                    "past 250 per metric; the last one always kept)",
+                    "additionalProperties": {"type": "array", "items": _ref("MetricPoint")},
+                },
             },
         },
         "Cluster": {
@@ -400,6 +434,21 @@ def _operations() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("RunLogs"), "The log tails"),
                     **_errors(400, 401, 404, 405, 500, 502),
+                },
+            },
+        },
+        "/runs/{id}/metrics": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getRunMetrics",
+                "summary": "The run's metrics series: each JSON-object line of its stdout is a record "
+                "(numeric fields are values; epoch, else step, else the order is x)",
+                "description": security_note
+                + " Read by the monitor while the job runs, so the series grow pass by pass; see "
+                "docs/run-spec.md for the convention.",
+                "responses": {
+                    "200": _json(_ref("RunMetrics"), "The series"),
+                    **_errors(401, 404, 405, 500),
                 },
             },
         },

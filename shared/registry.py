@@ -18,6 +18,9 @@ Layout (one table, default name ``runs``):
   hash because blob names may hold characters Table keys forbid and may be longer than 1 KiB.
 - ``PartitionKey=<run id>, RowKey="out~<sha256 of dir/name>"``: one entity per output file
   (directory id, name, size, download URL).
+- ``PartitionKey=<run id>, RowKey="metrics"``: the run's metrics series and how far its stdout has
+  been read (``shared.metrics.MetricsState`` as chunked JSON), written by the monitor with an ETag
+  match; the run entity keeps the latest value of each metric (``metrics``) and the read offset.
 - ``PartitionKey="~dataset", RowKey=<sha256 of dataset>``: the dataset's current staging run
   (``claim_staging_run``): created with ``create_entity`` / swapped with an ETag match, so twenty
   blobs of one dataset arriving at once make exactly one run.
@@ -93,6 +96,7 @@ MAX_STDOUT_TAIL_CHARS = 16_000
 MAX_ERRORS = 50
 MAX_ERROR_MESSAGE_CHARS = 4_000
 RUN_ROW = "run"
+METRICS_ROW = "metrics"
 FILE_PREFIX = "file~"
 OUTPUT_PREFIX = "out~"
 DATASET_PARTITION = "~dataset"
@@ -100,7 +104,7 @@ IDEMPOTENCY_PARTITION = "~idem"
 CAS_ATTEMPTS = 20
 
 # Fields of RunRecord stored as chunked JSON, and plain scalar fields stored as they are.
-_JSON_FIELDS = ("spec", "errors", "expected_files", "callback")
+_JSON_FIELDS = ("spec", "errors", "expected_files", "callback", "metrics")
 _SCALAR_FIELDS = (
     "dataset",
     "state",
@@ -123,6 +127,7 @@ _SCALAR_FIELDS = (
     "staging_deadline",
     "submitted_at",
     "callback_pending",
+    "metrics_offset",
 )
 
 
@@ -207,6 +212,10 @@ class RunRecord:
     staging_deadline: str | None = None
     submitted_at: str | None = None  # when the job was created in Batch AI
     callback_pending: bool | None = None  # a terminal run whose callback is not delivered yet
+    # The latest value of each metric ({name: {"x", "value", "time"}}; the series are apart, see
+    # ``get_metrics``) and how many stdout bytes the monitor has read for them.
+    metrics: dict[str, Any] | None = None
+    metrics_offset: int | None = None
     staged_files: list[StagedFile] = field(default_factory=list)
     output_files: list[OutputFile] = field(default_factory=list)
     etag: str | None = None
@@ -332,8 +341,9 @@ def _from_entity(entity: dict[str, Any]) -> RunRecord:
     for name in _JSON_FIELDS:
         kwargs[name] = _unchunk(entity, name)
     kwargs["errors"] = kwargs["errors"] or []
-    if kwargs["exit_code"] is not None:
-        kwargs["exit_code"] = int(kwargs["exit_code"])
+    for name in ("exit_code", "metrics_offset"):
+        if kwargs[name] is not None:  # an Int64 property comes back as an EntityProperty
+            kwargs[name] = int(getattr(kwargs[name], "value", kwargs[name]))
     times = {k[2:]: v for k, v in entity.items() if k.startswith("t_") and k[2:] in STATES}
     times = dict(sorted(times.items(), key=lambda kv: (kv[1], STATES.index(kv[0]))))  # chronological
     rec = RunRecord(run_id=entity["PartitionKey"], times=times, **kwargs)
@@ -412,7 +422,8 @@ class RunRegistry:
         rec: RunRecord | None = None
         staged: list[StagedFile] = []
         outputs: list[OutputFile] = []
-        for entity in self.table.query_entities(f"PartitionKey eq {_odata_str(run_id)}"):
+        query = f"PartitionKey eq {_odata_str(run_id)} and RowKey ne {_odata_str(METRICS_ROW)}"
+        for entity in self.table.query_entities(query):
             row = entity["RowKey"]
             if row == RUN_ROW:
                 rec = _from_entity(entity)
@@ -737,6 +748,41 @@ class RunRegistry:
         batch = [("upsert", _output_entity(run_id, o), {"mode": UpdateMode.REPLACE}) for o in outputs]
         for i in range(0, len(batch), 100):
             self.table.submit_transaction(batch[i : i + 100])
+
+    def get_metrics(self, run_id: str) -> tuple[str | None, str | None]:
+        """(the run's stored metrics state as JSON, its ETag), or (None, None) before the first."""
+        self._ensure_table()
+        try:
+            entity = self.table.get_entity(partition_key=run_id, row_key=METRICS_ROW)
+        except ResourceNotFoundError:
+            return None, None
+        count = int(entity.get("n", 0))
+        return "".join(entity.get(f"s_{i}", "") for i in range(count)), entity.metadata["etag"]
+
+    def put_metrics(self, run_id: str, state_json: str, etag: str | None) -> bool:
+        """Store the run's metrics state if it is still the one read with ``etag`` (None: there was
+        none). False when another writer got there first: of two overlapping monitor passes that
+        parsed the same stdout bytes, exactly one records them."""
+        if len(state_json) > 450_000:  # UTF-16 bytes under the entity's 1 MiB
+            raise RegistryError(f"run {run_id}: metrics state of {len(state_json)} characters is too large")
+        parts = [state_json[i : i + CHUNK_CHARS] for i in range(0, len(state_json), CHUNK_CHARS)]
+        entity: dict[str, Any] = {"PartitionKey": run_id, "RowKey": METRICS_ROW, "n": len(parts)}
+        entity.update({f"s_{i}": part for i, part in enumerate(parts)})
+        self._ensure_table()
+        try:
+            if etag is None:
+                self.table.create_entity(entity)
+            else:
+                self.table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                return False
+            raise
+        return True
 
     def iter_pending_callbacks(self, page_size: int = 200) -> Iterator[RunRecord]:
         """Finished runs whose callback has not been delivered yet (``callback_pending``)."""

@@ -190,6 +190,7 @@ def _summary(record: Any, request: ApiRequest) -> dict[str, Any]:
         "exit_code": record.exit_code,
         "source": record.source,
         "url": _run_url(request, record.run_id),
+        "metrics": record.metrics,
     }
 
 
@@ -497,6 +498,20 @@ def _last_lines(text: str, lines: int) -> str:
     return "".join(parts[-lines:])
 
 
+# --- GET /api/runs/{id}/metrics -----------------------------------------------------------------------
+
+
+def get_metrics(request: ApiRequest) -> ApiResponse:
+    from shared.metrics import MetricsState, point_json
+
+    registry = _registry()
+    record = registry.get(_run_id(request), with_files=False)
+    text, _ = registry.get_metrics(record.run_id)
+    series = MetricsState.from_json(text).series
+    body = {name: [point_json(p) for p in points] for name, points in series.items()}
+    return ApiResponse(200, {"id": record.run_id, "state": record.state, "metrics": body})
+
+
 # --- DELETE /api/runs/{id} ----------------------------------------------------------------------------
 
 
@@ -725,6 +740,7 @@ _OPERATIONS: dict[str, Callable[[ApiRequest], ApiResponse]] = {
     "getRun": get_run,
     "deleteRun": delete_run,
     "getRunLogs": get_logs,
+    "getRunMetrics": get_metrics,
     "listClusters": list_clusters,
     "deleteCluster": delete_cluster,
     "health": health,

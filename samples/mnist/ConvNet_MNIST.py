@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Epoch {epoch}/{args.epochs}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.2%}, "
               f"test loss {test_loss:.4f}, test accuracy {test_accuracy:.2%}, "
               f"{record['samples_per_sec']:.0f} samples/s", flush=True)  # fmt: skip
-        print(json.dumps(record), flush=True)
+        print(json.dumps(record), flush=True)  # a metrics record: docs/run-spec.md, read live by the monitor
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     config = {"width": args.width, "num_classes": NUM_CLASSES, "image_size": IMAGE_SIZE}

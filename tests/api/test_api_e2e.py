@@ -261,3 +261,29 @@ def test_run_staged_from_a_blob_prefix(api: Api) -> None:
 
     wait_for("the trigger's invocations for the uploads", lambda: done_receipts() == 2, 30)
     assert api.get("/runs", params={"dataset": uploads}).json()["runs"] == []
+
+
+def test_metrics_of_a_run_over_http(api: Api) -> None:
+    dataset = unique("api-metrics")
+    script = (
+        b'import json\nfor e in (1, 2):\n    print(json.dumps({"epoch": e, "loss": 1 / e}), flush=True)\n'
+    )
+    stage_dataset(api.stack, dataset, {"train.py": script})
+    response = api.post("/runs", json={"dataset": dataset, "spec": dict(TRAIN_SPEC)})
+    assert response.status_code == 202, response.text
+    run = response.json()
+    assert api.get(f"/runs/{run['id']}/metrics").json() == {
+        "id": run["id"],
+        "state": run["state"],
+        "metrics": {},
+    }
+    wait_for("the run to finish", lambda: run_state(api, run["id"]) in TERMINAL, 90)
+    body = api.get(f"/runs/{run['id']}/metrics").json()
+    assert body["state"] == "succeeded"
+    assert [(p["x"], p["value"]) for p in body["metrics"]["loss"]] == [(1, 1.0), (2, 0.5)]
+    assert body["metrics"]["loss"][-1]["time"].endswith("Z")
+    record = api.get(f"/runs/{run['id']}").json()
+    assert record["metrics"] == {"loss": body["metrics"]["loss"][-1]}
+    listed = api.get("/runs", params={"dataset": dataset}).json()["runs"]
+    assert listed[0]["metrics"]["loss"]["value"] == 0.5
+    error(api.get("/runs/no-such-run/metrics"), 404, "RunNotFound")

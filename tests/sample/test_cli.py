@@ -14,7 +14,7 @@ import pytest
 from cli.app import COMMANDS, main
 from cli.client import Settings
 from cli.upload import plan_upload, upload_dataset
-from cli.watch import LogFollower, cluster_status_line
+from cli.watch import LogFollower, MetricsPrinter, cluster_status_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,3 +146,19 @@ def test_cluster_status_line_is_the_quickstarts() -> None:
         "Cluster state: steady Target: 1; Allocated: 1; Idle: 0; Unusable: 0; Running: 1; Preparing: 0; "
         "Leaving: 0"
     )
+
+
+def test_watch_prints_each_new_epochs_metrics_once() -> None:
+    out = io.StringIO()
+    printer = MetricsPrinter(out)
+
+    def point(x: int, value: float) -> dict[str, object]:
+        return {"x": x, "value": value, "time": "2026-01-01T00:00:00.000Z"}
+
+    printer.feed({"loss": [point(1, 1.44006)], "accuracy": [point(1, 0.475)]})
+    printer.feed({"loss": [point(1, 1.44006), point(2, 0.5)], "accuracy": [point(1, 0.475), point(2, 0.9)]})
+    printer.feed({"loss": [point(1, 1.44006), point(2, 0.5)], "accuracy": [point(1, 0.475), point(2, 0.9)]})
+    assert out.getvalue().splitlines() == [
+        "  metrics 1: accuracy 0.475  loss 1.44",
+        "  metrics 2: accuracy 0.9  loss 0.5",
+    ]
