@@ -21,18 +21,17 @@ and a private or metadata one for the connection (DNS rebinding). Environment pr
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import hmac
-import http.client
 import ipaddress
 import json
 import logging
 import random
 import socket
+import ssl
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,10 @@ METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "168.63.129.16", "fd00:ec2::254", "100.100.100.200")
 )
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# One delivery's hard bound (attempts, reads and backoff together) and the largest response head
+# (status line and headers) read: a receiver can slow a delivery down only this much, never stall it.
+DELIVERY_DEADLINE_SECONDS = 20.0
+MAX_RESPONSE_HEAD_BYTES = 16 * 1024
 
 
 class CallbackError(ValueError):
@@ -202,11 +205,6 @@ def check_callback_url(url: str, *, allow_loopback_http: bool = False, resolve: 
             raise CallbackError(f"callback host {host!r} is {why}; refused")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect is returned as the response (and counts as a failure)
-
-
 def _peer_refused(sock: socket.socket, allow_loopback: bool, plain_http: bool) -> str | None:
     """Why the address ``sock`` is connected to must not be called (None when it may)."""
     try:
@@ -240,50 +238,87 @@ def _guarded_connect(host: str, allow_loopback: bool, plain_http: bool) -> Calla
     return create_connection
 
 
-class _GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, allow_loopback: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = _guarded_connect(self.host, allow_loopback, plain_http=True)
+class DeliveryTimeout(OSError):
+    """The delivery's hard deadline passed (however slowly the server was still sending)."""
 
 
-class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, allow_loopback: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # HTTPSConnection.connect calls this (via HTTPConnection.connect) before the TLS handshake
-        self._create_connection = _guarded_connect(self.host, allow_loopback, plain_http=False)
+def _post_once(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    deadline: float,
+    allow_loopback: bool,
+    timeout_seconds: float,
+) -> tuple[int, dict[str, str]]:
+    """POST ``body`` and read the response's status line and headers (never its body), all before
+    ``deadline`` (a ``time.monotonic()`` value): every socket operation waits at most the time left,
+    and a watchdog shuts the socket down at the deadline, so a server that trickles a byte every few
+    seconds (each read succeeding within a per-read timeout) cannot hold the delivery past it. The
+    head is capped at MAX_RESPONSE_HEAD_BYTES. Redirects are answers like any other (not followed).
+    Raises CallbackError (the connect-time address check), DeliveryTimeout or OSError."""
+    parts = urlsplit(url)
+    plain_http = parts.scheme == "http"
+    host = parts.hostname or ""
+    port = parts.port or (80 if plain_http else 443)
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeliveryTimeout("no complete answer before the delivery deadline")
+        return min(remaining, timeout_seconds)
+
+    raw = _guarded_connect(host, allow_loopback, plain_http)((host, port), left())
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shutdown, (raw,))
+    watchdog.daemon = True
+    watchdog.start()
+    sock: socket.socket = raw
+    try:
+        if not plain_http:
+            raw.settimeout(left())
+            sock = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        lines += ["Connection: close", "", ""]
+        sock.settimeout(left())
+        sock.sendall("\r\n".join(lines).encode("latin-1") + body)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if len(head) > MAX_RESPONSE_HEAD_BYTES:
+                raise OSError(f"response headers exceed {MAX_RESPONSE_HEAD_BYTES} bytes")
+            sock.settimeout(left())
+            chunk = sock.recv(4096)
+            if not chunk:
+                left()  # a socket the watchdog shut down reads as closed: say it was the deadline
+                raise OSError("connection closed before the response headers")
+            head += chunk
+        head = head.split(b"\r\n\r\n", 1)[0]
+        if len(head) > MAX_RESPONSE_HEAD_BYTES:
+            raise OSError(f"response headers exceed {MAX_RESPONSE_HEAD_BYTES} bytes")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/") or not code.isdigit():
+            raise OSError("malformed response status line")
+        response_headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            response_headers[name.strip().lower()] = value.strip()
+        return int(code), response_headers
+    except OSError:
+        if time.monotonic() >= deadline:
+            raise DeliveryTimeout("no complete answer before the delivery deadline") from None
+        raise
+    finally:
+        watchdog.cancel()
+        sock.close()
+        raw.close()
 
 
-class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, allow_loopback: bool) -> None:
-        super().__init__()
-        self._allow_loopback = allow_loopback
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        guarded = functools.partial(_GuardedHTTPConnection, allow_loopback=self._allow_loopback)
-        return super().do_open(guarded, req, **kwargs)
-
-
-class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, allow_loopback: bool) -> None:
-        super().__init__()
-        self._allow_loopback = allow_loopback
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        guarded = functools.partial(_GuardedHTTPSConnection, allow_loopback=self._allow_loopback)
-        return super().do_open(guarded, req, **kwargs)
-
-
-def _build_opener(allow_loopback: bool) -> urllib.request.OpenerDirector:
-    # Instances of subclasses replace build_opener's default HTTP, HTTPS and proxy handlers.
-    return urllib.request.build_opener(
-        urllib.request.ProxyHandler({}),
-        _NoRedirect,
-        _GuardedHTTPHandler(allow_loopback),
-        _GuardedHTTPSHandler(allow_loopback),
-    )
-
-
-_openers = {allow: _build_opener(allow) for allow in (False, True)}
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def deliver(
@@ -295,11 +330,15 @@ def deliver(
     attempts: int = 5,
     backoff_seconds: float = 0.5,
     timeout_seconds: float = 10.0,
+    deadline_seconds: float = DELIVERY_DEADLINE_SECONDS,
     run_id: str | None = None,
 ) -> DeliveryResult:
     """POST ``payload`` as JSON to ``url``, signed when ``secret`` is set; retry connection errors,
-    408/429/5xx with exponential backoff (honouring Retry-After up to 30 s). Never raises for a
-    failed delivery: the result says what happened. The URL's query is never logged."""
+    408/429/5xx with exponential backoff (honouring Retry-After up to 30 s), all of it within
+    ``deadline_seconds`` from the call: attempts, reads and waits between them together (a hard
+    bound, however slowly the server answers). Never raises for a failed delivery: the result says
+    what happened. The URL's query is never logged."""
+    deadline = time.monotonic() + deadline_seconds
     safe_url = urlsplit(url)._replace(query="", fragment="").geturl()
     try:
         check_callback_url(url, allow_loopback_http=allow_loopback_http)
@@ -312,15 +351,26 @@ def deliver(
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
     status: int | None = None
     error: str | None = None
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while attempt < attempts and time.monotonic() < deadline:
+        attempt += 1
         headers = {"Content-Type": "application/json", "User-Agent": "batchai-serverless-callback/1"}
         if secret:
             headers[SIGNATURE_HEADER] = sign(body, secret)
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         retry_after: float | None = None
         try:
-            with _openers[bool(allow_loopback_http)].open(request, timeout=timeout_seconds) as response:
-                status = response.status
+            status, response_headers = _post_once(
+                url,
+                body,
+                headers,
+                deadline=deadline,
+                allow_loopback=bool(allow_loopback_http),
+                timeout_seconds=timeout_seconds,
+            )
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+            header = response_headers.get("retry-after", "")
+            if header.isdigit():
+                retry_after = min(float(header), 30.0)
         except CallbackError as exc:  # the connect-time check: the host now resolves somewhere refused
             log.warning(
                 "callback for run %s to %s refused at connect time: %s",
@@ -330,15 +380,12 @@ def deliver(
                 extra={"run_id": run_id},
             )
             return DeliveryResult(False, attempt, None, str(exc), refused=True)
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            error = f"HTTP {exc.code}"
-            header = exc.headers.get("Retry-After") if exc.headers else None
-            if header and header.isdigit():
-                retry_after = min(float(header), 30.0)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except DeliveryTimeout:
+            status, error = None, f"no complete answer within the {deadline_seconds:g} s delivery deadline"
+            break
+        except (OSError, ValueError) as exc:  # ssl.SSLError and socket timeouts are OSErrors
             status = None
-            error = f"connection failed: {getattr(exc, 'reason', exc)}"
+            error = f"connection failed: {exc}"
         if status is not None and 200 <= status < 300:
             log.info(
                 "callback for run %s delivered to %s (HTTP %s)",
@@ -349,11 +396,10 @@ def deliver(
             )
             return DeliveryResult(True, attempt, status)
         if status is not None and status not in RETRYABLE_STATUS:
-            error = error or f"HTTP {status}"
             break
         if attempt < attempts:
             delay = retry_after if retry_after is not None else backoff_seconds * 2 ** (attempt - 1)
-            time.sleep(delay * (0.75 + random.random() / 2))
+            time.sleep(max(0.0, min(delay * (0.75 + random.random() / 2), deadline - time.monotonic())))
     log.warning(
         "callback for run %s to %s failed after %d attempt(s): %s",
         run_id,

@@ -19,7 +19,10 @@ One pass (``run_monitor``):
    through ARM) are parsed into the run's bounded series; the run record keeps the latest value of
    each metric. A finishing job's remaining output is read to its end (bounded) before the run is
    moved, so the finished record and its callback carry the final values.
-3. Finished runs with ``callback_pending`` get their summary POSTed (``shared.callbacks``).
+3. Finished runs with ``callback_pending`` get their summary POSTed (``shared.callbacks``), after
+   every state change of the pass is recorded and within a budget of its own: each delivery has a
+   hard deadline, no delivery starts once CALLBACK_PASS_BUDGET_SECONDS are spent, and a receiver
+   that never answers only uses up its own run's passes.
 
 Every change is a registry compare-and-swap, so a replayed or overlapping pass changes nothing twice.
 """
@@ -31,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,10 +71,12 @@ MAX_OUTPUT_FILES = 1000
 MAX_OUTPUT_DEPTH = 4
 MAX_CALLBACK_PASSES = 3
 CALLBACK_ATTEMPTS = 3  # per pass, with backoff
-CALLBACK_TIMEOUT_SECONDS = 5.0
+CALLBACK_TIMEOUT_SECONDS = 5.0  # per socket operation
+CALLBACK_DEADLINE_SECONDS = 20.0  # one delivery in one pass, all attempts and backoff together
+CALLBACK_PASS_BUDGET_SECONDS = 30.0  # all deliveries of one pass: no new one starts after this
 CALLBACK_WORKERS = 4
-# A pass's claim on a delivery: longer than its attempts with backoff can take.
-CALLBACK_CLAIM_SECONDS = 300
+# A pass's claim on a delivery: longer than its hard deadline.
+CALLBACK_CLAIM_SECONDS = 120
 STDOUT_NAMES = ("stdout.txt",)
 METRICS_WORKERS = 8  # running jobs whose stdout is read at once
 FINAL_METRICS_BYTES = 4 * 1024 * 1024  # the most of a finished job's unread stdout parsed for metrics
@@ -550,16 +556,26 @@ def summary(rec: RunRecord) -> dict[str, Any]:
 
 
 def _deliver_callbacks(svc: Services, report: MonitorReport) -> None:
-    """POST each pending run summary (a few at a time, so one dead endpoint cannot stall the pass);
-    a callback not delivered after MAX_CALLBACK_PASSES passes of CALLBACK_ATTEMPTS attempts is given
-    up and its last result recorded on the run."""
+    """POST pending run summaries within CALLBACK_PASS_BUDGET_SECONDS: a few at a time, each bounded
+    by its own hard deadline (never past the budget's end), and none started once the budget is
+    spent, so however slowly receivers answer the pass ends and the next one moves every run again.
+    A delivery not done after MAX_CALLBACK_PASSES claims is given up and its last result recorded
+    on the run; what is left over waits for the next pass."""
     pending = [
         r for r in svc.registry.iter_pending_callbacks() if r.state in TERMINAL_STATES and r.callback_url
     ]
     if not pending:
         return
+    budget_end = time.monotonic() + CALLBACK_PASS_BUDGET_SECONDS
+
+    def deliver(rec: RunRecord) -> tuple[str, str | None]:
+        left = budget_end - time.monotonic()
+        if left < 1.0:
+            return rec.run_id, None  # the budget is spent: the next pass delivers it
+        return _deliver_one(svc, rec.run_id, deadline_seconds=min(CALLBACK_DEADLINE_SECONDS, left))
+
     with concurrent.futures.ThreadPoolExecutor(min(CALLBACK_WORKERS, len(pending))) as pool:
-        for run_id, status in pool.map(lambda r: _deliver_one(svc, r.run_id), pending):
+        for run_id, status in pool.map(deliver, pending):
             if status is not None:
                 report.callbacks[run_id] = status
 
@@ -571,7 +587,9 @@ class _NotOurs(Exception):
 def _claim_callback(svc: Services, run_id: str, token: str) -> RunRecord | None:
     """Claim the run's callback delivery by compare-and-swap (None when it is not ours to deliver):
     of two overlapping passes that both saw it pending, exactly one posts. A claim expires after
-    CALLBACK_CLAIM_SECONDS, so a pass that died holding it does not lose the callback."""
+    CALLBACK_CLAIM_SECONDS, so a pass that died holding it does not lose the callback (and a claim
+    that was never recorded as done counts as one of its passes); a delivery claimed
+    MAX_CALLBACK_PASSES times is given up at its next claim."""
     now = datetime.now(UTC)
 
     def claim(rec: RunRecord) -> None:
@@ -580,8 +598,22 @@ def _claim_callback(svc: Services, run_id: str, token: str) -> RunRecord | None:
         held = parse_time((rec.callback or {}).get("claimed_until"))
         if held is not None and held > now:
             raise _NotOurs
+        if int((rec.callback or {}).get("passes", 0)) >= MAX_CALLBACK_PASSES:
+            # Every pass was claimed and none recorded a result (each worker died or hung):
+            # give up rather than claim it again for ever.
+            rec.callback = {
+                **{k: v for k, v in (rec.callback or {}).items() if k not in ("claim", "claimed_until")},
+                "status": "failed",
+                "error": (rec.callback or {}).get("error") or "no delivery finished in its passes",
+                "time": utcnow(),
+            }
+            rec.callback_pending = False
+            return
         until = _ts(now + timedelta(seconds=CALLBACK_CLAIM_SECONDS))
-        rec.callback = {**(rec.callback or {}), "claim": token, "claimed_until": until}
+        # The pass counts when claimed, not when the delivery returns: a delivery that never
+        # returns (a killed worker) still uses up one of its MAX_CALLBACK_PASSES.
+        passes = int((rec.callback or {}).get("passes", 0)) + 1
+        rec.callback = {**(rec.callback or {}), "claim": token, "claimed_until": until, "passes": passes}
 
     try:
         return svc.registry.update(run_id, claim)
@@ -589,7 +621,9 @@ def _claim_callback(svc: Services, run_id: str, token: str) -> RunRecord | None:
         return None
 
 
-def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
+def _deliver_one(
+    svc: Services, run_id: str, *, deadline_seconds: float | None = None
+) -> tuple[str, str | None]:
     settings = svc.settings
     secret = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
     token = secrets.token_hex(8)
@@ -597,6 +631,8 @@ def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
         claimed = _claim_callback(svc, run_id, token)
         if claimed is None:
             return run_id, None
+        if not claimed.callback_pending:
+            return run_id, "failed"  # given up at this claim (see _claim_callback)
         rec = svc.registry.get(run_id)  # with its output files (a compare-and-swap reads the run row only)
         result = callbacks.deliver(
             rec.callback_url or "",
@@ -605,9 +641,10 @@ def _deliver_one(svc: Services, run_id: str) -> tuple[str, str | None]:
             allow_loopback_http=settings.callback_allow_loopback_http,
             attempts=CALLBACK_ATTEMPTS,
             timeout_seconds=CALLBACK_TIMEOUT_SECONDS,
+            deadline_seconds=CALLBACK_DEADLINE_SECONDS if deadline_seconds is None else deadline_seconds,
             run_id=rec.run_id,
         )
-        passes = int((rec.callback or {}).get("passes", 0)) + 1
+        passes = int((claimed.callback or {}).get("passes", 1))
         done = result.delivered or result.refused or passes >= MAX_CALLBACK_PASSES
         status = {**result.to_dict(), "passes": passes, "time": utcnow()}
 

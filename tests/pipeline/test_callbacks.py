@@ -270,3 +270,158 @@ def test_a_refused_callback_is_not_tried_again(local_stack) -> None:
     after = p.registry.get(rec.run_id)
     assert not after.callback_pending
     assert after.callback["passes"] == 1 and "loopback" in after.callback["error"]
+
+
+class TricklingServer:
+    """A callback receiver that answers one byte every ``interval`` seconds and never finishes its
+    headers: each read succeeds well within any per-read timeout."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.stop = threading.Event()
+        self.connections = 0
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        data = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+        with conn:
+            for byte in data:
+                if self.stop.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_trickling_response_is_cut_at_the_delivery_deadline() -> None:
+    server = TricklingServer(interval=0.5)
+    try:
+        result = deliver(
+            server.url, {"id": "r1"}, secret=SECRET, allow_loopback_http=True, deadline_seconds=2,
+            timeout_seconds=5, attempts=3,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert not result.delivered and not result.refused
+    assert "deadline" in (result.error or "")
+
+
+def test_response_headers_are_capped() -> None:
+    """A receiver that sends endless headers fast is cut at the head cap, not read for ever."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+
+        def flood() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                with __import__("contextlib").suppress(OSError):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"b" * 1_000_000)
+
+        threading.Thread(target=flood, daemon=True).start()
+        result = deliver(
+            f"http://127.0.0.1:{port}/hook", {}, secret=SECRET, allow_loopback_http=True, attempts=1
+        )
+    assert not result.delivered and "exceed" in (result.error or "")
+
+
+@pytest.mark.e2e
+def test_a_trickling_callback_server_does_not_stall_other_runs(pipeline, monkeypatch) -> None:
+    """A finished run's receiver trickles a byte at a time and never finishes; meanwhile another
+    run's job runs and finishes. Monitor passes follow one another as the timer runs them (never
+    overlapping): the other run still reaches `succeeded`, and the trickling delivery is cut at its
+    deadline and counted."""
+    import time
+    import uuid
+
+    from shared import monitor
+    from shared.ingest import ingest_blob
+    from shared.registry import TERMINAL_STATES
+
+    from .conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST
+
+    monkeypatch.setattr(monitor, "CALLBACK_DEADLINE_SECONDS", 2.0)
+    monkeypatch.setattr(monitor, "CALLBACK_PASS_BUDGET_SECONDS", 3.0)
+    p = pipeline
+    server = TricklingServer(interval=1.0)
+    stop = threading.Event()
+    try:
+        slow = p.registry.create(
+            f"slow-{uuid.uuid4().hex[:8]}", state="succeeded", callback_url=server.url, callback_pending=True
+        )
+        ds = f"busy-{uuid.uuid4().hex[:8]}"
+        other = [ingest_blob(n, p.services) for n in p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)]
+        other_id = other[-1].run_id
+
+        def timer() -> None:  # one pass after another, as the host runs the timer
+            while not stop.is_set():
+                monitor.run_monitor(p.services)
+                stop.wait(0.3)
+
+        threading.Thread(target=timer, daemon=True).start()
+        deadline = time.monotonic() + 90
+        while (rec := p.registry.get(other_id)).state not in TERMINAL_STATES:
+            assert time.monotonic() < deadline, f"the other run stalled in {rec.state}"
+            time.sleep(0.5)
+        assert rec.state == "succeeded", rec.errors
+        assert server.connections >= 1  # the slow receiver was being called all along
+        callback = p.registry.get(slow.run_id).callback or {}
+        assert callback.get("passes", 0) >= 1
+    finally:
+        stop.set()
+        server.close()
+
+
+@pytest.mark.e2e
+def test_a_delivery_counts_when_claimed(local_stack) -> None:
+    """A pass counts when it claims the delivery, so deliveries whose workers never come back (a
+    killed host, a hung socket) are given up after MAX_CALLBACK_PASSES claims, without a POST."""
+    import uuid
+
+    from shared import monitor
+
+    from .conftest import Pipeline
+
+    local_stack.ensure("azurite")
+    p = Pipeline(local_stack)
+    rec = p.registry.create(
+        f"cb-{uuid.uuid4().hex[:8]}",
+        state="failed",
+        callback_url="http://127.0.0.1:9/hook",
+        callback_pending=True,
+    )
+
+    def expire(r) -> None:  # the claimed pass died: its claim runs out
+        r.callback = {**(r.callback or {}), "claimed_until": "2000-01-01T00:00:00.000Z"}
+
+    for n in range(1, monitor.MAX_CALLBACK_PASSES + 1):
+        claimed = monitor._claim_callback(p.services, rec.run_id, f"token-{n}")
+        assert claimed is not None and claimed.callback["passes"] == n
+        p.registry.update(rec.run_id, expire)
+    assert monitor._deliver_one(p.services, rec.run_id) == (rec.run_id, "failed")
+    after = p.registry.get(rec.run_id)
+    assert not after.callback_pending and after.callback["status"] == "failed"
+    assert after.callback["passes"] == monitor.MAX_CALLBACK_PASSES
