@@ -35,6 +35,9 @@ MAX_RANGE_WRITE = 4 * 1024 * 1024  # Azure's limit for one Put Range
 MAX_NAME = 255
 MAX_PATH = 2048
 DEFAULT_QUOTA_GIB = 5120
+DEFAULT_ACCESS_TIER = "TransactionOptimized"
+# The tiers of a standard (general-purpose v2) account's shares; Premium is only for premium accounts.
+ACCESS_TIERS = ("TransactionOptimized", "Hot", "Cool")
 MAX_QUOTA_GIB = 102400
 FORBIDDEN_CHARS = frozenset('"\\:|<>*?/')
 SHARE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
@@ -115,6 +118,8 @@ class ShareInfo:
     metadata: list[tuple[str, str]]
     last_modified: float
     etag: str
+    access_tier: str = DEFAULT_ACCESS_TIER
+    access_tier_changed: float | None = None
 
 
 @dataclass
@@ -153,6 +158,16 @@ class MetaStore:
             "CREATE TABLE IF NOT EXISTS entries (account TEXT, share TEXT, path TEXT, doc TEXT,"
             " PRIMARY KEY (account, share, path))"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS service (account TEXT PRIMARY KEY, doc TEXT)")
+
+    def get_service(self, account: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM service WHERE account=?", (account,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def put_service(self, account: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO service VALUES (?, ?)", (account, json.dumps(doc)))
 
     def get_share(self, account: str, share: str) -> dict[str, Any] | None:
         with self._lock:
@@ -381,7 +396,12 @@ class FilesBackend:
 
     # --- shares ----------------------------------------------------------------------------------
     def create_share(
-        self, account: str, share: str, quota: int | None, metadata: list[tuple[str, str]]
+        self,
+        account: str,
+        share: str,
+        quota: int | None,
+        metadata: list[tuple[str, str]],
+        access_tier: str | None = None,
     ) -> ShareInfo:
         validate_metadata(metadata)
         directory = self.share_dir(account, share, must_exist=False)
@@ -395,6 +415,9 @@ class FilesBackend:
                 "changed": now_ns(),
                 "ino": directory.stat().st_ino,
             }
+            if access_tier:
+                doc["access_tier"] = access_tier
+                doc["access_tier_changed"] = doc["changed"]
             self.meta.put_share(account, share, doc)
         return self.get_share(account, share)
 
@@ -414,6 +437,8 @@ class FilesBackend:
             metadata=[tuple(p) for p in doc["metadata"]],
             last_modified=doc["changed"] / 1e9,
             etag=etag_of("share", doc["changed"], doc["ino"]),
+            access_tier=doc.get("access_tier", DEFAULT_ACCESS_TIER),
+            access_tier_changed=doc["access_tier_changed"] / 1e9 if doc.get("access_tier_changed") else None,
         )
 
     def update_share(
@@ -422,12 +447,16 @@ class FilesBackend:
         share: str,
         quota: int | None = None,
         metadata: list[tuple[str, str]] | None = None,
+        access_tier: str | None = None,
     ) -> ShareInfo:
         directory = self.share_dir(account, share)
         with self._lock:
             doc = self._share_doc(account, share, directory)
             if quota is not None:
                 doc["quota"] = quota
+            if access_tier is not None and access_tier != doc.get("access_tier", DEFAULT_ACCESS_TIER):
+                doc["access_tier"] = access_tier
+                doc["access_tier_changed"] = now_ns()
             if metadata is not None:
                 validate_metadata(metadata)
                 doc["metadata"] = metadata
@@ -458,6 +487,17 @@ class FilesBackend:
         names = [n for n in names if n.startswith(prefix) and n >= marker]
         page, rest = names[:max_results], names[max_results:]
         return [self.get_share(account, n) for n in page], (rest[0] if rest else "")
+
+    def service_properties(self, account: str) -> dict[str, Any]:
+        """The account's File service properties as set: top-level element name -> its XML."""
+        return self.meta.get_service(account)
+
+    def set_service_properties(self, account: str, elements: dict[str, str]) -> None:
+        """Replace the given top-level elements; the ones a request leaves out keep their setting."""
+        with self._lock:
+            doc = self.meta.get_service(account)
+            doc.update(elements)
+            self.meta.put_service(account, doc)
 
     def share_usage(self, account: str, share: str) -> int:
         directory = self.share_dir(account, share)

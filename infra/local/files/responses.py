@@ -28,9 +28,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 from werkzeug.wrappers import Request, Response
 
-from . import auth, urls
+from . import auth, serviceprops, urls
 from .errors import StorageError
 from .models import (
+    ACCESS_TIERS,
     MAX_QUOTA_GIB,
     MAX_RANGE_WRITE,
     CopySource,
@@ -395,24 +396,26 @@ class FilesResponses:
 
     @staticmethod
     def _share_properties_xml(share: ShareInfo) -> str:
+        changed = (
+            f"<AccessTierChangeTime>{http_date(share.access_tier_changed)}</AccessTierChangeTime>"
+            if share.access_tier_changed
+            else ""
+        )
         return (
             f"<Properties><Last-Modified>{http_date(share.last_modified)}</Last-Modified>"
             f"<Etag>{escape(share.etag)}</Etag><Quota>{share.quota}</Quota>"
-            "<AccessTier>TransactionOptimized</AccessTier><LeaseStatus>unlocked</LeaseStatus>"
+            f"<AccessTier>{share.access_tier}</AccessTier>{changed}<LeaseStatus>unlocked</LeaseStatus>"
             "<LeaseState>available</LeaseState><EnabledProtocols>SMB</EnabledProtocols></Properties>"
         )
 
     def get_service_properties(self, ctx: Ctx) -> Response:
-        metrics = (
-            "<Version>1.0</Version><Enabled>false</Enabled>"
-            "<RetentionPolicy><Enabled>false</Enabled></RetentionPolicy>"
-        )
-        return xml_response(
-            f"<StorageServiceProperties><HourMetrics>{metrics}</HourMetrics>"
-            f"<MinuteMetrics>{metrics}</MinuteMetrics><Cors /></StorageServiceProperties>"
-        )
+        return xml_response(serviceprops.to_xml(self.backend.service_properties(ctx.account)))
 
     def set_service_properties(self, ctx: Ctx) -> Response:
+        if (ctx.request.content_length or 0) > serviceprops.MAX_BODY:
+            raise StorageError("RequestBodyTooLarge")
+        elements = serviceprops.parse(ctx.request.get_data())
+        self.backend.set_service_properties(ctx.account, elements)
         return empty(202)
 
     # --- shares ----------------------------------------------------------------------------------
@@ -422,8 +425,25 @@ class FilesResponses:
     def _quota(self, ctx: Ctx) -> int | None:
         return parse_int(ctx.header("x-ms-share-quota"), "x-ms-share-quota", 1, MAX_QUOTA_GIB)
 
+    def _access_tier(self, ctx: Ctx) -> str | None:
+        """x-ms-access-tier as Azure spells it; a standard account refuses Premium and unknown tiers."""
+        value = ctx.header("x-ms-access-tier")
+        if value is None:
+            return None
+        for tier in ACCESS_TIERS:
+            if value.lower() == tier.lower():
+                return tier
+        raise StorageError(
+            "InvalidHeaderValue",
+            message=f"The access tier {value!r} is not valid for a share of this account; "
+            f"use one of {', '.join(ACCESS_TIERS)} (Premium needs a premium FileStorage account).",
+            details={"HeaderName": "x-ms-access-tier", "HeaderValue": value},
+        )
+
     def create_share(self, ctx: Ctx) -> Response:
-        share = self.backend.create_share(ctx.account, ctx.share, self._quota(ctx), ctx.metadata())
+        share = self.backend.create_share(
+            ctx.account, ctx.share, self._quota(ctx), ctx.metadata(), self._access_tier(ctx)
+        )
         return empty(201, self._share_headers(share))
 
     def get_share_properties(self, ctx: Ctx) -> Response:
@@ -432,11 +452,13 @@ class FilesResponses:
             **self._share_headers(share),
             **meta_headers(share.metadata),
             "x-ms-share-quota": str(share.quota),
-            "x-ms-access-tier": "TransactionOptimized",
+            "x-ms-access-tier": share.access_tier,
             "x-ms-enabled-protocols": "SMB",
             "x-ms-lease-status": "unlocked",
             "x-ms-lease-state": "available",
         }
+        if share.access_tier_changed:
+            headers["x-ms-access-tier-change-time"] = http_date(share.access_tier_changed)
         return empty(200, headers)
 
     def delete_share(self, ctx: Ctx) -> Response:
@@ -448,7 +470,9 @@ class FilesResponses:
         return empty(200, self._share_headers(share))
 
     def set_share_properties(self, ctx: Ctx) -> Response:
-        share = self.backend.update_share(ctx.account, ctx.share, quota=self._quota(ctx))
+        share = self.backend.update_share(
+            ctx.account, ctx.share, quota=self._quota(ctx), access_tier=self._access_tier(ctx)
+        )
         return empty(200, self._share_headers(share))
 
     def get_share_stats(self, ctx: Ctx) -> Response:
