@@ -28,7 +28,7 @@ def build_services(stack: Any, **overrides: str) -> Any:
     from azure.data.tables import TableClient
 
     from shared import clients
-    from shared.cloud import Cloud
+    from shared.batchai_backend import BatchAIBackend
     from shared.ingest import Services
     from shared.registry import RunRegistry
     from shared.settings import Settings
@@ -41,7 +41,7 @@ def build_services(stack: Any, **overrides: str) -> Any:
         ),
         container=clients.training_container(settings),
         share=clients.share_client(settings),
-        cloud=Cloud(settings),
+        cloud=BatchAIBackend(settings),
     )
 
 

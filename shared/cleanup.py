@@ -389,26 +389,15 @@ def report_bytes(data: dict[str, Any]) -> bytes:
 # --- gathering the facts and carrying out the plan against Azure ---------------------------------------
 
 
-def _enum_text(value: Any) -> str | None:
-    """An SDK enum (or plain string) as its lowercase value."""
-    return None if value is None else str(getattr(value, "value", value)).lower()
-
-
-def _last_segment(resource_id: str | None) -> str | None:
-    return resource_id.rstrip("/").rsplit("/", 1)[-1] if resource_id else None
-
-
-def run_info(record: Any) -> RunInfo:
+def run_info(record: Any, compute: Any) -> RunInfo:
     """A registry RunRecord as the planner sees it. An active run without an experiment yet protects the
     experiment its dataset's jobs go to (ingest creates it just before the job)."""
-    from shared.batchai_models import experiment_name
-
     finished = None
     if record.state in TERMINAL_RUN_STATES:
         finished = parse_time(record.times.get(record.state) or record.updated_at)
     experiment = record.experiment
     if experiment is None and record.state not in TERMINAL_RUN_STATES:
-        experiment = experiment_name(record.dataset)
+        experiment = compute.job_names(record.run_id, record.dataset).experiment
     return RunInfo(
         id=record.run_id,
         dataset=record.dataset,
@@ -420,58 +409,46 @@ def run_info(record: Any) -> RunInfo:
     )
 
 
-def job_info(job: Any, experiment: str) -> JobInfo:
-    """An azure-mgmt-batchai Job as the planner sees it."""
-    info = job.execution_info
-    constraints = job.constraints
-    limit = getattr(constraints, "max_wall_clock_time", None) if constraints is not None else None
+def job_info(job: Any) -> JobInfo:
+    """A job of the compute port (shared.compute_port.JobStatus) as the planner sees it."""
     return JobInfo(
         name=job.name,
-        experiment=experiment,
-        state=_enum_text(job.execution_state) or "unknown",
-        cluster=_last_segment(job.cluster.id if job.cluster is not None else None),
-        created_at=parse_time(job.creation_time),
-        started_at=parse_time(info.start_time if info is not None else None),
-        ended_at=parse_time(info.end_time if info is not None else None),
-        max_wall_clock=limit if isinstance(limit, timedelta) else None,
+        experiment=job.experiment,
+        state=job.state,
+        cluster=job.cluster,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        max_wall_clock=job.max_wall_clock,
     )
 
 
 class Cleanup:
-    """Cleanup against the configured workspace, file share, registry and reports container."""
+    """Cleanup against the configured workspace, file share, registry and reports container, through
+    the app's services (shared.ingest.build_services): the same compute backend as the pipeline."""
 
-    def __init__(self, settings: Any = None) -> None:
-        from shared import clients
-        from shared.compute import get_compute
-        from shared.registry import RunRegistry
-        from shared.settings import get_settings
+    def __init__(self, settings: Any = None, services: Any = None) -> None:
+        from shared import clients, ingest
 
-        self.settings = settings if settings is not None else get_settings()
-        self.compute = get_compute(self.settings)
-        self.registry = RunRegistry(clients.runs_table(self.settings))
-        self.share = clients.share_client(self.settings)
+        if services is None:
+            services = ingest.services() if settings is None else ingest.build_services(settings)
+        self.settings = services.settings
+        self.compute = services.cloud
+        self.registry = services.registry
+        self.share = services.share
         self.blobs = clients.blob_service(self.settings)
 
     # --- inventory ----------------------------------------------------------------------------------
     def inventory(self) -> Inventory:
-        from shared.compute import ComputeError
-
-        runs = [run_info(r) for r in self.registry.iter_runs()]
+        """Runs, jobs, clusters, experiments and staged datasets now (none of the service's before
+        its workspace exists)."""
+        runs = [run_info(r, self.compute) for r in self.registry.iter_runs()]
         experiments: list[ExperimentInfo] = []
         jobs: list[JobInfo] = []
-        clusters: list[ClusterInfo] = []
-        try:
-            for experiment in self.compute.list_experiments():
-                experiments.append(ExperimentInfo(experiment.name, parse_time(experiment.creation_time)))
-                for job in self.compute.list_jobs(experiment.name):
-                    jobs.append(job_info(job, experiment.name))
-            for cluster in self.compute.list_clusters():
-                clusters.append(ClusterInfo(cluster.name, parse_time(cluster.creation_time)))
-        except ComputeError as exc:
-            if not exc.not_found:
-                raise
-            # No resource group or workspace yet: nothing in Batch AI to clean.
-            log.info("cleanup: no Batch AI workspace %s yet", self.settings.workspace)
+        for experiment in self.compute.list_experiments():
+            experiments.append(ExperimentInfo(experiment.name, experiment.created_at))
+            jobs.extend(job_info(job) for job in self.compute.list_jobs(experiment.name))
+        clusters = [ClusterInfo(c.name, c.created_at) for c in self.compute.list_clusters().values()]
         return Inventory(runs, jobs, clusters, experiments, self._staged_datasets())
 
     def _staged_datasets(self) -> list[str]:
@@ -489,7 +466,7 @@ class Cleanup:
 
         users = []
         for record in self.registry.iter_runs(state=sorted(ACTIVE_STATES)):
-            info = run_info(record)
+            info = run_info(record, self.compute)
             if (
                 (
                     action.kind == "delete_job"
@@ -513,8 +490,10 @@ class Cleanup:
 
         return Executor(
             perform={
-                "terminate_job": lambda a: self.compute.terminate_job(a.experiment, a.job),
-                "delete_job": lambda a: self.compute.delete_job(a.experiment, a.job),
+                "terminate_job": lambda a: self.compute.terminate_job(
+                    self.compute.job_ref(a.experiment, a.job)
+                ),
+                "delete_job": lambda a: self.compute.delete_job(self.compute.job_ref(a.experiment, a.job)),
                 "delete_experiment": lambda a: self.compute.delete_experiment(a.experiment),
                 "delete_cluster": lambda a: self.compute.delete_cluster(a.cluster),
                 "delete_staged_data": delete_staged,

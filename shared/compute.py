@@ -20,17 +20,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared import batchai_models
+from shared.compute_port import ClusterRef, ComputeError, JobRef
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.mgmt.batchai import BatchAI, models
     from azure.mgmt.resource.resources import ResourceManagementClient
 
-__all__ = ["ClusterRef", "Compute", "ComputeError", "JobRef", "get_compute"]
+__all__ = ["ClusterRef", "Compute", "ComputeError", "JobRef"]
 
 log = logging.getLogger(__name__)
 
@@ -43,49 +43,8 @@ RETIRED_MESSAGE = (
     "(http://127.0.0.1:10005, see local.settings.json.example) or at a compatible endpoint."
 )
 WAIT_SECONDS = 120  # the longest wait for a quick prerequisite (workspace, experiment)
-
-
-class ComputeError(RuntimeError):
-    """An Azure Resource Manager / Batch AI call failed.
-
-    `code` is ARM's error code ('ResourceNotFound', 'Conflict', ...) or one of ours ('ServiceUnavailable'
-    for network failures, 'AuthenticationFailed', 'BatchAIUnavailable', 'ClusterMismatch',
-    'ClusterDeleting'); `status` the HTTP status when there was a response.
-    """
-
-    def __init__(self, operation: str, code: str, message: str, status: int | None = None) -> None:
-        self.operation = operation
-        self.code = code
-        self.message = message
-        self.status = status
-        super().__init__(f"{operation} failed: {code}: {message}")
-
-    @property
-    def retryable(self) -> bool:
-        """True for throttling, server errors and network failures: try again later."""
-        return self.code == "ServiceUnavailable" or self.status == 429 or (self.status or 0) >= 500
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404 or self.code in ("ResourceNotFound", "NotFound", "ResourceGroupNotFound")
-
-
-@dataclass(frozen=True)
-class ClusterRef:
-    name: str
-    id: str
-    created: bool  # True when this call sent the create request
-    provisioning_state: str | None = None
-    allocation_state: str | None = None
-
-
-@dataclass(frozen=True)
-class JobRef:
-    experiment: str
-    name: str
-    id: str
-    created: bool  # True when this call sent the create request
-    execution_state: str | None = None
+# A health probe answers fast or fails: one retry, short timeouts (azure-core takes these per call).
+PROBE_OPTIONS: dict[str, Any] = {"retry_total": 1, "connection_timeout": 5, "read_timeout": 10}
 
 
 def _error_code(exc: Any) -> tuple[str, str]:
@@ -203,6 +162,12 @@ class Compute:
                     return False
                 raise
         return True
+
+    def probe(self) -> None:
+        """One cheap read of Microsoft.BatchAI (the location's usages): the health check."""
+        with self._arm("probe Microsoft.BatchAI"):
+            usages = self.batchai.usages.list(self.settings.location, **PROBE_OPTIONS)
+            next(iter(usages.by_page()), None)
 
     # --- resource group, workspace, file share ---------------------------------------------------------
     def ensure_resource_group(self) -> None:
@@ -421,8 +386,3 @@ class Compute:
             job,
             missing_ok=True,
         )
-
-
-def get_compute(settings: Settings | None = None) -> Compute:
-    """A Compute for the app settings (its SDK clients are cached by shared.clients)."""
-    return Compute(settings)

@@ -38,8 +38,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from shared import cloud
-from shared.compute import ComputeError
+from shared.compute_port import ComputeBackend, ComputeError
 from shared.registry import (
     ACTIVE_STATES,
     CANCELLED,
@@ -110,7 +109,7 @@ class Services:
     registry: RunRegistry
     container: Any  # azure.storage.blob.ContainerClient of TRAINING_CONTAINER
     share: Any  # azure.storage.fileshare.ShareClient of FILE_SHARE_NAME
-    cloud: cloud.Cloud
+    cloud: ComputeBackend  # the training service (shared.compute_port), built by build_services
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -127,23 +126,32 @@ _services: Services | None = None
 _services_lock = threading.Lock()
 
 
-def services() -> Services:
-    """The app's services from its settings (cached per process)."""
-    global _services
-    if _services is None:
-        with _services_lock:
-            if _services is None:
-                from shared import clients
-                from shared.settings import get_settings
+def build_services(settings: Any) -> Services:
+    """The one place the app's services are built: ingest, the monitor, the API and cleanup all
+    receive these (the SDK clients come from shared.clients, the compute backend from the settings)."""
+    from shared import clients
+    from shared.compute_port import build_backend
 
-                settings = get_settings()
-                _services = Services(
-                    settings=settings,
-                    registry=RunRegistry(clients.runs_table(settings)),
-                    container=clients.training_container(settings),
-                    share=clients.share_client(settings),
-                    cloud=cloud.Cloud(settings),
-                )
+    return Services(
+        settings=settings,
+        registry=RunRegistry(clients.runs_table(settings)),
+        container=clients.training_container(settings),
+        share=clients.share_client(settings),
+        cloud=build_backend(settings),
+    )
+
+
+def services() -> Services:
+    """The app's services from its settings (cached per process; built again when the settings are
+    read again, e.g. after ``reset_settings``)."""
+    global _services
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    if _services is None or _services.settings is not settings:
+        with _services_lock:
+            if _services is None or _services.settings is not settings:
+                _services = build_services(settings)
     return _services
 
 
@@ -1027,6 +1035,7 @@ __all__ = [
     "MissingFiles",
     "NothingToStage",
     "Services",
+    "build_services",
     "cancel_run",
     "check_ready",
     "ingest_blob",

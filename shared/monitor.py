@@ -44,7 +44,7 @@ from azure.core.exceptions import HttpResponseError
 
 from shared import callbacks, logtail
 from shared import metrics as run_metrics
-from shared.compute import ComputeError
+from shared.compute_port import ClusterStatus, ComputeError, JobStatus
 from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
 from shared.registry import (
     FAILED,
@@ -102,12 +102,6 @@ def _ts(value: Any) -> str | None:
             value = value.replace(tzinfo=UTC)
         return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return str(value)
-
-
-def _state(value: Any) -> str | None:
-    if value is None:
-        return None
-    return str(getattr(value, "value", value)).lower()
 
 
 # --- the pass ------------------------------------------------------------------------------------------
@@ -212,22 +206,23 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
         report.errors.append(f"listing clusters: {exc}")
         log.warning("monitor: listing clusters failed (next pass retries): %s", exc)
         return
-    running: list[tuple[RunRecord, Any]] = []
-    for (rg, ws, experiment), members in by_experiment.items():
-        try:
-            jobs = {job.name: job for job in svc.cloud.list_jobs(rg, ws, experiment)}
-        except (ComputeError, HttpResponseError) as exc:
+    running: list[tuple[RunRecord, JobStatus]] = []
+    listing = svc.cloud.list_jobs_of(experiment for _, _, experiment in by_experiment)
+    for (_rg, _ws, experiment), members in by_experiment.items():
+        if experiment in listing.errors:
+            exc = listing.errors[experiment]
             report.errors.append(f"listing jobs of {experiment}: {exc}")
             log.warning(
                 "monitor: listing jobs of experiment %s failed (next pass retries): %s", experiment, exc
             )
             continue
+        jobs = {job.name: job for job in listing.jobs.get(experiment, [])}
         for rec in members:
             report.checked += 1
             job = jobs.get(rec.job_name or "")
             try:
                 _reconcile(svc, rec, job, clusters.get(rec.cluster or ""), now, report)
-                if job is not None and _state(job.execution_state) == "running":
+                if job is not None and job.state == "running":
                     running.append((rec, job))
             except (ComputeError, HttpResponseError, RegistryError, OSError) as exc:
                 report.errors.append(f"{rec.run_id}: {exc}")
@@ -256,14 +251,18 @@ def _run_failed_unexpectedly(svc: Services, rec: RunRecord, exc: Exception, repo
 
 
 def _reconcile(
-    svc: Services, rec: RunRecord, job: Any, cluster: Any, now: datetime, report: MonitorReport
+    svc: Services,
+    rec: RunRecord,
+    job: JobStatus | None,
+    cluster: ClusterStatus | None,
+    now: datetime,
+    report: MonitorReport,
 ) -> None:
     if job is None:
         _job_missing(svc, rec, cluster, now, report)
         return
-    state = _state(job.execution_state)
-    info = job.execution_info
-    start = _ts(getattr(info, "start_time", None))
+    state = job.state
+    start = _ts(job.started_at)
     if state in ("succeeded", "failed"):
         _finish(svc, rec, job, state, report)
         return
@@ -276,38 +275,32 @@ def _reconcile(
         if errors:
             _fail_for_cluster(svc, rec, errors, report)
             return
-        resizing = cluster is None or _state(cluster.allocation_state) == "resizing"
+        resizing = cluster is None or cluster.allocation_state == "resizing"
         wanted = PROVISIONING if resizing else QUEUED
         if rec.state != wanted and rec.state != RUNNING:
             _move(svc, rec, wanted, report)
     # "terminating": wait for the final state.
 
 
-def _skipped(rec: RunRecord, state: str, job: Any) -> dict[str, str]:
+def _skipped(rec: RunRecord, state: str, job: JobStatus) -> dict[str, str]:
     """A time for a state the run passed between two polls (from the job's creation time)."""
     if state in rec.times:
         return {}
-    created = _ts(getattr(job, "creation_time", None))
+    created = _ts(job.created_at)
     return {state: created} if created else {}
 
 
-def _cluster_failure(cluster: Any) -> list[dict[str, Any]]:
+def _cluster_failure(cluster: ClusterStatus | None) -> list[dict[str, Any]]:
     """The cluster's errors when it failed to provision: it reports errors, is not resizing any more,
     and has no node that is or may become usable (a single failed node among good ones is not a
     failed cluster: the job runs on the others)."""
     if cluster is None:
         return []
-    errors = getattr(cluster, "errors", None) or []
-    if not errors or _state(cluster.allocation_state) == "resizing":
+    errors = cluster.errors
+    if not errors or cluster.allocation_state == "resizing":
         return []
-    counts = getattr(cluster, "node_state_counts", None)
-    if counts is not None:
-        usable = sum(
-            getattr(counts, name, 0) or 0
-            for name in ("idle_node_count", "running_node_count", "preparing_node_count")
-        )
-        if usable:
-            return []
+    if cluster.usable_nodes:
+        return []
     return [{"code": e.code or "ClusterError", "message": e.message or "cluster error"} for e in errors]
 
 
@@ -327,7 +320,9 @@ def _fail_for_cluster(
             svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
 
 
-def _job_missing(svc: Services, rec: RunRecord, cluster: Any, now: datetime, report: MonitorReport) -> None:
+def _job_missing(
+    svc: Services, rec: RunRecord, cluster: ClusterStatus | None, now: datetime, report: MonitorReport
+) -> None:
     """No job in the listing: its creation failed or never happened (create it again), or it was
     deleted behind our back (the run fails)."""
     if rec.submitted_at:
@@ -353,14 +348,10 @@ def _job_missing(svc: Services, rec: RunRecord, cluster: Any, now: datetime, rep
 
 
 # --- finished jobs --------------------------------------------------------------------------------------
-def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: MonitorReport) -> None:
-    info = job.execution_info
-    exit_code = getattr(info, "exit_code", None)
-    end = _ts(getattr(info, "end_time", None)) or utcnow()
-    errors = [
-        {"code": e.code or "JobError", "message": e.message or "", "time": end}
-        for e in (getattr(info, "errors", None) or [])
-    ]
+def _finish(svc: Services, rec: RunRecord, job: JobStatus, state: str, report: MonitorReport) -> None:
+    exit_code = job.exit_code
+    end = _ts(job.ended_at) or utcnow()
+    errors = [{"code": e.code or "JobError", "message": e.message or "", "time": end} for e in job.errors]
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
     outputs = collect_outputs(svc, rec, names)
     # Names and sizes only: a download URL is a signed link that expires (GET /api/runs/{id} lists
@@ -376,7 +367,7 @@ def _finish(svc: Services, rec: RunRecord, job: Any, state: str, report: Monitor
         final_metrics = read_metrics(svc, rec, job, final=True) or {}
     except (HttpResponseError, RegistryError, OSError) as exc:  # the run finishes with what it has
         log.warning("run %s: final metrics not read: %s", rec.run_id, exc, extra=rec.log_extra())
-    start = _ts(getattr(info, "start_time", None))
+    start = _ts(job.started_at)
     if start and RUNNING not in rec.times:
         extra[RUNNING] = start
 
@@ -438,7 +429,9 @@ def _read_running_metrics(svc: Services, running: list[tuple[RunRecord, Any]], r
         list(pool.map(one, running))
 
 
-def read_metrics(svc: Services, rec: RunRecord, job: Any, *, final: bool = False) -> dict[str, Any] | None:
+def read_metrics(
+    svc: Services, rec: RunRecord, job: JobStatus, *, final: bool = False
+) -> dict[str, Any] | None:
     """Parse the job's stdout written since the last read into the run's stored series; the run
     fields to set (``metrics``: latest values, ``metrics_offset``), or None when nothing changed or
     an overlapping pass recorded the same bytes first. ``final``: the job has ended; read on to the
@@ -504,16 +497,11 @@ def collect_outputs(svc: Services, rec: RunRecord, names: Any) -> list[OutputFil
             next_level: list[str] = []
             for directory in pending:
                 for item in svc.cloud.list_output_files(names, directory_id, directory):
-                    is_dir = _state(getattr(item, "file_type", None)) == "directory"
                     name = item.name if directory == "." else f"{directory}/{item.name}"
-                    if is_dir:
+                    if item.is_directory:
                         next_level.append(name)
                         continue
-                    outputs.append(
-                        OutputFile(
-                            directory_id, name, getattr(item, "content_length", None), item.download_url
-                        )
-                    )
+                    outputs.append(OutputFile(directory_id, name, item.size, item.download_url))
             pending, depth = next_level, depth + 1
     return outputs[:MAX_OUTPUT_FILES]
 

@@ -73,7 +73,7 @@ def _unexpected(exc: Exception, operation: str) -> ApiError:
     """Map an exception from the pipeline or an SDK to an API error (never leaking a trace)."""
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-    from shared.compute import ComputeError
+    from shared.compute_port import ComputeError
     from shared.registry import ConcurrencyError, RegistryError, RunNotFound
     from shared.settings import SettingsError
 
@@ -403,16 +403,17 @@ def get_run(request: ApiRequest) -> ApiResponse:
 
 
 def _compute() -> Any:
-    from shared.compute import get_compute
+    """The app's compute backend (built once per process with the other services)."""
+    from shared import ingest
 
-    return get_compute(_settings())
+    return ingest.services().cloud
 
 
-def _job_ref(record: Any) -> tuple[str, str] | None:
-    """(experiment, job) of the run's Batch AI job, or None before it is submitted."""
+def _job_ref(record: Any) -> Any:
+    """The names of the run's job (shared.compute_port.JobNames), or None before it is submitted."""
     if not (record.job_name and record.experiment):
         return None
-    return record.experiment, record.job_name
+    return _compute().job_ref(record.experiment, record.job_name)
 
 
 def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
@@ -420,13 +421,14 @@ def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
     registry keeps names and sizes only: the URLs are signed and expire); None when the job is not
     there to ask (not submitted yet, or deleted by cleanup)."""
     from shared import ingest, monitor
-    from shared.compute import ComputeError
+    from shared.compute_port import ComputeError
 
-    if _job_ref(record) is None or not record.output_files:
+    ref = _job_ref(record)
+    if ref is None or not record.output_files:
         return None
     svc = ingest.services()
     try:
-        listed = monitor.collect_outputs(svc, record, svc.cloud.job_names(record.run_id, record.dataset))
+        listed = monitor.collect_outputs(svc, record, ref)
     except ComputeError as exc:
         log.info("run %s: output files not listable (%s); no download URLs", record.run_id, exc.code)
         return None
@@ -459,16 +461,9 @@ def get_logs(request: ApiRequest) -> ApiResponse:
 
 
 def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
-    from shared.compute import ComputeError
-
     ref = _job_ref(record)
     if ref is not None:
-        try:
-            files = {f.name: f for f in _compute().list_output_files(*ref, "stdouterr")}
-        except ComputeError as exc:
-            if not exc.not_found:
-                raise
-            files = {}
+        files = {f.name: f for f in _compute().list_output_files(ref, "stdouterr")}
         if files:
             try:
                 out = _tail_of_url(files["stdout.txt"].download_url, tail) if "stdout.txt" in files else ""
@@ -543,7 +538,7 @@ def _cluster_going(name: str | None) -> bool:
     if not name:
         return False
     cluster = _compute().get_cluster(name)
-    return cluster is None or _enum_text(cluster.provisioning_state) == "deleting"
+    return cluster is None or cluster.provisioning_state == "deleting"
 
 
 # --- clusters ---------------------------------------------------------------------------------------
@@ -560,37 +555,25 @@ def _active_runs_by_cluster() -> dict[str, list[str]]:
 
 
 def _cluster_json(cluster: Any, users: dict[str, list[str]]) -> dict[str, Any]:
-    counts = cluster.node_state_counts
-    scale = cluster.scale_settings
+    """A shared.compute_port.ClusterStatus as the API shows it."""
     return {
         "name": cluster.name,
         "id": cluster.id,
         "vm_size": cluster.vm_size,
-        "vm_priority": _enum_text(cluster.vm_priority),
-        "allocation_state": _enum_text(cluster.allocation_state),
-        "provisioning_state": _enum_text(cluster.provisioning_state),
+        "vm_priority": cluster.vm_priority,
+        "allocation_state": cluster.allocation_state,
+        "provisioning_state": cluster.provisioning_state,
         "current_node_count": cluster.current_node_count,
-        "node_state_counts": counts.as_dict() if counts is not None else None,
-        "scale_settings": scale.as_dict() if scale is not None else None,
-        "creation_time": cluster.creation_time.isoformat() if cluster.creation_time else None,
-        "errors": [e.as_dict() for e in (cluster.errors or [])],
+        "node_state_counts": cluster.node_state_counts,
+        "scale_settings": cluster.scale_settings,
+        "creation_time": cluster.created_at.isoformat() if cluster.created_at else None,
+        "errors": [e.as_dict() for e in cluster.errors],
         "active_runs": users.get(cluster.name or "", []),
     }
 
 
-def _enum_text(value: Any) -> str | None:
-    return None if value is None else str(getattr(value, "value", value))
-
-
 def list_clusters(request: ApiRequest) -> ApiResponse:
-    from shared.compute import ComputeError
-
-    try:
-        clusters = _compute().list_clusters()
-    except ComputeError as exc:
-        if not exc.not_found:  # no workspace (or resource group) yet: no clusters
-            raise
-        clusters = []
+    clusters = _compute().list_clusters().values()  # none before the workspace exists
     users = _active_runs_by_cluster()
     return ApiResponse(200, {"clusters": [_cluster_json(c, users) for c in clusters]})
 
@@ -599,19 +582,13 @@ def delete_cluster(request: ApiRequest) -> ApiResponse:
     """409 while active runs use the cluster; with force=true those runs are cancelled first (they
     could not finish without it). Deletion is long-running: 202, the cluster is then 'deleting'."""
     from shared import ingest
-    from shared.compute import ComputeError
 
     name = request.route_params.get("name", "")
     if not _CLUSTER.match(name):
         raise ApiError(404, "ClusterNotFound", f"cluster {name[:100]!r} not found")
     force = _flag(request, "force")
     compute = _compute()
-    try:
-        cluster = compute.get_cluster(name)
-    except ComputeError as exc:
-        if not exc.not_found:
-            raise
-        cluster = None
+    cluster = compute.get_cluster(name)
     if cluster is None:
         raise ApiError(
             404, "ClusterNotFound", f"cluster {name!r} not found in workspace {_settings().workspace}"
@@ -644,10 +621,11 @@ def health(request: ApiRequest) -> ApiResponse:
         checks["settings"] = {"ok": False, "message": str(exc)}
         return ApiResponse(503, {"status": "unavailable", "checks": checks})
     checks["settings"] = {"ok": True, "message": "app settings are valid"}
+    backend = _compute()  # the check is named after the backend ("batchai", "azureml")
     probes: dict[str, Callable[[], str]] = {
         "storage": lambda: _probe_storage(settings),
         "arm": lambda: _probe_arm(settings),
-        "batchai": lambda: _probe_batchai(settings),
+        backend.name: backend.health,
     }
     pool = ThreadPoolExecutor(max_workers=len(probes))
     try:
@@ -687,19 +665,19 @@ def _probe_arm(settings: Any) -> str:
     return f"ARM reachable; resource group {settings.resource_group} exists"
 
 
-def _probe_batchai(settings: Any) -> str:
-    from shared import clients
-
-    usages = clients.batchai_client(settings).usages.list(settings.location, **PROBE_OPTIONS)
-    next(iter(usages.by_page()), None)
-    return f"Microsoft.BatchAI answers in {settings.location}"
-
-
 def _probe_error(name: str, exc: Exception) -> str:
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
-    if name == "batchai" and isinstance(exc, HttpResponseError) and batchai_retired(exc):
-        return retirement_message(exc)
+    from shared.compute_port import ComputeError
+
+    if isinstance(exc, ComputeError):  # the backend's probe: its code and message say it all
+        if exc.code == "ServiceUnavailable":
+            return f"unreachable: {exc.message}"
+        if exc.code.endswith("Unavailable"):  # e.g. BatchAIUnavailable: the service is retired
+            return exc.message
+        if exc.code == "AuthenticationFailed":
+            return f"authentication failed: {exc.message}"
+        return f"answered {exc.status or ''} {exc.code}: {exc.message}".replace("  ", " ")
     if isinstance(exc, ClientAuthenticationError):
         return f"authentication failed: {_short(exc)}"
     if isinstance(exc, ServiceRequestError):
@@ -708,21 +686,6 @@ def _probe_error(name: str, exc: Exception) -> str:
         code = getattr(getattr(exc, "error", None), "code", None) or exc.reason
         return f"answered {exc.status_code} {code}: {_short(exc)}"
     return f"{type(exc).__name__}: {_short(exc)}"
-
-
-def batchai_retired(exc: Any) -> bool:
-    """Does this ARM error say Microsoft.BatchAI is not a registered/available resource provider?"""
-    from shared.compute import RETIRED_PROVIDER_CODES
-
-    code = getattr(getattr(exc, "error", None), "code", None) or ""
-    return code in RETIRED_PROVIDER_CODES
-
-
-def retirement_message(exc: Any) -> str:
-    from shared.compute import RETIRED_MESSAGE
-
-    code = getattr(getattr(exc, "error", None), "code", None) or getattr(exc, "reason", "")
-    return RETIRED_MESSAGE.format(endpoint=_settings().arm_endpoint, code=code)
 
 
 # --- GET /api/openapi.json ----------------------------------------------------------------------------

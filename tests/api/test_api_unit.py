@@ -213,7 +213,16 @@ def test_retirement_error_is_recognised() -> None:
         def body(self) -> bytes:
             return self.text().encode()
 
+    from shared.compute import Compute
+    from shared.compute_port import ComputeError
+    from shared.settings import Settings, local_stack_values
+
     exc = HttpResponseError(response=Response())
-    assert runs_api.batchai_retired(exc)
-    message = runs_api.retirement_message(exc)
+    with (
+        pytest.raises(ComputeError) as raised,
+        Compute(Settings.from_env(local_stack_values()))._arm("probe"),
+    ):
+        raise exc
+    assert raised.value.code == "BatchAIUnavailable"
+    message = raised.value.message
     assert "retired" in message and "Microsoft.BatchAI" in message

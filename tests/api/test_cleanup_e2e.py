@@ -18,8 +18,6 @@ import pytest
 
 from shared import clients, ingest, monitor
 from shared.cleanup import Cleanup
-from shared.cloud import Cloud
-from shared.registry import RunRegistry
 from shared.settings import Settings
 from tests.api.stackapp import TRAIN_SPEC, app_settings, stage_dataset
 
@@ -47,14 +45,11 @@ def isolated(api: Any) -> tuple[Settings, ingest.Services]:
             "FILE_SHARE_NAME": "cleanup-e2e",
         }
     )
-    svc = ingest.Services(
-        settings=settings,
-        registry=RunRegistry(clients.runs_table(settings)),
-        container=clients.training_container(settings),
-        share=clients.share_client(settings),
-        cloud=Cloud(settings),
-    )
-    return settings, svc
+    return settings, ingest.build_services(settings)
+
+
+def experiments(compute: Any) -> set[str]:
+    return {e.name for e in compute.list_experiments()}
 
 
 def start(svc: ingest.Services, stack: Any, dataset: str, spec: dict[str, Any]) -> str:
@@ -83,10 +78,10 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
     wait_for("the short run to succeed", lambda: state_after_monitor(svc, done_id) == "succeeded", 90)
     wait_for("the long run to run", lambda: state_after_monitor(svc, live_id) == "running", 60)
     done, live = svc.registry.get(done_id), svc.registry.get(live_id)
-    compute = Cleanup(settings).compute
+    compute = svc.cloud
     later = datetime.now(UTC) + timedelta(hours=100)  # past every retention; the live job past its 1 h
 
-    dry, dry_name = Cleanup(settings).run(now=later, dry_run=True)
+    dry, dry_name = Cleanup(services=svc).run(now=later, dry_run=True)
     planned = {(a["kind"], a["target"]): a for a in dry["actions"]}
     assert set(planned) == {
         ("terminate_job", f"{live.experiment}/{live.job_name}"),
@@ -98,19 +93,19 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
     assert all(a["result"] == "dry-run" for a in dry["actions"]) and dry["dry_run"] is True
     assert planned[("delete_job", f"{done.experiment}/{done.job_name}")]["run_ids"] == [done_id]
     assert report_blob(settings, dry_name) == dry and "dry-run" in dry_name
-    assert compute.get_job(done.experiment, done.job_name) is not None
+    assert compute.get_job(compute.job_ref(done.experiment, done.job_name)) is not None
     assert svc.share.get_directory_client("finished").exists()
     assert svc.registry.get(live_id).state == "running"
 
-    real, real_name = Cleanup(settings).run(now=later, dry_run=False)
+    real, real_name = Cleanup(services=svc).run(now=later, dry_run=False)
     assert {(a["kind"], a["target"]): a["result"] for a in real["actions"]} == dict.fromkeys(planned, "done")
     assert report_blob(settings, real_name)["summary"] == {"done": 5}
     wait_for(
-        "the finished job to be deleted", lambda: compute.get_job(done.experiment, done.job_name) is None, 30
+        "the finished job to be deleted",
+        lambda: compute.get_job(compute.job_ref(done.experiment, done.job_name)) is None,
+        30,
     )
-    wait_for(
-        "the empty experiment to be deleted", lambda: compute.get_experiment(done.experiment) is None, 30
-    )
+    wait_for("the empty experiment to be deleted", lambda: done.experiment not in experiments(compute), 30)
     wait_for("the idle cluster to be deleted", lambda: compute.get_cluster(done.cluster) is None, 30)
     assert not svc.share.get_directory_client("finished").exists()
     # The live run's job was terminated as a runaway; its cluster, experiment and data are untouched.
@@ -120,7 +115,7 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
         30,
     )
     assert compute.get_cluster(live.cluster) is not None
-    assert compute.get_experiment(live.experiment) is not None
+    assert live.experiment in experiments(compute)
     assert svc.share.get_directory_client("live").exists()
     # The registry keeps the records.
     assert svc.registry.get(done_id).state == "succeeded"

@@ -16,7 +16,7 @@ from azure.data.tables import TableClient
 from azure.storage.blob import BlobServiceClient
 
 from shared import clients
-from shared.cloud import Cloud
+from shared.batchai_backend import BatchAIBackend
 from shared.ingest import Services
 from shared.registry import RunRegistry
 from shared.settings import Settings, local_stack_values
@@ -85,7 +85,7 @@ class Pipeline:
             registry=self.registry,
             container=self.container,
             share=clients.share_client(self.settings),
-            cloud=Cloud(self.settings),
+            cloud=BatchAIBackend(self.settings),
         )
 
     @property

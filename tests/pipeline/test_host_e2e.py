@@ -225,7 +225,7 @@ def test_quickstart_through_the_functions_host(hosted) -> None:
     time.sleep(3)  # at least one more monitor pass
     runs = [p.registry.get(r.run_id) for r in p.registry.iter_runs(dataset="mnist")]
     assert [(r.run_id, r.state, r.times) for r in runs] == [(rec.run_id, "succeeded", rec.times)]
-    assert len(p.services.cloud.list_jobs("", "", rec.experiment)) == 1
+    assert len(p.services.cloud.list_jobs(rec.experiment)) == 1
     assert len(receiver.received) == 1
 
     # No secret in the logs or the record.

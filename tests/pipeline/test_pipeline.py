@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from shared import monitor
-from shared.cloud import Cloud
+from shared.batchai_backend import BatchAIBackend
 from shared.ingest import DatasetNotStaged, MissingFiles, NothingToStage, cancel_run, ingest_blob, start_run
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, RunRecord
@@ -100,7 +100,7 @@ def test_quickstart_in_process(pipeline: Pipeline) -> None:
             assert ingest_blob(name, p.services).action == "replay"
         run_monitor(p.services)
     assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [run_id]
-    assert len(p.services.cloud.list_jobs("", "", rec.experiment)) == 1
+    assert len(p.services.cloud.list_jobs(rec.experiment)) == 1
     assert p.registry.get(run_id).times == rec.times
 
 
@@ -459,14 +459,14 @@ def test_arm_faults_every_run_ends_in_the_right_state(pipeline: Pipeline) -> Non
     failed = records[run_ids[bad]]
     assert failed.state == "failed" and failed.exit_code == 3 and "boom" in (failed.stdout_tail or "")
     for rec in records.values():
-        assert len(p.services.cloud.list_jobs("", "", rec.experiment)) == 1
+        assert len(p.services.cloud.list_jobs(rec.experiment)) == 1
 
 
 def test_cluster_that_fails_to_provision_fails_its_runs(pipeline: Pipeline) -> None:
     p = pipeline
     # The clusters of this pipeline mount a share that does not exist: their nodes fail to set up.
     broken = Settings.from_env({**p.values, "FILE_SHARE_NAME": f"missing-{uuid.uuid4().hex[:8]}"})
-    svc = dataclasses.replace(p.services, cloud=Cloud(broken))
+    svc = dataclasses.replace(p.services, cloud=BatchAIBackend(broken))
     ds = dataset_name("nocluster")
     run_id = [ingest_blob(n, svc) for n in p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)][-1].run_id
     deadline = time.monotonic() + 60
@@ -548,12 +548,9 @@ def test_finishing_a_run_from_a_stale_read_keeps_errors_recorded_since(pipeline:
     names = p.services.cloud.job_names(run_id, ds)
     deadline = time.monotonic() + 90
     while True:
-        jobs = {
-            j.name: j
-            for j in p.services.cloud.list_jobs(names.resource_group, names.workspace, names.experiment)
-        }
+        jobs = {j.name: j for j in p.services.cloud.list_jobs(names.experiment)}
         job = jobs.get(names.job)
-        if job is not None and str(getattr(job.execution_state, "value", job.execution_state)) == "failed":
+        if job is not None and job.state == "failed":
             break
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
@@ -605,7 +602,7 @@ def test_concurrent_first_invocations_create_the_workspace_once(pipeline: Pipeli
     """Eight invocations starting together on a fresh process (a burst after a cold start) wait for
     the one that creates the resource group's workspace instead of each creating and polling it."""
     p = pipeline
-    cloud = Cloud(p.settings)
+    cloud = BatchAIBackend(p.settings)
     since = p.arm("/_emulator/requests?since=999999999999")["last_seq"]
     pool = concurrent.futures.ThreadPoolExecutor(8)
 

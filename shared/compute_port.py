@@ -1,0 +1,265 @@
+"""The compute port: what the pipeline needs from a training service, and nothing more.
+
+Why: ingest, the monitor, the HTTP API and cleanup must not know which service trains a run. They
+talk to one ``ComputeBackend`` (built once, in ``shared.ingest.build_services``, from the settings)
+and see only the plain values declared here: job and cluster states in the pipeline's own words,
+output files with download URLs, and one error type, ``ComputeError``. Each backend module (today
+``shared.batchai_backend``) is the only code that knows its service; adding a backend means adding
+one module that implements this protocol and naming it in ``build_backend``.
+
+Conventions every implementation keeps (callers rely on them instead of handling not-found):
+- ``get_*`` answer None for something missing; ``list_*`` answer empty when the workspace (or the
+  experiment) does not exist yet; deletes and terminations of something missing answer False.
+- Long-running operations the pipeline must not block on (cluster create/delete, job create,
+  terminate, delete) are sent and not waited for; ``ensure_workspace`` is waited for.
+- Every failure is a ``ComputeError`` carrying the service's error code and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shared.runspec import RunSpec
+    from shared.settings import Settings
+
+__all__ = [
+    "JOB_STATES",
+    "ClusterRef",
+    "ClusterStatus",
+    "ComputeBackend",
+    "ComputeError",
+    "ExperimentStatus",
+    "JobNames",
+    "JobRef",
+    "JobStatus",
+    "OutputItem",
+    "ServiceError",
+    "build_backend",
+]
+
+# A job's state in the pipeline's words (a backend maps its own onto these).
+JOB_STATES = ("queued", "running", "terminating", "succeeded", "failed")
+
+
+class ComputeError(RuntimeError):
+    """A call to the training service failed.
+
+    `code` is the service's error code ('ResourceNotFound', 'Conflict', ...) or one of ours
+    ('ServiceUnavailable' for network failures, 'AuthenticationFailed', 'BatchAIUnavailable',
+    'ClusterMismatch', 'ClusterDeleting', 'UnsupportedSpec'); `status` the HTTP status when there was
+    a response.
+    """
+
+    def __init__(self, operation: str, code: str, message: str, status: int | None = None) -> None:
+        self.operation = operation
+        self.code = code
+        self.message = message
+        self.status = status
+        super().__init__(f"{operation} failed: {code}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        """True for throttling, server errors and network failures: try again later."""
+        return self.code == "ServiceUnavailable" or self.status == 429 or (self.status or 0) >= 500
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404 or self.code in ("ResourceNotFound", "NotFound", "ResourceGroupNotFound")
+
+
+@dataclass(frozen=True)
+class JobNames:
+    """Where a run's job lives: the names the backend derives from the run id and dataset."""
+
+    resource_group: str
+    workspace: str
+    experiment: str
+    job: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    """The answer of ``ensure_cluster``."""
+
+    name: str
+    id: str
+    created: bool  # True when this call sent the create request
+    provisioning_state: str | None = None
+    allocation_state: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """The answer of ``create_job``."""
+
+    experiment: str
+    name: str
+    id: str
+    created: bool  # True when this call sent the create request
+    execution_state: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceError:
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job as the monitor and cleanup see it. ``state`` is one of JOB_STATES."""
+
+    name: str
+    experiment: str
+    state: str
+    cluster: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    errors: tuple[ServiceError, ...] = ()
+    max_wall_clock: timedelta | None = None
+    # Where the service writes the job's logs, in the backend's own terms (Batch AI: the job's
+    # output directory segment on the share); read by the backend's read_stdout only.
+    log_location: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """A cluster as the monitor, the API and cleanup see it. ``allocation_state`` is 'steady' or
+    'resizing'; ``node_state_counts`` uses the keys idle/running/preparing/unusable/leaving
+    ``_node_count``; ``usable_nodes`` is None when the service did not say."""
+
+    name: str
+    id: str
+    vm_size: str | None = None
+    vm_priority: str | None = None
+    allocation_state: str | None = None
+    provisioning_state: str | None = None
+    current_node_count: int | None = None
+    node_state_counts: dict[str, int] | None = None
+    scale_settings: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    errors: tuple[ServiceError, ...] = ()
+
+    @property
+    def usable_nodes(self) -> int | None:
+        """Nodes that are or may become usable (idle, running, preparing)."""
+        if self.node_state_counts is None:
+            return None
+        counts = self.node_state_counts
+        return sum(
+            counts.get(name, 0) or 0
+            for name in ("idle_node_count", "running_node_count", "preparing_node_count")
+        )
+
+
+@dataclass(frozen=True)
+class ExperimentStatus:
+    name: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutputItem:
+    """One entry of a job's output directory ('stdouterr' or an output directory id)."""
+
+    name: str
+    is_directory: bool = False
+    size: int | None = None
+    download_url: str | None = None
+
+
+@dataclass
+class JobListing:
+    """Jobs of several experiments listed at once: the jobs per experiment, or why an experiment's
+    listing failed (the monitor goes on with the others)."""
+
+    jobs: dict[str, list[JobStatus]] = field(default_factory=dict)
+    errors: dict[str, ComputeError] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ComputeBackend(Protocol):
+    """What the pipeline needs from a training service (see the module doc for the conventions)."""
+
+    name: str  # 'batchai', 'azureml': what health and logs call the service
+    settings: Settings
+
+    # --- names ---------------------------------------------------------------------------------------
+    def cluster_name(self, spec: RunSpec, dataset: str) -> str: ...
+
+    def job_names(self, run_id: str, dataset: str) -> JobNames: ...
+
+    def job_ref(self, experiment: str, job: str) -> JobNames:
+        """The names of a job known by experiment and job name (cleanup's inventory)."""
+        ...
+
+    # --- workspace, clusters ---------------------------------------------------------------------
+    def ensure_workspace(self) -> None: ...
+
+    def ensure_cluster(self, spec: RunSpec, dataset: str) -> ClusterRef: ...
+
+    def is_steady(self, cluster: ClusterRef) -> bool: ...
+
+    def get_cluster(self, name: str) -> ClusterStatus | None: ...
+
+    def list_clusters(self) -> dict[str, ClusterStatus]: ...
+
+    def delete_cluster(self, name: str) -> bool: ...
+
+    # --- experiments, jobs -------------------------------------------------------------------------
+    def request_experiment(self, dataset: str) -> None:
+        """Ask for the dataset's experiment without waiting (a no-op where experiments are names)."""
+        ...
+
+    def list_experiments(self) -> list[ExperimentStatus]: ...
+
+    def delete_experiment(self, name: str) -> bool: ...
+
+    def create_job(self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str) -> JobRef: ...
+
+    def get_job(self, names: JobNames) -> JobStatus | None: ...
+
+    def list_jobs(self, experiment: str) -> list[JobStatus]: ...
+
+    def list_jobs_of(self, experiments: Iterable[str]) -> JobListing:
+        """The jobs of each experiment, listed as cheaply as the service allows (the monitor's pass)."""
+        ...
+
+    def terminate_job(self, names: JobNames) -> bool: ...
+
+    def delete_job(self, names: JobNames) -> bool: ...
+
+    def terminate_and_delete_job(self, names: JobNames) -> None: ...
+
+    # --- outputs and logs --------------------------------------------------------------------------
+    def list_output_files(
+        self, names: JobNames, directory_id: str, directory: str = "."
+    ) -> list[OutputItem]: ...
+
+    def read_stdout(self, job: JobStatus, offset: int, length: int) -> bytes:
+        """Bytes ``offset`` to ``offset + length`` of a job's stdout as far as it is written (b"" when
+        there is nothing there yet): the monitor reads running jobs' new output on every pass, so
+        this costs no ARM request per run where the service allows."""
+        ...
+
+    # --- health --------------------------------------------------------------------------------------
+    def health(self) -> str:
+        """A one-line account of the service answering; raises when it does not."""
+        ...
+
+
+def build_backend(settings: Settings) -> ComputeBackend:
+    """The backend the settings name (one per process, built by ``shared.ingest.build_services``)."""
+    from shared.batchai_backend import BatchAIBackend
+
+    return BatchAIBackend(settings)

@@ -1,0 +1,91 @@
+"""The compute port: one backend per process, received by every entry point, and only the backend
+modules know a training service."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared import ingest, runs_api
+from shared.batchai_backend import BatchAIBackend
+from shared.cleanup import Cleanup
+from shared.compute_port import ClusterStatus, ComputeBackend
+from shared.settings import local_stack_values, reset_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+# The modules allowed to know Batch AI (its SDK, request builders and client).
+BATCHAI_MODULES = {
+    "shared/batchai_backend.py",
+    "shared/compute.py",
+    "shared/batchai_models.py",
+    "shared/clients.py",
+}
+SERVICE_MODULES = ("shared.compute", "shared.batchai_models", "azure.mgmt.batchai", "shared.batchai_backend")
+
+
+@pytest.fixture
+def app_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in local_stack_values().items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    yield
+    reset_settings()
+
+
+def test_every_entry_point_receives_the_one_backend(app_settings: None) -> None:
+    backend = ingest.services().cloud
+    assert isinstance(backend, BatchAIBackend) and isinstance(backend, ComputeBackend)
+    assert ingest.services().cloud is backend  # built once per process
+    assert runs_api._compute() is backend  # the API: no Compute per call
+    assert Cleanup().compute is backend  # cleanup: no clients of its own
+
+
+def test_services_follow_the_settings(app_settings: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ingest.services()
+    monkeypatch.setenv("BATCHAI_WORKSPACE", "another-ws")
+    reset_settings()
+    second = ingest.services()
+    assert second is not first and second.cloud.settings.workspace == "another-ws"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_backend_modules_know_batchai() -> None:
+    """Ingest, the monitor, the API, cleanup and the functions reach the service only through the
+    port (shared.compute_port, with the backend chosen by build_backend)."""
+    offenders = {}
+    for path in [*ROOT.glob("shared/*.py"), *ROOT.glob("functions/*.py"), ROOT / "function_app.py"]:
+        rel = str(path.relative_to(ROOT))
+        if rel in BATCHAI_MODULES or rel == "shared/compute_port.py":
+            continue
+        found = {
+            m for m in imported_modules(path) if any(m == s or m.startswith(s + ".") for s in SERVICE_MODULES)
+        }
+        found |= {m for m in imported_modules(path) if m == "shared.clients.batchai_client"}
+        if found:
+            offenders[rel] = sorted(found)
+    assert offenders == {}
+
+
+def test_usable_nodes_counts_idle_running_and_preparing() -> None:
+    counts = {
+        "idle_node_count": 1,
+        "running_node_count": 2,
+        "preparing_node_count": 3,
+        "unusable_node_count": 4,
+    }
+    assert ClusterStatus("c", "id", node_state_counts=counts).usable_nodes == 6
+    assert ClusterStatus("c", "id").usable_nodes is None
