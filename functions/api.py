@@ -87,6 +87,20 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     return _call("health", req)
 
 
+@bp.function_name("dashboard")
+@bp.route(route="ui", methods=METHODS, auth_level=ANONYMOUS)
+def dashboard(req: func.HttpRequest) -> func.HttpResponse:
+    """GET: the dashboard page (holds no data; it calls the API with the key the user gives)."""
+    return _call("ui", req)
+
+
+@bp.function_name("dashboard_file")
+@bp.route(route="ui/{*path}", methods=METHODS, auth_level=ANONYMOUS)
+def dashboard_file(req: func.HttpRequest) -> func.HttpResponse:
+    """GET: a file of the dashboard page (script, styles, the vendored chart library)."""
+    return _call("ui/{path}", req)
+
+
 @bp.function_name("openapi")
 @bp.route(route="openapi.json", methods=METHODS, auth_level=ANONYMOUS)
 def openapi(req: func.HttpRequest) -> func.HttpResponse:

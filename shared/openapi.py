@@ -16,8 +16,9 @@ __all__ = ["API_VERSION", "ROUTES", "document"]
 
 API_VERSION = "1.0.0"
 
-# Route template (as registered with the Functions host, under the `api` prefix) -> the HTTP methods
-# it implements -> operationId. Every other method on a registered route answers 405.
+# Route template (as registered with the Functions host, under the `api` prefix; the dashboard's
+# files are registered as the catch-all "ui/{*path}") -> the HTTP methods it implements ->
+# operationId. Every other method on a registered route answers 405.
 ROUTES: dict[str, dict[str, str]] = {
     "runs": {"GET": "listRuns", "POST": "startRun"},
     "runs/{id}": {"GET": "getRun", "DELETE": "deleteRun"},
@@ -27,8 +28,10 @@ ROUTES: dict[str, dict[str, str]] = {
     "clusters/{name}": {"DELETE": "deleteCluster"},
     "health": {"GET": "health"},
     "openapi.json": {"GET": "openapi"},
+    "ui": {"GET": "dashboard"},
+    "ui/{path}": {"GET": "dashboardFile"},
 }
-ANONYMOUS_ROUTES = frozenset({"health", "openapi.json"})
+ANONYMOUS_ROUTES = frozenset({"health", "openapi.json", "ui", "ui/{path}"})
 # What a route registers with the host: every method, so that the handler answers 405 in our shape.
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -489,6 +492,49 @@ def _operations() -> dict[str, Any]:
                     **_errors(405),
                 },
             }
+        },
+        "/ui": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "The dashboard page (anonymous; it holds no data: it asks for the function "
+                "key, or takes ?code=, and calls this API with it)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(405),
+                },
+            }
+        },
+        "/ui/{path}": {
+            "parameters": [
+                {
+                    "name": "path",
+                    "in": "path",
+                    "required": True,
+                    "description": "A file of the dashboard (script, style sheet, vendored library)",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "get": {
+                "operationId": "dashboardFile",
+                "summary": "A file of the dashboard page (anonymous)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(404, 405),
+                },
+            },
         },
         "/openapi.json": {
             "get": {

@@ -708,7 +708,15 @@ _OPERATIONS: dict[str, Callable[[ApiRequest], ApiResponse]] = {
     "deleteCluster": delete_cluster,
     "health": health,
     "openapi": openapi,
+    "dashboard": lambda request: _dashboard(request),
+    "dashboardFile": lambda request: _dashboard(request),
 }
+
+
+def _dashboard(request: ApiRequest) -> ApiResponse:
+    from shared import dashboard
+
+    return dashboard.serve(request)
 
 
 def operations() -> Iterable[str]:

@@ -25,6 +25,7 @@ def registered_http_routes() -> dict[str, tuple[set[str], str]]:
         if trigger["type"] != "httpTrigger":
             continue
         route = trigger.get("route") or function.get_function_name()
+        route = route.replace("{*", "{")  # a catch-all parameter is an ordinary one in OpenAPI
         assert route not in routes, f"route {route} registered twice"
         routes[route] = (
             {m.upper() for m in trigger.get("methods") or ALL_METHODS},
