@@ -65,6 +65,42 @@ KNOWN: dict[str, tuple[int, str]] = {
         "The specified copy ID did not match the copy ID for the pending copy operation.",
     ),
     "PendingCopyOperation": (409, "There is currently a pending copy operation."),
+    "LeaseAlreadyPresent": (409, "There is already a lease present."),
+    "LeaseIdMismatchWithLeaseOperation": (
+        409,
+        "The lease ID specified did not match the lease ID for the resource with the specified lease "
+        "operation.",
+    ),
+    "LeaseNotPresentWithLeaseOperation": (409, "There is currently no lease on the resource."),
+    "LeaseIsBreakingAndCannotBeAcquired": (
+        409,
+        "There is already a breaking lease on the resource. It cannot be acquired before it is broken.",
+    ),
+    "LeaseIsBreakingAndCannotBeChanged": (409, "The lease ID matched, but the lease is breaking."),
+    "LeaseIsBrokenAndCannotBeRenewed": (409, "The lease ID matched, but the lease has been broken."),
+    "LeaseIdMissing": (
+        412,
+        "There is currently a lease on the resource and no lease ID was specified in the request.",
+    ),
+    "LeaseIdMismatchWithFileOperation": (
+        412,
+        "The lease ID specified did not match the lease ID for the file.",
+    ),
+    "LeaseNotPresentWithFileOperation": (412, "There is currently no lease on the file."),
+    "LeaseIdMismatchWithContainerOperation": (
+        412,
+        "The lease ID specified did not match the lease ID for the share.",
+    ),
+    "LeaseNotPresentWithContainerOperation": (412, "There is currently no lease on the share."),
+    "ShareHasSnapshots": (
+        409,
+        "The share has snapshots and the operation requires no snapshots (x-ms-delete-snapshots: include).",
+    ),
+    "ShareSnapshotNotFound": (404, "The specified share snapshot does not exist."),
+    "ShareSnapshotOperationNotSupported": (
+        400,
+        "The operation is not supported on a share snapshot: snapshots are read-only.",
+    ),
     "ServerBusy": (503, "The server is busy."),
     "InternalError": (500, "The server encountered an internal error. Please retry the request."),
 }

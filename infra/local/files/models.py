@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import leases
 from .errors import StorageError
 
 CHUNK = 1024 * 1024
@@ -93,6 +94,23 @@ def split_path(path: str) -> list[str]:
     return components
 
 
+SNAPSHOT_SEP = "@"  # `<share>@<snapshot id>`: how the backend names a share snapshot
+SNAPSHOT_ID = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{7}Z$")
+
+
+def validate_snapshot_id(snapshot: str) -> None:
+    if not SNAPSHOT_ID.match(snapshot):
+        raise StorageError(
+            "InvalidQueryParameterValue",
+            message=f"The share snapshot {snapshot!r} is not a snapshot time (yyyy-MM-ddTHH:mm:ss.fffffffZ).",
+            details={"QueryParameterName": "sharesnapshot", "QueryParameterValue": snapshot},
+        )
+
+
+def snapshot_of(share: str) -> str | None:
+    return share.partition(SNAPSHOT_SEP)[2] or None
+
+
 def validate_metadata(metadata: list[tuple[str, str]]) -> None:
     for name, _value in metadata:
         if not METADATA_NAME.match(name):
@@ -120,6 +138,8 @@ class ShareInfo:
     etag: str
     access_tier: str = DEFAULT_ACCESS_TIER
     access_tier_changed: float | None = None
+    lease: dict[str, Any] | None = None
+    snapshot: str | None = None  # the share snapshot's id, for a snapshot
 
 
 @dataclass
@@ -140,6 +160,7 @@ class EntryInfo:
     metadata: list[tuple[str, str]] = field(default_factory=list)
     content: dict[str, str] = field(default_factory=dict)
     copy: dict[str, Any] | None = None
+    lease: dict[str, Any] | None = None
 
 
 class MetaStore:
@@ -214,6 +235,13 @@ class MetaStore:
                 " AND (path = ? OR substr(path, 1, ?) = ?)",
                 (new, len(old) + 1, account, share, old, len(old) + 1, old + "/"),
             )
+
+    def entries_of(self, account: str, share: str) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, doc FROM entries WHERE account=? AND share=?", (account, share)
+            ).fetchall()
+        return [(p, json.loads(d)) for p, d in rows]
 
     def all_entries(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         with self._lock:
@@ -353,6 +381,8 @@ class FilesBackend:
         self.data_dir = data_dir.resolve()
         self.shares_root = self.data_dir / "shares"
         self.shares_root.mkdir(parents=True, exist_ok=True)
+        # Share snapshots: read-only copies of a share's tree, outside the tree a cluster mounts.
+        self.snapshots_root = self.data_dir / "snapshots"
         self.meta = MetaStore(self.data_dir / "meta" / "meta.sqlite3")
         self.copy_chunk_delay = copy_chunk_delay
         self.copies: dict[tuple[str, str, str], CopyJob] = {}
@@ -375,7 +405,17 @@ class FilesBackend:
 
     # --- paths -----------------------------------------------------------------------------------
     def share_dir(self, account: str, share: str, must_exist: bool = True) -> Path:
-        validate_share_name(share)
+        """A share's directory; `<share>@<snapshot id>` names a share snapshot's (read-only) copy."""
+        name, _, snapshot = share.partition(SNAPSHOT_SEP)
+        validate_share_name(name)
+        if snapshot:
+            validate_snapshot_id(snapshot)
+            if not (self.shares_root / account / name).is_dir():
+                raise StorageError("ShareNotFound")
+            directory = self.snapshots_root / account / name / snapshot
+            if not directory.is_dir():
+                raise StorageError("ShareSnapshotNotFound")
+            return directory
         directory = self.shares_root / account / share
         if must_exist and not directory.is_dir():
             raise StorageError("ShareNotFound")
@@ -432,13 +472,15 @@ class FilesBackend:
         directory = self.share_dir(account, share)
         doc = self._share_doc(account, share, directory)
         return ShareInfo(
-            name=share,
+            name=share.split(SNAPSHOT_SEP, 1)[0],
             quota=doc["quota"],
             metadata=[tuple(p) for p in doc["metadata"]],
             last_modified=doc["changed"] / 1e9,
             etag=etag_of("share", doc["changed"], doc["ino"]),
             access_tier=doc.get("access_tier", DEFAULT_ACCESS_TIER),
             access_tier_changed=doc["access_tier_changed"] / 1e9 if doc.get("access_tier_changed") else None,
+            lease=doc.get("lease"),
+            snapshot=snapshot_of(share),
         )
 
     def update_share(
@@ -464,14 +506,64 @@ class FilesBackend:
             self.meta.put_share(account, share, doc)
         return self.get_share(account, share)
 
-    def delete_share(self, account: str, share: str) -> None:
+    def delete_share(self, account: str, share: str, include_snapshots: bool = False) -> None:
+        """Delete a share (refused while it has snapshots, unless they go too) or one snapshot."""
         directory = self.share_dir(account, share)
         with self._lock:
+            if snapshot_of(share):
+                shutil.rmtree(directory)
+                self.meta.delete_share(account, share)
+                return
+            snapshots = self.list_snapshots(account, share)
+            if snapshots and not include_snapshots:
+                raise StorageError("ShareHasSnapshots")
             for key, job in list(self.copies.items()):
                 if key[:2] == (account, share):
                     job.abort_requested.set()
             shutil.rmtree(directory)
             self.meta.delete_share(account, share)
+            for snapshot in snapshots:
+                self.meta.delete_share(account, f"{share}{SNAPSHOT_SEP}{snapshot}")
+            shutil.rmtree(self.snapshots_root / account / share, ignore_errors=True)
+
+    def list_snapshots(self, account: str, share: str) -> list[str]:
+        base = self.snapshots_root / account / share
+        return sorted(e.name for e in os.scandir(base) if SNAPSHOT_ID.match(e.name)) if base.is_dir() else []
+
+    def create_snapshot(self, account: str, share: str, metadata: list[tuple[str, str]] | None) -> str:
+        """Copy the share's tree and properties into a snapshot named by its creation time."""
+        if metadata is not None:
+            validate_metadata(metadata)
+        directory = self.share_dir(account, share)
+        with self._lock:
+            stamp = time.time_ns()
+            while True:
+                snapshot = (
+                    time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp // 1_000_000_000))
+                    + f".{(stamp % 1_000_000_000) // 100:07d}Z"
+                )
+                target = self.snapshots_root / account / share / snapshot
+                if not target.exists():
+                    break
+                stamp += 100
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{snapshot}.partial")
+            shutil.copytree(directory, partial, symlinks=True)
+            name = f"{share}{SNAPSHOT_SEP}{snapshot}"
+            doc = dict(self._share_doc(account, share, directory))
+            doc.pop("lease", None)
+            doc["ino"] = partial.stat().st_ino
+            if metadata is not None:
+                doc["metadata"] = metadata
+            for path, entry in self.meta.entries_of(account, share):
+                copied = partial / path
+                with contextlib.suppress(OSError):
+                    if entry.get("ino") == (directory / path).stat().st_ino:
+                        entry = {k: v for k, v in entry.items() if k not in ("lease", "copy")}
+                        self.meta.put(account, name, path, {**entry, "ino": copied.stat().st_ino})
+            os.rename(partial, target)
+            self.meta.put_share(account, name, doc)
+        return snapshot
 
     def list_shares(
         self, account: str, prefix: str, marker: str, max_results: int
@@ -487,6 +579,47 @@ class FilesBackend:
         names = [n for n in names if n.startswith(prefix) and n >= marker]
         page, rest = names[:max_results], names[max_results:]
         return [self.get_share(account, n) for n in page], (rest[0] if rest else "")
+
+    def share_lease(
+        self, account: str, share: str, action: str, request: dict[str, str | None]
+    ) -> tuple[int, dict[str, str], ShareInfo]:
+        directory = self.share_dir(account, share)
+        with self._lock:
+            doc = self._share_doc(account, share, directory)
+            lease, status, headers = leases.apply(doc.get("lease"), action, request, time.time(), "share")
+            doc["lease"] = lease
+            self.meta.put_share(account, share, doc)
+        return status, headers, self.get_share(account, share)
+
+    def check_share_lease(self, account: str, share: str, given: str | None, needs_lease: bool) -> None:
+        if snapshot_of(share):
+            return
+        leases.check(self.get_share(account, share).lease, given, time.time(), "share", needs_lease)
+
+    def file_lease(
+        self, account: str, share: str, path: str, action: str, request: dict[str, str | None]
+    ) -> tuple[int, dict[str, str], EntryInfo]:
+        self.get_entry(account, share, path, "file")
+        target, components = self.locate(account, share, path)
+        key = "/".join(components)
+        with self._lock:
+            doc = self._doc(account, share, key, target.stat())
+            lease, status, headers = leases.apply(doc.get("lease"), action, request, time.time(), "file")
+            doc["lease"] = lease
+            self.meta.put(account, share, key, doc)
+        return status, headers, self._info(account, share, key, target, doc=doc)
+
+    def check_file_lease(
+        self, account: str, share: str, path: str, given: str | None, needs_lease: bool
+    ) -> None:
+        """Refuse a file operation that a lease forbids; a file that does not exist has no lease."""
+        target, components = self.locate(account, share, path)
+        try:
+            st = target.stat()
+        except OSError:
+            return
+        doc = self._doc(account, share, "/".join(components), st)
+        leases.check(doc.get("lease"), given, time.time(), "file", needs_lease)
 
     def service_properties(self, account: str) -> dict[str, Any]:
         """The account's File service properties as set: top-level element name -> its XML."""
@@ -551,6 +684,7 @@ class FilesBackend:
             metadata=[tuple(p) for p in doc.get("metadata", [])],
             content=dict(doc.get("content", {})),
             copy=copy,
+            lease=doc.get("lease"),
         )
 
     def get_entry(self, account: str, share: str, path: str, kind: str) -> EntryInfo:
@@ -723,13 +857,11 @@ class FilesBackend:
             self._refuse_while_copying(account, share, key)
             with open(target, "wb") as handle:
                 handle.truncate(size)
-            doc = {
-                "ino": target.stat().st_ino,
-                "metadata": metadata,
-                "content": content,
-                "changed": now_ns(),
-                **props,
-            }
+            ino = target.stat().st_ino
+            doc = {"ino": ino, "metadata": metadata, "content": content, "changed": now_ns(), **props}
+            old = self.meta.get(account, share, key)
+            if old and old.get("ino") == ino and old.get("lease"):
+                doc["lease"] = old["lease"]  # a lease outlives Create File over its file
             self.meta.put(account, share, key, doc)
         return self._info(account, share, key, target, doc=doc)
 

@@ -28,12 +28,13 @@ from xml.sax.saxutils import escape, quoteattr
 
 from werkzeug.wrappers import Request, Response
 
-from . import auth, serviceprops, urls
+from . import auth, leases, serviceprops, urls
 from .errors import StorageError
 from .models import (
     ACCESS_TIERS,
     MAX_QUOTA_GIB,
     MAX_RANGE_WRITE,
+    SNAPSHOT_SEP,
     CopySource,
     EntryInfo,
     FilesBackend,
@@ -92,6 +93,7 @@ class Ctx:
         self.level = level
         self.account = groups.get("account", "")
         self.share = groups.get("share")
+        self.share_name = self.share  # as addressed, without a snapshot
         self.path = groups.get("path", "") or ""
         raw = request.environ.get(RAW_HEADERS_KEY)
         pairs: Iterable[tuple[str, str]] = raw if raw is not None else request.headers.items()
@@ -277,10 +279,6 @@ class FilesResponses:
         comp = request.args.get("comp") or None
         operation = urls.operations.get((level, request.method, restype, comp))
         if operation is None:
-            if comp == "lease":
-                raise StorageError(
-                    "NotImplemented", message="Leases are not supported by the local Files emulator."
-                )
             if any(key[0] == level and key[2:] == (restype, comp) for key in urls.operations):
                 raise StorageError(
                     "UnsupportedHttpVerb",
@@ -300,6 +298,19 @@ class FilesResponses:
                 f"comp={comp!r} on this URL.",
             )
         self.authorize(ctx, operation)
+        snapshot = request.args.get("sharesnapshot")
+        if snapshot:
+            if operation.handler not in urls.SNAPSHOT_READS:
+                raise StorageError("ShareSnapshotOperationNotSupported")
+            ctx.share = f"{ctx.share}{SNAPSHOT_SEP}{snapshot}"
+        lease_id = ctx.header("x-ms-lease-id")
+        if operation.handler in urls.FILE_LEASED:
+            needs = urls.FILE_LEASED[operation.handler]
+            self.backend.check_file_lease(ctx.account, ctx.share, ctx.path, lease_id, needs)
+        elif operation.handler in urls.SHARE_LEASED:
+            self.backend.check_share_lease(
+                ctx.account, ctx.share, lease_id, urls.SHARE_LEASED[operation.handler]
+            )
         return getattr(self, operation.handler)(ctx)
 
     def authorize(self, ctx: Ctx, operation: urls.Operation) -> None:
@@ -382,8 +393,19 @@ class FilesResponses:
         if ctx.args.get("maxresults"):
             parts.append(f"<MaxResults>{max_results}</MaxResults>")
         parts.append("<Shares>")
+        listed = []
         for share in shares:
-            parts.append(f"<Share><Name>{escape(share.name)}</Name>{self._share_properties_xml(share)}")
+            if "snapshots" in include:
+                for snapshot in self.backend.list_snapshots(ctx.account, share.name):
+                    listed.append(
+                        self.backend.get_share(ctx.account, f"{share.name}{SNAPSHOT_SEP}{snapshot}")
+                    )
+            listed.append(share)
+        for share in listed:
+            snapshot = f"<Snapshot>{share.snapshot}</Snapshot>" if share.snapshot else ""
+            parts.append(
+                f"<Share><Name>{escape(share.name)}</Name>{snapshot}{self._share_properties_xml(share)}"
+            )
             if "metadata" in include:
                 parts.append(
                     "<Metadata>"
@@ -396,6 +418,7 @@ class FilesResponses:
 
     @staticmethod
     def _share_properties_xml(share: ShareInfo) -> str:
+        lease = leases.headers(share.lease, time.time())
         changed = (
             f"<AccessTierChangeTime>{http_date(share.access_tier_changed)}</AccessTierChangeTime>"
             if share.access_tier_changed
@@ -404,8 +427,15 @@ class FilesResponses:
         return (
             f"<Properties><Last-Modified>{http_date(share.last_modified)}</Last-Modified>"
             f"<Etag>{escape(share.etag)}</Etag><Quota>{share.quota}</Quota>"
-            f"<AccessTier>{share.access_tier}</AccessTier>{changed}<LeaseStatus>unlocked</LeaseStatus>"
-            "<LeaseState>available</LeaseState><EnabledProtocols>SMB</EnabledProtocols></Properties>"
+            f"<AccessTier>{share.access_tier}</AccessTier>{changed}"
+            f"<LeaseStatus>{lease['x-ms-lease-status']}</LeaseStatus>"
+            f"<LeaseState>{lease['x-ms-lease-state']}</LeaseState>"
+            + (
+                f"<LeaseDuration>{lease['x-ms-lease-duration']}</LeaseDuration>"
+                if "x-ms-lease-duration" in lease
+                else ""
+            )
+            + "<EnabledProtocols>SMB</EnabledProtocols></Properties>"
         )
 
     def get_service_properties(self, ctx: Ctx) -> Response:
@@ -454,16 +484,46 @@ class FilesResponses:
             "x-ms-share-quota": str(share.quota),
             "x-ms-access-tier": share.access_tier,
             "x-ms-enabled-protocols": "SMB",
-            "x-ms-lease-status": "unlocked",
-            "x-ms-lease-state": "available",
+            **leases.headers(share.lease if not share.snapshot else None, time.time()),
         }
         if share.access_tier_changed:
             headers["x-ms-access-tier-change-time"] = http_date(share.access_tier_changed)
         return empty(200, headers)
 
     def delete_share(self, ctx: Ctx) -> Response:
-        self.backend.delete_share(ctx.account, ctx.share)
+        option = (ctx.header("x-ms-delete-snapshots") or "").lower()
+        if option not in ("", "include", "include-leased"):
+            raise StorageError(
+                "InvalidHeaderValue",
+                message=f"x-ms-delete-snapshots must be include or include-leased, not {option!r}.",
+                details={"HeaderName": "x-ms-delete-snapshots"},
+            )
+        self.backend.delete_share(ctx.account, ctx.share, include_snapshots=bool(option))
         return empty(202)
+
+    def create_snapshot(self, ctx: Ctx) -> Response:
+        snapshot = self.backend.create_snapshot(
+            ctx.account, ctx.share, ctx.metadata() if ctx.has_metadata() else None
+        )
+        share = self.backend.get_share(ctx.account, f"{ctx.share}{SNAPSHOT_SEP}{snapshot}")
+        return empty(201, {"x-ms-snapshot": snapshot, **self._share_headers(share)})
+
+    @staticmethod
+    def _lease_request(ctx: Ctx) -> dict[str, str | None]:
+        names = ("x-ms-lease-id", "x-ms-proposed-lease-id", "x-ms-lease-duration", "x-ms-lease-break-period")
+        return {name: ctx.header(name) for name in names}
+
+    def share_lease(self, ctx: Ctx) -> Response:
+        status, headers, share = self.backend.share_lease(
+            ctx.account, ctx.share, ctx.header("x-ms-lease-action") or "", self._lease_request(ctx)
+        )
+        return empty(status, {**headers, **self._share_headers(share)})
+
+    def file_lease(self, ctx: Ctx) -> Response:
+        status, headers, info = self.backend.file_lease(
+            ctx.account, ctx.share, ctx.path, ctx.header("x-ms-lease-action") or "", self._lease_request(ctx)
+        )
+        return empty(status, {**headers, "ETag": info.etag, "Last-Modified": http_date(info.last_modified)})
 
     def set_share_metadata(self, ctx: Ctx) -> Response:
         share = self.backend.update_share(ctx.account, ctx.share, metadata=ctx.metadata())
@@ -564,8 +624,8 @@ class FilesResponses:
         )
         endpoint = f"{ctx.request.host_url}{ctx.account}"
         parts = [
-            f"<EnumerationResults ServiceEndpoint={quoteattr(endpoint)} ShareName={quoteattr(ctx.share)} "
-            f"DirectoryPath={quoteattr(ctx.path.rstrip('/'))}>"
+            f"<EnumerationResults ServiceEndpoint={quoteattr(endpoint)} "
+            f"ShareName={quoteattr(ctx.share_name or '')} DirectoryPath={quoteattr(ctx.path.rstrip('/'))}>"
         ]
         if prefix:
             parts.append(f"<Prefix>{escape(prefix)}</Prefix>")
@@ -654,8 +714,7 @@ class FilesResponses:
             "Content-Type": info.content.get("content_type") or "application/octet-stream",
             "Accept-Ranges": "bytes",
             "x-ms-server-encrypted": "true",
-            "x-ms-lease-state": "available",
-            "x-ms-lease-status": "unlocked",
+            **leases.headers(info.lease, time.time()),
             **meta_headers(info.metadata),
             **smb_headers(info),
             **copy_headers(info),
@@ -812,6 +871,12 @@ class FilesResponses:
         )
 
     def list_ranges(self, ctx: Ctx) -> Response:
+        if ctx.args.get("prevsharesnapshot"):
+            raise StorageError(
+                "NotImplemented",
+                message="Range lists against a previous share snapshot are not supported by the local "
+                "Files emulator.",
+            )
         target, info = self.backend.file_path(ctx.account, ctx.share, ctx.path)
         requested = parse_range(ctx.header("x-ms-range") or ctx.header("range"), "x-ms-range")
         low, high = (0, info.size - 1) if requested is None else (requested[0], requested[1] or info.size - 1)

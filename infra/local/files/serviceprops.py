@@ -13,7 +13,10 @@ from .errors import StorageError
 
 # Top-level elements of StorageServiceProperties for the File service, in the order Azure writes them.
 ELEMENTS = ("HourMetrics", "MinuteMetrics", "Cors", "ProtocolSettings")
-DEFAULT_METRICS = "<Version>1.0</Version><Enabled>false</Enabled><RetentionPolicy><Enabled>false</Enabled></RetentionPolicy>"
+DEFAULT_METRICS = (
+    "<Version>1.0</Version><Enabled>false</Enabled>"
+    "<RetentionPolicy><Enabled>false</Enabled></RetentionPolicy>"
+)
 DEFAULTS = {
     "HourMetrics": f"<HourMetrics>{DEFAULT_METRICS}</HourMetrics>",
     "MinuteMetrics": f"<MinuteMetrics>{DEFAULT_METRICS}</MinuteMetrics>",

@@ -36,6 +36,8 @@ operations: dict[tuple[str, str, str | None, str | None], Operation] = {
     ("share", "DELETE", "share", None): Operation("delete_share", "d", "c"),
     ("share", "PUT", "share", "metadata"): Operation("set_share_metadata", "w", "c"),
     ("share", "PUT", "share", "properties"): Operation("set_share_properties", "w", "c"),
+    ("share", "PUT", "share", "lease"): Operation("share_lease", "w", "c"),
+    ("share", "PUT", "share", "snapshot"): Operation("create_snapshot", "c", "c"),
     ("share", "GET", "share", "stats"): Operation("get_share_stats", "r", "c"),
     ("share", "GET", "share", "acl"): Operation("get_share_acl", "r", "c"),
     ("share", "PUT", "share", "acl"): Operation("set_share_acl", "w", "c"),
@@ -64,6 +66,7 @@ operations: dict[tuple[str, str, str | None, str | None], Operation] = {
     ("item", "PUT", None, "metadata"): Operation("set_file_metadata", "w", "o"),
     ("item", "PUT", None, "properties"): Operation("set_file_properties", "w", "o"),
     ("item", "PUT", None, "copy"): Operation("abort_copy", "w", "o"),
+    ("item", "PUT", None, "lease"): Operation("file_lease", "w", "o"),
     ("item", "GET", None, "listhandles"): Operation("list_handles", "l", "o"),
     ("item", "PUT", None, "forceclosehandles"): Operation("force_close_handles", "w", "o"),
     ("item", "PUT", None, "rename"): Operation("rename", "w", "o"),
@@ -78,3 +81,43 @@ def match(path: str) -> tuple[str, dict[str, str]] | None:
         if found:
             return level, found.groupdict()
     return None
+
+
+# Handlers a share snapshot (`sharesnapshot=`) may be read through; deleting a share with it deletes
+# the snapshot. Anything else on a snapshot is ShareSnapshotOperationNotSupported: snapshots are
+# read-only.
+SNAPSHOT_READS = frozenset(
+    {
+        "get_share_properties",
+        "get_share_stats",
+        "get_share_acl",
+        "get_directory_properties",
+        "list_directory",
+        "get_file",
+        "get_file_properties",
+        "list_ranges",
+        "list_handles",
+        "delete_share",
+    }
+)
+# Lease checks (handler -> whether the operation needs the lease's id while one is active).
+FILE_LEASED = {
+    "create_file": True,
+    "put_range": True,
+    "set_file_metadata": True,
+    "set_file_properties": True,
+    "delete_file": True,
+    "abort_copy": True,
+    "get_file": False,
+    "get_file_properties": False,
+    "list_ranges": False,
+}
+SHARE_LEASED = {
+    "delete_share": True,
+    "get_share_properties": False,
+    "set_share_metadata": False,
+    "set_share_properties": False,
+    "get_share_acl": False,
+    "set_share_acl": False,
+    "get_share_stats": False,
+}
