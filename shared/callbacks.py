@@ -1,8 +1,11 @@
 """Run-summary callbacks: a signed POST to the URL a run spec names, retried with backoff.
 
-Signature: header ``X-Callback-Signature: t=<unix seconds>,sha256=<hex>`` where the hex is
-HMAC-SHA256 over ``b"<t>." + body`` with CALLBACK_SIGNING_SECRET; a receiver recomputes it (see
-``verify``) and rejects old timestamps, so a captured callback cannot be replayed later.
+Signature: header ``X-Callback-Signature: t=<unix seconds>,id=<delivery id>,v2=<hex>`` where the
+hex is HMAC-SHA256 over ``v2.<t>.<id>.<url>.`` + body with the run's own secret (``run_secret``,
+derived from CALLBACK_SIGNING_SECRET and a salt kept on the run; given to whoever starts the run,
+once). A receiver recomputes it (``verify``), rejects old timestamps and ids it has seen: a
+callback cannot be replayed later, replayed to another receiver (URL), or forged by another run's
+receiver (secret). The delivery id is also in ``X-Callback-Delivery``.
 
 Safety (server-side request forgery): only https URLs (plain http only to loopback hosts when
 CALLBACK_ALLOW_LOOPBACK_HTTP is set, for the local stack); the host's addresses are resolved and
@@ -21,6 +24,7 @@ and a private or metadata one for the connection (DNS rebinding). Environment pr
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -28,6 +32,7 @@ import ipaddress
 import json
 import logging
 import random
+import secrets
 import socket
 import ssl
 import threading
@@ -40,6 +45,7 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Callback-Signature"
+DELIVERY_HEADER = "X-Callback-Delivery"
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "168.63.129.16", "fd00:ec2::254", "100.100.100.200")
 )
@@ -76,24 +82,109 @@ class DeliveryResult:
         }
 
 
-def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
-    """The signature header value for ``body``."""
+def sign(body: bytes, secret: str, *, url: str, delivery_id: str, timestamp: int | None = None) -> str:
+    """The signature header value of one delivery: ``t=<unix seconds>,id=<delivery id>,v2=<hex>``,
+    the hex being HMAC-SHA256 with the run's secret over ``v2.<t>.<id>.<url>.`` + body. The URL
+    (the full one the POST goes to, query included) binds a signature to its receiver, the
+    delivery id lets a receiver refuse a replay within the timestamp's tolerance."""
     ts = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={ts},sha256={mac}"
+    if "," in delivery_id or "=" in delivery_id:
+        raise ValueError("a delivery id has no ',' or '='")
+    return f"t={ts},id={delivery_id},v2={_mac(body, secret, url, delivery_id, ts)}"
 
 
-def verify(body: bytes, header: str, secret: str, *, tolerance_seconds: int = 300) -> bool:
-    """True when ``header`` is a valid, recent signature of ``body`` (for receivers and tests)."""
+def _mac(body: bytes, secret: str, url: str, delivery_id: str, ts: int) -> str:
+    message = f"v2.{ts}.{delivery_id}.{url}.".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def verify(body: bytes, header: str, secret: str, *, url: str, tolerance_seconds: int = 300) -> str | None:
+    """The delivery id when ``header`` is a valid, recent signature of ``body`` sent to ``url``
+    with ``secret`` (the run's own), else None. A receiver keeps the ids it has seen for
+    ``tolerance_seconds`` and answers 2xx without acting on a repeated one (retries of one delivery
+    keep their id)."""
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
         ts = int(parts["t"])
+        delivery_id = parts["id"]
     except (ValueError, KeyError):
-        return False
-    if abs(time.time() - ts) > tolerance_seconds:
-        return False
-    expected = sign(body, secret, ts).split("sha256=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("sha256", ""))
+        return None
+    if abs(time.time() - ts) > tolerance_seconds or not delivery_id:
+        return None
+    expected = _mac(body, secret, url, delivery_id, ts)
+    return delivery_id if hmac.compare_digest(expected, parts.get("v2", "")) else None
+
+
+# --- per-run secrets and the sealed URL ------------------------------------------------------------------
+# Each run's callbacks are signed with a secret of its own, derived from the app's signing key
+# (CALLBACK_SIGNING_SECRET) and a random salt kept on the run: the registry never holds a secret,
+# only the salt, and without the key the salt is worth nothing. The full callback URL (its query
+# often carries the receiver's token) is kept sealed on the run with a key derived the same way
+# (AES-256-GCM, the salt as associated data); the record and API show it with query values replaced.
+REDACTED = "REDACTED"
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with every query value replaced by REDACTED and no fragment (names kept, so a
+    reader sees which parameters there are)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if not parts.query and not parts.fragment:
+        return url
+    query = "&".join(
+        f"{pair.split('=', 1)[0]}={REDACTED}" if pair else pair for pair in parts.query.split("&")
+    )
+    return parts._replace(query=query, fragment="").geturl()
+
+
+def _key(signing_key: str, label: str) -> bytes:
+    return hmac.new(signing_key.encode(), label.encode(), hashlib.sha256).digest()
+
+
+def run_secret(signing_key: str, salt: str) -> str:
+    """The run's callback secret (64 hex characters): what its receiver verifies with."""
+    return hmac.new(_key(signing_key, "callback-run-secret:v2"), salt.encode(), hashlib.sha256).hexdigest()
+
+
+def seal_callback(url: str, signing_key: str | None) -> dict[str, Any]:
+    """What a run keeps of its callback besides the redacted URL: the salt of its secret and, when
+    the URL has a query, the full URL sealed. Without a signing key a URL with a query is refused
+    (the run spec says so first: ``SpecContext.callback_query_allowed``)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    salt = secrets.token_urlsafe(24)
+    seal: dict[str, Any] = {"salt": salt}
+    if redact_url(url) == url:
+        return seal
+    if not signing_key:
+        raise CallbackError(
+            "a callback URL with a query string needs CALLBACK_SIGNING_SECRET to keep it sealed"
+        )
+    nonce = secrets.token_bytes(12)
+    sealed = AESGCM(_key(signing_key, "callback-url-seal:v2")).encrypt(nonce, url.encode(), salt.encode())
+    seal["url"] = base64.urlsafe_b64encode(nonce + sealed).decode()
+    return seal
+
+
+def open_callback(stored_url: str, seal: dict[str, Any] | None, signing_key: str | None) -> str:
+    """The full URL to deliver to: the sealed one when there is one, else the stored one (it had
+    no query to hide). Raises CallbackError when the seal cannot be opened (another key)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if not seal or not seal.get("url"):
+        return stored_url
+    if not signing_key:
+        raise CallbackError("the callback URL is sealed and CALLBACK_SIGNING_SECRET is not set")
+    try:
+        data = base64.urlsafe_b64decode(seal["url"])
+        key = _key(signing_key, "callback-url-seal:v2")
+        return AESGCM(key).decrypt(data[:12], data[12:], str(seal["salt"]).encode()).decode()
+    except (InvalidTag, ValueError, KeyError):
+        raise CallbackError(
+            "the sealed callback URL cannot be opened (CALLBACK_SIGNING_SECRET changed?)"
+        ) from None
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -332,8 +423,10 @@ def deliver(
     timeout_seconds: float = 10.0,
     deadline_seconds: float = DELIVERY_DEADLINE_SECONDS,
     run_id: str | None = None,
+    delivery_id: str | None = None,
 ) -> DeliveryResult:
-    """POST ``payload`` as JSON to ``url``, signed when ``secret`` is set; retry connection errors,
+    """POST ``payload`` as JSON to ``url``, signed with ``secret`` (the run's) when set, under
+    ``delivery_id`` (kept by every attempt: receivers dedupe on it); retry connection errors,
     408/429/5xx with exponential backoff (honouring Retry-After up to 30 s), all of it within
     ``deadline_seconds`` from the call: attempts, reads and waits between them together (a hard
     bound, however slowly the server answers). Never raises for a failed delivery: the result says
@@ -349,14 +442,19 @@ def deliver(
         log.warning("callback for run %s refused: %s", run_id, exc, extra={"run_id": run_id})
         return DeliveryResult(False, 0, None, str(exc), refused=True)
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
+    delivery_id = delivery_id or secrets.token_urlsafe(16)
     status: int | None = None
     error: str | None = None
     attempt = 0
     while attempt < attempts and time.monotonic() < deadline:
         attempt += 1
-        headers = {"Content-Type": "application/json", "User-Agent": "batchai-serverless-callback/1"}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "batchai-serverless-callback/2",
+            DELIVERY_HEADER: delivery_id,
+        }
         if secret:
-            headers[SIGNATURE_HEADER] = sign(body, secret)
+            headers[SIGNATURE_HEADER] = sign(body, secret, url=url, delivery_id=delivery_id)
         retry_after: float | None = None
         try:
             status, response_headers = _post_once(

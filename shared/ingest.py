@@ -38,6 +38,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from shared import callbacks
 from shared.compute_port import ComputeBackend, ComputeError
 from shared.registry import (
     ACTIVE_STATES,
@@ -409,6 +410,18 @@ def _fail_staging(
         )
 
 
+def callback_fields(svc: Services, spec: RunSpec) -> dict[str, Any]:
+    """The run's callback as the registry keeps it: the URL with its query redacted, and the seal
+    (the salt of the run's own secret, the full URL encrypted): ``shared.callbacks``."""
+    if not spec.callback_url:
+        return {"callback_url": None, "callback_seal": None}
+    key = svc.settings.callback_signing_secret
+    return {
+        "callback_url": callbacks.redact_url(spec.callback_url),
+        "callback_seal": callbacks.seal_callback(spec.callback_url, key.get_secret_value() if key else None),
+    }
+
+
 def _take_manifest(
     svc: Services, rec: RunRecord, props: Any, *, prepare: bool = True
 ) -> tuple[RunSpec, RunRecord]:
@@ -428,6 +441,7 @@ def _take_manifest(
         ]
         expected = sorted(set(expected) | set(present))
     spec_json = spec.to_json_dict()
+    callback = callback_fields(svc, spec)
 
     def apply(r: RunRecord) -> None:
         if _started_from_folder(r, rec.dataset):
@@ -435,7 +449,7 @@ def _take_manifest(
         r.spec = spec_json
         r.expected_files = expected
         r.manifest_etag = etag_of(props)
-        r.callback_url = spec.callback_url
+        r.callback_url, r.callback_seal = callback["callback_url"], callback["callback_seal"]
 
     try:
         updated = svc.registry.update(rec.run_id, apply, expected_state=STAGING, current=rec)
@@ -729,7 +743,7 @@ def start_run(
 
     fields: dict[str, Any] = {
         "spec": spec.to_json_dict(),
-        "callback_url": spec.callback_url,
+        **callback_fields(svc, spec),
         "idempotency_key": idempotency_key,
         "source": "api",
         "stage_from_prefix": stage_from_prefix,

@@ -601,7 +601,15 @@ def _claim_callback(svc: Services, run_id: str, token: str) -> RunRecord | None:
         # The pass counts when claimed, not when the delivery returns: a delivery that never
         # returns (a killed worker) still uses up one of its MAX_CALLBACK_PASSES.
         passes = int((rec.callback or {}).get("passes", 0)) + 1
-        rec.callback = {**(rec.callback or {}), "claim": token, "claimed_until": until, "passes": passes}
+        # One delivery id for every pass and attempt of this callback: receivers dedupe on it.
+        delivery_id = (rec.callback or {}).get("delivery_id") or f"{rec.run_id}.{secrets.token_hex(8)}"
+        rec.callback = {
+            **(rec.callback or {}),
+            "claim": token,
+            "claimed_until": until,
+            "passes": passes,
+            "delivery_id": delivery_id,
+        }
 
     try:
         return svc.registry.update(run_id, claim)
@@ -613,7 +621,7 @@ def _deliver_one(
     svc: Services, run_id: str, *, deadline_seconds: float | None = None
 ) -> tuple[str, str | None]:
     settings = svc.settings
-    secret = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
+    key = settings.callback_signing_secret.get_secret_value() if settings.callback_signing_secret else None
     token = secrets.token_hex(8)
     try:
         claimed = _claim_callback(svc, run_id, token)
@@ -622,19 +630,28 @@ def _deliver_one(
         if not claimed.callback_pending:
             return run_id, "failed"  # given up at this claim (see _claim_callback)
         rec = svc.registry.get(run_id)  # with its output files (a compare-and-swap reads the run row only)
-        result = callbacks.deliver(
-            rec.callback_url or "",
-            summary(rec),
-            secret=secret,
-            allow_loopback_http=settings.callback_allow_loopback_http,
-            attempts=CALLBACK_ATTEMPTS,
-            timeout_seconds=CALLBACK_TIMEOUT_SECONDS,
-            deadline_seconds=CALLBACK_DEADLINE_SECONDS if deadline_seconds is None else deadline_seconds,
-            run_id=rec.run_id,
-        )
+        delivery_id = str((claimed.callback or {}).get("delivery_id") or "")
+        seal = rec.callback_seal or {}
+        try:
+            url = callbacks.open_callback(rec.callback_url or "", seal, key)
+        except callbacks.CallbackError as exc:
+            result = callbacks.DeliveryResult(False, 0, None, str(exc), refused=True)
+        else:
+            result = callbacks.deliver(
+                url,
+                summary(rec),
+                # Runs recorded before per-run secrets (no seal) get one salted with their id.
+                secret=callbacks.run_secret(key, str(seal.get("salt") or rec.run_id)) if key else None,
+                allow_loopback_http=settings.callback_allow_loopback_http,
+                attempts=CALLBACK_ATTEMPTS,
+                timeout_seconds=CALLBACK_TIMEOUT_SECONDS,
+                deadline_seconds=CALLBACK_DEADLINE_SECONDS if deadline_seconds is None else deadline_seconds,
+                run_id=rec.run_id,
+                delivery_id=delivery_id,
+            )
         passes = int((claimed.callback or {}).get("passes", 1))
         done = result.delivered or result.refused or passes >= MAX_CALLBACK_PASSES
-        status = {**result.to_dict(), "passes": passes, "time": utcnow()}
+        status = {**result.to_dict(), "passes": passes, "time": utcnow(), "delivery_id": delivery_id}
 
         def record(now: RunRecord) -> None:
             if (now.callback or {}).get("claim") != token:

@@ -162,7 +162,10 @@ def _schemas() -> dict[str, Any]:
             "output_files": {"type": "array", "items": _ref("OutputFile")},
             "expected_files": {"type": ["array", "null"], "items": {"type": "string"}},
             "stdout_tail": {"type": ["string", "null"]},
-            "callback_url": {"type": ["string", "null"]},
+            "callback_url": {
+                "type": ["string", "null"],
+                "description": "The callback URL with its query values replaced by REDACTED",
+            },
             "callback": {"type": ["object", "null"]},
             "stage_from_prefix": {"type": ["string", "null"]},
             "idempotency_key": {"type": ["string", "null"]},
@@ -172,6 +175,13 @@ def _schemas() -> dict[str, Any]:
             },
         }
     )
+    started = copy.deepcopy(run)
+    started["properties"]["callback_secret"] = {
+        "type": "string",
+        "description": "This run's own callback signing secret (HMAC-SHA256 key of its "
+        "X-Callback-Signature): only in the answer to the request that started the run and its "
+        "idempotent replays; with a callback_url and CALLBACK_SIGNING_SECRET set",
+    }
     teardown = copy.deepcopy(run)
     teardown["properties"].update(
         {
@@ -229,6 +239,7 @@ def _schemas() -> dict[str, Any]:
         "OutputFile": output_schema,
         "RunSummary": run_summary,
         "Run": run,
+        "StartedRun": started,
         "Teardown": teardown,
         "RunList": {
             "type": "object",
@@ -382,7 +393,7 @@ def _operations() -> dict[str, Any]:
                 },
                 "responses": {
                     "202": {
-                        **_json(_ref("Run"), "Accepted: the run record; poll its Location"),
+                        **_json(_ref("StartedRun"), "Accepted: the run record; poll its Location"),
                         "headers": {
                             "Location": {"description": "The run's URL", "schema": {"type": "string"}},
                             "Idempotent-Replayed": {

@@ -104,7 +104,7 @@ IDEMPOTENCY_PARTITION = "~idem"
 CAS_ATTEMPTS = 20
 
 # Fields of RunRecord stored as chunked JSON, and plain scalar fields stored as they are.
-_JSON_FIELDS = ("spec", "errors", "expected_files", "callback", "metrics")
+_JSON_FIELDS = ("spec", "errors", "expected_files", "callback", "metrics", "callback_seal")
 _SCALAR_FIELDS = (
     "dataset",
     "state",
@@ -203,8 +203,11 @@ class RunRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)
     expected_files: list[str] | None = None  # what the manifest requires (None: not known yet)
     stdout_tail: str | None = None
-    callback_url: str | None = None
+    callback_url: str | None = None  # query values redacted (shared.callbacks.redact_url)
     callback: dict[str, Any] | None = None  # delivery status: {"status", "attempts", "time", ...}
+    # The salt of the run's callback secret and the full URL sealed (shared.callbacks.seal_callback):
+    # never returned by the API.
+    callback_seal: dict[str, Any] | None = None
     idempotency_key: str | None = None
     source: str | None = None  # "blob" (ingest) or "api"
     stage_from_prefix: str | None = None
@@ -228,9 +231,10 @@ class RunRecord:
         return next((f for f in self.staged_files if f.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (what the HTTP API returns)."""
+        """JSON-ready view (what the HTTP API returns): without the callback's seal."""
         out = dataclasses.asdict(self)
         out["id"] = out.pop("run_id")
+        out.pop("callback_seal", None)
         return out
 
     def log_extra(self) -> dict[str, Any]:

@@ -324,7 +324,23 @@ def _accepted(request: ApiRequest, record: Any, headers: dict[str, str] | None =
             details=[{"field": "dataset", "message": str(e.get("message", ""))} for e in record.errors[:20]],
             headers=headers,
         )
-    return ApiResponse(202, _full(record, request), headers=headers)
+    body = _full(record, request)
+    secret = _callback_secret(record)
+    if secret:
+        body["callback_secret"] = secret
+    return ApiResponse(202, body, headers=headers)
+
+
+def _callback_secret(record: Any) -> str | None:
+    """The run's own callback signing secret, for the response that started it (and a replay of that
+    request): derived from CALLBACK_SIGNING_SECRET and the run's salt, never stored, never in GET."""
+    from shared import callbacks
+
+    key = _settings().callback_signing_secret
+    salt = (record.callback_seal or {}).get("salt")
+    if not key or not salt or not record.callback_url:
+        return None
+    return callbacks.run_secret(key.get_secret_value(), str(salt))
 
 
 def _replay_or_conflict(

@@ -115,6 +115,9 @@ class SpecContext:
     allowed_vm_sizes: tuple[str, ...] = (DEFAULT_VM_SIZE,)
     default_vm_size: str = DEFAULT_VM_SIZE
     allow_loopback_http_callbacks: bool = False
+    # A callback URL's query (often a token) is kept sealed with CALLBACK_SIGNING_SECRET: without
+    # that setting such a URL is refused.
+    callback_query_allowed: bool = True
     # KEY_VAULT_RESOURCE_ID: the vault of a Key Vault secret that names none. Checked when the spec is
     # parsed, so a spec the submission cannot build is refused before a run exists.
     key_vault_resource_id: str | None = None
@@ -129,6 +132,7 @@ class SpecContext:
             allowed_vm_sizes=tuple(settings.allowed_vm_sizes),
             default_vm_size=settings.default_vm_size,
             allow_loopback_http_callbacks=settings.callback_allow_loopback_http,
+            callback_query_allowed=settings.callback_signing_secret is not None,
             key_vault_resource_id=settings.key_vault_resource_id or None,
         )
 
@@ -479,6 +483,8 @@ class RunSpec(_Strict):
             raise ValueError(
                 "must be https (http only to loopback hosts when CALLBACK_ALLOW_LOOPBACK_HTTP is true)"
             )
+        if parts.query and not _context(info).callback_query_allowed:
+            raise ValueError("a query string needs CALLBACK_SIGNING_SECRET (the app keeps it sealed with it)")
         return value
 
     @field_validator("files")
@@ -584,6 +590,16 @@ class RunSpec(_Strict):
     @field_serializer("max_wall_clock_time")
     def _serialize_duration(self, value: timedelta | None) -> float | None:
         return None if value is None else value.total_seconds()
+
+    @field_serializer("callback_url")
+    def _serialize_callback(self, value: str | None, info: Any) -> str | None:
+        # The query often carries the receiver's token: a stored or returned spec shows it redacted
+        # (the run keeps the full URL sealed, see shared.callbacks.seal_callback).
+        if value is None or (info.context or {}).get("reveal_secrets"):
+            return value
+        from shared.callbacks import redact_url
+
+        return redact_url(value)
 
     @field_serializer("secret_environment_variables")
     def _serialize_secrets(self, value: dict[str, SecretStr | KeyVaultSecret], info: Any) -> dict[str, Any]:

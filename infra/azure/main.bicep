@@ -78,7 +78,7 @@ param clusterSshPublicKey string
 @secure()
 param clusterAdminPassword string = ''
 
-@description('HMAC-SHA256 key that signs callback bodies (at least 16 characters; e.g. openssl rand -hex 32).')
+@description('Key from which each run\'s callback signing secret is derived and which seals callback URLs (at least 16 characters; e.g. openssl rand -hex 32).')
 @secure()
 @minLength(16)
 param callbackSigningSecret string

@@ -287,3 +287,61 @@ def test_metrics_of_a_run_over_http(api: Api) -> None:
     listed = api.get("/runs", params={"dataset": dataset}).json()["runs"]
     assert listed[0]["metrics"]["loss"]["value"] == 0.5
     error(api.get("/runs/no-such-run/metrics"), 404, "RunNotFound")
+
+
+def test_callback_secret_once_url_redacted_and_delivery_signed_over_the_full_url(api: Api) -> None:
+    """A run started over HTTP with a callback whose query carries a token: the 202 gives the run's
+    own secret (never again in GET); the record, its spec and the run list show the query redacted,
+    and the registry's row holds neither the token nor the secret; the callback goes to the full
+    URL, signed with that run's secret over that URL and a delivery id."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from azure.data.tables import TableClient
+
+    from shared.callbacks import SIGNATURE_HEADER, verify
+
+    received: list[tuple[str, dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = uuid.uuid4().hex
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook?token={token}"
+    try:
+        dataset = unique("api-cb")
+        stage_dataset(api.stack, dataset)
+        started = api.post("/runs", json={"dataset": dataset, "spec": {**TRAIN_SPEC, "callback_url": url}})
+        assert started.status_code == 202, started.text
+        run = started.json()
+        secret = run["callback_secret"]
+        assert len(secret) == 64 and token not in started.text
+        redacted = url.replace(token, "REDACTED")
+        assert run["callback_url"] == redacted and run["spec"]["callback_url"] == redacted
+        record = api.get(f"/runs/{run['id']}")
+        assert token not in record.text and secret not in record.text and "callback_seal" not in record.text
+        assert token not in api.get("/runs", params={"dataset": dataset}).text
+        table = TableClient.from_connection_string(api.stack.connection_string, api.settings.runs_table)
+        rows = json.dumps(list(table.query_entities(f"PartitionKey eq '{run['id']}'")), default=str)
+        assert token not in rows and secret not in rows
+
+        wait_for("the callback", lambda: received, 90)
+    finally:
+        server.shutdown()
+        server.server_close()
+    path, headers, body = received[0]
+    assert path == f"/hook?token={token}"
+    assert json.loads(body)["id"] == run["id"]
+    delivery_id = verify(body, headers[SIGNATURE_HEADER], secret, url=url)
+    assert delivery_id and delivery_id == headers["X-Callback-Delivery"]
+    assert not verify(body, headers[SIGNATURE_HEADER], secret, url=redacted)

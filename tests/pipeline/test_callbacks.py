@@ -10,7 +10,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared.callbacks import SIGNATURE_HEADER, CallbackError, check_callback_url, deliver, sign, verify
+from shared.callbacks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    CallbackError,
+    check_callback_url,
+    deliver,
+    sign,
+    verify,
+)
 
 SECRET = "test-signing-secret-0123456789"
 
@@ -49,14 +57,53 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
 
 def test_signed_delivery(receiver) -> None:
     state, url = receiver
-    result = deliver(url, {"id": "r1", "state": "succeeded"}, secret=SECRET, allow_loopback_http=True)
+    result = deliver(
+        url, {"id": "r1", "state": "succeeded"}, secret=SECRET, allow_loopback_http=True, delivery_id="d-1"
+    )
     assert result.delivered and result.attempts == 1 and result.status == 200
     headers, body = state.requests[0]
     assert json.loads(body) == {"id": "r1", "state": "succeeded"}
-    assert verify(body, headers[SIGNATURE_HEADER], SECRET)
-    assert not verify(body + b" ", headers[SIGNATURE_HEADER], SECRET)
-    assert not verify(body, headers[SIGNATURE_HEADER], "another-secret-0123456789")
-    assert not verify(body, sign(body, SECRET, timestamp=1), SECRET)  # too old: no replays
+    signature = headers[SIGNATURE_HEADER]
+    assert verify(body, signature, SECRET, url=url) == "d-1" == headers[DELIVERY_HEADER]
+    assert not verify(body + b" ", signature, SECRET, url=url)
+    assert not verify(body, signature, "another-secret-0123456789", url=url)
+    old = sign(body, SECRET, url=url, delivery_id="d-1", timestamp=1)
+    assert not verify(body, old, SECRET, url=url)  # too old: no replays
+
+
+def test_a_signature_covers_the_url_and_the_delivery_id(receiver) -> None:
+    """Replayed to another receiver (another URL, even one differing only in its query) or with
+    another delivery id, a signature does not verify."""
+    state, url = receiver
+    assert deliver(url, {"id": "r1"}, secret=SECRET, allow_loopback_http=True, delivery_id="d-1").delivered
+    headers, body = state.requests[0]
+    signature = headers[SIGNATURE_HEADER]
+    assert verify(body, signature, SECRET, url=url) == "d-1"
+    assert not verify(body, signature, SECRET, url=url.replace("token=abc", "token=abd"))
+    assert not verify(body, signature, SECRET, url="https://other.example/hook")
+    assert not verify(body, signature.replace("id=d-1", "id=d-2"), SECRET, url=url)
+
+
+def test_each_run_has_its_own_secret_and_its_url_is_sealed() -> None:
+    """Per-run secrets come from the app's key and a salt: two runs' secrets differ, neither is the
+    key, and the salt alone (what the registry keeps) does not give it. The full URL is sealed:
+    the record shows it redacted, and only the key opens it."""
+    from shared.callbacks import open_callback, redact_url, run_secret, seal_callback
+
+    url = "https://93.184.216.34/hook?token=s3cret&x=1"
+    one, two = seal_callback(url, SECRET), seal_callback(url, SECRET)
+    assert run_secret(SECRET, one["salt"]) != run_secret(SECRET, two["salt"])
+    assert SECRET not in run_secret(SECRET, one["salt"])
+    assert run_secret("another-key-0123456789", one["salt"]) != run_secret(SECRET, one["salt"])
+    assert "s3cret" not in json.dumps(one)
+    assert redact_url(url) == "https://93.184.216.34/hook?token=REDACTED&x=REDACTED"
+    assert open_callback(redact_url(url), one, SECRET) == url
+    with pytest.raises(CallbackError, match="cannot be opened"):
+        open_callback(redact_url(url), one, "another-key-0123456789")
+    plain = seal_callback("https://93.184.216.34/hook", SECRET)
+    assert "url" not in plain and open_callback("https://93.184.216.34/hook", plain, SECRET).endswith("/hook")
+    with pytest.raises(CallbackError, match="CALLBACK_SIGNING_SECRET"):
+        seal_callback(url, None)
 
 
 def test_retries_with_backoff_then_gives_up(receiver) -> None:

@@ -21,7 +21,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 
 from infra.local.stack import DEV_KEY, REPO_ROOT
-from shared import monitor
+from shared import callbacks, monitor
 from shared.callbacks import SIGNATURE_HEADER, verify
 from shared.registry import TERMINAL_STATES, RunRecord
 
@@ -198,9 +198,11 @@ def test_quickstart_through_the_functions_host(hosted) -> None:
         == "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"
     )
     assert job.node_count == 1 and job.input_directories[0].id == "SAMPLE"
-    # The callback came, signed.
+    # The callback came, signed with the run's own secret, over its URL and delivery id.
     headers, body = receiver.received[0]
-    assert verify(body, headers[SIGNATURE_HEADER], SIGNING_SECRET)
+    run_secret = callbacks.run_secret(SIGNING_SECRET, rec.callback_seal["salt"])
+    assert verify(body, headers[SIGNATURE_HEADER], run_secret, url=receiver.url)
+    assert not verify(body, headers[SIGNATURE_HEADER], SIGNING_SECRET, url=receiver.url)
     assert json.loads(body)["state"] == "succeeded" and json.loads(body)["id"] == rec.run_id
     assert {o["name"] for o in json.loads(body)["output_files"]} == {o.name for o in rec.output_files}
     assert b"sig=" not in body  # no signed download link leaves in a callback
