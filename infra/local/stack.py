@@ -157,7 +157,9 @@ class LocalStack:
         if name == "arm":
             cmd = [py, "-m", "infra.local.arm", "--host", HOST, "--port", str(p.arm),
                    "--data-dir", str(self.data_dir / "arm"), "--files-root", str(self.files_root),
-                   "--files-endpoint", self.file_endpoint]  # fmt: skip
+                   "--files-endpoint", self.file_endpoint, "--blob-endpoint", self.blob_endpoint,
+                   "--queue-endpoint", self.queue_endpoint,
+                   "--table-endpoint", self.table_endpoint]  # fmt: skip
             return cmd, [p.arm]
         if name == "functions":
             cmd = [py, "-m", "infra.local.funchost", "--app-dir", str(REPO_ROOT), "--host", HOST,

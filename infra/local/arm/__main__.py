@@ -30,7 +30,7 @@ from werkzeug.serving import make_server
 from infra.local.arm.faults import FaultInjector, FaultSettings
 from infra.local.arm.models import Backend, Config
 from infra.local.arm.server import ArmEmulator
-from infra.local.files.server import accounts_from_env
+from infra.local.arm.storage import accounts_from_env
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -48,6 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, required=True, help="state.json, node mount roots, job temp dirs")
     p.add_argument("--files-root", type=Path, required=True, help="the Files emulator's <data-dir>/shares")
     p.add_argument("--files-endpoint", default="http://127.0.0.1:10004/devstoreaccount1")
+    p.add_argument("--blob-endpoint", default=_env("BLOB_ENDPOINT", None), help="Azurite's blob endpoint")
+    p.add_argument("--queue-endpoint", default=_env("QUEUE_ENDPOINT", None))
+    p.add_argument("--table-endpoint", default=_env("TABLE_ENDPOINT", None))
+    p.add_argument(
+        "--storage-resource-group",
+        default=_env("STORAGE_RESOURCE_GROUP", "local-storage"),
+        help="the resource group Microsoft.Storage shows the stack's storage accounts in",
+    )
     p.add_argument("--provisioning-delay", type=float, default=float(_env("PROVISIONING_DELAY", "5")))
     p.add_argument("--operation-delay", type=float, default=float(_env("OPERATION_DELAY", "0.5")))
     p.add_argument("--retry-after", type=int, default=int(_env("RETRY_AFTER", "1")))
@@ -92,7 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         location=args.location,
         node_failure_rate=args.node_failure_rate,
         node_failure_seed=args.fault_seed,
-        storage_keys=accounts_from_env(),
+        storage_accounts=accounts_from_env(),
+        storage_resource_group=args.storage_resource_group,
+        storage_endpoints={
+            service: url
+            for service, url in (
+                ("blob", args.blob_endpoint),
+                ("queue", args.queue_endpoint),
+                ("table", args.table_endpoint),
+                ("file", args.files_endpoint),
+            )
+            if url
+        },
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)

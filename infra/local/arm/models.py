@@ -16,6 +16,7 @@ Slow operations are explicit state progressions advanced by `tick()` (called by 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -93,10 +94,18 @@ class Config:
     tick_interval: float = 0.1
     node_failure_rate: float = 0.0  # fraction of new nodes that fail setup and become unusable
     node_failure_seed: int | None = None
-    # Account name -> key of the storage accounts the Files emulator serves: download URLs of outputs
-    # in a share are that share's SAS URLs, signed with its account's key.
-    storage_keys: dict[str, bytes] = field(default_factory=dict)
+    # Account name -> keys (base64) of the storage accounts the local stack serves: Microsoft.Storage
+    # shows them, and download URLs of outputs in a share are SAS URLs signed with the first key.
+    storage_accounts: dict[str, list[str]] = field(default_factory=dict)
+    storage_resource_group: str = "local-storage"
+    # Service -> endpoint URL of the local stack (blob, queue, table, file), for the accounts' endpoints.
+    storage_endpoints: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage_keys(self) -> dict[str, bytes]:
+        """Account name -> its first key, decoded: what SAS signatures are computed with."""
+        return {name: base64.b64decode(keys[0]) for name, keys in self.storage_accounts.items() if keys}
 
 
 def now_iso(ts: float | None = None) -> str:

@@ -34,6 +34,7 @@ from infra.local.arm.models import (
     parse_duration,
 )
 from infra.local.arm.specvalidator import validate
+from infra.local.arm.storage import StorageAccounts
 
 NAME_RULES = {
     "rg": (re.compile(r"^[-\w\.\(\)]{1,90}$"), "resourceGroupName"),
@@ -84,6 +85,7 @@ def error_response(error: ArmError, headers: dict[str, str] | None = None) -> Re
 class ArmResponses:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self.storage = StorageAccounts(backend.config)
 
     def dispatch(self, req: ArmRequest, handler: str, params: dict[str, str]) -> Response:
         for key, value in params.items():
@@ -170,6 +172,16 @@ class ArmResponses:
             args.append(("$skiptoken", str(skip + max_results)))
             body["nextLink"] = f"{req.base}{req.path}?{urlencode(args)}"
         return json_response(200, body)
+
+    # --- Microsoft.Storage -----------------------------------------------------------------------
+    def list_storage_accounts(self, req: ArmRequest, sub: str, rg: str | None = None) -> Response:
+        return json_response(200, {"value": self.storage.list(sub, rg)})
+
+    def get_storage_account(self, req: ArmRequest, sub: str, rg: str, account: str) -> Response:
+        return json_response(200, self.storage.get(sub, rg, account))
+
+    def list_storage_keys(self, req: ArmRequest, sub: str, rg: str, account: str) -> Response:
+        return json_response(200, self.storage.list_keys(sub, rg, account))
 
     # --- resource groups -------------------------------------------------------------------------
     def list_groups(self, req: ArmRequest, sub: str) -> Response:

@@ -27,6 +27,7 @@ from infra.local.arm import urls
 from infra.local.arm.faults import FaultInjector, FaultSettings, RequestLog
 from infra.local.arm.models import BATCHAI_API_VERSION, ArmError, Backend
 from infra.local.arm.responses import ArmRequest, ArmResponses, error_response, json_response
+from infra.local.arm.storage import API_VERSIONS as STORAGE_API_VERSIONS
 
 # What azure-mgmt-resource sends for resource groups (26.0.0: 2025-04-01) and the versions before it.
 RESOURCES_API_VERSIONS = frozenset(
@@ -55,6 +56,12 @@ RESOURCES_API_VERSIONS = frozenset(
     }
 )
 BATCHAI_API_VERSIONS = frozenset({BATCHAI_API_VERSION})
+# Which api-versions each provider accepts (a path under /providers/<name> is that provider's).
+PROVIDER_API_VERSIONS = {
+    "Microsoft.BatchAI": BATCHAI_API_VERSIONS,
+    "Microsoft.Storage": STORAGE_API_VERSIONS,
+    "Microsoft.Resources": RESOURCES_API_VERSIONS,
+}
 # azure-core retries a dropped connection only for idempotent methods; a drop drawn for POST/PATCH
 # is answered 503 instead (which every Azure SDK retries), so injected faults stay absorbable.
 DROPPABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
@@ -145,8 +152,12 @@ class ArmEmulator:
                     if not auth
                     else "Authentication failed. The 'Authorization' header must be 'Bearer <token>'.",
                 )
-            batchai = "/providers/microsoft.batchai" in request.path.lower()
-            supported = BATCHAI_API_VERSIONS if batchai else RESOURCES_API_VERSIONS
+            lowered = request.path.lower()
+            kind = next(
+                (name for name in PROVIDER_API_VERSIONS if f"/providers/{name.lower()}" in lowered), ""
+            )
+            kind = kind or "Microsoft.Resources"
+            supported = PROVIDER_API_VERSIONS[kind]
             version = request.args.get("api-version")
             if not version:
                 raise ArmError(
@@ -156,7 +167,6 @@ class ArmEmulator:
                     target="api-version",
                 )
             if version not in supported:
-                kind = "Microsoft.BatchAI" if batchai else "Microsoft.Resources"
                 raise ArmError(
                     400,
                     "InvalidApiVersionParameter",
@@ -170,7 +180,9 @@ class ArmEmulator:
                 )
             if route is None:
                 raise ArmError(
-                    404, "InvalidResourceType", f"No Batch AI or resource group operation at {request.path}."
+                    404,
+                    "InvalidResourceType",
+                    f"No Batch AI, storage account or resource group operation at {request.path}.",
                 )
             handler, _, params = route
             arm_request = ArmRequest(

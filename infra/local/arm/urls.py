@@ -18,7 +18,14 @@ CLUSTER = WS + r"/clusters/(?P<cluster>[^/]+)"
 FS = WS + r"/fileservers/(?P<fs>[^/]+)"
 LOC_OP = SUB + BAI + r"/locations/(?P<location>[^/]+)"
 
+STORAGE = r"/providers/Microsoft\.Storage/storageAccounts"
+
 url_paths: list[tuple[str, str, str, str]] = [
+    # Microsoft.Storage: the local stack's storage accounts (read-only)
+    ("GET", SUB + STORAGE, "list_storage_accounts", "StorageAccounts_List"),
+    ("GET", RG + STORAGE, "list_storage_accounts", "StorageAccounts_ListByResourceGroup"),
+    ("GET", RG + STORAGE + r"/(?P<account>[^/]+)", "get_storage_account", "StorageAccounts_GetProperties"),
+    ("POST", RG + STORAGE + r"/(?P<account>[^/]+)/listKeys", "list_storage_keys", "StorageAccounts_ListKeys"),
     # Microsoft.Resources
     ("GET", SUB + r"/resourcegroups", "list_groups", "ResourceGroups_List"),
     ("PUT", RG, "put_group", "ResourceGroups_CreateOrUpdate"),
