@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "health",
         help="check the function app, storage and ARM",
-        description="GET /api/health: exit 0 when everything answers.",
+        description="GET /api/health/deep (function key; cached 30 s): exit 0 when everything answers.",
     )
     return parser
 

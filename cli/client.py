@@ -169,7 +169,7 @@ class ApiClient:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
-            response = self.request("GET", "health")
+            response = self.request("GET", "health/deep")
         except ApiError as exc:
             if exc.status == 503 and exc.body is not None:
                 return exc.status, exc.body

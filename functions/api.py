@@ -83,8 +83,15 @@ def cluster(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("health")
 @bp.route(route="health", methods=METHODS, auth_level=ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    """GET: storage, ARM and Batch AI reachable, settings valid."""
+    """GET: liveness only (anonymous: no dependency called, nothing named)."""
     return _call("health", req)
+
+
+@bp.function_name("health_deep")
+@bp.route(route="health/deep", methods=METHODS, auth_level=FUNCTION)
+def health_deep(req: func.HttpRequest) -> func.HttpResponse:
+    """GET: settings, storage, ARM and the compute service (cached, plain messages)."""
+    return _call("health/deep", req)
 
 
 @bp.function_name("dashboard")

@@ -27,6 +27,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "clusters": {"GET": "listClusters"},
     "clusters/{name}": {"DELETE": "deleteCluster"},
     "health": {"GET": "health"},
+    "health/deep": {"GET": "healthDeep"},
     "openapi.json": {"GET": "openapi"},
     "ui": {"GET": "dashboard"},
     "ui/{path}": {"GET": "dashboardFile"},
@@ -318,6 +319,11 @@ def _schemas() -> dict[str, Any]:
                 "cancelled_runs": {"type": "array", "items": {"type": "string"}},
             },
         },
+        "Liveness": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+        },
         "Health": {
             "type": "object",
             "required": ["status", "checks"],
@@ -495,12 +501,25 @@ def _operations() -> dict[str, Any]:
         "/health": {
             "get": {
                 "operationId": "health",
-                "summary": "Storage and ARM reachable, settings valid, Batch AI available (anonymous)",
+                "summary": "Liveness (anonymous): the app answers. No dependency is called and nothing "
+                "about the deployment is named; the checks are GET /health/deep",
                 "security": [],
                 "responses": {
-                    "200": _json(_ref("Health"), "Every check passed"),
-                    "503": _json(_ref("Health"), "A check failed; its message says which and why"),
+                    "200": _json(_ref("Liveness"), "The app answers"),
                     **_errors(405),
+                },
+            }
+        },
+        "/health/deep": {
+            "get": {
+                "operationId": "healthDeep",
+                "summary": "Settings valid, storage and ARM reachable, the compute service available "
+                "(function key). Cached for 30 s: a flood of requests costs one probe per 30 s per "
+                "instance; `age_seconds` says how old the answer is. Messages are plain: no upstream text",
+                "responses": {
+                    "200": _json(_ref("Health"), "Every check passed"),
+                    "503": _json(_ref("Health"), "A check failed; its message says which"),
+                    **_errors(401, 405),
                 },
             }
         },

@@ -14,8 +14,11 @@ request is the same (same dataset, staging prefix and effective spec): 202 again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -36,6 +39,8 @@ DEFAULT_TAIL = 100
 MAX_TAIL = 10_000
 LOG_READ_LIMIT = 4 * 1024 * 1024  # bytes of a log file read (from its end) to find the tail
 HEALTH_TIMEOUT = 20.0
+# One deep health probe per this many seconds per instance, whatever the request rate.
+HEALTH_CACHE_SECONDS = 30.0
 # A probe answers fast or fails: one retry, short timeouts (azure-core takes these per call).
 PROBE_OPTIONS: dict[str, Any] = {"retry_total": 1, "connection_timeout": 5, "read_timeout": 10}
 # Storage's own retry policy waits 15 s before its first retry: no retry for a probe.
@@ -630,78 +635,127 @@ def delete_cluster(request: ApiRequest) -> ApiResponse:
 
 
 def health(request: ApiRequest) -> ApiResponse:
+    """Liveness, for anyone: the app answers. It calls no dependency (an anonymous flood costs no
+    storage or ARM request and cannot throttle the pipeline) and names nothing of the deployment."""
+    return ApiResponse(200, {"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+_deep_lock = threading.Lock()
+_deep_cache: tuple[float, int, dict[str, Any]] | None = None  # (monotonic time, status, body)
+
+
+def health_deep(request: ApiRequest) -> ApiResponse:
+    """The checks, behind the function key: settings, storage, ARM and the compute service. One
+    probe per HEALTH_CACHE_SECONDS per instance, however many requests (they wait for the probe
+    under way and share its answer); messages are plain, never upstream text."""
+    global _deep_cache
+    with _deep_lock:
+        now = time.monotonic()
+        if _deep_cache is None or now - _deep_cache[0] >= HEALTH_CACHE_SECONDS:
+            status, body = _deep_checks()
+            _deep_cache = (time.monotonic(), status, body)
+        taken, status, body = _deep_cache
+    return ApiResponse(status, {**body, "age_seconds": round(time.monotonic() - taken, 1)})
+
+
+def reset_health_cache() -> None:
+    """Forget the cached deep health answer (tests, settings changes)."""
+    global _deep_cache
+    with _deep_lock:
+        _deep_cache = None
+
+
+def _deep_checks() -> tuple[int, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
     try:
         settings = _settings()
     except Exception as exc:  # SettingsError names each setting, never a value
+        log.warning("health: invalid app settings: %s", exc)
         checks["settings"] = {"ok": False, "message": str(exc)}
-        return ApiResponse(503, {"status": "unavailable", "checks": checks})
+        return 503, {"status": "unavailable", "checks": checks}
     checks["settings"] = {"ok": True, "message": "app settings are valid"}
     backend = _compute()  # the check is named after the backend ("batchai", "azureml")
-    probes: dict[str, Callable[[], str]] = {
+    probes: dict[str, Callable[[], Any]] = {
         "storage": lambda: _probe_storage(settings),
         "arm": lambda: _probe_arm(settings),
         backend.name: backend.health,
+    }
+    plain_ok = {
+        "storage": "blob and table storage reachable",
+        "arm": "ARM reachable",
+        backend.name: f"{backend.name} answers",
     }
     pool = ThreadPoolExecutor(max_workers=len(probes))
     try:
         futures = {name: pool.submit(probe) for name, probe in probes.items()}
         for name, future in futures.items():
             try:
-                checks[name] = {"ok": True, "message": future.result(timeout=HEALTH_TIMEOUT)}
+                future.result(timeout=HEALTH_TIMEOUT)
+                checks[name] = {"ok": True, "message": plain_ok[name]}
             except FutureTimeout:
                 checks[name] = {"ok": False, "message": f"no answer within {HEALTH_TIMEOUT:.0f} s"}
             except Exception as exc:
+                log.warning("health: %s check failed: %s", name, exc)  # the detail, for the operator
                 checks[name] = {"ok": False, "message": _probe_error(name, exc)}
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     ok = all(c["ok"] for c in checks.values())
-    return ApiResponse(200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})
+    return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "checks": checks}
 
 
-def _probe_storage(settings: Any) -> str:
+def _probe_storage(settings: Any) -> None:
     from shared import clients
 
     blobs = clients.blob_service(settings).list_containers(results_per_page=1, **STORAGE_PROBE_OPTIONS)
     next(iter(blobs.by_page()), None)
     tables = clients.table_service(settings).list_tables(results_per_page=1, **STORAGE_PROBE_OPTIONS)
     next(iter(tables.by_page()), None)
-    return f"blob and table storage of account {settings.storage.account_name} reachable"
 
 
-def _probe_arm(settings: Any) -> str:
+def _probe_arm(settings: Any) -> None:
     from azure.core.exceptions import ResourceNotFoundError
 
     from shared import clients
 
-    try:
+    with contextlib.suppress(ResourceNotFoundError):  # not created yet: made on the first run
         clients.resource_client(settings).resource_groups.get(settings.resource_group, **PROBE_OPTIONS)
-    except ResourceNotFoundError:
-        return f"ARM reachable; resource group {settings.resource_group} not created yet (made on first run)"
-    return f"ARM reachable; resource group {settings.resource_group} exists"
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 
 def _probe_error(name: str, exc: Exception) -> str:
+    """A plain message for a failed check: what kind of failure, an HTTP status, and an error code
+    only when it is one of the service's identifiers; never the upstream message (which can name
+    accounts, groups, regions or echo request text). The full error is in the function log."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
     from shared.compute_port import ComputeError
 
-    if isinstance(exc, ComputeError):  # the backend's probe: its code and message say it all
+    if isinstance(exc, ComputeError):
         if exc.code == "ServiceUnavailable":
-            return f"unreachable: {exc.message}"
-        if exc.code.endswith("Unavailable"):  # e.g. BatchAIUnavailable: the service is retired
-            return exc.message
+            return "unreachable"
+        if exc.code.endswith("Unavailable"):  # e.g. BatchAIUnavailable
+            from shared.compute import RETIRED_PROVIDER_CODES
+
+            answered = next((c for c in sorted(RETIRED_PROVIDER_CODES) if c in exc.message), None)
+            said = f" (Azure answers {answered})" if answered else ""
+            return (
+                f"{name} is not available: Microsoft.BatchAI was retired by Microsoft on 2019-03-31{said}; "
+                "point ARM_ENDPOINT at the local ARM emulator or use another compute backend"
+            )
         if exc.code == "AuthenticationFailed":
-            return f"authentication failed: {exc.message}"
-        return f"answered {exc.status or ''} {exc.code}: {exc.message}".replace("  ", " ")
+            return "authentication failed"
+        code = exc.code if _IDENTIFIER.match(exc.code or "") else "an error"
+        return f"answered {code}" + (f" (HTTP {exc.status})" if exc.status else "")
     if isinstance(exc, ClientAuthenticationError):
-        return f"authentication failed: {_short(exc)}"
+        return "authentication failed"
     if isinstance(exc, ServiceRequestError):
-        return f"unreachable: {_short(exc)}"
+        return "unreachable"
     if isinstance(exc, HttpResponseError):
-        code = getattr(getattr(exc, "error", None), "code", None) or exc.reason
-        return f"answered {exc.status_code} {code}: {_short(exc)}"
-    return f"{type(exc).__name__}: {_short(exc)}"
+        code = getattr(getattr(exc, "error", None), "code", None) or ""
+        return f"answered HTTP {exc.status_code}" + (f" {code}" if _IDENTIFIER.match(code) else "")
+    return f"failed ({type(exc).__name__})"
 
 
 # --- GET /api/openapi.json ----------------------------------------------------------------------------
@@ -723,6 +777,7 @@ _OPERATIONS: dict[str, Callable[[ApiRequest], ApiResponse]] = {
     "listClusters": list_clusters,
     "deleteCluster": delete_cluster,
     "health": health,
+    "healthDeep": health_deep,
     "openapi": openapi,
     "dashboard": lambda request: _dashboard(request),
     "dashboardFile": lambda request: _dashboard(request),

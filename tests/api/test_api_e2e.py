@@ -44,13 +44,62 @@ def unique(prefix: str) -> str:
 # --- health, documents, keys ------------------------------------------------------------------------
 
 
-def test_health_is_anonymous_and_reports_every_check(api: Api) -> None:
-    response = requests.get(f"{api.base}/health", timeout=30)
+def test_health_is_liveness_anonymous_and_checks_behind_the_key(api: Api) -> None:
+    live = requests.get(f"{api.base}/health", timeout=30)
+    assert live.status_code == 200 and live.json() == {"status": "ok"}
+    assert requests.get(f"{api.base}/health/deep", timeout=30).status_code == 401
+    response = api.get("/health/deep")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok"
     assert {"settings", "storage", "arm", "batchai"} <= set(body["checks"])
     assert all(check["ok"] for check in body["checks"].values())
+    for name in (api.settings.resource_group, api.settings.location, "devstoreaccount1", "127.0.0.1"):
+        assert name not in live.text and name not in response.text
+
+
+def test_a_flood_of_health_requests_costs_the_cached_probes_and_runs_keep_moving(api: Api) -> None:
+    """Anonymous and keyed health requests in a tight loop while a run trains: the run finishes, and
+    the ARM emulator saw at most one deep probe (one Usages_List) per cache period."""
+    import threading
+
+    dataset = unique("api-flood")
+    stage_dataset(api.stack, dataset)
+    arm = api.stack.arm_endpoint
+    since = requests.get(f"{arm}/_emulator/requests?since=999999999999", timeout=10).json()["last_seq"]
+    started = time.monotonic()
+    stop = threading.Event()
+    answered = {"health": 0, "health/deep": 0}
+    lock = threading.Lock()
+
+    def flood(route: str) -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                response = session.get(
+                    f"{api.base}/{route}", headers={"x-functions-key": api.key}, timeout=60
+                )
+                assert response.status_code in (200, 503)
+                with lock:
+                    answered[route] += 1
+
+    threads = [threading.Thread(target=flood, args=(r,)) for r in ("health", "health", "health/deep")]
+    for thread in threads:
+        thread.start()
+    try:
+        start = api.post("/runs", json={"dataset": dataset, "spec": dict(TRAIN_SPEC)})
+        assert start.status_code == 202, start.text
+        run_id = start.json()["id"]
+        state = wait_for("the run to finish", lambda: (s := run_state(api, run_id)) in TERMINAL and s, 90)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert state == "succeeded"
+    elapsed = time.monotonic() - started
+    logged = requests.get(f"{arm}/_emulator/requests?since={since}", timeout=10).json()["requests"]
+    probes = [r for r in logged if r["operation"] == "Usages_List"]
+    assert len(probes) <= 1 + int(elapsed // 30), (len(probes), elapsed, answered)
+    assert answered["health"] >= 20 and answered["health/deep"] >= 10, answered
 
 
 def test_openapi_is_anonymous_and_names_this_server(api: Api) -> None:

@@ -1,4 +1,5 @@
-"""GET /api/health when things are wrong: clear messages per check, never a stack trace.
+"""GET /api/health/deep when things are wrong: plain messages per check, never a stack trace nor
+upstream text; GET /api/health is liveness only; the deep checks are cached.
 
 Azure itself answers Batch AI requests with NoRegisteredProviderFound since the service's retirement;
 a small stand-in ARM endpoint answers the way Azure does, to show that the health check says so."""
@@ -73,13 +74,15 @@ def configure(monkeypatch: pytest.MonkeyPatch, **overrides: str) -> None:
 
 @pytest.fixture(autouse=True)
 def forget_settings() -> Iterator[None]:
+    runs_api.reset_health_cache()
     yield
     reset_settings()
     reset_clients()
+    runs_api.reset_health_cache()
 
 
 def health() -> tuple[int, dict]:
-    response = runs_api.handle("health", ApiRequest.build("GET", "http://h/api/health"))
+    response = runs_api.handle("health/deep", ApiRequest.build("GET", "http://h/api/health/deep"))
     return response.status, response.body
 
 
@@ -93,6 +96,10 @@ def test_batchai_retirement_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, 
     message = checks["batchai"]["message"]
     assert "retired" in message and "Microsoft.BatchAI" in message and "NoRegisteredProviderFound" in message
     assert not checks["storage"]["ok"] and "Traceback" not in json.dumps(body)
+    # Plain messages: no upstream text, no account, group, region or endpoint.
+    text = json.dumps(body)
+    assert "No registered resource provider" not in text and "eastus" not in text
+    assert "devstoreaccount1" not in text and retired_arm not in text and "127.0.0.1" not in text
 
 
 def test_invalid_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,3 +108,50 @@ def test_invalid_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> N
     assert status == 503
     assert not body["checks"]["settings"]["ok"]
     assert "AZURE_SUBSCRIPTION_ID" in body["checks"]["settings"]["message"]
+
+
+class CountingArm(RetiredArm):
+    """The stand-in ARM, counting the requests it answers."""
+
+    count = 0
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:
+        with CountingArm.lock:
+            CountingArm.count += 1
+        super().do_GET()
+
+
+def test_anonymous_health_is_liveness_only_and_names_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CountingArm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        configure(monkeypatch, ARM_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}")
+        CountingArm.count = 0
+        for _ in range(20):
+            response = runs_api.handle("health", ApiRequest.build("GET", "http://h/api/health"))
+            assert response.status == 200 and response.body == {"status": "ok"}
+        assert CountingArm.count == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_flood_of_deep_health_requests_costs_one_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 concurrent deep health requests: one probe (2 ARM requests: the resource group and the
+    Batch AI usages), every request answered from it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CountingArm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        configure(monkeypatch, ARM_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}")
+        CountingArm.count = 0
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: health(), range(40)))
+        assert {status for status, _ in answers} == {503}  # storage is unreachable here
+        assert all(body["checks"]["arm"]["ok"] for _, body in answers)
+        assert CountingArm.count == 2
+    finally:
+        server.shutdown()
+        server.server_close()
