@@ -155,3 +155,12 @@ def test_admin_settings_are_validated(backend: Backend) -> None:
     answer = client.post("/_emulator/settings", json={"provisioning_delay": 0.25})
     assert answer.status_code == 200 and answer.get_json()["provisioning_delay"] == 0.25
     assert backend.config.provisioning_delay == 0.25
+
+
+def test_blob_names_that_cannot_be_paths_stay_out_of_a_blob_mount(tmp_path: Path) -> None:
+    from infra.local.arm.blobfs import _local_path
+
+    assert _local_path(tmp_path, "data/train.txt") == tmp_path / "data" / "train.txt"
+    assert _local_path(tmp_path, "dir/") == tmp_path / "dir"
+    for name in ("../escape", "a/../../b", "a//b", "/abs", "./x", ""):
+        assert _local_path(tmp_path, name) is None, name

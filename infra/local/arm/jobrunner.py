@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infra.local.arm import blobfs
+from infra.local.arm.blobfs import BlobMount
 from infra.local.arm.models import expand_vars
 
 if TYPE_CHECKING:
@@ -74,7 +76,14 @@ class JobRunner:
         return self.backend.config.job_python or sys.executable
 
     # --- launch ----------------------------------------------------------------------------------
-    def start(self, key: str, job: dict[str, Any], mount_root: Path, node_dir: Path) -> None:
+    def start(
+        self,
+        key: str,
+        job: dict[str, Any],
+        mount_root: Path,
+        node_dir: Path,
+        node: dict[str, Any] | None = None,
+    ) -> None:
         """Resolve the job's paths and environment (caller holds the backend lock), then run it in a
         thread."""
         props, meta = job["body"]["properties"], job["meta"]
@@ -103,7 +112,12 @@ class JobRunner:
         image = ((props.get("containerSettings") or {}).get("imageSourceRegistry") or {}).get("image")
         if image:
             env["AZ_BATCHAI_JOB_IMAGE"] = image
-        mount_errors = self.backend.mount_volumes(props.get("mountVolumes") or {}, job_mount_root)
+        # The request's volumes carry the credentials (the job's body shows them emptied).
+        requested = ((meta.get("request") or {}).get("properties") or {}).get("mountVolumes")
+        blob_mounts: list[BlobMount] = []
+        mount_errors = self.backend.mount_volumes(
+            requested or props.get("mountVolumes") or {}, job_mount_root, blob_mounts
+        )
         for directory in props.get("inputDirectories") or []:
             env[f"AZ_BATCHAI_INPUT_{directory['id']}"] = expand_vars(directory["path"], env)
         segment = props["jobOutputDirectoryPathSegment"]
@@ -140,7 +154,17 @@ class JobRunner:
             self.procs[key] = []
         thread = threading.Thread(
             target=self._run,
-            args=(key, env, plan, stdouterr, job_temp, props.get("jobPreparation"), errors),
+            args=(
+                key,
+                env,
+                plan,
+                stdouterr,
+                job_temp,
+                props.get("jobPreparation"),
+                errors,
+                blob_mounts,
+                node,
+            ),
             name=f"job-{parts[7]}",
             daemon=True,
         )
@@ -287,11 +311,21 @@ class JobRunner:
         cwd: Path,
         preparation: dict[str, Any] | None,
         errors: list[dict[str, Any]],
+        blob_mounts: list[BlobMount] | None = None,
+        node: dict[str, Any] | None = None,
     ) -> None:
         exit_code: int | None = None
+        mounted = False
         try:
             if errors:
                 return
+            for mount in blob_mounts or []:
+                try:
+                    blobfs.pull(mount)
+                except blobfs.MountError as exc:
+                    errors.append(exc.error)
+                    return
+            mounted = True
             base_env = {**os.environ, **env}
             (cwd / "hostfile").write_text(f"localhost slots={max(1, len(plan))}\n")
             if preparation:
@@ -326,6 +360,8 @@ class JobRunner:
         except OSError as exc:
             errors.append({"code": "JobLaunchFailed", "message": f"Could not start the job's process: {exc}"})
         finally:
+            if mounted and not self.shutting_down:
+                errors.extend(self._write_back(blob_mounts or [], node))
             with self.lock:
                 self.procs.pop(key, None)
                 self.threads.pop(key, None)
@@ -333,6 +369,17 @@ class JobRunner:
             # with an error saying why (see Backend._recover_after_restart).
             if not self.shutting_down:
                 self.backend.job_process_exited(key, exit_code, errors)
+
+    def _write_back(self, job_mounts: list[BlobMount], node: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """What the job wrote into blob containers (its own mounts and its node's) goes to the blobs."""
+        with self.backend.lock:
+            node_mounts = [BlobMount.from_json(m) for m in (node or {}).get("blobfs") or []]
+        errors = [error for mount in [*job_mounts, *node_mounts] for error in blobfs.push(mount)]
+        if node_mounts:
+            with self.backend.lock:
+                node["blobfs"] = [m.to_json() for m in node_mounts]  # type: ignore[index]
+                self.backend.dirty = True
+        return errors
 
     def _wait(self, key: str, procs: list[tuple[subprocess.Popen, bool]]) -> int:
         """Wait for the waited processes; the first non-zero exit stops the rest (as mpirun does)."""

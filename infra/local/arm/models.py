@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from infra.local.arm import blobfs
+from infra.local.arm.blobfs import BlobMount, account_endpoint
+
 BATCHAI_API_VERSION = "2018-05-01"
 PROVIDER = "Microsoft.BatchAI"
 OPERATION_RETENTION = 3600.0
@@ -882,7 +885,16 @@ class Backend:
         """Node setup: mount the cluster's volumes (symlinks to their local directories)."""
         mount_root = Path(record["meta"]["node_root"]) / node["id"] / "mounts"
         mount_root.mkdir(parents=True, exist_ok=True)
-        errors = self.mount_volumes(record["meta"]["node_setup"].get("mountVolumes") or {}, mount_root)
+        blob_mounts: list[BlobMount] = []
+        errors = self.mount_volumes(
+            record["meta"]["node_setup"].get("mountVolumes") or {}, mount_root, blob_mounts
+        )
+        for mount in blob_mounts:
+            try:
+                blobfs.pull(mount)
+            except blobfs.MountError as exc:
+                errors.append(exc.error)
+        node["blobfs"] = [mount.to_json() for mount in blob_mounts]
         if self.config.node_failure_rate and self.node_random.random() < self.config.node_failure_rate:
             errors.append(
                 {
@@ -925,8 +937,13 @@ class Backend:
             else (Path(self.config.files_root) / account / share)
         )
 
-    def mount_volumes(self, volumes: dict[str, Any], mount_root: Path) -> list[dict[str, Any]]:
-        """Create `mount_root/<relativeMountPath>` symlinks; the errors Azure reports for failed mounts."""
+    def mount_volumes(
+        self, volumes: dict[str, Any], mount_root: Path, blob_mounts: list[BlobMount] | None = None
+    ) -> list[dict[str, Any]]:
+        """Create `mount_root/<relativeMountPath>` symlinks; the errors Azure reports for failed mounts.
+
+        Blob containers get a cache directory next to the mount root; their `BlobMount`s are appended
+        to `blob_mounts` for the caller to read in (`blobfs.pull`) and write back (`blobfs.push`)."""
         errors: list[dict[str, Any]] = []
 
         def link(relative: str, target: Path) -> None:
@@ -958,9 +975,20 @@ class Backend:
                 continue
             link(share["relativeMountPath"], target)
         for blob in volumes.get("azureBlobFileSystems") or []:
-            target = self.config.data_dir / "blobfs" / blob["accountName"] / blob["containerName"]
+            target = mount_root.parent / "blobfs" / blob["relativeMountPath"].strip("/")
             target.mkdir(parents=True, exist_ok=True)
             link(blob["relativeMountPath"], target)
+            credentials = blob.get("credentials") or {}
+            mount = BlobMount(
+                account=blob["accountName"],
+                container=blob["containerName"],
+                relative_mount_path=blob["relativeMountPath"],
+                cache=str(target),
+                endpoint=account_endpoint(self.config.storage_endpoints.get("blob"), blob["accountName"]),
+                key=credentials.get("accountKey") or self._stack_key(blob["accountName"], credentials),
+            )
+            if blob_mounts is not None:
+                blob_mounts.append(mount)
         for ref in volumes.get("fileServers") or []:
             server = self.state["fileServers"].get(resource_key(ref["fileServer"]["id"]))
             if not server:
@@ -986,6 +1014,14 @@ class Backend:
             target.mkdir(parents=True, exist_ok=True)
             link(fs["relativeMountPath"], target)
         return errors
+
+    def _stack_key(self, account: str, credentials: dict[str, Any]) -> str | None:
+        """A Key Vault secret reference stands for the account's key: the local stack has no Key Vault,
+        so the key is the stack's own for that account (none for an account it does not serve)."""
+        if not credentials.get("accountKeySecretReference"):
+            return None
+        keys = self.config.storage_accounts.get(account)
+        return keys[0] if keys else None
 
     def _update_node_counts(self, record: dict[str, Any]) -> None:
         counts = dict.fromkeys(NODE_STATES, 0)
@@ -1039,6 +1075,10 @@ class Backend:
             props["constraints"].setdefault("maxWallClockTime", "P7D")
             for secret in props.get("secrets") or []:
                 secret.pop("value", None)
+            if props.get("mountVolumes"):  # credentials are never shown (the request keeps them)
+                props["mountVolumes"] = _redact_node_setup({"mountVolumes": props["mountVolumes"]})[
+                    "mountVolumes"
+                ]
             registry = (props.get("containerSettings") or {}).get("imageSourceRegistry") or {}
             if registry.get("credentials"):
                 registry["credentials"].pop("password", None)
@@ -1196,7 +1236,8 @@ class Backend:
             self.dirty = True
             mount_root = Path(cluster["meta"]["node_root"]) / chosen[0]["id"] / "mounts"
             try:
-                self.runner.start(key, job, mount_root, Path(cluster["meta"]["node_root"]) / chosen[0]["id"])
+                node_dir = Path(cluster["meta"]["node_root"]) / chosen[0]["id"]
+                self.runner.start(key, job, mount_root, node_dir, chosen[0])
             except Exception as exc:  # a launch failure is a failed job, as on the service
                 self._finish_job(key, None, [{"code": "JobLaunchFailed", "message": str(exc)}])
 
