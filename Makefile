@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup test lint unit up down demo bench clean
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+
+.PHONY: setup browser test lint unit up down demo bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt samples/mnist/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,13 +21,22 @@ $(NPM_STAMP): package.json package-lock.json
 
 setup: $(STAMP) $(NPM_STAMP)
 
+# Headless Chromium for the dashboard's browser tests (tests/ui): Debian's packages, installed when
+# missing (as root, or with sudo). Nothing is downloaded by the test tools themselves.
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
 # The whole suite: lint, unit tests and end-to-end tests against the local stack (the tests start
 # and stop every server they use).
-test: setup lint
+test: setup browser lint
 	$(PY) -m pytest
 
 unit: $(STAMP)
@@ -36,8 +48,9 @@ up: setup
 down:
 	@test -x $(PY) && $(PY) -m infra.local.stack down || true
 
+# KEEP_UP=1 keeps the local stack (and the dashboard) up after the run, until Ctrl-C.
 demo: setup
-	$(PY) -m samples.mnist.demo
+	$(PY) -m samples.mnist.demo $(if $(KEEP_UP),--keep-up)
 
 bench: setup
 	$(PY) -m bench

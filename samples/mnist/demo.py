@@ -3,15 +3,18 @@
 Starts its own local stack (Azurite, Files and ARM emulators, the Functions host running function_app.py)
 on free ports in `.local/demo/`, generates the MNIST-like dataset, uploads it with the CLI's upload
 (run.json last), follows the run the ingest function starts (states, cluster, live stdout), lists the
-output files, downloads metrics.json through its output URL and prints the final test accuracy, then
-stops the stack. Exits non-zero when any step fails; `.local/demo/logs/` keeps every service's log.
+output files, downloads metrics.json through its output URL and prints the final test accuracy and
+the run's dashboard URL (printed as well when the run starts: open it to watch the run train), then
+stops the stack, or with --keep-up leaves it up until Ctrl-C. Exits non-zero when any step fails;
+`.local/demo/logs/` keeps every service's log.
 
-    python -m samples.mnist.demo [--train N] [--test N] [--epochs N] [--timeout S]
+    python -m samples.mnist.demo [--train N] [--test N] [--epochs N] [--timeout S] [--keep-up]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -83,6 +86,20 @@ def report_outputs(api: ApiClient, record: dict[str, Any], download_dir: Path) -
     return float(metrics["test_accuracy"])
 
 
+def dashboard_url(stack: LocalStack, run_id: str) -> str:
+    """The run's page on the stack's dashboard; the key in it is the local stack's fixed function key
+    (``?code=``: the page keeps it in the tab's session and drops it from the address bar)."""
+    return f"{stack.functions_url}/api/ui?code={stack.functions_key}#/run/{run_id}"
+
+
+def keep_up(stack: LocalStack) -> None:
+    """Wait until Ctrl-C with the stack running (then main's ``finally`` stops it)."""
+    print(f"the local stack stays up (dashboard: {stack.functions_url}/api/ui); Ctrl-C stops it", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m samples.mnist.demo", description=__doc__.split("\n\n")[0]
@@ -94,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=600, help="give up on the run after this many seconds"
     )
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".local" / "demo", help="wiped first")
+    parser.add_argument("--keep-up", action="store_true",
+                        help="keep the stack and its dashboard up after the run, until Ctrl-C")  # fmt: skip
     parser.add_argument("--min-accuracy", type=float, default=TARGET_ACCURACY,
                         help="fail below this final test accuracy (default %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -125,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
         step("waiting for the ingest function to create the run", started)
         run_id = wait_for_dataset_run(api, DATASET, timeout=120)
-        step(f"following run {run_id}", started)
+        dashboard = dashboard_url(stack, run_id)
+        step(f"following run {run_id}; watch it in a browser: {dashboard}", started)
         record = watch_run(api, run_id, interval=1.0, timeout=args.timeout)
         if record.get("state") != "succeeded":
             errors = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
@@ -135,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         step("output files", started)
         accuracy = report_outputs(api, record, args.data_dir / "outputs")
         print(f"\nfinal test accuracy: {accuracy:.2%}")
+        print(f"\ndashboard of this run: {dashboard}")
+        if args.keep_up:
+            keep_up(stack)
         if accuracy < args.min_accuracy:
             raise CliError(f"test accuracy {accuracy:.2%} is below the {args.min_accuracy:.0%} target")
     except (CliError, StackError) as exc:

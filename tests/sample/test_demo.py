@@ -23,7 +23,10 @@ def test_demo_runs_end_to_end_and_fails_below_the_accuracy_target(tmp_path: Path
     assert result.returncode == 1, out[-3000:] + result.stderr[-3000:]
     for expected in ("starting the local stack", "uploading", "  running\n", "  succeeded\n", "Epoch 1/1",
                      "MODEL      ConvNet_MNIST.pt", "stdouterr  stdout.txt", "final test accuracy: ",
-                     "stopping the local stack", "demo finished in "):  # fmt: skip
+                     "stopping the local stack", "demo finished in ", "  metrics 1: accuracy ",
+                     "watch it in a browser: http", "dashboard of this run: http"):  # fmt: skip
         assert expected in out, (expected, out[-3000:])
     assert "error: test accuracy " in result.stderr and "is below the 101% target" in result.stderr
     assert (tmp_path / "demo" / "outputs" / "MODEL" / "metrics.json").is_file()
+    url = out.split("dashboard of this run: ", 1)[1].split()[0]
+    assert "/api/ui?code=" in url and url.endswith("#/run/" + out.split("following run ", 1)[1].split(";")[0])

@@ -1,0 +1,212 @@
+"""The dashboard in headless Chromium against the local stack: the key, a run of the MNIST sample
+from upload to succeeded with its learning curve growing, its outputs, a cancelled run, and two runs
+of one dataset compared. Each page is screenshotted into the `screenshots` folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
+
+from samples.mnist import make_dataset
+from tests.api.stackapp import TRAIN_PY, TRAIN_SPEC, Api, stage_dataset
+
+pytestmark = pytest.mark.e2e
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "mnist"
+# Small and quick, yet each epoch takes a few seconds, so the curve is seen growing.
+SAMPLE_ARGUMENTS = "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL --epochs 3 --threads 1 --seed 1"
+
+
+def wait(what: str, check: Callable[[], Any], timeout: float = 180.0, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # the page is being redrawn: look again
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def upload_sample(api: Api, dataset: str, work: Path) -> None:
+    """The sample's files and run.json (last) into the app's training container, as a user would."""
+    make_dataset.main([str(work), "--train", "2400", "--test", "300"])
+    manifest = json.loads((SAMPLE / "run.json").read_text())
+    manifest["arguments"] = SAMPLE_ARGUMENTS
+    container = BlobServiceClient.from_connection_string(api.stack.connection_string).get_container_client(
+        api.settings.training_container
+    )
+    with contextlib.suppress(ResourceExistsError):
+        container.create_container()
+    for name in ("ConvNet_MNIST.py",):
+        container.upload_blob(f"{dataset}/{name}", (SAMPLE / name).read_bytes(), overwrite=True)
+    for name in (make_dataset.TRAIN_FILE, make_dataset.TEST_FILE):
+        container.upload_blob(f"{dataset}/{name}", (work / name).read_bytes(), overwrite=True)
+    container.upload_blob(f"{dataset}/run.json", json.dumps(manifest), overwrite=True)
+
+
+def shot(browser: Any, folder: Path, name: str) -> None:
+    time.sleep(0.3)  # let the charts finish drawing
+    browser.save_screenshot(str(folder / f"{name}.png"))
+
+
+def text(browser: Any, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, selector).text
+
+
+def run_of(browser: Any, dataset: str) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    for row in browser.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]"):
+        if dataset in row.text:
+            return row.get_attribute("data-run")
+    return None
+
+
+def points_of(browser: Any, metric: str) -> int:
+    """How many points the run page's chart of ``metric`` has drawn (0: no chart yet)."""
+    from selenium.webdriver.common.by import By
+
+    figures = browser.find_elements(By.CSS_SELECTOR, f"#charts figure[data-metric='{metric}']")
+    return int(figures[0].get_attribute("data-points")) if figures else 0
+
+
+def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
+    api: Api, browser: Any, screenshots: Path, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    dataset = f"ui-mnist-{uuid.uuid4().hex[:6]}"
+    upload_sample(api, dataset, tmp_path / "data")
+
+    # The page itself is anonymous and asks for the key.
+    browser.get(f"{api.base}/ui")
+    key_input = wait("the key form", lambda: browser.find_element(By.ID, "key-input").is_displayed())
+    assert key_input
+    shot(browser, screenshots, "01-key")
+    browser.find_element(By.ID, "key-input").send_keys(api.key)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    row = wait(
+        "the sample's run in the list",
+        lambda: browser.find_element(By.CSS_SELECTOR, "#runs-table tr[data-run] td[data-label=Dataset]"),
+    )
+    run_id = wait("the run of the dataset", lambda: run_of(browser, dataset))
+    assert row is not None
+    assert "refreshing every" in text(browser, "#refresh-note")  # an active run: the list refreshes itself
+    shot(browser, screenshots, "02-runs-active")
+
+    # The run's page: the curve is drawn while the job runs, and grows.
+    browser.find_element(By.CSS_SELECTOR, f"tr[data-run='{run_id}'] a").click()
+    wait("the run page", lambda: browser.find_element(By.ID, "run-facts").get_attribute("data-state"))
+    seen_points: list[int] = []
+
+    def finished() -> bool:
+        points = points_of(browser, "test_accuracy")
+        if points and (not seen_points or points != seen_points[-1]):
+            seen_points.append(points)
+            if len(seen_points) == 1:
+                shot(browser, screenshots, "03-run-training")
+        return browser.find_element(By.ID, "run-facts").get_attribute("data-state") in ("succeeded", "failed")
+
+    wait("the run to finish", finished, timeout=240)
+    assert browser.find_element(By.ID, "run-facts").get_attribute("data-state") == "succeeded", text(
+        browser, "#view"
+    )
+    wait("the last points", lambda: points_of(browser, "test_accuracy") == 3)
+    assert seen_points[0] < 3, f"the curve was never seen before the run ended: {seen_points}"
+    assert {"loss", "accuracy", "test_loss", "test_accuracy"} <= {
+        f.get_attribute("data-metric") for f in browser.find_elements(By.CSS_SELECTOR, "#charts figure")
+    }
+    assert browser.find_elements(By.CSS_SELECTOR, "#charts figure canvas")  # uPlot drew them
+    states = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#timeline li .state")]
+    assert states[0] == "staging" and "running" in states and states[-1] == "succeeded", states
+    assert "succeeded" in text(browser, "#run-facts")  # the state in words, not only a colour
+    assert "Epoch 3/3" in wait("the log", lambda: text(browser, "#stdout"))
+    assert not browser.find_element(By.ID, "cancel-run").is_displayed()  # nothing to cancel any more
+
+    # Its outputs: download links that work.
+    link = wait(
+        "the metrics.json link",
+        lambda: browser.find_element(By.XPATH, "//ul[@id='outputs']//a[contains(., 'metrics.json')]"),
+    )
+    shot(browser, screenshots, "04-run-succeeded")
+    downloaded = requests.get(link.get_attribute("href"), timeout=30)
+    assert downloaded.status_code == 200 and json.loads(downloaded.content)["epochs"] == 3
+    browser.set_window_size(390, 844)  # a phone
+    shot(browser, screenshots, "05-run-phone")
+    browser.set_window_size(1280, 1000)
+
+    # A second run of the same dataset (started over HTTP), and a long run to cancel.
+    spec = {
+        **json.loads((SAMPLE / "run.json").read_text()),
+        "arguments": SAMPLE_ARGUMENTS.replace("3", "1", 1),
+    }
+    second = api.post("/runs", json={"dataset": dataset, "spec": spec})
+    assert second.status_code == 202, second.text
+    long_dataset = f"ui-long-{uuid.uuid4().hex[:6]}"
+    stage_dataset(api.stack, long_dataset, {"train.py": TRAIN_PY})
+    long_spec = {**TRAIN_SPEC, "environment_variables": {"TRAIN_SECONDS": "300"}}
+    long_run = api.post("/runs", json={"dataset": long_dataset, "spec": long_spec}).json()
+
+    browser.get(f"{api.base}/ui#/run/{long_run['id']}")
+    cancel = wait(
+        "the cancel button", lambda: (b := browser.find_element(By.ID, "cancel-run")).is_displayed() and b
+    )
+    cancel.click()
+    dialog = browser.find_element(By.ID, "confirm-cancel")
+    assert dialog.is_displayed() and long_run["id"] in dialog.text
+    shot(browser, screenshots, "06-cancel-confirm")
+    browser.find_element(By.ID, "confirm-no").click()  # asked, and declined: nothing happens
+    assert not dialog.is_displayed() and api.get(f"/runs/{long_run['id']}").json()["state"] != "cancelled"
+    cancel.click()
+    browser.find_element(By.ID, "confirm-yes").click()
+    wait(
+        "the run cancelled",
+        lambda: browser.find_element(By.ID, "run-facts").get_attribute("data-state") == "cancelled",
+    )
+    assert "cancelled" in text(browser, "#run-facts")
+    assert "cancelled on request" in text(browser, "#run-errors")
+    shot(browser, screenshots, "07-run-cancelled")
+    assert api.get(f"/runs/{long_run['id']}").json()["state"] == "cancelled"
+
+    # Compare the two runs of the sample's dataset.
+    wait(
+        "the second run to finish",
+        lambda: api.get(f"/runs/{second.json()['id']}").json()["state"] == "succeeded",
+        180,
+    )
+    browser.get(f"{api.base}/ui#/compare/{dataset}")
+    figure = wait(
+        "the overlaid curves",
+        lambda: browser.find_element(By.CSS_SELECTOR, "#compare-charts figure[data-metric='test_accuracy']"),
+    )
+    assert figure.get_attribute("data-series") == "2"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#final-metrics tbody tr")
+    assert {r.get_attribute("data-run") for r in rows} == {run_id, second.json()["id"]}
+    assert "test_accuracy" in text(browser, "#final-metrics thead")
+    shot(browser, screenshots, "08-compare")
+
+    # ?code= in the URL works too, and does not stay in the address bar.
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{api.base}/ui?code={api.key}#/?dataset={dataset}")
+    wait(
+        "the runs list", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]")) == 2
+    )
+    assert "code=" not in browser.current_url
+    browser.set_window_size(390, 844)
+    shot(browser, screenshots, "09-runs-phone")
