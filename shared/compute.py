@@ -42,6 +42,10 @@ RETIRED_MESSAGE = (
     "2019-03-31, so Azure answers '{code}'. Point ARM_ENDPOINT at the local ARM emulator "
     "(http://127.0.0.1:10005, see local.settings.json.example) or at a compatible endpoint."
 )
+RETIRED_PUBLIC_MESSAGE = (
+    "Microsoft.BatchAI was retired by Microsoft on 2019-03-31 (Azure answers {code}); point ARM_ENDPOINT "
+    "at the local ARM emulator or use another compute backend"
+)
 WAIT_SECONDS = 120  # the longest wait for a quick prerequisite (workspace, experiment)
 # A health probe answers fast or fails: one retry, short timeouts (azure-core takes these per call).
 PROBE_OPTIONS: dict[str, Any] = {"retry_total": 1, "connection_timeout": 5, "read_timeout": 10}
@@ -130,7 +134,13 @@ class Compute:
                 message = (
                     RETIRED_MESSAGE.format(endpoint=self.settings.arm_endpoint, code=code) + f" ({message})"
                 )
-                code = "BatchAIUnavailable"
+                raise ComputeError(
+                    operation,
+                    "BatchAIUnavailable",
+                    message,
+                    exc.status_code,
+                    public_message=RETIRED_PUBLIC_MESSAGE.format(code=code),
+                ) from exc
             raise ComputeError(operation, code, message, exc.status_code) from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise ComputeError(

@@ -51,14 +51,24 @@ class ComputeError(RuntimeError):
     `code` is the service's error code ('ResourceNotFound', 'Conflict', ...) or one of ours
     ('ServiceUnavailable' for network failures, 'AuthenticationFailed', 'BatchAIUnavailable',
     'ClusterMismatch', 'ClusterDeleting', 'UnsupportedSpec'); `status` the HTTP status when there was
-    a response.
+    a response. `public_message`, when a backend sets it, is a plain explanation safe to show to
+    anyone (no endpoint, account or upstream text), e.g. why the service is not available at all.
     """
 
-    def __init__(self, operation: str, code: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        operation: str,
+        code: str,
+        message: str,
+        status: int | None = None,
+        *,
+        public_message: str | None = None,
+    ) -> None:
         self.operation = operation
         self.code = code
         self.message = message
         self.status = status
+        self.public_message = public_message
         super().__init__(f"{operation} failed: {code}: {message}")
 
     @property

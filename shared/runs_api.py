@@ -735,15 +735,8 @@ def _probe_error(name: str, exc: Exception) -> str:
     if isinstance(exc, ComputeError):
         if exc.code == "ServiceUnavailable":
             return "unreachable"
-        if exc.code.endswith("Unavailable"):  # e.g. BatchAIUnavailable
-            from shared.compute import RETIRED_PROVIDER_CODES
-
-            answered = next((c for c in sorted(RETIRED_PROVIDER_CODES) if c in exc.message), None)
-            said = f" (Azure answers {answered})" if answered else ""
-            return (
-                f"{name} is not available: Microsoft.BatchAI was retired by Microsoft on 2019-03-31{said}; "
-                "point ARM_ENDPOINT at the local ARM emulator or use another compute backend"
-            )
+        if exc.public_message:  # e.g. a retired service: the backend's own plain explanation
+            return f"{name} is not available: {exc.public_message}"
         if exc.code == "AuthenticationFailed":
             return "authentication failed"
         code = exc.code if _IDENTIFIER.match(exc.code or "") else "an error"
