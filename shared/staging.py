@@ -7,9 +7,10 @@ verified: the file's size must equal the blob's, and where the blob has a Conten
 must match (read back in bounded chunks when Azure Files did not carry the MD5 over).
 
 Names: a blob ``<dataset>/<relative path>`` lands at ``<share>/<dataset>/<relative path>``. Every
-name is checked before anything is written: ``.``/``..`` or empty segments, characters Azure Files
-rejects (``" \\ : | < > * ?`` and control characters), segments over 255 characters, paths over
-2,048 characters, trailing dots or spaces: each is a ``StagingError`` naming the problem.
+name is checked before anything is written: ``.``/``..`` or empty segments (percent-encoded ones
+too, such as ``%2e%2e``), characters Azure Files rejects (``" \\ : | < > * ?`` and control
+characters), segments over 255 characters, paths over 2,048 characters, trailing dots or spaces:
+each is a ``StagingError`` naming the problem.
 
 The SAS URL is a secret (it grants read access): it is never logged nor put in an error.
 """
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobSasPermissions, ContainerClient, generate_blob_sas
@@ -115,6 +117,13 @@ def check_relative_path(path: str, *, what: str = "path") -> str:
                 " directory",
                 code="InvalidBlobName",
             )
+        decoded = _percent_decoded(segment)
+        if decoded in (".", "..") or "/" in decoded:
+            raise StagingError(
+                f"{what} {path!r} has a percent-encoded '.', '..' or '/' segment: a layer that decodes"
+                " it would escape the dataset directory",
+                code="InvalidBlobName",
+            )
         if len(segment) > MAX_SEGMENT:
             raise StagingError(
                 f"{what} {path!r} has a segment of {len(segment)} characters;"
@@ -127,6 +136,17 @@ def check_relative_path(path: str, *, what: str = "path") -> str:
                 code="InvalidBlobName",
             )
     return path
+
+
+def _percent_decoded(segment: str) -> str:
+    """The segment percent-decoded until it no longer changes (a few rounds): what a layer that
+    decodes (once or more) would make of it."""
+    for _ in range(4):
+        decoded = unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment
 
 
 def parse_blob_name(blob_name: str) -> BlobRef:

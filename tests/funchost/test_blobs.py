@@ -185,3 +185,61 @@ def test_blob_whose_host_died_mid_invocation_runs_again(
         lambda: "Executing 'Functions.ingest'" in restarted.log(), what="the blob to run again"
     )
     assert restarted.stop() == 1  # still sleeping past the 0.5 s shutdown timeout
+
+
+HOSTILE_NAMES = [
+    "evil1/..\\..\\outside.txt",  # Azurite stores it as evil1/../../outside.txt
+    "evil2/%2e%2e/%2e%2e/outside.txt",
+    'evil3/a<b>:c|d?*".txt',
+    "evil4/" + "n" * 1018,  # 1,024 characters: the receipt name would be longer than storage allows
+    "evil5/tab\tdel\x7f.txt",
+    "evil6/ctl\x01.txt",  # Azurite cannot list it at all (500 for any listing holding it)
+    "evil7/\u00c3\u00a9\ufffd.txt",
+]
+
+
+def test_hostile_blob_names_never_stop_the_scan(
+    storage: str, host_factory: Callable[..., HostProcess]
+) -> None:
+    """Every hostile name is its own blob's business: good blobs sorting before and after are
+    invoked, a blob whose invocation keeps failing is poisoned after poisonBlobThreshold tries, and
+    receipts are written for every name."""
+    settings = {
+        **names(), **only("client_binding"), "AzureWebJobsStorage": storage,
+        "AzureFunctionsJobHost__extensions__blobs__poisonBlobThreshold": "2",
+    }  # fmt: skip
+    container = settings["TEST_CLIENT_CONTAINER"]
+    service = BlobServiceClient.from_connection_string(storage)
+    service.create_container(container)
+    for name in ["aaa/first.txt", *HOSTILE_NAMES, "zzz/last.txt"]:
+        service.get_blob_client(container, name).upload_blob(b"x")
+    host = host_factory(settings).start()
+    queue = QueueClient.from_connection_string(storage, "webjobs-blobtrigger-poison")
+
+    def poisoned() -> set[str]:
+        try:
+            messages = list(queue.peek_messages(max_messages=32))
+        except Exception:
+            return set()
+        bodies = [json.loads(base64.b64decode(m.content)) for m in messages]
+        return {b["BlobName"] for b in bodies if b["ContainerName"] == container}
+
+    def invoked() -> set[str]:
+        return {r["blob"] for r in host.records("client_binding")}
+
+    host.wait_for(lambda: {"aaa/first.txt", "zzz/last.txt"} <= invoked(), what="the good blobs")
+    # The name Azurite made of the backslashes cannot be addressed: the handler's request for it
+    # fails, twice (poisonBlobThreshold), then the blob is poisoned; the others all ran.
+    host.wait_for(lambda: "evil1/../../outside.txt" in poisoned(), what="the poison message")
+    assert set(HOSTILE_NAMES) - {HOSTILE_NAMES[0], HOSTILE_NAMES[5]} <= invoked()
+    assert host.log().count("client_binding failed on") >= 2
+    assert "blobs under" in host.log() and "evil6/" in host.log()  # that folder alone is unlisted
+    receipts = [
+        b.name
+        for b in service.get_container_client("azure-webjobs-hosts").list_blobs(
+            name_starts_with=f"blobreceipts/{settings['AzureFunctionsWebHost__hostid']}/"
+        )
+    ]
+    assert len(receipts) == 2 + len(HOSTILE_NAMES) - 1
+    assert all(len(r) <= 1024 and "/../" not in r and "\\" not in r for r in receipts)
+    assert host.stop() == 0

@@ -20,7 +20,7 @@ import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
-from infra.local.stack import DEV_KEY, REPO_ROOT
+from infra.local.stack import DEV_KEY, DEV_SUBSCRIPTION, REPO_ROOT
 from shared import callbacks, monitor
 from shared.callbacks import SIGNATURE_HEADER, verify
 from shared.registry import TERMINAL_STATES, RunRecord
@@ -300,3 +300,61 @@ def test_http_start_from_the_dataset_folder_leaves_no_stray_run(hosted) -> None:
         time.sleep(0.2)
     runs = [p.registry.get(r.run_id) for r in p.registry.iter_runs(dataset="folder")]
     assert [(r.run_id, r.state) for r in runs] == [(rec.run_id, "succeeded")]
+
+
+# Names an attacker would try, each in a dataset of its own (what the blob service keeps of it may
+# differ: Azurite turns backslashes into slashes).
+HOSTILE_BLOBS = {
+    "evil-backslash": "evil-backslash/..\\..\\outside.txt",
+    "evil-pct": "evil-pct/%2e%2e/%2e%2e/outside.txt",
+    "evil-chars": 'evil-chars/a<b>:c|d?*".txt',
+    "evil-long": "evil-long/" + "n" * (1024 - len("evil-long/")),
+    "evil-tab": "evil-tab/tab\there.txt",
+}
+
+
+def test_hostile_blob_names_in_a_burst_of_good_datasets(hosted) -> None:
+    """The attacker's test: hostile names mixed into good datasets that sort before and after them.
+    Every good dataset trains, every hostile one fails promptly naming its blob, and nothing is
+    written outside a dataset's directory."""
+    p, make_host = hosted
+    make_host().start()
+    good = ["aaa-good", "aab-good", "zzy-good", "zzz-good"]
+    odd_but_valid = "Ã©\ufffd-looks-like-mojibake.txt"  # Azure Files accepts it: it is staged
+
+    def upload_good(ds: str) -> None:
+        files = {**QUICKSTART_FILES, odd_but_valid: b"odd"}
+        p.upload(ds, files, {"files": sorted(files)})
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(upload_good, ds) for ds in good]
+        jobs += [pool.submit(p.container.upload_blob, name, b"x") for name in HOSTILE_BLOBS.values()]
+        for job in jobs:
+            job.result()
+    stored = {b.name.split("/", 1)[0]: b.name for b in p.container.list_blobs() if b.name.startswith("evil")}
+    deadline = time.monotonic() + 180
+    while True:
+        runs = [p.registry.get(r.run_id) for r in p.registry.iter_runs()]
+        by_dataset = {r.dataset: r for r in runs}
+        if set(by_dataset) >= set(good) | set(HOSTILE_BLOBS) and done(runs):
+            break
+        assert time.monotonic() < deadline, sorted((r.dataset, r.state, r.callback_pending) for r in runs)
+        time.sleep(1)
+    assert len(runs) == len(good) + len(HOSTILE_BLOBS), sorted((r.dataset, r.state) for r in runs)
+    for ds in good:
+        rec = by_dataset[ds]
+        assert rec.state == "succeeded", (ds, rec.errors)
+        assert odd_but_valid in {f.name for f in rec.staged_files}
+    for ds in HOSTILE_BLOBS:
+        rec = by_dataset[ds]
+        assert rec.state == "failed", (ds, rec.state)
+        (error,) = rec.errors
+        assert error["code"] == "InvalidBlobName" and error["blob"] == stored[ds], error
+        assert repr(stored[ds])[:60].strip("'") in error["message"], error["message"][:200]
+    # Nothing outside a dataset's directory: the share holds the good datasets' files (and the jobs'
+    # outputs, under the subscription's folder, where Batch AI writes them) only, and no file named
+    # outside.txt exists anywhere in the emulators' data.
+    share = p.share_root
+    top = {path.relative_to(share).parts[0] for path in share.rglob("*")}
+    assert top <= {*good, DEV_SUBSCRIPTION}, top
+    assert not list(Path(p.stack.data_dir).rglob("outside.txt"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -23,10 +24,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.blob import InputStream as BlobsInputStream
-from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, StorageStreamDownloader
+from azure.storage.blob import (
+    BlobClient,
+    BlobPrefix,
+    BlobProperties,
+    BlobServiceClient,
+    StorageStreamDownloader,
+)
 
 from .app import FunctionSpec
 from .config import STORAGE, ConfigError, HostConfig
@@ -43,6 +51,35 @@ _CHUNK = 4 * 1024 * 1024
 def quoted_etag(etag: str) -> str:
     """ETags as the storage service sends them in headers (listings drop the quotes)."""
     return '"' + etag.strip('"') + '"'
+
+
+MAX_BLOB_NAME = 1024  # Azure Storage's limit on a blob name, receipts included
+_RECEIPT_SAFE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=@ /-]*")
+
+
+def receipt_blob_name(container: str, blob_name: str, prefix: str) -> str:
+    """`<prefix><container>/<blob>`, the receipt's name, for every blob name storage accepts.
+
+    A name that can go in a path as is (plain characters, no empty, `.` or `..` segment) keeps the
+    real host's layout. Any other is percent-encoded (`%` itself included, so no encoded name equals
+    a plain one, and `..` becomes `%2E%2E`: no server normalises it away); a receipt name that would
+    still exceed storage's 1,024 characters uses `%sha256/<hex of the name>` (no encoded name holds
+    `%s`). Without this a name such as `ds/../../x` made a receipt request signed for one path and
+    served for another, and its AuthorizationFailure stopped the whole scan.
+    """
+    segments = blob_name.split("/")
+    plain = _RECEIPT_SAFE.fullmatch(blob_name) and all(seg not in ("", ".", "..") for seg in segments)
+    if plain:
+        encoded = blob_name
+    else:
+        encoded = "/".join(
+            "".join(f"%{b:02X}" for b in seg.encode()) if seg in ("", ".", "..") else quote(seg, safe="")
+            for seg in segments
+        )
+    name = f"{prefix}{container}/{encoded}"
+    if len(name) > MAX_BLOB_NAME:
+        name = f"{prefix}{container}/%sha256/{hashlib.sha256(blob_name.encode()).hexdigest()}"
+    return name
 
 
 def connection_string(config: HostConfig, name: str | None, function: str) -> str:
@@ -141,7 +178,7 @@ class BlobTriggers:
         self.config = config
         self.invoker = invoker
         self.interval = config.blob_poll_interval
-        self.max_attempts = config.max_dequeue_count
+        self.max_attempts = config.poison_blob_threshold
         self.triggers: list[BlobTrigger] = []
         for spec in specs:
             if spec.trigger_type != "blobTrigger":
@@ -161,6 +198,8 @@ class BlobTriggers:
                 BlobTrigger(spec, BlobPath.parse(path, spec.name), service, conn, host_service)
             )
         self._done: dict[tuple[str, str], str] = {}  # (function, blob) -> etag handled
+        self._failures: dict[tuple[tuple[str, str], str], int] = {}  # ((function, blob), etag) -> count
+        self._listing_failures: dict[tuple[str, str], str] = {}  # (function, prefix) -> last error
         self._inflight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -209,38 +248,113 @@ class BlobTriggers:
 
     # --- scanning --------------------------------------------------------------------------------
     def scan(self, trigger: BlobTrigger) -> None:
+        """One pass over the trigger's container. Each blob is handled on its own: an error on one
+        (its receipt, its properties) is that blob's failure, counted towards its poison threshold,
+        never the scan's; only a container that cannot be listed at all fails the scan."""
         container = trigger.service.get_container_client(trigger.path.container)
         try:
-            blobs = list(
-                container.list_blobs(name_starts_with=trigger.path.prefix or None, include=["metadata"])
-            )
+            blobs = self._list(trigger, container, trigger.path.prefix, depth=0)
         except ResourceNotFoundError:
             return
         for blob in blobs:
-            params = trigger.path.match(blob.name)
-            if params is None:
-                continue
-            key = (trigger.spec.name, blob.name)
-            etag = quoted_etag(blob.etag)
-            with self._lock:
-                if key in self._inflight or self._done.get(key) == etag:
-                    continue
-            if self._receipt_complete(trigger, blob.name, etag):
-                with self._lock:
-                    self._done[key] = etag
-                continue
-            with self._lock:
-                self._inflight.add(key)
             if self._stop.is_set() or self._pool is None:
                 return
-            self._pool.submit(self._process, trigger, blob, params, etag)
+            try:
+                self._consider(trigger, blob)
+            except Exception as exc:
+                self._blob_failed(trigger, blob, quoted_etag(blob.etag), exc)
+
+    def _list(self, trigger: BlobTrigger, container: Any, prefix: str, depth: int) -> list[BlobProperties]:
+        """Every blob under `prefix`. A listing the service cannot answer (Azurite answers 500 for a
+        listing holding a name with a control character) is narrowed folder by folder, so only the
+        folder holding that name goes unlisted (logged once), not the container."""
+        try:
+            # No retries here: a listing that fails falls back to the narrower ones below at once
+            # (the SDK's default retries of a 500 take about a minute).
+            found = list(
+                container.list_blobs(name_starts_with=prefix or None, include=["metadata"], retry_total=0)
+            )
+            self._listing_failures.pop((trigger.spec.name, prefix), None)
+            return found
+        except ResourceNotFoundError:
+            raise
+        except HttpResponseError as exc:
+            failure = exc
+        try:
+            narrow = {} if depth == 0 else {"retry_total": 0}  # the container itself: retried as usual
+            items = list(
+                container.walk_blobs(
+                    name_starts_with=prefix or None, include=["metadata"], delimiter="/", **narrow
+                )
+            )
+        except HttpResponseError:
+            if depth == 0:
+                raise
+            self._listing_failed(trigger, prefix, failure)
+            return []
+        blobs: list[BlobProperties] = []
+        for item in items:
+            if isinstance(item, BlobPrefix):
+                if item.name != prefix:
+                    blobs.extend(self._list(trigger, container, item.name, depth + 1))
+            else:
+                blobs.append(item)
+        return blobs
+
+    def _listing_failed(self, trigger: BlobTrigger, prefix: str, exc: Exception) -> None:
+        key = (trigger.spec.name, prefix)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if self._listing_failures.get(key) != message:
+            log.warning(
+                "blobs under %s/%s cannot be listed for %s (%s); the rest of the container is scanned",
+                trigger.path.container, prefix, trigger.spec.name, message,
+            )  # fmt: skip
+        self._listing_failures[key] = message
+
+    def _consider(self, trigger: BlobTrigger, blob: BlobProperties) -> None:
+        """Queue one blob version for invocation unless it is running, done or has a receipt."""
+        params = trigger.path.match(blob.name)
+        if params is None:
+            return
+        key = (trigger.spec.name, blob.name)
+        etag = quoted_etag(blob.etag)
+        with self._lock:
+            if key in self._inflight or self._done.get(key) == etag:
+                return
+        if self._receipt_complete(trigger, blob.name, etag):
+            with self._lock:
+                self._done[key] = etag
+            return
+        with self._lock:
+            self._inflight.add(key)
+        assert self._pool is not None
+        self._pool.submit(self._process, trigger, blob, params, etag)
+
+    def _blob_failed(self, trigger: BlobTrigger, blob: BlobProperties, etag: str, exc: Exception) -> None:
+        """One failure of one blob version outside its invocation (receipt, properties): tried again
+        at the next scan, and after `poisonBlobThreshold` failures sent to the poison queue."""
+        key = (trigger.spec.name, blob.name)
+        with self._lock:
+            count = self._failures[(key, etag)] = self._failures.get((key, etag), 0) + 1
+        log.warning(
+            "blob %s/%s for %s not handled (failure %d of %d): %s",
+            trigger.path.container, blob.name[:300], trigger.spec.name, count, self.max_attempts,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )  # fmt: skip
+        if count < self.max_attempts:
+            return
+        try:
+            self._poison(trigger, blob, etag)
+        except Exception as poison_exc:
+            log.error("poison message for %s/%s not sent: %s", trigger.path.container, blob.name, poison_exc)
+        with self._lock:
+            self._done[key] = etag
+            self._failures.pop((key, etag), None)
 
     # --- receipts --------------------------------------------------------------------------------
     def _receipt(self, trigger: BlobTrigger, blob_name: str, etag: str) -> BlobClient:
-        name = (
-            f"blobreceipts/{self.config.host_id}/{trigger.spec.function_id}/{etag}/"
-            f"{trigger.path.container}/{blob_name}"
-        )
+        prefix = f"blobreceipts/{self.config.host_id}/{trigger.spec.function_id}/{etag}/"
+        name = receipt_blob_name(trigger.path.container, blob_name, prefix)
         return trigger.host_service.get_blob_client(HOSTS_CONTAINER, name)
 
     def _receipt_complete(self, trigger: BlobTrigger, blob_name: str, etag: str) -> bool:
@@ -272,10 +386,8 @@ class BlobTriggers:
             receipt.set_blob_metadata({})
             with self._lock:
                 self._done[key] = etag
-        except Exception as exc:  # storage trouble: leave it for the next scan
-            log.warning(
-                "blob %s/%s for %s not handled: %s", trigger.path.container, blob.name, trigger.spec.name, exc
-            )
+        except Exception as exc:  # storage trouble: this blob's failure, tried again at the next scan
+            self._blob_failed(trigger, blob, etag, exc)
         finally:
             with self._lock:
                 self._inflight.discard(key)

@@ -66,6 +66,11 @@ class HostConfig:
         return self._int_host(("extensions", "blobs", "maxDegreeOfParallelism"), 8)
 
     @property
+    def poison_blob_threshold(self) -> int:
+        """Tries of one blob version before its poison message (the blob extension's setting)."""
+        return self._int_host(("extensions", "blobs", "poisonBlobThreshold"), 5)
+
+    @property
     def max_dequeue_count(self) -> int:
         return self._int_host(("extensions", "queues", "maxDequeueCount"), 5)
 
