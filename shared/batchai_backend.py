@@ -200,11 +200,14 @@ class BatchAIBackend:
     def delete_experiment(self, name: str) -> bool:
         return self.compute.delete_experiment(name)
 
-    def create_job(self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str) -> JobRef:
-        """Create the experiment (waited for) and the job (not waited for); idempotent."""
+    def create_job(
+        self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str, *, data_dir: str | None = None
+    ) -> JobRef:
+        """Create the experiment (waited for) and the job (not waited for); idempotent. The job's
+        input directories are in ``data_dir`` (the run's snapshot), default the dataset's directory."""
         self.ensure_workspace()
         self.compute.ensure_experiment(names.experiment)
-        params = bm.job_parameters(spec, dataset, cluster_id, self.settings)
+        params = bm.job_parameters(spec, data_dir or dataset, cluster_id, self.settings)
         return self.compute.create_job(names.experiment, names.job, params)
 
     def get_job(self, names: JobNames) -> JobStatus | None:

@@ -430,7 +430,8 @@ def job_parameters(
     spec: RunSpec, dataset: str, cluster_resource_id: str, settings: Settings
 ) -> models.JobCreateParameters:
     """The job for a run of `dataset` on a cluster: toolkit settings, container, input directories in
-    the dataset's directory on the share, output directories and stdout/stderr under the mount,
+    the run's directory on the share (`dataset`: that directory, the run's snapshot), output
+    directories and stdout/stderr under the mount,
     environment, secrets, constraints, job preparation."""
     from azure.mgmt.batchai import models
 

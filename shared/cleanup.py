@@ -14,10 +14,16 @@ Rules (each action names its reason in the report):
   a grace period so that an experiment created a moment ago for a new run is left alone.
 - delete_cluster: a cluster with no active job and no non-terminal run, idle (since its creation or
   the end of its last job or run) past the idle threshold.
-- delete_staged_data: the share directory of a dataset whose runs are all finished, the latest past
-  the staged data retention. A directory with no run record is not ours to judge and is kept.
-Nothing a non-terminal run uses (its job, experiment, cluster, dataset directory) is ever deleted, and
-the executor checks the registry again right before each deletion.
+- delete_snapshot: a run's snapshot (``_snapshots/<run id>``, its job's input) once the run has
+  finished past the staged data retention. Never the snapshot of an active run, nor a snapshot of a
+  dataset one of whose runs is staging (it may be carrying files from it). A snapshot with no run
+  record is not ours to judge and is kept.
+- delete_staged_data: the share directory of a dataset (filled by hand, or by runs from before
+  snapshots) whose runs are all finished, the latest past the staged data retention. A directory with
+  no run record is not ours to judge and is kept.
+Dataset names are compared case-insensitively, as Azure Files compares the directory names they
+become. Nothing a non-terminal run uses (its job, experiment, cluster, snapshot, dataset directory) is
+ever deleted, and the executor checks the registry again right before each deletion.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from shared.registry import TERMINAL_STATES, parse_time
+from shared.registry import SNAPSHOT_ROOT, TERMINAL_STATES, parse_time
 
 __all__ = [
     "TERMINAL_RUN_STATES",
@@ -54,7 +60,12 @@ FINISHED_JOB_STATES = frozenset({"succeeded", "failed"})
 BATCHAI_DEFAULT_MAX_WALL_CLOCK = timedelta(days=7)
 
 ActionKind = Literal[
-    "terminate_job", "delete_job", "delete_experiment", "delete_cluster", "delete_staged_data"
+    "terminate_job",
+    "delete_job",
+    "delete_experiment",
+    "delete_cluster",
+    "delete_snapshot",
+    "delete_staged_data",
 ]
 # The order actions run in: stop runaways first, then delete jobs before the experiments they empty.
 ACTION_ORDER: tuple[str, ...] = (
@@ -62,6 +73,7 @@ ACTION_ORDER: tuple[str, ...] = (
     "delete_job",
     "delete_experiment",
     "delete_cluster",
+    "delete_snapshot",
     "delete_staged_data",
 )
 
@@ -119,6 +131,12 @@ class Inventory:
     clusters: Sequence[ClusterInfo] = ()
     experiments: Sequence[ExperimentInfo] = ()
     staged_datasets: Sequence[str] = ()
+    snapshots: Sequence[str] = ()  # run ids that have a snapshot directory on the share
+
+
+def dataset_key(dataset: str) -> str:
+    """A dataset's identity where it meets the share: Azure Files compares names case-insensitively."""
+    return dataset.casefold()
 
 
 @dataclass(frozen=True)
@@ -185,7 +203,8 @@ def plan(inventory: Inventory, now: datetime, policy: CleanupPolicy) -> list[Act
     protected_jobs = {(r.experiment, r.job) for r in active_runs if r.job}
     protected_experiments = {r.experiment for r in active_runs if r.experiment}
     protected_clusters = {r.cluster for r in active_runs if r.cluster}
-    protected_datasets = {r.dataset for r in active_runs}
+    protected_datasets = {dataset_key(r.dataset) for r in active_runs}
+    carrying_datasets = {dataset_key(r.dataset) for r in active_runs if r.state == "staging"}
     for job in inventory.jobs:
         if job.state not in FINISHED_JOB_STATES:  # queued, running, terminating or unknown: in use
             protected_experiments.add(job.experiment)
@@ -282,11 +301,29 @@ def plan(inventory: Inventory, now: datetime, policy: CleanupPolicy) -> list[Act
                 )
             )
 
-    # Staged data of finished runs.
-    for dataset in inventory.staged_datasets:
-        if dataset in protected_datasets:
+    # Snapshots of runs finished past the retention.
+    runs_by_id = {r.id: r for r in inventory.runs}
+    for run_id in inventory.snapshots:
+        run = runs_by_id.get(run_id)
+        if run is None or run.active or dataset_key(run.dataset) in carrying_datasets:
             continue
-        runs = [r for r in inventory.runs if r.dataset == dataset]
+        if run.finished_at is not None and now - run.finished_at >= policy.data_retention:
+            actions.append(
+                Action(
+                    "delete_snapshot",
+                    f"{SNAPSHOT_ROOT}/{run_id}",
+                    f"run {run.state} {_age(now, run.finished_at)} ago, past the staged data retention "
+                    f"of {_age(now, now - policy.data_retention)}",
+                    dataset=run.dataset,
+                    run_ids=(run_id,),
+                )
+            )
+
+    # Dataset directories (filled by hand, or by runs from before snapshots) of finished runs.
+    for dataset in inventory.staged_datasets:
+        if dataset_key(dataset) in protected_datasets:
+            continue
+        runs = [r for r in inventory.runs if dataset_key(r.dataset) == dataset_key(dataset)]
         if not runs:
             continue
         finished = [r.finished_at for r in runs]
@@ -449,15 +486,25 @@ class Cleanup:
             experiments.append(ExperimentInfo(experiment.name, experiment.created_at))
             jobs.extend(job_info(job) for job in self.compute.list_jobs(experiment.name))
         clusters = [ClusterInfo(c.name, c.created_at) for c in self.compute.list_clusters().values()]
-        return Inventory(runs, jobs, clusters, experiments, self._staged_datasets())
+        return Inventory(runs, jobs, clusters, experiments, self._staged_datasets(), self._snapshots())
 
     def _staged_datasets(self) -> list[str]:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return [i["name"] for i in self.share.list_directories_and_files() if i.get("is_directory")]
+            items = list(self.share.list_directories_and_files())
         except ResourceNotFoundError:
             return []
+        return [i["name"] for i in items if i.get("is_directory") and i["name"] != SNAPSHOT_ROOT]
+
+    def _snapshots(self) -> list[str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            items = list(self.share.get_directory_client(SNAPSHOT_ROOT).list_directories_and_files())
+        except ResourceNotFoundError:
+            return []
+        return [i["name"] for i in items if i.get("is_directory")]
 
     # --- guards and actions -----------------------------------------------------------------------
     def in_use(self, action: Action) -> list[str]:
@@ -467,6 +514,7 @@ class Cleanup:
         users = []
         for record in self.registry.iter_runs(state=sorted(ACTIVE_STATES)):
             info = run_info(record, self.compute)
+            same_dataset = dataset_key(info.dataset) == dataset_key(action.dataset or "")
             if (
                 (
                     action.kind == "delete_job"
@@ -474,7 +522,11 @@ class Cleanup:
                 )
                 or (action.kind == "delete_experiment" and info.experiment == action.experiment)
                 or (action.kind == "delete_cluster" and info.cluster == action.cluster)
-                or (action.kind == "delete_staged_data" and info.dataset == action.dataset)
+                or (action.kind == "delete_staged_data" and same_dataset)
+                or (
+                    action.kind == "delete_snapshot"
+                    and (info.id in action.run_ids or (same_dataset and info.state == "staging"))
+                )
             ):
                 users.append(info.id)
         return users
@@ -488,6 +540,11 @@ class Cleanup:
 
             delete_directory_tree(self.share, check_dataset_name(a.dataset or ""))
 
+        def delete_snapshot(a: Action) -> None:
+            from shared.registry import snapshot_dir
+
+            delete_directory_tree(self.share, snapshot_dir(a.target.rpartition("/")[2]))
+
         return Executor(
             perform={
                 "terminate_job": lambda a: self.compute.terminate_job(
@@ -496,6 +553,7 @@ class Cleanup:
                 "delete_job": lambda a: self.compute.delete_job(self.compute.job_ref(a.experiment, a.job)),
                 "delete_experiment": lambda a: self.compute.delete_experiment(a.experiment),
                 "delete_cluster": lambda a: self.compute.delete_cluster(a.cluster),
+                "delete_snapshot": delete_snapshot,
                 "delete_staged_data": delete_staged,
             },
             in_use=self.in_use,

@@ -235,7 +235,12 @@ class ComputeBackend(Protocol):
 
     def delete_experiment(self, name: str) -> bool: ...
 
-    def create_job(self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str) -> JobRef: ...
+    def create_job(
+        self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str, *, data_dir: str | None = None
+    ) -> JobRef:
+        """Create the run's job (idempotent). ``data_dir``: the share directory the job reads as its
+        input (the run's snapshot, ``_snapshots/<run id>``; default the dataset's directory)."""
+        ...
 
     def get_job(self, names: JobNames) -> JobStatus | None: ...
 

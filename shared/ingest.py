@@ -11,16 +11,19 @@ replayed, so every step here is idempotent):
 2. The first upload of a run starts creating what it needs (resource group, workspace, the file
    share and dataset directory, the cluster, reused when one with the same settings exists) without
    waiting for the cluster to provision.
-3. A data blob is copied server side into ``<share>/<dataset>/<path>`` (``shared.staging``) and
-   recorded; ``<dataset>/run.json`` is parsed (``shared.runspec``) and becomes the run's spec. It
-   is never copied to the share (it may hold secret environment variables).
+3. A data blob is copied server side into the run's snapshot, ``<share>/_snapshots/<run id>/<path>``
+   (``shared.staging``), and recorded; ``<dataset>/run.json`` is parsed (``shared.runspec``) and
+   becomes the run's spec. It is never copied to the share (it may hold secret environment variables).
 4. When the manifest is in and every file it requires is staged with the blob's current ETag (or,
    with no list, every blob under the prefix when the manifest arrived), the run moves on with a
    compare-and-swap (staging -> provisioning, or -> queued when the cluster is steady) and only the
    winner creates the experiment and the job (deterministic names: a retry hits the same job).
 
 Files a new run needs that an earlier run of the dataset already staged (same blob ETag, still on
-the share) are carried over without copying again.
+the share) are carried into its snapshot by a copy inside the share, never read from blob storage
+again. A run's snapshot is its own: later uploads go to later runs' snapshots, so nothing changes what
+a submitted job reads. A blob that is no required file of a run that was submitted while it was being
+copied is taken out of that snapshot again (it was never part of the run) and starts the next run.
 
 A bad blob name or manifest fails the run's staging with an error naming the problem; nothing is
 written for it. ``start_run`` (HTTP API) and ``cancel_run`` are the API's entry points.
@@ -54,6 +57,7 @@ from shared.registry import (
     RunRegistry,
     StagedFile,
     TransitionRejected,
+    new_run_id,
     parse_time,
     utcnow,
 )
@@ -61,6 +65,7 @@ from shared.runspec import RunSpec, RunSpecError, SpecContext, parse_run_spec, p
 from shared.staging import (
     MANIFEST_NAME,
     StagingError,
+    carry_file,
     check_dataset_name,
     check_relative_path,
     check_stage_prefix,
@@ -271,6 +276,7 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
                 svc.container,
                 blob_name,
                 svc.share,
+                dest_path=f"{_data_dir(rec)}/{ref.path}",
                 copy_timeout=svc.settings.copy_timeout_seconds,
                 account_key=svc.account_key,
                 props=props,
@@ -283,6 +289,8 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
             _fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         svc.registry.add_staged_files(rec.run_id, [staged])
+        if _arrived_after_submission(svc, rec.run_id, ref.path):
+            return _ingest(blob_name, svc)  # the run left without it: this upload starts the next run
         # Submission does not wait for the preparation: its creates are idempotent, and a job only
         # needs its experiment and cluster to exist, not to be provisioned.
         submitted = check_ready(rec.run_id, svc, spec, spec_etag)
@@ -290,6 +298,31 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
         if preparing is not None:
             preparing.join()  # nothing outlives the invocation
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
+
+
+def _data_dir(rec: RunRecord) -> str:
+    """The share directory a run's files go to and its job reads: its snapshot (runs recorded before
+    snapshots existed keep the dataset's directory)."""
+    return rec.snapshot or rec.dataset
+
+
+def _arrived_after_submission(svc: Services, run_id: str, path: str) -> bool:
+    """Whether the run was submitted while ``path`` was being copied into its snapshot and does not
+    require it: then the file is no part of the run, and it is taken out of the snapshot and the
+    record again (a submitted run's snapshot holds what its submission saw)."""
+    rec = svc.registry.get(run_id, with_files=False)
+    if rec.state == STAGING or path in (rec.expected_files or []):
+        return False
+    with contextlib.suppress(HttpResponseError):
+        svc.share.get_file_client(f"{_data_dir(rec)}/{path}").delete_file()
+    svc.registry.remove_staged_files(run_id, [path])
+    log.info(
+        "run %s was submitted without %s, which arrived meanwhile: it goes to the next run",
+        run_id,
+        path,
+        extra=rec.log_extra(),
+    )
+    return True
 
 
 def _started_from_folder(rec: RunRecord, folder: str) -> bool:
@@ -501,7 +534,7 @@ def _prepare_infrastructure(svc: Services, rec: RunRecord, spec: RunSpec | None)
     spec = spec or parse_run_spec({}, svc.spec_context)
     try:
         ensure_share(svc.share)
-        ensure_directory(svc.share, rec.dataset)
+        ensure_directory(svc.share, _data_dir(rec))
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
         svc.cloud.request_experiment(rec.dataset)  # off the submission's critical path
     except (ComputeError, HttpResponseError, OSError) as exc:
@@ -593,8 +626,8 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
         return [name for name in expected if name not in staged_by_name]
     blobs = _dataset_blobs(svc, rec.dataset)
     missing: list[str] = []
-    carry: list[StagedFile] = []
-    earlier: dict[str, StagedFile] | None = None
+    carry: list[tuple[str, StagedFile]] = []
+    earlier: dict[str, tuple[str, StagedFile]] | None = None
     for name in expected:
         blob = blobs.get(name)
         staged = staged_by_name.get(name)
@@ -607,34 +640,70 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
             if earlier is None:
                 earlier = _earlier_staged(svc, rec)
             old = earlier.get(name)
-            if old is not None and old.etag == etag_of(blob) and _on_share(svc, rec.dataset, name, old.size):
+            if old is not None and old[1].etag == etag_of(blob) and old[1].size == int(blob.size):
                 carry.append(old)
                 continue
         missing.append(name)
     if carry:
-        svc.registry.add_staged_files(rec.run_id, carry)
+        carried = _carry(svc, rec, carry, from_blobs=True)
         log.info(
-            "run %s: %d file(s) carried over from earlier runs", rec.run_id, len(carry), extra=rec.log_extra()
+            "run %s: %d file(s) carried over from earlier runs",
+            rec.run_id,
+            len(carried),
+            extra=rec.log_extra(),
         )
     return missing
 
 
-def _earlier_staged(svc: Services, rec: RunRecord) -> dict[str, StagedFile]:
-    """The latest staged version of each file over the dataset's earlier runs."""
-    latest: dict[str, StagedFile] = {}
+def _earlier_staged(svc: Services, rec: RunRecord) -> dict[str, tuple[str, StagedFile]]:
+    """The latest staged version of each file over the dataset's earlier runs: name -> (its path on
+    the share, the file as its run recorded it)."""
+    latest: dict[str, tuple[str, StagedFile]] = {}
     earlier = [r.run_id for r in svc.registry.iter_runs(dataset=rec.dataset) if r.run_id < rec.run_id]
     for run_id in sorted(earlier)[-CARRY_OVER_RUNS:]:
-        for f in svc.registry.get(run_id).staged_files:
-            if f.name not in latest or (f.staged_at or "") > (latest[f.name].staged_at or ""):
-                latest[f.name] = f
+        old = svc.registry.get(run_id)
+        for f in old.staged_files:
+            if f.name not in latest or (f.staged_at or "") > (latest[f.name][1].staged_at or ""):
+                latest[f.name] = (f"{_data_dir(old)}/{f.name}", f)
     return latest
 
 
-def _on_share(svc: Services, dataset: str, name: str, size: int) -> bool:
-    try:
-        return int(svc.share.get_file_client(f"{dataset}/{name}").get_file_properties().size) == size
-    except ResourceNotFoundError:
-        return False
+def _carry(
+    svc: Services, rec: RunRecord, items: list[tuple[str, StagedFile]], *, from_blobs: bool
+) -> list[StagedFile]:
+    """Copy files earlier snapshots hold into ``rec``'s snapshot inside the share, and record them.
+    ``from_blobs``: a file whose carry fails (its snapshot was cleaned up meanwhile) is copied from
+    its blob instead (same version: the blob's ETag was just compared); otherwise the error stands."""
+    carried: list[StagedFile] = []
+    for source, old in items:
+        dest = f"{_data_dir(rec)}/{old.name}"
+        try:
+            carried.append(
+                carry_file(
+                    svc.share,
+                    source,
+                    dest,
+                    old,
+                    copy_timeout=svc.settings.copy_timeout_seconds,
+                    account_key=svc.account_key,
+                )
+            )
+        except StagingError as exc:
+            if exc.code != "CarryFailed" or not from_blobs:
+                raise
+            log.info("run %s: %s; copying it from blob storage", rec.run_id, exc, extra=rec.log_extra())
+            carried.append(
+                stage_blob(
+                    svc.container,
+                    f"{rec.dataset}/{old.name}",
+                    svc.share,
+                    dest_path=dest,
+                    copy_timeout=svc.settings.copy_timeout_seconds,
+                    account_key=svc.account_key,
+                )
+            )
+    svc.registry.add_staged_files(rec.run_id, carried)
+    return carried
 
 
 # Answers that no retry changes: the run fails now instead of waiting for the staging timeout.
@@ -682,7 +751,7 @@ def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
     try:
         cluster_id = rec.cluster_id or svc.cloud.ensure_cluster(spec, rec.dataset).id
-        job = svc.cloud.create_job(names, spec, rec.dataset, cluster_id)
+        job = svc.cloud.create_job(names, spec, rec.dataset, cluster_id, data_dir=rec.snapshot)
     except ComputeError as exc:
         message = f"creating job {rec.job_name} failed: {exc}"[:2000]
         log.warning("run %s: %s (will retry)", rec.run_id, message, extra=rec.log_extra())
@@ -711,9 +780,10 @@ def start_run(
     svc: Services | None = None,
 ) -> RunRecord:
     """Start a run on ``dataset`` with ``spec``: stage every blob under ``stage_from_prefix`` of the
-    training container into the dataset directory first, or use what the share already holds (every
-    required file must be there). Returns the run (submitted unless it failed). The same
-    ``idempotency_key`` returns the same run.
+    training container into the run's snapshot first, or carry in the dataset's latest snapshot on
+    the share (every required file must be there). Returns the run (submitted unless it failed).
+    The same ``idempotency_key`` returns the same run; a request repeating the key of a run another
+    request is staging gets that run as it is, without staging it again.
 
     What the request needs is checked before anything is created: a dataset not on the share
     (DatasetNotStaged), an empty prefix (NothingToStage) or a required file that is in neither
@@ -727,15 +797,12 @@ def start_run(
     if replayed is not None and replayed.state != STAGING:
         return replayed  # an idempotent replay of a run that already moved on
 
-    to_stage: list[tuple[str, str]] = []
-    staged: list[StagedFile] = []
     folder_manifest: str | None = None
     if prefix is not None:
         to_stage, folder_manifest = _prefix_blobs(svc, prefix)
-        available = {rel for _, rel in to_stage}
+        available = {rel for _, rel, _ in to_stage}
     else:
-        staged = _already_staged(svc, dataset, spec)
-        available = {f.name for f in staged}
+        available = {f.name for _, f in _already_staged(svc, dataset, spec)}
     missing = [name for name in spec.required_files() if name not in available]
     if missing:
         where = f"prefix {prefix!r}" if prefix is not None else f"dataset {dataset!r} on the file share"
@@ -750,35 +817,20 @@ def start_run(
         "staging_deadline": _staging_deadline(svc),
     }
     if replayed is not None:
-        rec = replayed  # the same request again while its run is staging: carry on with it
-    elif prefix is not None and "/" not in prefix:
+        return replayed  # the same key while its run is staging: its own request stages it
+    if prefix is not None and "/" not in prefix:
         # A top-level folder, whose blobs also fire the trigger as a dataset of that name. The
         # run.json in it now is superseded by this request: its trigger (however late) is a replay
         # of this run, not a new one. A later upload of it has another ETag: a new run.
         fields["manifest_etag"] = folder_manifest
-        rec = _claim_folder(svc, prefix, dataset, fields)
+        rec, mine = _claim_folder(svc, prefix, dataset, fields)
     else:
-        rec = svc.registry.create(dataset, **fields)
-    if rec.state != STAGING:
-        return rec  # an idempotent replay of a run that already moved on
-    if needs_preparation(svc, rec, spec):
-        _prepare_infrastructure(svc, rec, spec)
-    if prefix is not None:
-        ensure_share(svc.share)
-        ensure_directory(svc.share, dataset)
-        staged = _stage_prefix(svc, rec, dataset, to_stage)
-        expected = sorted(set(spec.required_files()) | {f.name for f in staged})
-    else:
-        expected = spec.required_files() or [f.name for f in staged]
-    svc.registry.add_staged_files(rec.run_id, staged)
-    svc.registry.update(rec.run_id, expected_files=expected)
-    missing = [name for name in expected if name not in {f.name for f in staged}]
-    if missing:  # a blob deleted between the listing and its copy
-        message = f"required file(s) not in the dataset: {', '.join(missing[:20])}"
-        _fail_staging(svc, rec, "MissingFiles", message)
-        return svc.registry.get(rec.run_id)
-    check_ready(rec.run_id, svc, spec)
-    final = svc.registry.get(rec.run_id)
+        run_id = new_run_id()
+        rec = svc.registry.create(dataset, run_id=run_id, **fields)
+        mine = rec.run_id == run_id
+    if not mine or rec.state != STAGING:
+        return rec  # the key's run, made by another request: it stages the run, not this one
+    final = stage_run(rec, svc, spec)
     if _inline_secrets(spec) and final.state in ACTIVE_STATES and not final.submitted_at:
         final = _submit_while_secrets_are_held(svc, final, spec)
     return final
@@ -829,7 +881,40 @@ def _submit_while_secrets_are_held(svc: Services, rec: RunRecord, spec: RunSpec)
     return svc.registry.get(rec.run_id)
 
 
-def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, Any]) -> RunRecord:
+def stage_run(rec: RunRecord, svc: Services | None = None, spec: RunSpec | None = None) -> RunRecord:
+    """Stage a run started over HTTP into its snapshot and submit it: every blob under its
+    ``stage_from_prefix`` (files an earlier run of the dataset staged from the same blob version are
+    carried inside the share), or the dataset's latest snapshot. A function of the run alone (``spec``
+    only saves parsing it again), so a queue worker can call it. Returns the run as it ends up."""
+    svc = svc or services()
+    if spec is None:
+        spec = parse_run_spec(rec.spec or {}, svc.spec_context)
+    if needs_preparation(svc, rec, spec):
+        _prepare_infrastructure(svc, rec, spec)
+    ensure_share(svc.share)
+    ensure_directory(svc.share, _data_dir(rec))
+    try:
+        if rec.stage_from_prefix is not None:
+            blobs, _ = _prefix_blobs(svc, check_stage_prefix(rec.stage_from_prefix))
+            staged = _stage_prefix(svc, rec, blobs)
+            expected = sorted(set(spec.required_files()) | {f.name for f in staged})
+        else:
+            staged = _carry(svc, rec, _already_staged(svc, rec.dataset, spec), from_blobs=False)
+            expected = spec.required_files() or [f.name for f in staged]
+    except StagingError as exc:
+        _fail_staging(svc, rec, exc.code, str(exc), blob=getattr(exc, "blob", None))
+        raise
+    svc.registry.update(rec.run_id, expected_files=expected)
+    missing = [name for name in expected if name not in {f.name for f in staged}]
+    if missing:  # a blob deleted between the listing and its copy
+        message = f"required file(s) not in the dataset: {', '.join(missing[:20])}"
+        _fail_staging(svc, rec, "MissingFiles", message)
+        return svc.registry.get(rec.run_id)
+    check_ready(rec.run_id, svc, spec)
+    return svc.registry.get(rec.run_id)
+
+
+def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, Any]) -> tuple[RunRecord, bool]:
     """The run for staging from the top-level ``folder``, whose blobs also fire the blob trigger (as
     a dataset named ``folder``): it becomes the folder's current staging run, so the trigger's
     invocations join it instead of making another run. When the folder is the dataset's own, a
@@ -839,7 +924,8 @@ def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, An
     from the same folder is left alone: both requests get their runs.
 
     Adoption is a compare-and-swap that rechecks the run: when the trigger takes a manifest between
-    the claim and the adoption, the run is superseded instead and a new one is claimed."""
+    the claim and the adoption, the run is superseded instead and a new one is claimed. Returns the
+    run and whether it is this request's (not the idempotency key's run of another request)."""
     reuse = _adoptable if folder == dataset else _never
     for _ in range(5):
         rec, created = svc.registry.claim_staging_run(folder, reuse=reuse, run_dataset=dataset, **fields)
@@ -849,7 +935,7 @@ def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, An
                 for other in svc.registry.iter_runs(state=STAGING, dataset=folder):
                     if other.source == "blob" and other.run_id != rec.run_id:
                         _supersede(svc, other, why)
-            return rec
+            return rec, created
 
         def adopt(r: RunRecord) -> None:
             if not _adoptable(r):
@@ -873,8 +959,8 @@ def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, An
         if key:
             keyed = svc.registry.create(dataset, run_id=adopted.run_id, idempotency_key=key)
             if keyed.run_id != adopted.run_id:
-                return keyed  # the key's run, made by a concurrent request
-        return adopted
+                return keyed, False  # the key's run, made by a concurrent request
+        return adopted, True
     raise ConcurrencyError(
         f"folder {folder!r}: could not claim its staging run (too many concurrent changes)"
     )
@@ -912,10 +998,10 @@ def _supersede(svc: Services, rec: RunRecord, why: str) -> None:
         log.info("run %s superseded: %s", rec.run_id, why, extra=rec.log_extra())
 
 
-def _prefix_blobs(svc: Services, prefix: str) -> tuple[list[tuple[str, str]], str | None]:
-    """(blob name, path relative to the prefix) of every blob to stage under ``prefix`` (manifests
-    excluded), and the ETag of ``<prefix>/run.json`` when there is one; NothingToStage when there is
-    no blob, StagingError naming a blob that cannot be staged."""
+def _prefix_blobs(svc: Services, prefix: str) -> tuple[list[tuple[str, str, Any]], str | None]:
+    """(blob name, path relative to the prefix, its listed properties) of every blob to stage under
+    ``prefix`` (manifests excluded), and the ETag of ``<prefix>/run.json`` when there is one;
+    NothingToStage when there is no blob, StagingError naming a blob that cannot be staged."""
     manifest = f"{prefix}/{MANIFEST_NAME}"
     manifest_etag: str | None = None
     names = []
@@ -924,43 +1010,71 @@ def _prefix_blobs(svc: Services, prefix: str) -> tuple[list[tuple[str, str]], st
             if b.name == manifest:
                 manifest_etag = etag_of(b)
             elif not b.name.endswith(f"/{MANIFEST_NAME}"):
-                names.append(b.name)
+                names.append(b)
     except ResourceNotFoundError:
         names = []  # the training container does not exist (yet)
     if not names:
         raise NothingToStage(f"no blobs under prefix {prefix!r} of container {svc.container.container_name}")
     found = []
-    for name in names:
-        rel = name[len(prefix) + 1 :]
-        check_relative_path(rel, what=f"blob {name!r}")
-        found.append((name, rel))
+    for b in names:
+        rel = b.name[len(prefix) + 1 :]
+        check_relative_path(rel, what=f"blob {b.name!r}")
+        found.append((b.name, rel, b))
     return found, manifest_etag
 
 
-def _stage_prefix(
-    svc: Services, rec: RunRecord, dataset: str, blobs: list[tuple[str, str]]
-) -> list[StagedFile]:
+def _stage_prefix(svc: Services, rec: RunRecord, blobs: list[tuple[str, str, Any]]) -> list[StagedFile]:
+    """Copy the prefix's blobs into the run's snapshot: from a snapshot of an earlier run of the
+    dataset when it holds the same blob version (inside the share), else from blob storage."""
+    earlier: dict[str, tuple[str, StagedFile]] | None = None
     staged = []
-    for name, rel in blobs:
+    for name, rel, props in blobs:
+        if earlier is None:
+            earlier = _earlier_staged(svc, rec)
+        old = earlier.get(rel)
+        if old is not None and old[1].etag == etag_of(props) and old[1].size == int(props.size):
+            with contextlib.suppress(StagingError):  # gone meanwhile: copied from the blob below
+                staged.extend(_carry(svc, rec, [old], from_blobs=False))
+                continue
         try:
-            staged.append(
-                stage_blob(
-                    svc.container,
-                    name,
-                    svc.share,
-                    dest_path=f"{dataset}/{rel}",
-                    copy_timeout=svc.settings.copy_timeout_seconds,
-                    account_key=svc.account_key,
-                )
+            one = stage_blob(
+                svc.container,
+                name,
+                svc.share,
+                dest_path=f"{_data_dir(rec)}/{rel}",
+                copy_timeout=svc.settings.copy_timeout_seconds,
+                account_key=svc.account_key,
             )
         except StagingError as exc:
-            _fail_staging(svc, rec, exc.code, str(exc), blob=name)
+            exc.blob = name  # type: ignore[attr-defined]
             raise
+        svc.registry.add_staged_files(rec.run_id, [one])
+        staged.append(one)
     return staged
 
 
-def _already_staged(svc: Services, dataset: str, spec: RunSpec) -> list[StagedFile]:
-    """Files already on the share for a dataset staged earlier (the API's 'use what is there')."""
+def _already_staged(svc: Services, dataset: str, spec: RunSpec) -> list[tuple[str, StagedFile]]:
+    """What a run on a dataset already on the share starts from (the API's 'use what is there'): the
+    files of the dataset's latest snapshot still on the share, else of the dataset's own directory
+    (filled by hand or by runs from before snapshots), as (path on the share, file); only the
+    spec's required files when it lists them. DatasetNotStaged when there is neither."""
+    wanted = set(spec.required_files())
+    runs = sorted(svc.registry.iter_runs(dataset=dataset), key=lambda r: r.run_id, reverse=True)
+    for run in runs[:CARRY_OVER_RUNS]:
+        if run.snapshot is None:
+            continue
+        try:
+            svc.share.get_directory_client(run.snapshot).get_directory_properties()
+        except ResourceNotFoundError:
+            continue  # cleaned up
+        files = svc.registry.get(run.run_id).staged_files
+        chosen = [(f"{run.snapshot}/{f.name}", f) for f in files if not wanted or f.name in wanted]
+        if chosen and {f.name for _, f in chosen} >= wanted:
+            return chosen
+    return _on_share_directory(svc, dataset, wanted)
+
+
+def _on_share_directory(svc: Services, dataset: str, wanted: set[str]) -> list[tuple[str, StagedFile]]:
     directory = svc.share.get_directory_client(dataset)
     try:
         directory.get_directory_properties()
@@ -968,15 +1082,14 @@ def _already_staged(svc: Services, dataset: str, spec: RunSpec) -> list[StagedFi
         raise DatasetNotStaged(
             f"dataset {dataset!r} is not on the file share; give stage_from_prefix"
         ) from None
-    found: list[StagedFile] = []
-    wanted = spec.required_files()
+    found: list[tuple[str, StagedFile]] = []
     if wanted:
-        for name in wanted:
+        for name in sorted(wanted):
             try:
                 props = svc.share.get_file_client(f"{dataset}/{name}").get_file_properties()
             except ResourceNotFoundError:
                 continue
-            found.append(_staged_from_props(name, props))
+            found.append((f"{dataset}/{name}", _staged_from_props(name, props)))
         return found
     stack = [""]
     while stack and len(found) < 10_000:
@@ -987,7 +1100,8 @@ def _already_staged(svc: Services, dataset: str, spec: RunSpec) -> list[StagedFi
             if item.get("is_directory"):
                 stack.append(rel)
             else:
-                found.append(StagedFile(rel, int(item.get("size") or 0), staged_at=utcnow()))
+                size = int(item.get("size") or 0)
+                found.append((f"{dataset}/{rel}", StagedFile(rel, size, staged_at=utcnow())))
     if not found:
         raise DatasetNotStaged(f"dataset {dataset!r} has no files on the share")
     return found
@@ -999,7 +1113,7 @@ def _staged_from_props(name: str, props: Any) -> StagedFile:
         import base64
 
         md5 = base64.b64encode(bytes(md5)).decode()
-    return StagedFile(name, int(props.size), md5 or None, etag_of(props), utcnow())
+    return StagedFile(name, int(props.size), md5 or None, None, utcnow())
 
 
 def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | None = None) -> RunRecord:

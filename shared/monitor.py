@@ -527,7 +527,8 @@ def stdout_tail(outputs: list[OutputFile], max_bytes: int) -> str | None:
 
 # --- callbacks ------------------------------------------------------------------------------------------
 def summary(rec: RunRecord) -> dict[str, Any]:
-    """The run summary a callback carries (no spec, no staged-file list, no idempotency key)."""
+    """The run summary a callback carries (no spec, no staged-file list, no idempotency key; the
+    snapshot's path, file count and total bytes)."""
     return {
         "id": rec.run_id,
         "dataset": rec.dataset,
@@ -540,6 +541,7 @@ def summary(rec: RunRecord) -> dict[str, Any]:
         "output_files": [o.to_dict() for o in rec.output_files],
         "stdout_tail": rec.stdout_tail,
         "metrics": rec.metrics or {},
+        "snapshot": rec.snapshot_summary(),
     }
 
 

@@ -159,7 +159,21 @@ def _schemas() -> dict[str, Any]:
         {
             "spec": {"type": ["object", "null"], "description": "The effective run spec"},
             "errors": {"type": "array", "items": {"type": "object"}},
-            "staged_files": {"type": "array", "items": _ref("StagedFile")},
+            "snapshot": {
+                "type": ["object", "null"],
+                "description": "The run's own immutable input: the share directory its job reads, and "
+                "the count and total bytes of the files in it (listed in staged_files)",
+                "properties": {
+                    "path": {"type": "string"},
+                    "file_count": {"type": "integer"},
+                    "total_bytes": {"type": "integer"},
+                },
+            },
+            "staged_files": {
+                "type": "array",
+                "items": _ref("StagedFile"),
+                "description": "Every file of the snapshot: relative path, size, MD5, source blob ETag",
+            },
             "output_files": {"type": "array", "items": _ref("OutputFile")},
             "expected_files": {"type": ["array", "null"], "items": {"type": "string"}},
             "stdout_tail": {"type": ["string", "null"]},

@@ -128,6 +128,7 @@ _SCALAR_FIELDS = (
     "submitted_at",
     "callback_pending",
     "metrics_offset",
+    "snapshot",
 )
 
 
@@ -219,6 +220,10 @@ class RunRecord:
     # ``get_metrics``) and how many stdout bytes the monitor has read for them.
     metrics: dict[str, Any] | None = None
     metrics_offset: int | None = None
+    # The share directory holding the run's snapshot (``_snapshots/<run id>``: its job's input, which
+    # nothing changes once the job is submitted); None for runs recorded before snapshots, which
+    # read the dataset's shared directory.
+    snapshot: str | None = None
     staged_files: list[StagedFile] = field(default_factory=list)
     output_files: list[OutputFile] = field(default_factory=list)
     etag: str | None = None
@@ -230,11 +235,24 @@ class RunRecord:
     def staged(self, name: str) -> StagedFile | None:
         return next((f for f in self.staged_files if f.name == name), None)
 
+    def snapshot_summary(self) -> dict[str, Any] | None:
+        """Where the run's snapshot is and what it holds (count and bytes of ``staged_files``)."""
+        if self.snapshot is None:
+            return None
+        return {
+            "path": self.snapshot,
+            "file_count": len(self.staged_files),
+            "total_bytes": sum(int(f.size) for f in self.staged_files),
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (what the HTTP API returns): without the callback's seal."""
+        """JSON-ready view (what the HTTP API returns), without the callback's seal: ``snapshot``
+        says where the run's input is and how much it holds; ``staged_files`` lists it (path, size,
+        MD5, source blob ETag)."""
         out = dataclasses.asdict(self)
         out["id"] = out.pop("run_id")
         out.pop("callback_seal", None)
+        out["snapshot"] = self.snapshot_summary()
         return out
 
     def log_extra(self) -> dict[str, Any]:
@@ -262,6 +280,16 @@ def parse_time(value: Any) -> datetime | None:
 
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
+
+
+SNAPSHOT_ROOT = "_snapshots"  # not a dataset name: those start with a letter or digit
+
+
+def snapshot_dir(run_id: str) -> str:
+    """The share directory holding run ``run_id``'s snapshot: its job's input, and only its."""
+    if not run_id or not all(c.isascii() and (c.isalnum() or c == "-") for c in run_id) or len(run_id) > 80:
+        raise RegistryError(f"run id {run_id!r} cannot name a snapshot directory")
+    return f"{SNAPSHOT_ROOT}/{run_id}"
 
 
 def _key_hash(value: str) -> str:
@@ -561,6 +589,7 @@ class RunRegistry:
             callback_url=callback_url,
             idempotency_key=idempotency_key,
             source=source,
+            snapshot=snapshot_dir(run_id),
         )
         for key, value in fields.items():
             if key not in {f.name for f in dataclasses.fields(RunRecord)} or key in {"etag", "run_id"}:
@@ -745,6 +774,13 @@ class RunRegistry:
         batch = [("upsert", _file_entity(run_id, f), {"mode": UpdateMode.REPLACE}) for f in files]
         for i in range(0, len(batch), 100):  # a transaction holds at most 100 operations
             self.table.submit_transaction(batch[i : i + 100])
+
+    def remove_staged_files(self, run_id: str, names: Iterable[str]) -> None:
+        """Forget staged files (a file taken out of a snapshot again); a missing entry is fine."""
+        self._ensure_table()
+        for name in names:
+            with contextlib.suppress(ResourceNotFoundError):
+                self.table.delete_entity(run_id, FILE_PREFIX + _key_hash(name))
 
     def set_output_files(self, run_id: str, outputs: Iterable[OutputFile]) -> None:
         """Record the run's output files (upserts: replays write the same entities again)."""

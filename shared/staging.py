@@ -6,7 +6,13 @@ passes through the function. The copy is bounded by COPY_TIMEOUT_SECONDS (aborte
 verified: the file's size must equal the blob's, and where the blob has a Content-MD5 the file's
 must match (read back in bounded chunks when Azure Files did not carry the MD5 over).
 
-Names: a blob ``<dataset>/<relative path>`` lands at ``<share>/<dataset>/<relative path>``. Every
+Snapshots: a run's files land in its own directory of the share, ``<share>/_snapshots/<run id>/<relative
+path>`` (``snapshot_dir``), which its job reads and nothing writes once the job is submitted. A file an
+earlier run already staged from the same blob version is carried into the new snapshot by a copy inside
+the share (``carry_file``: Azure Files copy from a file URL), so an unchanged dataset is never read from
+blob storage again. ``_snapshots`` cannot be a dataset name (those start with a letter or digit).
+
+Names: a blob ``<dataset>/<relative path>`` lands at ``<snapshot>/<relative path>``. Every
 name is checked before anything is written: ``.``/``..`` or empty segments (percent-encoded ones
 too, such as ``%2e%2e``), characters Azure Files rejects (``" \\ : | < > * ?`` and control
 characters), segments over 255 characters, paths over 2,048 characters, trailing dots or spaces:
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
@@ -31,9 +38,9 @@ from urllib.parse import unquote
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobSasPermissions, ContainerClient, generate_blob_sas
-from azure.storage.fileshare import ShareClient, ShareFileClient
+from azure.storage.fileshare import FileSasPermissions, ShareClient, ShareFileClient, generate_file_sas
 
-from shared.registry import StagedFile, utcnow
+from shared.registry import SNAPSHOT_ROOT, StagedFile, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -289,16 +296,18 @@ def stage_blob(
     props: Any = None,
 ) -> StagedFile:
     """Copy blob ``blob_name`` of ``container`` to ``dest_path`` on ``share`` (default: the blob's
-    own name, i.e. ``<dataset>/<relative path>``), server side, and verify it. Returns the staged
-    file with ``name`` relative to the dataset directory. Raises StagingError (nothing written for
-    a bad name; an incomplete file removed after a failed copy). ``props``: the blob's properties
-    when the caller just fetched them (size, MD5 and ETag are taken from them; not fetched again)."""
+    own name, i.e. ``<dataset>/<relative path>``; a run's is ``<snapshot>/<relative path>``), server
+    side, and verify it. Returns the staged file with ``name`` relative to the destination's top
+    directory (the dataset's, or for a snapshot ``_snapshots/<run id>``). Raises StagingError
+    (nothing written for a bad name; an incomplete file removed after a failed copy). ``props``: the
+    blob's properties when the caller just fetched them (size, MD5 and ETag taken from them)."""
     ref = parse_blob_name(blob_name)
     if dest_path is None:
         dest_path = blob_name
     else:
-        dest_dataset, _, dest_rel = dest_path.partition("/")
-        check_dataset_name(dest_dataset)
+        dest_root, _, dest_rel = dest_path.partition("/")
+        if dest_root != SNAPSHOT_ROOT:
+            check_dataset_name(dest_root)
         check_relative_path(dest_rel, what=f"destination {dest_path!r}")
     blob = container.get_blob_client(blob_name)
     if props is None:
@@ -388,8 +397,115 @@ def stage_blob(
         extra={"dataset": ref.dataset},
     )
     return StagedFile(
-        name=dest_path.partition("/")[2], size=size, md5=blob_md5, etag=etag_of(props), staged_at=utcnow()
+        name=_relative_to_top(dest_path), size=size, md5=blob_md5, etag=etag_of(props), staged_at=utcnow()
     )
+
+
+def _relative_to_top(dest_path: str) -> str:
+    """A destination's path relative to its dataset directory or its run's snapshot directory."""
+    if dest_path.startswith(f"{SNAPSHOT_ROOT}/"):
+        return dest_path.split("/", 2)[2]
+    return dest_path.partition("/")[2]
+
+
+def file_read_url(file: ShareFileClient, *, lifetime_seconds: float, account_key: str | None) -> str:
+    """The URL a copy inside the share reads ``file`` from: with a read-only SAS when there is an
+    account key (Azure accepts it from any account), else the plain URL (a source file in the
+    destination's own account is authorized by the copy request itself)."""
+    if not account_key:
+        return file.url
+    now = datetime.now(UTC)
+    token = generate_file_sas(
+        account_name=file.account_name,
+        share_name=file.share_name,
+        file_path=file.file_path,
+        account_key=account_key,
+        permission=FileSasPermissions(read=True),
+        start=now - timedelta(minutes=5),
+        expiry=now + timedelta(seconds=lifetime_seconds + 300),
+    )
+    return f"{file.url}?{token}"
+
+
+def carry_file(
+    share: ShareClient,
+    source_path: str,
+    dest_path: str,
+    staged: StagedFile,
+    *,
+    copy_timeout: float = 600.0,
+    account_key: str | None = None,
+    poll_interval: float = 1.0,
+) -> StagedFile:
+    """Carry a file an earlier snapshot holds (``staged``: what its run recorded of it) into
+    ``dest_path`` by a server-side copy inside the share: no byte passes through the function and
+    blob storage is not read. Verified like a blob copy (size; MD5 where recorded). StagingError
+    (``CarryFailed``) when the source is gone or changed: the caller copies from the blob instead."""
+    check_relative_path(source_path, what="carry source")
+    check_relative_path(dest_path, what="carry destination")
+    source = share.get_file_client(source_path)
+    try:
+        sprops = source.get_file_properties()
+    except ResourceNotFoundError:
+        raise StagingError(f"{source_path!r} is no longer on the share", code="CarryFailed") from None
+    if int(sprops.size) != staged.size:
+        raise StagingError(
+            f"{source_path!r} has {sprops.size} bytes, its run recorded {staged.size}", code="CarryFailed"
+        )
+    parent = dest_path.rpartition("/")[0]
+    if parent:
+        ensure_directory(share, parent)
+    file = share.get_file_client(dest_path)
+    source_url = file_read_url(source, lifetime_seconds=copy_timeout, account_key=account_key)
+    started = time.monotonic()
+    try:
+        copy = _same_copy(file, source.url) or _start_copy(file, source_url)
+    except HttpResponseError as exc:
+        raise StagingError(
+            f"copy of {source_path!r} inside the share could not start: {exc.reason or exc.status_code}",
+            code="CarryFailed",
+        ) from None
+    status, fprops = copy.get("copy_status"), None
+    delay = 0.05
+    while status == "pending":
+        if time.monotonic() - started > copy_timeout:
+            with contextlib.suppress(HttpResponseError):
+                file.abort_copy(copy.get("copy_id"))
+            _remove(file)
+            raise StagingError(f"copy of {source_path!r} inside the share timed out", code="CarryFailed")
+        time.sleep(delay)
+        delay = min(delay * 2, poll_interval)
+        fprops = file.get_file_properties()
+        status = fprops.copy.status
+    fprops = fprops or file.get_file_properties()
+    problem = None
+    if status != "success":
+        problem = f"ended {status}"
+    elif int(fprops.size) != staged.size:
+        problem = f"has {fprops.size} bytes, expected {staged.size}"
+    elif staged.md5 and (_md5_b64(fprops.content_settings.content_md5) or staged.md5) != staged.md5:
+        problem = "has another MD5 than its run recorded"
+    if problem:
+        _remove(file)
+        raise StagingError(f"copy of {source_path!r} to {dest_path!r} {problem}", code="CarryFailed")
+    log.info("carried %s (%d bytes) to %s inside the share", source_path, staged.size, dest_path)
+    return dataclasses.replace(staged, name=_relative_to_top(dest_path), staged_at=utcnow())
+
+
+def _same_copy(file: ShareFileClient, source_url: str) -> dict[str, Any] | None:
+    """The copy of ``source_url`` (compared without its query) that ``file`` already holds or
+    receives, as ``start_copy_from_url`` answers: two invocations carrying one file join one copy
+    instead of aborting each other's."""
+    try:
+        props = file.get_file_properties()
+    except ResourceNotFoundError:
+        return None
+    copy = props.copy
+    if not copy or not copy.source or copy.source.split("?", 1)[0] != source_url.split("?", 1)[0]:
+        return None
+    if copy.status not in ("pending", "success"):
+        return None
+    return {"copy_id": copy.id, "copy_status": copy.status}
 
 
 def _start_copy(file: ShareFileClient, source_url: str) -> dict[str, Any]:

@@ -109,7 +109,7 @@ param cleanupDryRun bool = false
 @minValue(0)
 param jobRetentionHours int = 72
 
-@description('Staged share data of finished runs older than this many hours is deleted by cleanup.')
+@description('Snapshots (and dataset directories) of runs finished longer ago than this many hours are deleted by cleanup.')
 @minValue(0)
 param stagedDataRetentionHours int = 72
 

@@ -88,18 +88,21 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
         ("delete_job", f"{done.experiment}/{done.job_name}"),
         ("delete_experiment", done.experiment),
         ("delete_cluster", done.cluster),
+        ("delete_snapshot", done.snapshot),
         ("delete_staged_data", "finished"),
     }, dry["actions"]
+    assert done.snapshot == f"_snapshots/{done_id}" and live.snapshot == f"_snapshots/{live_id}"
     assert all(a["result"] == "dry-run" for a in dry["actions"]) and dry["dry_run"] is True
     assert planned[("delete_job", f"{done.experiment}/{done.job_name}")]["run_ids"] == [done_id]
     assert report_blob(settings, dry_name) == dry and "dry-run" in dry_name
     assert compute.get_job(compute.job_ref(done.experiment, done.job_name)) is not None
     assert svc.share.get_directory_client("finished").exists()
+    assert svc.share.get_directory_client(done.snapshot).exists()
     assert svc.registry.get(live_id).state == "running"
 
     real, real_name = Cleanup(services=svc).run(now=later, dry_run=False)
     assert {(a["kind"], a["target"]): a["result"] for a in real["actions"]} == dict.fromkeys(planned, "done")
-    assert report_blob(settings, real_name)["summary"] == {"done": 5}
+    assert report_blob(settings, real_name)["summary"] == {"done": 6}
     wait_for(
         "the finished job to be deleted",
         lambda: compute.get_job(compute.job_ref(done.experiment, done.job_name)) is None,
@@ -108,6 +111,7 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
     wait_for("the empty experiment to be deleted", lambda: done.experiment not in experiments(compute), 30)
     wait_for("the idle cluster to be deleted", lambda: compute.get_cluster(done.cluster) is None, 30)
     assert not svc.share.get_directory_client("finished").exists()
+    assert not svc.share.get_directory_client(done.snapshot).exists()
     # The live run's job was terminated as a runaway; its cluster, experiment and data are untouched.
     wait_for(
         "the runaway to stop",
@@ -117,6 +121,7 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
     assert compute.get_cluster(live.cluster) is not None
     assert live.experiment in experiments(compute)
     assert svc.share.get_directory_client("live").exists()
+    assert svc.share.get_directory_client(live.snapshot).exists()  # a snapshot an active run uses
     # The registry keeps the records.
     assert svc.registry.get(done_id).state == "succeeded"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -143,6 +144,34 @@ def test_staged_data_deleted_only_when_every_run_of_the_dataset_is_finished_past
     assert actions[0].run_ids == ("r1", "r2")
 
 
+def test_snapshots_of_runs_finished_past_retention_are_deleted_never_one_in_use() -> None:
+    inv = Inventory(
+        runs=[
+            RunInfo("old", "mnist", "succeeded", finished_at=NOW - 100 * H),
+            RunInfo("recent", "mnist", "failed", finished_at=NOW - 10 * H),
+            RunInfo("live", "other", "running"),
+            RunInfo("old2", "carried", "cancelled", finished_at=NOW - 100 * H),
+            RunInfo("staging", "CARRIED", "staging"),  # may be carrying from old2's snapshot
+        ],
+        snapshots=["old", "recent", "live", "old2", "staging", "no-record"],
+    )
+    actions = plan(inv, NOW, POLICY)
+    assert kinds(actions) == [("delete_snapshot", "_snapshots/old")]
+    assert actions[0].run_ids == ("old",) and "past the staged data retention" in actions[0].reason
+
+
+def test_dataset_directories_are_compared_case_insensitively() -> None:
+    """Issue 19.3: `mnist` finished days ago and `MNIST` running are one directory on Azure Files."""
+    inv = Inventory(
+        runs=[
+            RunInfo("r1", "mnist", "succeeded", finished_at=NOW - 100 * H),
+            RunInfo("r2", "MNIST", "running"),
+        ],
+        staged_datasets=["mnist", "Mnist"],
+    )
+    assert plan(inv, NOW, POLICY) == []
+
+
 def test_plan_is_ordered_jobs_before_experiments_before_clusters_before_data() -> None:
     inv = Inventory(
         runs=[RunInfo("r1", "d", "succeeded", "c1", "exp", "j1", NOW - 100 * H)],
@@ -192,7 +221,7 @@ def test_execute_dry_run_changes_nothing_and_real_run_reports_each_result() -> N
 
 # --- the safety property, over random inventories ------------------------------------------------------
 
-NAMES = st.sampled_from(["a", "b", "c"])
+NAMES = st.sampled_from(["a", "b", "c", "A"])  # "a" and "A": one directory on Azure Files
 TIMES = st.one_of(st.none(), st.integers(min_value=0, max_value=400).map(lambda h: NOW - h * H))
 RUN_STATES = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES = ["queued", "running", "terminating", "succeeded", "failed"]
@@ -218,7 +247,7 @@ jobs_strategy = st.builds(
     ended_at=TIMES,
     max_wall_clock=st.one_of(st.none(), st.integers(1, 300).map(lambda h: h * H)),
 )
-inventories = st.builds(
+base_inventories = st.builds(
     Inventory,
     runs=st.lists(runs_strategy, max_size=6),
     jobs=st.lists(jobs_strategy, max_size=6, unique_by=lambda j: (j.experiment, j.name)),
@@ -232,8 +261,17 @@ inventories = st.builds(
 )
 
 
+@st.composite
+def inventories(draw: st.DrawFn) -> Inventory:
+    """Inventories whose share holds snapshots of some of the runs (and of runs it does not know)."""
+    inventory = draw(base_inventories)
+    ids = [r.id for r in inventory.runs] + ["unknown-run"]
+    snapshots = draw(st.lists(st.sampled_from(ids), unique=True))
+    return dataclasses.replace(inventory, snapshots=snapshots)
+
+
 @settings(max_examples=300, deadline=None)
-@given(inventories)
+@given(inventories())
 def test_nothing_a_live_run_or_active_job_uses_is_ever_deleted(inventory: Inventory) -> None:
     actions = plan(inventory, NOW, POLICY)
     live = [r for r in inventory.runs if r.active]
@@ -254,5 +292,12 @@ def test_nothing_a_live_run_or_active_job_uses_is_ever_deleted(inventory: Invent
             assert all(r.cluster != action.cluster for r in live)
             assert all(j.cluster != action.cluster for j in active_jobs)
         if action.kind == "delete_staged_data":
-            assert all(r.dataset != action.dataset for r in live)
+            assert all(r.dataset.casefold() != action.dataset.casefold() for r in live)
+        if action.kind == "delete_snapshot":
+            (run_id,) = action.run_ids
+            assert action.target == f"_snapshots/{run_id}" and run_id in inventory.snapshots
+            run = next(r for r in inventory.runs if r.id == run_id)  # never an unknown run's
+            assert not run.active and NOW - run.finished_at >= POLICY.data_retention
+            # No run of its dataset is staging (it may be carrying files from this snapshot).
+            assert all(r.dataset.casefold() != run.dataset.casefold() for r in live if r.state == "staging")
     assert plan(inventory, NOW, POLICY) == actions  # pure: same inputs, same plan

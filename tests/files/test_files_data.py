@@ -8,13 +8,20 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psutil
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 from azure.storage.blob import ContentSettings as BlobContentSettings
-from azure.storage.fileshare import ContentSettings, ShareClient
+from azure.storage.fileshare import (
+    ContentSettings,
+    FileSasPermissions,
+    ShareClient,
+    ShareFileClient,
+    generate_file_sas,
+)
 
 from infra.local.stack import DEV_ACCOUNT, DEV_KEY
 
@@ -314,3 +321,58 @@ def test_rename_file_and_directory_keeps_properties(stack, share: ShareClient) -
         share.get_file_client("done/other.bin").rename_file("done/final.bin")
     share.get_file_client("done/other.bin").rename_file("done/final.bin", overwrite=True)
     assert share.get_file_client("done/final.bin").download_file().readall() == b"x"
+
+
+def wait_copied(file: Any) -> Any:
+    deadline = time.monotonic() + 30
+    while (props := file.get_file_properties()).copy.status == "pending":
+        assert time.monotonic() < deadline, "copy still pending after 30 s"
+        time.sleep(0.05)
+    return props
+
+
+def test_copy_from_a_file_url_inside_the_share_as_azure_authorizes_it(share: ShareClient) -> None:
+    """Issue 18.1: snapshots carry files inside the share with Copy File from a file URL. Azure takes
+    a file of the destination's own account as source on the copy request's Shared Key, or any file
+    by a SAS granting read on it; anything else is 403 CannotVerifyCopySource, and nothing is written."""
+    payload = os.urandom(MiB + 3)
+    md5 = hashlib.md5(payload).digest()
+    share.get_directory_client("snap1").create_directory()
+    share.get_directory_client("snap2").create_directory()
+    source = share.get_file_client("snap1/data.bin")
+    source.upload_file(payload, content_settings=ContentSettings(content_md5=md5))
+
+    by_key = share.get_file_client("snap2/by-key.bin")
+    by_key.start_copy_from_url(source.url)
+    props = wait_copied(by_key)
+    assert props.copy.status == "success" and props.copy.source == source.url
+    assert props.size == len(payload) and bytes(props.content_settings.content_md5) == md5
+    assert by_key.download_file().readall() == payload
+
+    def file_sas(path: str, **permission: bool) -> str:
+        return generate_file_sas(
+            DEV_ACCOUNT, share.share_name, path.split("/"), account_key=DEV_KEY,
+            permission=FileSasPermissions(**permission), expiry=datetime.now(UTC) + timedelta(hours=1),
+        )  # fmt: skip
+
+    by_sas = share.get_file_client("snap2/by-sas.bin")
+    by_sas.start_copy_from_url(f"{source.url}?{file_sas('snap1/data.bin', read=True)}")
+    assert wait_copied(by_sas).copy.status == "success"
+    assert by_sas.download_file().readall() == payload
+
+    refused = share.get_file_client("snap2/refused.bin")
+    for bad_source in (
+        f"{source.url}?{file_sas('snap1/data.bin', write=True)}",  # no read permission
+        f"{source.url}?{file_sas('snap1/other.bin', read=True)}",  # signed for another file
+    ):
+        with pytest.raises(HttpResponseError) as caught:
+            refused.start_copy_from_url(bad_source)
+        assert caught.value.status_code == 403 and caught.value.error_code == "CannotVerifyCopySource"
+    # A destination reached by SAS cannot lend its authorization to a source without one.
+    dest_sas = file_sas("snap2/refused.bin", read=True, create=True, write=True)
+    account_url = refused.url.split(f"/{share.share_name}/", 1)[0]
+    via_sas = ShareFileClient(account_url, share.share_name, "snap2/refused.bin", credential=dest_sas)
+    with pytest.raises(HttpResponseError) as caught:
+        via_sas.start_copy_from_url(source.url)
+    assert caught.value.status_code == 403 and caught.value.error_code == "CannotVerifyCopySource"
+    assert not refused.exists()

@@ -6,8 +6,10 @@ emulator and the ARM emulator (which really runs the training script), through t
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import dataclasses
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -58,9 +60,11 @@ def test_quickstart_in_process(pipeline: Pipeline) -> None:
     rec = p.registry.get(run_id)
     assert rec.state in ("provisioning", "queued") and rec.job_name and rec.cluster
     assert {f.name for f in rec.staged_files} == set(QUICKSTART_FILES)
+    assert rec.snapshot == f"_snapshots/{run_id}"
     for name, data in QUICKSTART_FILES.items():
-        assert (p.share_root / ds / name).read_bytes() == data
-    assert not (p.share_root / ds / "run.json").exists()  # the manifest is never staged
+        assert (p.share_root / rec.snapshot / name).read_bytes() == data
+    assert not (p.share_root / rec.snapshot / "run.json").exists()  # the manifest is never staged
+    assert not (p.share_root / ds).exists()  # a run's files are in its snapshot only
 
     rec = monitor_until_done(p, [run_id])[run_id]
     assert rec.state == "succeeded", rec.errors
@@ -93,6 +97,9 @@ def test_quickstart_in_process(pipeline: Pipeline) -> None:
         == "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"
     )
     assert [(o.id, o.path_suffix) for o in job.output_directories] == [("MODEL", "Models")]
+    assert [(d.id, d.path) for d in job.input_directories] == [
+        ("SAMPLE", f"$AZ_BATCHAI_MOUNT_ROOT/azurefileshare/_snapshots/{run_id}")
+    ]
 
     # Every trigger replayed: nothing changes, still one job.
     for _ in range(10):
@@ -112,9 +119,8 @@ def test_changed_file_before_submission_and_upload_after(pipeline: Pipeline) -> 
     p.upload(ds, {"Train-28x28_cntk_text.txt": files["Train-28x28_cntk_text.txt"]})
     again = ingest_blob(f"{ds}/Train-28x28_cntk_text.txt", p.services)
     assert again.run_id == first[0].run_id and again.action == "staged"
-    assert (p.share_root / ds / "Train-28x28_cntk_text.txt").read_bytes() == files[
-        "Train-28x28_cntk_text.txt"
-    ]
+    snapshot = p.share_root / p.registry.get(again.run_id).snapshot
+    assert (snapshot / "Train-28x28_cntk_text.txt").read_bytes() == files["Train-28x28_cntk_text.txt"]
     rest = [ingest_blob(n, p.services) for n in p.upload(ds, files, QUICKSTART_MANIFEST)]
     assert sum(r.submitted for r in rest) == 1
     run1 = first[0].run_id
@@ -178,6 +184,7 @@ def test_bad_inputs(pipeline: Pipeline) -> None:
     bad = ingest_blob(f"{ds2}/a|b.txt", p.services)
     assert bad.action == "failed" and "'|'" in p.registry.get(bad.run_id).errors[0]["message"]
     assert not (p.share_root / ds2).exists() or not any((p.share_root / ds2).iterdir())
+    assert not (p.share_root / "_snapshots" / bad.run_id).exists()
     assert ingest_blob(f"{ds2}/a|b.txt", p.services).action == "replay"
     assert ingest_blob("no-dataset-folder.txt", p.services).action == "ignored"
     # A folder-marker blob some upload tools write is ignored, not a bad name failing the dataset.
@@ -662,3 +669,71 @@ def test_an_invalid_manifest_does_not_fail_the_run_an_http_start_adopted(
     assert started[0].run_id == early and rec.state in ("provisioning", "queued"), rec.errors
     assert not [e for e in rec.errors if e["code"] == "InvalidManifest"]
     cancel_run(early, svc=p.services)
+
+
+def test_each_run_trains_on_its_own_snapshot_and_unchanged_files_are_carried_inside_the_share(
+    pipeline: Pipeline,
+) -> None:
+    """Issue 18.1: a file uploaded again while the dataset's run is submitted goes to the next run's
+    snapshot; the first run's snapshot keeps what its job was submitted with, byte for byte. The
+    next run copies only the changed file from blob storage: the unchanged ones are carried from the
+    first snapshot by a copy inside the share. Each record lists its snapshot (path, size, MD5, ETag)."""
+    p = pipeline
+    ds = dataset_name("snap")
+    first_data = QUICKSTART_FILES["Train-28x28_cntk_text.txt"]
+    names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+    first = [ingest_blob(n, p.services) for n in names]
+    run1 = p.registry.get(first[0].run_id)
+    assert run1.state in ("provisioning", "queued") and run1.snapshot == f"_snapshots/{run1.run_id}"
+
+    second_data = first_data.replace(b"|labels 1 0", b"|labels 0 1", 1)
+    assert second_data != first_data
+    p.upload(ds, {"Train-28x28_cntk_text.txt": second_data})
+    again = ingest_blob(f"{ds}/Train-28x28_cntk_text.txt", p.services)
+    assert again.run_id != run1.run_id and again.submitted, again
+    run2 = p.registry.get(again.run_id)
+    assert run2.snapshot == f"_snapshots/{run2.run_id}" != run1.snapshot
+
+    # The first run's input never changed; the second has the new version.
+    snap1, snap2 = p.share_root / run1.snapshot, p.share_root / run2.snapshot
+    assert (snap1 / "Train-28x28_cntk_text.txt").read_bytes() == first_data
+    assert (snap2 / "Train-28x28_cntk_text.txt").read_bytes() == second_data
+    for name in ("Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"):
+        assert (snap2 / name).read_bytes() == (snap1 / name).read_bytes() == QUICKSTART_FILES[name]
+
+    # Each record lists exactly its snapshot: path, size, MD5 and the blob ETag it came from.
+    blobs = {b.name.split("/", 1)[1]: b for b in p.container.list_blobs(name_starts_with=f"{ds}/")}
+    for rec, root in ((run1, snap1), (run2, snap2)):
+        on_share = sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
+        assert [f.name for f in rec.staged_files] == on_share == sorted(QUICKSTART_FILES)
+        for f in rec.staged_files:
+            data = (root / f.name).read_bytes()
+            assert f.size == len(data) and f.md5 == base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert run2.staged("Train-28x28_cntk_text.txt").etag == blobs["Train-28x28_cntk_text.txt"].etag.strip('"')
+    assert run1.staged("Train-28x28_cntk_text.txt").etag != run2.staged("Train-28x28_cntk_text.txt").etag
+    assert run1.staged("ConvNet_MNIST.py").etag == run2.staged("ConvNet_MNIST.py").etag
+    assert run2.to_dict()["snapshot"] == {
+        "path": run2.snapshot,
+        "file_count": 3,
+        "total_bytes": sum(len(v) for v in (second_data, *list(QUICKSTART_FILES.values())[1:])),
+    }
+
+    # Only the changed file came from blob storage; the others were copied from the first snapshot.
+    share = p.services.share
+    sources = {
+        name: share.get_file_client(f"{run2.snapshot}/{name}").get_file_properties().copy.source or ""
+        for name in QUICKSTART_FILES
+    }
+    assert f"/{p.settings.training_container}/" in sources["Train-28x28_cntk_text.txt"]
+    for name in ("Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"):
+        assert sources[name].split("?")[0].endswith(f"/{p.settings.file_share_name}/{run1.snapshot}/{name}")
+
+    # The jobs read their own snapshots.
+    for rec in (run1, run2):
+        rec = p.registry.get(rec.run_id)
+        job = p.services.cloud.compute.get_job(rec.experiment, rec.job_name)
+        assert [d.path for d in job.input_directories] == [
+            f"$AZ_BATCHAI_MOUNT_ROOT/azurefileshare/{rec.snapshot}"
+        ]
+    records = monitor_until_done(p, [run1.run_id, run2.run_id])
+    assert [r.state for r in records.values()] == ["succeeded", "succeeded"]

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
 from werkzeug.wrappers import Request, Response
@@ -939,8 +939,9 @@ class FilesResponses:
         if parts.netloc in self.local_netlocs or parts.netloc == ctx.request.host:
             routed = urls.match(unquote(parts.path))
             if routed and routed[0] == "item" and routed[1]["account"] in self.accounts:
-                groups = routed[1]
-                return self.backend.open_local_source(groups["account"], groups["share"], groups["path"], url)
+                account, share, path = routed[1]["account"], routed[1]["share"], routed[1]["path"]
+                self._authorize_file_source(ctx, account, share, path, parts.query)
+                return self.backend.open_local_source(account, share, path, url)
         try:
             response = DIRECT_OPENER.open(url, timeout=30)
         except urllib.error.HTTPError as exc:
@@ -979,6 +980,28 @@ class FilesResponses:
             if name.lower().startswith("x-ms-meta-")
         ]
         return CopySource(url=url, length=int(length), stream=response, content=content, metadata=metadata)
+
+    def _authorize_file_source(self, ctx: Ctx, account: str, share: str, path: str, query: str) -> None:
+        """A file as copy source, authorized as Azure Files does: by a SAS granting read on it, or,
+        for a file of the destination's own account, by the copy request's Shared Key itself. Any
+        other source is refused with 403 CannotVerifyCopySource before anything is written."""
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        try:
+            if "sig" in params:
+                auth.verify_sas(params, account, self.accounts[account], share, path, "r", "o")
+                return
+            if account == ctx.account and ctx.header("authorization"):
+                return
+        except StorageError as exc:
+            reason = exc.code
+        else:
+            reason = "NoAuthenticationInformation"
+        raise StorageError(
+            "CannotVerifyCopySource",
+            status=403,
+            message="This request is not authorized to perform this operation.",
+            details={"CopySourceStatusCode": "403", "CopySourceErrorCode": reason},
+        )
 
     def start_copy(self, ctx: Ctx) -> Response:
         url = ctx.header("x-ms-copy-source") or ""
