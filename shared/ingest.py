@@ -32,6 +32,7 @@ written for it. ``start_run`` (HTTP API) and ``cancel_run`` are the API's entry 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -519,7 +520,8 @@ def read_manifest(svc: Services, dataset: str, props: Any = None) -> RunSpec:
     if size > MAX_MANIFEST_BYTES:
         raise RunSpecError([{"field": "(root)", "message": f"larger than {MAX_MANIFEST_BYTES} bytes"}])
     text = blob.download_blob(offset=0, length=MAX_MANIFEST_BYTES + 1).readall()
-    return parse_run_spec_json(text, svc.spec_context)
+    # An uploaded manifest: what MANIFEST_COMMANDS_ALLOWED refuses applies (not to HTTP starts).
+    return parse_run_spec_json(text, dataclasses.replace(svc.spec_context, from_manifest=True))
 
 
 def _dataset_blobs(svc: Services, dataset: str) -> dict[str, Any]:

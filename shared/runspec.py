@@ -115,6 +115,13 @@ class SpecContext:
     allowed_vm_sizes: tuple[str, ...] = (DEFAULT_VM_SIZE,)
     default_vm_size: str = DEFAULT_VM_SIZE
     allow_loopback_http_callbacks: bool = False
+    # The operator's narrowing of the trust (docs/security.md): uploaded manifests may not carry
+    # shell commands (command_line, job_preparation) unless allowed; no run may ask for more nodes
+    # than the cap; a spec may not name its cluster when clusters go by derived name only.
+    from_manifest: bool = False
+    manifest_commands_allowed: bool = True
+    max_nodes_per_run: int = MAX_NODES
+    clusters_by_derived_name_only: bool = False
     # A callback URL's query (often a token) is kept sealed with CALLBACK_SIGNING_SECRET: without
     # that setting such a URL is refused.
     callback_query_allowed: bool = True
@@ -133,6 +140,9 @@ class SpecContext:
             default_vm_size=settings.default_vm_size,
             allow_loopback_http_callbacks=settings.callback_allow_loopback_http,
             callback_query_allowed=settings.callback_signing_secret is not None,
+            manifest_commands_allowed=settings.manifest_commands_allowed,
+            max_nodes_per_run=settings.max_nodes_per_run,
+            clusters_by_derived_name_only=settings.clusters_by_derived_name_only,
             key_vault_resource_id=settings.key_vault_resource_id or None,
         )
 
@@ -569,6 +579,38 @@ class RunSpec(_Strict):
         if cluster.auto_scale is not None and cluster.auto_scale.maximum_node_count < self.node_count:
             raise SpecFieldError(
                 "cluster.auto_scale.maximum_node_count", f"must be at least node_count ({self.node_count})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _operator_limits(self, info: ValidationInfo) -> RunSpec:
+        """What the operator's settings refuse (each error names the field and the setting)."""
+        context = _context(info)
+        if context.from_manifest and not context.manifest_commands_allowed:
+            for name in ("command_line", "job_preparation"):
+                if getattr(self, name) is not None:
+                    raise SpecFieldError(
+                        name,
+                        "not allowed in an uploaded run.json (MANIFEST_COMMANDS_ALLOWED is false); "
+                        "start the run over the HTTP API or use a script",
+                    )
+        cap = context.max_nodes_per_run
+        cluster = self.cluster
+        counts = [("node_count", self.node_count)]
+        if cluster.manual is not None:
+            counts.append(("cluster.manual.target_node_count", cluster.manual.target_node_count))
+        scale = cluster.auto_scale
+        if scale is not None:
+            counts.append(("cluster.auto_scale.maximum_node_count", scale.maximum_node_count))
+            if scale.initial_node_count is not None:
+                counts.append(("cluster.auto_scale.initial_node_count", scale.initial_node_count))
+        for name, count in counts:
+            if count > cap:
+                raise SpecFieldError(name, f"{count} nodes is more than MAX_NODES_PER_RUN ({cap})")
+        if self.cluster_name is not None and context.clusters_by_derived_name_only:
+            raise SpecFieldError(
+                "cluster_name",
+                "not allowed: clusters are named after their dataset (CLUSTERS_BY_DERIVED_NAME_ONLY is true)",
             )
         return self
 

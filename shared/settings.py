@@ -232,6 +232,11 @@ class Settings(BaseModel):
     staging_timeout_minutes: float = Field(default=60.0, gt=0, alias="STAGING_TIMEOUT_MINUTES")
     copy_timeout_seconds: float = Field(default=600.0, gt=0, alias="COPY_TIMEOUT_SECONDS")
 
+    # What a run spec may ask for (docs/security.md, "Narrowing the trust")
+    manifest_commands_allowed: bool = Field(default=True, alias="MANIFEST_COMMANDS_ALLOWED")
+    max_nodes_per_run: int = Field(default=16, ge=1, le=1000, alias="MAX_NODES_PER_RUN")
+    clusters_by_derived_name_only: bool = Field(default=False, alias="CLUSTERS_BY_DERIVED_NAME_ONLY")
+
     # Callbacks and outputs
     callback_signing_secret: SecretStr | None = Field(default=None, alias="CALLBACK_SIGNING_SECRET")
     callback_allow_loopback_http: bool = Field(default=False, alias="CALLBACK_ALLOW_LOOPBACK_HTTP")

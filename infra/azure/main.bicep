@@ -130,6 +130,17 @@ param copyTimeoutSeconds int = 600
 @maxValue(1048576)
 param maxStdoutTailBytes int = 4096
 
+@description('false: uploaded run.json files may not carry command_line or job_preparation (HTTP starts still may).')
+param manifestCommandsAllowed bool = true
+
+@description('Most nodes one run may ask for (node_count and the cluster node counts).')
+@minValue(1)
+@maxValue(1000)
+param maxNodesPerRun int = 16
+
+@description('true: run specs may not name their cluster; each dataset uses the cluster derived from its name.')
+param clustersByDerivedNameOnly bool = false
+
 @description('Flex Consumption: most instances the app scales out to.')
 @minValue(40)
 @maxValue(1000)
@@ -522,6 +533,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CALLBACK_SIGNING_SECRET: '${kvRef}${callbackSigningSecretSecret.properties.secretUri})'
     CALLBACK_ALLOW_LOOPBACK_HTTP: 'false'
     MAX_STDOUT_TAIL_BYTES: string(maxStdoutTailBytes)
+    MANIFEST_COMMANDS_ALLOWED: manifestCommandsAllowed ? 'true' : 'false'
+    MAX_NODES_PER_RUN: string(maxNodesPerRun)
+    CLUSTERS_BY_DERIVED_NAME_ONLY: clustersByDerivedNameOnly ? 'true' : 'false'
   }
   dependsOn: [
     // Key Vault references and identity-based host storage resolve at the first start: grant first.

