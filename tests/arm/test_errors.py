@@ -61,9 +61,12 @@ def test_api_version_is_required_and_checked(arm_stack) -> None:
     ws += "/workspaces"
     missing = requests.get(ws, headers=headers, timeout=10)
     assert missing.status_code == 400 and missing.json()["error"]["code"] == "MissingApiVersionParameter"
-    wrong = requests.get(f"{ws}?api-version=2017-09-01-preview", headers=headers, timeout=10)
+    wrong = requests.get(f"{ws}?api-version=2016-01-01", headers=headers, timeout=10)
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "InvalidApiVersionParameter"
     assert "2018-05-01" in wrong.json()["error"]["message"]
+    # An older version exists, but workspaces are not one of its resource types.
+    older = requests.get(f"{ws}?api-version=2017-09-01-preview", headers=headers, timeout=10)
+    assert older.status_code == 400 and older.json()["error"]["code"] == "NoRegisteredProviderFound"
     groups = f"{arm_stack.arm_endpoint}/subscriptions/{SUB}/resourcegroups?api-version=2018-05-01-x"
     assert requests.get(groups, headers=headers, timeout=10).status_code == 400
 

@@ -25,6 +25,9 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
+from infra.local.arm.legacy import VERSIONS as LEGACY_VERSIONS
+from infra.local.arm.legacy import LegacyBatchAI
+from infra.local.arm.legacy_responses import LegacyResponses
 from infra.local.arm.models import (
     BATCHAI_API_VERSION,
     TOOLKIT_SETTINGS,
@@ -44,6 +47,8 @@ NAME_RULES = {
     "cluster": (re.compile(r"^[-\w]{1,64}$"), "clusterName"),
     "fs": (re.compile(r"^[-\w]{1,64}$"), "fileServerName"),
 }
+# Provider-level handlers every Batch AI api-version has.
+VERSION_NEUTRAL = frozenset({"list_operations", "list_usages", "operation_status", "operation_result"})
 ENV_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The SAS version of the download URLs (the service's own ListOutputFiles example signs with it).
 SAS_VERSION = "2016-05-31"
@@ -82,10 +87,11 @@ def error_response(error: ArmError, headers: dict[str, str] | None = None) -> Re
     return json_response(error.status, error.body(), {"x-ms-failure-cause": "gateway", **(headers or {})})
 
 
-class ArmResponses:
+class ArmResponses(LegacyResponses):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.storage = StorageAccounts(backend.config)
+        self.legacy = LegacyBatchAI(backend)
 
     def dispatch(self, req: ArmRequest, handler: str, params: dict[str, str]) -> Response:
         for key, value in params.items():
@@ -97,10 +103,30 @@ class ArmResponses:
                     f"{rule[1]} '{value}' is invalid: it must match {rule[0].pattern}.",
                     target=rule[1],
                 )
+        self._check_version(req, handler)
         response = getattr(self, handler)(req, **params)
         if req.method != "GET" and self.backend.dirty:
             self.backend.persist()  # what a request changed is on disk before it is answered
         return response
+
+    def _check_version(self, req: ArmRequest, handler: str) -> None:
+        """Workspaces exist from 2018-05-01 on; resource-group-level clusters, jobs and file servers
+        only before it. A path of the other generation is not a resource type of that version."""
+        if "/providers/microsoft.batchai/" not in req.path.lower() or handler in VERSION_NEUTRAL:
+            return
+        version = req.args.get("api-version", "")
+        if handler.startswith("legacy_") == (version in LEGACY_VERSIONS):
+            return
+        legacy = handler.startswith("legacy_")
+        kind = handler.split("_", 2)[-1].split("_")[0] if legacy else "workspaces"
+        supported = sorted(LEGACY_VERSIONS) if legacy else [BATCHAI_API_VERSION]
+        raise ArmError(
+            400,
+            "NoRegisteredProviderFound",
+            f"No registered resource provider found for location '{self.backend.config.location}' and "
+            f"API version '{version}' for type '{kind}'. The supported api-versions for this path are "
+            f"'{', '.join(supported)}'.",
+        )
 
     # --- helpers ---------------------------------------------------------------------------------
     def _body(self, req: ArmRequest, definition: str) -> dict[str, Any]:
@@ -128,7 +154,7 @@ class ArmResponses:
     def _accepted(self, req: ArmRequest, sub: str, op_id: str) -> Response:
         location = self.backend.config.location
         root = f"{req.base}/subscriptions/{sub}/providers/Microsoft.BatchAI/locations/{location}"
-        query = f"?api-version={BATCHAI_API_VERSION}"
+        query = f"?api-version={req.args.get('api-version') or BATCHAI_API_VERSION}"
         headers = {
             "Azure-AsyncOperation": f"{root}/operationstatuses/{op_id}{query}",
             "Location": f"{root}/operationresults/{op_id}{query}",

@@ -25,6 +25,7 @@ from werkzeug.wrappers import Request, Response
 
 from infra.local.arm import urls
 from infra.local.arm.faults import FaultInjector, FaultSettings, RequestLog
+from infra.local.arm.legacy import VERSIONS as LEGACY_VERSIONS
 from infra.local.arm.models import BATCHAI_API_VERSION, ArmError, Backend
 from infra.local.arm.responses import ArmRequest, ArmResponses, error_response, json_response
 from infra.local.arm.storage import API_VERSIONS as STORAGE_API_VERSIONS
@@ -55,7 +56,7 @@ RESOURCES_API_VERSIONS = frozenset(
         "2016-09-01",
     }
 )
-BATCHAI_API_VERSIONS = frozenset({BATCHAI_API_VERSION})
+BATCHAI_API_VERSIONS = frozenset({BATCHAI_API_VERSION, *LEGACY_VERSIONS})
 # Which api-versions each provider accepts (a path under /providers/<name> is that provider's).
 PROVIDER_API_VERSIONS = {
     "Microsoft.BatchAI": BATCHAI_API_VERSIONS,

@@ -15,7 +15,11 @@ from typing import Any
 import jsonschema
 
 SPEC_DIR = Path(__file__).with_name("spec")
-SPEC_FILES = {"2018-05-01": SPEC_DIR / "BatchAI-2018-05-01.json"}
+SPEC_FILES = {
+    "2018-05-01": SPEC_DIR / "BatchAI-2018-05-01.json",
+    "2018-03-01": SPEC_DIR / "BatchAI-2018-03-01.json",
+    "2017-09-01-preview": SPEC_DIR / "BatchAI-2017-09-01-preview.json",
+}
 
 
 @dataclass(frozen=True)

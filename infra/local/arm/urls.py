@@ -19,6 +19,10 @@ FS = WS + r"/fileservers/(?P<fs>[^/]+)"
 LOC_OP = SUB + BAI + r"/locations/(?P<location>[^/]+)"
 
 STORAGE = r"/providers/Microsoft\.Storage/storageAccounts"
+# api-versions 2017-09-01-preview and 2018-03-01: clusters, jobs, file servers directly in a group.
+L_CLUSTER = RG + BAI + r"/clusters/(?P<cluster>[^/]+)"
+L_JOB = RG + BAI + r"/jobs/(?P<job>[^/]+)"
+L_FS = RG + BAI + r"/fileServers/(?P<fs>[^/]+)"
 
 url_paths: list[tuple[str, str, str, str]] = [
     # Microsoft.Storage: the local stack's storage accounts (read-only)
@@ -26,6 +30,50 @@ url_paths: list[tuple[str, str, str, str]] = [
     ("GET", RG + STORAGE, "list_storage_accounts", "StorageAccounts_ListByResourceGroup"),
     ("GET", RG + STORAGE + r"/(?P<account>[^/]+)", "get_storage_account", "StorageAccounts_GetProperties"),
     ("POST", RG + STORAGE + r"/(?P<account>[^/]+)/listKeys", "list_storage_keys", "StorageAccounts_ListKeys"),
+    # Microsoft.BatchAI 2017-09-01-preview / 2018-03-01 (legacy.py)
+    ("GET", SUB + BAI + r"/clusters", "legacy_list_clusters", "Clusters_List"),
+    ("GET", RG + BAI + r"/clusters", "legacy_list_clusters", "Clusters_ListByResourceGroup"),
+    ("PUT", L_CLUSTER, "legacy_create_cluster", "Clusters_Create"),
+    ("PATCH", L_CLUSTER, "legacy_update_cluster", "Clusters_Update"),
+    ("GET", L_CLUSTER, "legacy_get_cluster", "Clusters_Get"),
+    ("DELETE", L_CLUSTER, "legacy_delete_cluster", "Clusters_Delete"),
+    (
+        "POST",
+        L_CLUSTER + r"/listRemoteLoginInformation",
+        "legacy_cluster_remote_logins",
+        "Clusters_ListRemoteLoginInformation",
+    ),
+    (
+        "GET",
+        L_CLUSTER + r"/listRemoteLoginInformation",
+        "legacy_cluster_remote_logins",
+        "Clusters_ListRemoteLoginInformation",
+    ),
+    ("GET", SUB + BAI + r"/jobs", "legacy_list_jobs", "Jobs_List"),
+    ("GET", RG + BAI + r"/jobs", "legacy_list_jobs", "Jobs_ListByResourceGroup"),
+    ("PUT", L_JOB, "legacy_create_job", "Jobs_Create"),
+    ("GET", L_JOB, "legacy_get_job", "Jobs_Get"),
+    ("DELETE", L_JOB, "legacy_delete_job", "Jobs_Delete"),
+    ("POST", L_JOB + r"/terminate", "legacy_terminate_job", "Jobs_Terminate"),
+    ("POST", L_JOB + r"/listOutputFiles", "legacy_list_output_files", "Jobs_ListOutputFiles"),
+    ("GET", L_JOB + r"/listOutputFiles", "legacy_list_output_files", "Jobs_ListOutputFiles"),
+    (
+        "POST",
+        L_JOB + r"/listRemoteLoginInformation",
+        "legacy_job_remote_logins",
+        "Jobs_ListRemoteLoginInformation",
+    ),
+    (
+        "GET",
+        L_JOB + r"/listRemoteLoginInformation",
+        "legacy_job_remote_logins",
+        "Jobs_ListRemoteLoginInformation",
+    ),
+    ("GET", SUB + BAI + r"/fileServers", "legacy_list_file_servers", "FileServers_List"),
+    ("GET", RG + BAI + r"/fileServers", "legacy_list_file_servers", "FileServers_ListByResourceGroup"),
+    ("PUT", L_FS, "legacy_create_file_server", "FileServers_Create"),
+    ("GET", L_FS, "legacy_get_file_server", "FileServers_Get"),
+    ("DELETE", L_FS, "legacy_delete_file_server", "FileServers_Delete"),
     # Microsoft.Resources
     ("GET", SUB + r"/resourcegroups", "list_groups", "ResourceGroups_List"),
     ("PUT", RG, "put_group", "ResourceGroups_CreateOrUpdate"),
