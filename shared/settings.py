@@ -56,6 +56,16 @@ class SettingsError(ValueError):
         super().__init__("invalid app settings:\n  " + "\n  ".join(lines))
 
 
+class ClusterIdleAction(StrEnum):
+    """What the monitor does with a cluster idle for CLUSTER_IDLE_MINUTES (issue 16)."""
+
+    # Resize a manually scaled cluster to zero nodes: no node bills, and the next run of the dataset
+    # starts by asking for nodes again instead of creating the cluster.
+    SCALE_TO_ZERO = "scale_to_zero"
+    # Delete the cluster: nothing is left; the next run creates it again.
+    DELETE = "delete"
+
+
 class CredentialKind(StrEnum):
     """How the app authenticates to Azure Resource Manager."""
 
@@ -229,6 +239,9 @@ class Settings(BaseModel):
     job_retention_hours: float = Field(default=72.0, ge=0, alias="JOB_RETENTION_HOURS")
     staged_data_retention_hours: float = Field(default=72.0, ge=0, alias="STAGED_DATA_RETENTION_HOURS")
     cluster_idle_minutes: float = Field(default=30.0, ge=0, alias="CLUSTER_IDLE_MINUTES")
+    cluster_idle_action: ClusterIdleAction = Field(
+        default=ClusterIdleAction.SCALE_TO_ZERO, alias="CLUSTER_IDLE_ACTION"
+    )
     staging_timeout_minutes: float = Field(default=60.0, gt=0, alias="STAGING_TIMEOUT_MINUTES")
     copy_timeout_seconds: float = Field(default=600.0, gt=0, alias="COPY_TIMEOUT_SECONDS")
 

@@ -113,9 +113,13 @@ param jobRetentionHours int = 72
 @minValue(0)
 param stagedDataRetentionHours int = 72
 
-@description('Clusters idle for this many minutes are deleted by cleanup.')
+@description('A cluster idle for this many minutes has its nodes released by the monitor; the nightly cleanup deletes it.')
 @minValue(0)
 param clusterIdleMinutes int = 30
+
+@description('What the monitor does with an idle cluster: scale_to_zero (kept, no nodes) or delete.')
+@allowed(['scale_to_zero', 'delete'])
+param clusterIdleAction string = 'scale_to_zero'
 
 @description('A run still staging after this many minutes fails.')
 @minValue(1)
@@ -528,6 +532,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     JOB_RETENTION_HOURS: string(jobRetentionHours)
     STAGED_DATA_RETENTION_HOURS: string(stagedDataRetentionHours)
     CLUSTER_IDLE_MINUTES: string(clusterIdleMinutes)
+    CLUSTER_IDLE_ACTION: clusterIdleAction
     STAGING_TIMEOUT_MINUTES: string(stagingTimeoutMinutes)
     COPY_TIMEOUT_SECONDS: string(copyTimeoutSeconds)
     CALLBACK_SIGNING_SECRET: '${kvRef}${callbackSigningSecretSecret.properties.secretUri})'

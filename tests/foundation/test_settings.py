@@ -109,6 +109,7 @@ def test_empty_value_counts_as_missing() -> None:
         ("JOB_RETENTION_HOURS", "-1", "greater than or equal to 0"),
         ("STAGED_DATA_RETENTION_HOURS", "forever", "number"),
         ("CLUSTER_IDLE_MINUTES", "x", "number"),
+        ("CLUSTER_IDLE_ACTION", "shrink", "scale_to_zero"),
         ("STAGING_TIMEOUT_MINUTES", "0", "greater than 0"),
         ("COPY_TIMEOUT_SECONDS", "-5", "greater than 0"),
         ("CALLBACK_SIGNING_SECRET", "short", "16 characters"),
