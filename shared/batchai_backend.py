@@ -180,6 +180,28 @@ class BatchAIBackend:
     def delete_cluster(self, name: str) -> bool:
         return self.compute.delete_cluster(name)
 
+    def release_nodes(self, name: str) -> bool:
+        """A manually scaled cluster is resized to zero nodes (``waitforjobcompletion``: a job that
+        started since the caller looked is not killed); auto-scale clusters are the service's."""
+        cluster = self.get_cluster(name)
+        if cluster is None or cluster.auto_scale or cluster.provisioning_state == "deleting":
+            return False
+        if not cluster.manual_target and not cluster.allocated_nodes:
+            return False
+        self.compute.scale_cluster(name, 0)
+        log.info("cluster %s: nodes released (scaled to zero)", name)
+        return True
+
+    def request_nodes(self, name: str, count: int) -> bool:
+        cluster = self.get_cluster(name)
+        if cluster is None or cluster.auto_scale or cluster.provisioning_state == "deleting":
+            return False
+        if (cluster.manual_target or 0) >= count:
+            return False
+        self.compute.scale_cluster(name, count)
+        log.info("cluster %s: asked for %d node(s)", name, count)
+        return True
+
     # --- experiments, jobs ---------------------------------------------------------------------------
     def request_experiment(self, dataset: str) -> None:
         """Send the creation of the dataset's experiment when it is missing, without waiting for it

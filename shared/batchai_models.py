@@ -233,7 +233,7 @@ def cluster_parameters(spec: RunSpec, settings: Settings) -> models.ClusterCreat
 def cluster_scale_parameters(
     target_node_count: int = 0, node_deallocation_option: str = "waitforjobcompletion"
 ) -> models.ClusterUpdateParameters:
-    """A manual resize (cleanup does not use it: it deletes idle clusters). Shrinking waits for running
+    """A manual resize (the monitor releases idle clusters' nodes with it). Shrinking waits for running
     jobs by default, so a job that started after the caller last looked is not killed."""
     from azure.mgmt.batchai import models
 

@@ -258,6 +258,15 @@ class Compute:
                 and (have_manual.target_node_count or 0) < wanted_manual.target_node_count
             ):
                 self.scale_cluster(name, wanted_manual.target_node_count)
+                log.info(
+                    "cluster %s asked for %d node(s) again (it had %d)",
+                    name,
+                    wanted_manual.target_node_count,
+                    have_manual.target_node_count or 0,
+                )
+                # Its nodes are only now being allocated: the run waits in provisioning.
+                state = existing.provisioning_state
+                return ClusterRef(name, existing.id or cluster_id, False, state, "resizing")
             return ClusterRef(
                 name, existing.id or cluster_id, False, existing.provisioning_state, existing.allocation_state
             )

@@ -161,6 +161,27 @@ class ClusterStatus:
     errors: tuple[ServiceError, ...] = ()
 
     @property
+    def allocated_nodes(self) -> int:
+        """Nodes the service holds for the cluster now, whatever their state: what bills."""
+        return self.current_node_count or 0
+
+    @property
+    def running_nodes(self) -> int:
+        """Nodes running a job now (0 when the service did not say)."""
+        return int((self.node_state_counts or {}).get("running_node_count") or 0)
+
+    @property
+    def manual_target(self) -> int | None:
+        """The node count a manually scaled cluster is held at; None for an auto-scale cluster."""
+        manual = (self.scale_settings or {}).get("manual")
+        return None if manual is None else int(manual.get("target_node_count") or 0)
+
+    @property
+    def auto_scale(self) -> bool:
+        """The service scales this cluster to its jobs itself (the monitor leaves its nodes alone)."""
+        return bool((self.scale_settings or {}).get("auto_scale"))
+
+    @property
     def usable_nodes(self) -> int | None:
         """Nodes that are or may become usable (idle, running, preparing)."""
         if self.node_state_counts is None:
@@ -216,7 +237,11 @@ class ComputeBackend(Protocol):
     # --- workspace, clusters ---------------------------------------------------------------------
     def ensure_workspace(self) -> None: ...
 
-    def ensure_cluster(self, spec: RunSpec, dataset: str) -> ClusterRef: ...
+    def ensure_cluster(self, spec: RunSpec, dataset: str) -> ClusterRef:
+        """The run's cluster, created when missing (not waited for). An existing cluster holding
+        fewer nodes than the spec wants (e.g. scaled to zero while idle) is asked for them again, and
+        the answer then says it is resizing, so the run waits in ``provisioning``."""
+        ...
 
     def is_steady(self, cluster: ClusterRef) -> bool: ...
 
@@ -225,6 +250,33 @@ class ComputeBackend(Protocol):
     def list_clusters(self) -> dict[str, ClusterStatus]: ...
 
     def delete_cluster(self, name: str) -> bool: ...
+
+    def release_nodes(self, name: str) -> bool:
+        """Give back an idle cluster's nodes and keep the cluster, so nothing bills while it waits
+        and the dataset's next run does not create it again (the monitor calls this once the cluster's
+        last queued or running job ended CLUSTER_IDLE_MINUTES ago, CLUSTER_IDLE_ACTION=scale_to_zero,
+        after checking that no active run uses it). Not waited for. True when this call asked the
+        service to release nodes; False when there was nothing to do: the cluster is missing, holds
+        no nodes already, or the service releases idle nodes by itself.
+
+        Batch AI: a manually scaled cluster is resized to zero nodes (nodes running a job are waited
+        for); an auto-scale cluster is left to the service's autoscale (False).
+        Azure ML: AmlCompute with ``minNodeCount`` 0 scales itself to zero after
+        ``nodeIdleTimeBeforeScaleDown``, so that backend may simply answer False (or, to honour
+        CLUSTER_IDLE_MINUTES exactly, PATCH the compute's scale settings there).
+        """
+        ...
+
+    def request_nodes(self, name: str, count: int) -> bool:
+        """Ask for at least ``count`` nodes on a cluster whose nodes were released (scaled to zero
+        while idle) or resized below what a run needs; not waited for. True when this call asked for
+        nodes; False when the cluster is missing, already holds that target, or scales itself.
+        ``ensure_cluster`` does the same for the run it ensures the cluster for; the monitor calls this
+        for a queued job whose cluster has too few nodes (a release that raced a new run).
+
+        Azure ML: AmlCompute allocates nodes for queued jobs by itself; answer False.
+        """
+        ...
 
     # --- experiments, jobs -------------------------------------------------------------------------
     def request_experiment(self, dataset: str) -> None:

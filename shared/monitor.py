@@ -19,7 +19,16 @@ One pass (``run_monitor``):
    through ARM) are parsed into the run's bounded series; the run record keeps the latest value of
    each metric. A finishing job's remaining output is read to its end (bounded) before the run is
    moved, so the finished record and its callback carry the final values.
-3. Finished runs with ``callback_pending`` get their summary POSTed (``shared.callbacks``), after
+3. Node time and idle clusters (``shared.node_time``): from the same cluster listing, each
+   cluster's node-minutes are added up in its ledger, each run gets the node-minutes its cluster was
+   allocated while it was active and after it, and a cluster whose last queued or running job ended
+   CLUSTER_IDLE_MINUTES ago has its nodes released (CLUSTER_IDLE_ACTION: scaled to zero, or deleted);
+   auto-scale clusters are the service's. The release is claimed by compare-and-swap on the ledger
+   (overlapping passes release once), and the registry is read again right before it, as cleanup
+   does: a cluster an active run uses is never touched, and one a run claimed meanwhile gets its
+   nodes back. A queued job whose manually scaled cluster holds fewer nodes than it needs asks for
+   them (a release that raced the run's submission).
+4. Finished runs with ``callback_pending`` get their summary POSTed (``shared.callbacks``), after
    every state change of the pass is recorded and within a budget of its own: each delivery has a
    hard deadline, no delivery starts once CALLBACK_PASS_BUDGET_SECONDS are spent, and a receiver
    that never answers only uses up its own run's passes.
@@ -42,11 +51,12 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
-from shared import callbacks, logtail
+from shared import callbacks, logtail, node_time
 from shared import metrics as run_metrics
 from shared.compute_port import ClusterStatus, ComputeError, JobStatus
 from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
 from shared.registry import (
+    ACTIVE_STATES,
     FAILED,
     PROVISIONING,
     QUEUED,
@@ -57,6 +67,7 @@ from shared.registry import (
     TERMINAL_STATES,
     OutputFile,
     RegistryError,
+    RunNotFound,
     RunRecord,
     TransitionRejected,
     parse_time,
@@ -91,6 +102,8 @@ class MonitorReport:
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, from, to)
     resubmitted: list[str] = field(default_factory=list)
     callbacks: dict[str, str] = field(default_factory=dict)
+    released: list[str] = field(default_factory=list)  # clusters whose idle nodes were released
+    nodes_requested: list[str] = field(default_factory=list)  # clusters asked for nodes again
     errors: list[str] = field(default_factory=list)
 
 
@@ -111,7 +124,10 @@ def run_monitor(svc: Services | None = None, *, now: datetime | None = None) -> 
     now = now or datetime.now(UTC)
     report = MonitorReport()
     _check_staging(svc, now, report)
-    _reconcile_submitted(svc, now, report)
+    clusters = _list_clusters(svc, report)
+    if clusters is not None:
+        _reconcile_submitted(svc, clusters, now, report)
+        _account_clusters(svc, clusters, now, report)
     _deliver_callbacks(svc, report)
     log.info(
         "monitor pass: %d run(s) checked, %d transition(s), %d resubmitted, %d callback(s)",
@@ -187,7 +203,19 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
 
 
 # --- submitted runs ---------------------------------------------------------------------------------------
-def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) -> None:
+def _list_clusters(svc: Services, report: MonitorReport) -> dict[str, ClusterStatus] | None:
+    """The workspace's clusters, with one call (None when it failed: the next pass retries)."""
+    try:
+        return svc.cloud.list_clusters()
+    except (ComputeError, HttpResponseError) as exc:
+        report.errors.append(f"listing clusters: {exc}")
+        log.warning("monitor: listing clusters failed (next pass retries): %s", exc)
+        return None
+
+
+def _reconcile_submitted(
+    svc: Services, clusters: dict[str, ClusterStatus], now: datetime, report: MonitorReport
+) -> None:
     runs = list(svc.registry.iter_runs(state=sorted(SUBMITTED_STATES)))
     if not runs:
         return
@@ -200,12 +228,6 @@ def _reconcile_submitted(svc: Services, now: datetime, report: MonitorReport) ->
             rec.experiment or names.experiment,
         )
         by_experiment[key].append(rec)
-    try:
-        clusters = svc.cloud.list_clusters()
-    except (ComputeError, HttpResponseError) as exc:
-        report.errors.append(f"listing clusters: {exc}")
-        log.warning("monitor: listing clusters failed (next pass retries): %s", exc)
-        return
     running: list[tuple[RunRecord, JobStatus]] = []
     listing = svc.cloud.list_jobs_of(experiment for _, _, experiment in by_experiment)
     for (_rg, _ws, experiment), members in by_experiment.items():
@@ -276,10 +298,27 @@ def _reconcile(
             _fail_for_cluster(svc, rec, errors, report)
             return
         resizing = cluster is None or cluster.allocation_state == "resizing"
+        if cluster is not None and _too_few_nodes(rec, cluster):
+            if svc.cloud.request_nodes(cluster.name, _nodes_needed(rec)):
+                report.nodes_requested.append(cluster.name)
+            resizing = True
         wanted = PROVISIONING if resizing else QUEUED
         if rec.state != wanted and rec.state != RUNNING:
             _move(svc, rec, wanted, report)
     # "terminating": wait for the final state.
+
+
+def _nodes_needed(rec: RunRecord) -> int:
+    spec = rec.spec or {}
+    manual = (spec.get("cluster") or {}).get("manual") or {}
+    return max(int(spec.get("node_count") or 1), int(manual.get("target_node_count") or 0))
+
+
+def _too_few_nodes(rec: RunRecord, cluster: ClusterStatus) -> bool:
+    """A manually scaled cluster held at fewer nodes than the queued run needs (its nodes were
+    released while idle just as the run was submitted): it would wait for ever."""
+    target = cluster.manual_target
+    return target is not None and target < _nodes_needed(rec) and cluster.provisioning_state != "deleting"
 
 
 def _skipped(rec: RunRecord, state: str, job: JobStatus) -> dict[str, str]:
@@ -405,6 +444,117 @@ def _finish(svc: Services, rec: RunRecord, job: JobStatus, state: str, report: M
         len(outputs),
         extra=moved.log_extra(),
     )
+
+
+# --- node time and idle clusters ---------------------------------------------------------------------
+def _account_clusters(
+    svc: Services, clusters: dict[str, ClusterStatus], now: datetime, report: MonitorReport
+) -> None:
+    """Sample each cluster's node time, record runs' node-minutes, and release idle clusters' nodes
+    (see the module doc and ``shared.node_time``). A failure is that cluster's alone."""
+    if not clusters:
+        return
+    try:
+        ledgers = svc.registry.cluster_ledgers()
+        users = _active_users(svc)
+    except (RegistryError, HttpResponseError) as exc:
+        report.errors.append(f"node time: {exc}")
+        log.warning("monitor: node time not recorded this pass: %s", exc)
+        return
+    idle_limit = timedelta(minutes=svc.settings.cluster_idle_minutes)
+    for name, cluster in clusters.items():
+        if cluster.provisioning_state == "deleting":
+            continue
+        try:
+            ledger = ledgers.get(name) or node_time.new_ledger(cluster, now)
+            ended = {
+                run_id: _ended_at(svc, run_id)
+                for run_id in ledger.active_marks
+                if run_id not in users.get(name, ())
+            }
+            step = node_time.advance(ledger, cluster, users.get(name, ()), ended, now)
+            if step.idle_for is not None and step.idle_for >= idle_limit and _holds_nodes(svc, cluster):
+                step.ledger.released_at = node_time.iso(now)
+                step.changed = True
+            if step.changed and not svc.registry.put_cluster_ledger(step.ledger):
+                continue  # an overlapping pass counted this cluster (and released it if due)
+            for run_id, minutes in step.run_node_minutes.items():
+                _record_node_minutes(svc, run_id, minutes)
+            if step.ledger.released_at == node_time.iso(now):
+                _release_idle(svc, cluster, step.idle_for or timedelta(0), report)
+        except (ComputeError, HttpResponseError, RegistryError) as exc:
+            report.errors.append(f"cluster {name}: {exc}")
+            log.warning("monitor: cluster %s: node time or release failed: %s", name, exc)
+
+
+def _active_users(svc: Services) -> dict[str, list[str]]:
+    """Active runs (read now) by the cluster they use."""
+    users: dict[str, list[str]] = defaultdict(list)
+    for rec in svc.registry.iter_runs(state=sorted(ACTIVE_STATES)):
+        if rec.cluster:
+            users[rec.cluster].append(rec.run_id)
+    return users
+
+
+def _ended_at(svc: Services, run_id: str) -> datetime | None:
+    try:
+        rec = svc.registry.get(run_id, with_files=False)
+    except RunNotFound:
+        return None
+    return parse_time(rec.times.get(rec.state)) if rec.state in TERMINAL_STATES else None
+
+
+def _holds_nodes(svc: Services, cluster: ClusterStatus) -> bool:
+    """Whether releasing the cluster changes anything: an auto-scale cluster is the service's; a
+    manual one held at zero nodes has nothing left to give (delete: anything not deleting yet)."""
+    if cluster.auto_scale:
+        return False
+    if svc.settings.cluster_idle_action == "delete":
+        return True
+    return bool(cluster.manual_target)
+
+
+def _record_node_minutes(svc: Services, run_id: str, minutes: dict[str, Any]) -> None:
+    def apply(rec: RunRecord) -> None:
+        rec.node_minutes = {**(rec.node_minutes or {}), **minutes}
+
+    with contextlib.suppress(RunNotFound):
+        svc.registry.update(run_id, apply)
+
+
+def _release_idle(svc: Services, cluster: ClusterStatus, idle_for: timedelta, report: MonitorReport) -> None:
+    """Release (or delete) an idle cluster this pass claimed. The registry is read again right
+    before, as cleanup does before a deletion: a run that took the cluster since the pass began
+    keeps it; one that takes it just after gets its nodes asked for again."""
+    name = cluster.name
+    users = _active_users(svc).get(name, [])
+    if users:
+        log.info("cluster %s not released: now used by run(s) %s", name, ", ".join(users))
+        return
+    minutes = idle_for.total_seconds() / 60
+    if svc.settings.cluster_idle_action == "delete":
+        done = svc.cloud.delete_cluster(name)
+        what = "deleted"
+    else:
+        done = svc.cloud.release_nodes(name)
+        what = "scaled to zero"
+    if done:
+        report.released.append(name)
+        log.info(
+            "cluster %s %s: idle for %.1f min (CLUSTER_IDLE_MINUTES=%s)",
+            name,
+            what,
+            minutes,
+            svc.settings.cluster_idle_minutes,
+        )
+    if svc.settings.cluster_idle_action == "delete":
+        return
+    late = [svc.registry.get(r, with_files=False) for r in _active_users(svc).get(name, [])]
+    if late:
+        wanted = max(_nodes_needed(r) for r in late)
+        if svc.cloud.request_nodes(name, wanted):
+            report.nodes_requested.append(name)
+            log.info("cluster %s: run(s) arrived while its nodes were released; asked for %d", name, wanted)
 
 
 # --- metrics ---------------------------------------------------------------------------------------------

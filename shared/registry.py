@@ -25,6 +25,9 @@ Layout (one table, default name ``runs``):
   (``claim_staging_run``): created with ``create_entity`` / swapped with an ETag match, so twenty
   blobs of one dataset arriving at once make exactly one run.
 - ``PartitionKey="~idem", RowKey=<sha256 of key>``: idempotency keys of started runs.
+- ``PartitionKey="~cluster", RowKey=<sha256 of cluster name>``: the cluster's node-time ledger
+  (``ClusterLedger``), written by the monitor with an ETag match once per pass: overlapping passes
+  never count the same minutes twice, and exactly one releases an idle cluster's nodes.
 
 Run ids sort by creation time (``YYYYMMDD-HHMMSS-<8 hex>``), so paging lists runs oldest first.
 ``times`` maps each state entered to its ISO time, read back in chronological order. A finished run
@@ -101,10 +104,12 @@ FILE_PREFIX = "file~"
 OUTPUT_PREFIX = "out~"
 DATASET_PARTITION = "~dataset"
 IDEMPOTENCY_PARTITION = "~idem"
+CLUSTER_PARTITION = "~cluster"
+MAX_LEDGER_RUNS = 200  # runs whose node time one cluster's ledger follows at once
 CAS_ATTEMPTS = 20
 
 # Fields of RunRecord stored as chunked JSON, and plain scalar fields stored as they are.
-_JSON_FIELDS = ("spec", "errors", "expected_files", "callback", "metrics", "callback_seal")
+_JSON_FIELDS = ("spec", "errors", "expected_files", "callback", "metrics", "callback_seal", "node_minutes")
 _SCALAR_FIELDS = (
     "dataset",
     "state",
@@ -224,6 +229,10 @@ class RunRecord:
     # nothing changes once the job is submitted); None for runs recorded before snapshots, which
     # read the dataset's shared directory.
     snapshot: str | None = None
+    # Node-minutes its cluster was allocated while the run was active (``active``) and after it
+    # ended until the nodes were released or another run started (``after``), from the node counts
+    # the monitor reads each pass (shared.monitor, "node time"); ``cluster`` names the cluster.
+    node_minutes: dict[str, Any] | None = None
     staged_files: list[StagedFile] = field(default_factory=list)
     output_files: list[OutputFile] = field(default_factory=list)
     etag: str | None = None
@@ -260,6 +269,64 @@ class RunRecord:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+@dataclass
+class ClusterLedger:
+    """A cluster's node time as the monitor samples it, one entity per cluster.
+
+    ``node_minutes`` adds up, pass after pass, the nodes seen at the previous pass times the time
+    since it (``nodes``, ``sampled_at``). ``busy_until`` is the last time the cluster was known in
+    use: a pass that saw an active run on it or a running node, or the end of its last run;
+    ``released_at`` when the monitor last released its nodes. ``active_marks`` maps each active run
+    on the cluster to ``node_minutes`` when it was first seen active, ``after_marks`` each run that
+    ended since to ``node_minutes`` at its end (its node time "after" accrues until the nodes are
+    released or another run starts)."""
+
+    name: str
+    sampled_at: str | None = None
+    nodes: int = 0
+    node_minutes: float = 0.0
+    busy_until: str | None = None
+    released_at: str | None = None
+    active_marks: dict[str, float] = field(default_factory=dict)
+    after_marks: dict[str, float] = field(default_factory=dict)
+    etag: str | None = None
+
+    def to_entity(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": CLUSTER_PARTITION,
+            "RowKey": _key_hash(self.name),
+            "name": self.name,
+            "nodes": int(self.nodes),
+            "node_minutes": float(self.node_minutes),
+            "marks": json.dumps(
+                {
+                    "active": dict(list(self.active_marks.items())[-MAX_LEDGER_RUNS:]),
+                    "after": dict(list(self.after_marks.items())[-MAX_LEDGER_RUNS:]),
+                },
+                separators=(",", ":"),
+            ),
+        }
+        for name in ("sampled_at", "busy_until", "released_at"):
+            if getattr(self, name) is not None:
+                entity[name] = getattr(self, name)
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> ClusterLedger:
+        marks = json.loads(entity.get("marks") or "{}")
+        return cls(
+            name=entity["name"],
+            sampled_at=entity.get("sampled_at"),
+            nodes=int(getattr(entity.get("nodes"), "value", entity.get("nodes")) or 0),
+            node_minutes=float(entity.get("node_minutes") or 0.0),
+            busy_until=entity.get("busy_until"),
+            released_at=entity.get("released_at"),
+            active_marks=dict(marks.get("active") or {}),
+            after_marks=dict(marks.get("after") or {}),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -830,6 +897,37 @@ class RunRegistry:
         query = f"RowKey eq {_odata_str(RUN_ROW)} and callback_pending eq true"
         for entity in self.table.query_entities(query, results_per_page=page_size):
             yield _from_entity(entity)
+
+    # --- clusters' node time ----------------------------------------------------------------------
+    def cluster_ledgers(self) -> dict[str, ClusterLedger]:
+        """Every cluster's node-time ledger by cluster name (one query)."""
+        self._ensure_table()
+        query = f"PartitionKey eq {_odata_str(CLUSTER_PARTITION)}"
+        ledgers = [ClusterLedger.from_entity(e) for e in self.table.query_entities(query)]
+        return {ledger.name: ledger for ledger in ledgers}
+
+    def put_cluster_ledger(self, ledger: ClusterLedger) -> bool:
+        """Store the ledger if it is still the one read (``etag``; None: there was none). False when
+        another writer (an overlapping monitor pass) got there first: its write counts, ours not."""
+        self._ensure_table()
+        try:
+            if ledger.etag is None:
+                meta = self.table.create_entity(ledger.to_entity())
+            else:
+                meta = self.table.update_entity(
+                    ledger.to_entity(),
+                    mode=UpdateMode.REPLACE,
+                    etag=ledger.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                return False
+            raise
+        ledger.etag = meta.get("etag")
+        return True
 
     # --- the dataset's current staging run -------------------------------------------------------
     def current_run_id(self, dataset: str) -> tuple[str | None, str | None]:
