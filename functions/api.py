@@ -66,6 +66,13 @@ def run_metrics(req: func.HttpRequest) -> func.HttpResponse:
     return _call("runs/{id}/metrics", req)
 
 
+@bp.function_name("run_callback_secret")
+@bp.route(route="runs/{id}/callback-secret", methods=METHODS, auth_level=FUNCTION)
+def run_callback_secret(req: func.HttpRequest) -> func.HttpResponse:
+    """POST: the run's callback signing secret, issued once (runs started by an upload)."""
+    return _call("runs/{id}/callback-secret", req)
+
+
 @bp.function_name("clusters")
 @bp.route(route="clusters", methods=METHODS, auth_level=FUNCTION)
 def clusters(req: func.HttpRequest) -> func.HttpResponse:

@@ -444,16 +444,16 @@ def _fail_staging(
         )
 
 
-def callback_fields(svc: Services, spec: RunSpec) -> dict[str, Any]:
+def callback_fields(svc: Services, spec: RunSpec, *, issued: bool) -> dict[str, Any]:
     """The run's callback as the registry keeps it: the URL with its query redacted, and the seal
-    (the salt of the run's own secret, the full URL encrypted): ``shared.callbacks``."""
+    (the salt of the run's own secret, the full URL encrypted): ``shared.callbacks``. ``issued``:
+    the run's secret goes to the starting request (HTTP) and may not be issued again."""
     if not spec.callback_url:
         return {"callback_url": None, "callback_seal": None}
     key = svc.settings.callback_signing_secret
-    return {
-        "callback_url": callbacks.redact_url(spec.callback_url),
-        "callback_seal": callbacks.seal_callback(spec.callback_url, key.get_secret_value() if key else None),
-    }
+    seal = callbacks.seal_callback(spec.callback_url, key.get_secret_value() if key else None)
+    seal["issued"] = issued
+    return {"callback_url": callbacks.redact_url(spec.callback_url), "callback_seal": seal}
 
 
 def _take_manifest(
@@ -475,7 +475,7 @@ def _take_manifest(
         ]
         expected = sorted(set(expected) | set(present))
     spec_json = spec.to_json_dict()
-    callback = callback_fields(svc, spec)
+    callback = callback_fields(svc, spec, issued=False)
 
     def apply(r: RunRecord) -> None:
         if _started_from_folder(r, rec.dataset):
@@ -812,7 +812,7 @@ def start_run(
 
     fields: dict[str, Any] = {
         "spec": spec.to_json_dict(),
-        **callback_fields(svc, spec),
+        **callback_fields(svc, spec, issued=True),
         "idempotency_key": idempotency_key,
         "source": "api",
         "stage_from_prefix": stage_from_prefix,

@@ -23,6 +23,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "runs": {"GET": "listRuns", "POST": "startRun"},
     "runs/{id}": {"GET": "getRun", "DELETE": "deleteRun"},
     "runs/{id}/logs": {"GET": "getRunLogs"},
+    "runs/{id}/callback-secret": {"POST": "issueCallbackSecret"},
     "runs/{id}/metrics": {"GET": "getRunMetrics"},
     "clusters": {"GET": "listClusters"},
     "clusters/{name}": {"DELETE": "deleteCluster"},
@@ -468,6 +469,27 @@ def _operations() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("RunLogs"), "The log tails"),
                     **_errors(400, 401, 404, 405, 500, 502),
+                },
+            },
+        },
+        "/runs/{id}/callback-secret": {
+            "parameters": [_ID_PARAM],
+            "post": {
+                "operationId": "issueCallbackSecret",
+                "summary": "Issue the run's own callback signing secret, once: for runs started by an "
+                "upload (an HTTP start gets it in its 202). A second request is 409 "
+                "CallbackSecretIssued; a run with no callback (or an app without "
+                "CALLBACK_SIGNING_SECRET) is 409 NoCallbackSecret",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["id", "callback_secret"],
+                            "properties": {"id": {"type": "string"}, "callback_secret": {"type": "string"}},
+                        },
+                        "The secret (64 hex characters); it is never given again",
+                    ),
+                    **_errors(400, 401, 404, 405, 409, 500),
                 },
             },
         },

@@ -467,6 +467,42 @@ def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
     return out
 
 
+# --- POST /api/runs/{id}/callback-secret -------------------------------------------------------------
+
+
+class _AlreadyIssued(Exception):
+    pass
+
+
+def issue_callback_secret(request: ApiRequest) -> ApiResponse:
+    """The run's callback secret, once (compare-and-swap on the run's seal): for a run started by an
+    upload, whose start had no caller to answer. A run started over HTTP had it in its 202."""
+    run_id = _run_id(request)
+    registry = _registry()
+    record = registry.get(run_id)
+    if not record.callback_url or not (record.callback_seal or {}).get("salt"):
+        raise ApiError(409, "NoCallbackSecret", f"run {run_id} has no callback, so no callback secret")
+    if _settings().callback_signing_secret is None:
+        raise ApiError(409, "NoCallbackSecret", "callbacks are unsigned: CALLBACK_SIGNING_SECRET is not set")
+
+    def issue(rec: Any) -> None:
+        if (rec.callback_seal or {}).get("issued"):
+            raise _AlreadyIssued
+        rec.callback_seal = {**(rec.callback_seal or {}), "issued": True}
+
+    try:
+        issued = registry.update(run_id, issue)
+    except _AlreadyIssued:
+        raise ApiError(
+            409,
+            "CallbackSecretIssued",
+            f"the callback secret of run {run_id} was already issued (at its start or by an earlier "
+            "request); it is never given twice",
+        ) from None
+    log.info("run %s: callback secret issued over HTTP", run_id, extra=issued.log_extra())
+    return ApiResponse(200, {"id": run_id, "callback_secret": _callback_secret(issued)})
+
+
 # --- GET /api/runs/{id}/logs --------------------------------------------------------------------------
 
 
@@ -766,6 +802,7 @@ _OPERATIONS: dict[str, Callable[[ApiRequest], ApiResponse]] = {
     "getRun": get_run,
     "deleteRun": delete_run,
     "getRunLogs": get_logs,
+    "issueCallbackSecret": issue_callback_secret,
     "getRunMetrics": get_metrics,
     "listClusters": list_clusters,
     "deleteCluster": delete_cluster,

@@ -394,3 +394,64 @@ def test_callback_secret_once_url_redacted_and_delivery_signed_over_the_full_url
     delivery_id = verify(body, headers[SIGNATURE_HEADER], secret, url=url)
     assert delivery_id and delivery_id == headers["X-Callback-Delivery"]
     assert not verify(body, headers[SIGNATURE_HEADER], secret, url=redacted)
+
+
+def test_an_uploaded_runs_callback_secret_is_issued_once(api: Api) -> None:
+    """A run started by an upload has no caller to answer: its callback secret is issued once by
+    POST /runs/{id}/callback-secret (then 409), and its callback verifies with it. An HTTP-started
+    run had it in its 202: the route refuses it."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from azure.storage.blob import ContainerClient
+
+    from shared.callbacks import SIGNATURE_HEADER, verify
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook?k=v"
+    try:
+        container = ContainerClient.from_connection_string(
+            api.stack.connection_string, api.settings.training_container
+        )
+        with contextlib.suppress(ResourceExistsError):
+            container.create_container()
+        dataset = unique("api-upcb")
+        container.upload_blob(f"{dataset}/train.py", TRAIN_PY)
+        manifest = {**TRAIN_SPEC, "files": ["train.py"], "callback_url": url}
+        container.upload_blob(f"{dataset}/run.json", json.dumps(manifest).encode())
+        runs = wait_for(
+            "the upload's run", lambda: api.get("/runs", params={"dataset": dataset}).json()["runs"]
+        )
+        run_id = runs[0]["id"]
+        issued = api.post(f"/runs/{run_id}/callback-secret")
+        assert issued.status_code == 200, issued.text
+        secret = issued.json()["callback_secret"]
+        error(api.post(f"/runs/{run_id}/callback-secret"), 409, "CallbackSecretIssued")
+        wait_for("the callback", lambda: received, 90)
+        headers, body = received[0]
+        assert json.loads(body)["id"] == run_id
+        assert verify(body, headers[SIGNATURE_HEADER], secret, url=url)
+
+        other = unique("api-httpcb")
+        stage_dataset(api.stack, other)
+        started = api.post("/runs", json={"dataset": other, "spec": {**TRAIN_SPEC, "callback_url": url}})
+        assert started.status_code == 202 and started.json()["callback_secret"]
+        error(api.post(f"/runs/{started.json()['id']}/callback-secret"), 409, "CallbackSecretIssued")
+        plain = api.post("/runs", json={"dataset": other, "spec": dict(TRAIN_SPEC)})
+        error(api.post(f"/runs/{plain.json()['id']}/callback-secret"), 409, "NoCallbackSecret")
+    finally:
+        server.shutdown()
+        server.server_close()
