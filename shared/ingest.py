@@ -820,15 +820,21 @@ def start_run(
     }
     if replayed is not None:
         return replayed  # the same key while its run is staging: its own request stages it
+    run_id = new_run_id()
+    if idempotency_key:
+        # The key is reserved for this run before anything else: of requests repeating it at once
+        # exactly one goes on (and stages); the others get its run.
+        holder = svc.registry.reserve_idempotency_key(idempotency_key, run_id)
+        if holder is not None:
+            return holder
     if prefix is not None and "/" not in prefix:
         # A top-level folder, whose blobs also fire the trigger as a dataset of that name. The
         # run.json in it now is superseded by this request: its trigger (however late) is a replay
         # of this run, not a new one. A later upload of it has another ETag: a new run.
         fields["manifest_etag"] = folder_manifest
-        rec, mine = _claim_folder(svc, prefix, dataset, fields)
+        rec, mine = _claim_folder(svc, prefix, dataset, fields, run_id)
     else:
-        run_id = new_run_id()
-        rec = svc.registry.create(dataset, run_id=run_id, **fields)
+        rec = svc.registry.create(dataset, run_id=run_id, key_reserved=True, **fields)
         mine = rec.run_id == run_id
     if not mine or rec.state != STAGING:
         return rec  # the key's run, made by another request: it stages the run, not this one
@@ -916,7 +922,9 @@ def stage_run(rec: RunRecord, svc: Services | None = None, spec: RunSpec | None 
     return svc.registry.get(rec.run_id)
 
 
-def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, Any]) -> tuple[RunRecord, bool]:
+def _claim_folder(
+    svc: Services, folder: str, dataset: str, fields: dict[str, Any], run_id: str
+) -> tuple[RunRecord, bool]:
     """The run for staging from the top-level ``folder``, whose blobs also fire the blob trigger (as
     a dataset named ``folder``): it becomes the folder's current staging run, so the trigger's
     invocations join it instead of making another run. When the folder is the dataset's own, a
@@ -930,7 +938,9 @@ def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, An
     run and whether it is this request's (not the idempotency key's run of another request)."""
     reuse = _adoptable if folder == dataset else _never
     for _ in range(5):
-        rec, created = svc.registry.claim_staging_run(folder, reuse=reuse, run_dataset=dataset, **fields)
+        rec, created = svc.registry.claim_staging_run(
+            folder, reuse=reuse, run_dataset=dataset, run_id=run_id, key_reserved=True, **fields
+        )
         if rec.source == "api":  # ours (or, for a repeated idempotency key, the key's run)
             if created:
                 why = f"run {rec.run_id}, started over HTTP, stages the folder {folder!r}"
@@ -959,12 +969,11 @@ def _claim_folder(svc: Services, folder: str, dataset: str, fields: dict[str, An
         )
         key = fields["idempotency_key"]
         if key:
-            keyed = svc.registry.create(dataset, run_id=adopted.run_id, idempotency_key=key)
-            if keyed.run_id != adopted.run_id:
-                return keyed, False  # the key's run, made by a concurrent request
+            svc.registry.point_idempotency_key(key, adopted.run_id)  # the key this request reserved
         return adopted, True
     raise ConcurrencyError(
-        f"folder {folder!r}: could not claim its staging run (too many concurrent changes)"
+        f"folder {folder!r}: could not claim its staging run (too many concurrent changes); retry "
+        "the request with the same Idempotency-Key"
     )
 
 

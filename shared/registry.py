@@ -483,7 +483,11 @@ class RunRegistry:
 
     #: How long a request waits for the run of an idempotency key another request holds before it
     #: takes the key over (its holder died between writing the key and the run).
-    idempotency_wait_seconds = 5.0
+    #: Long enough for the holder to claim its folder and write its run under a burst of requests.
+    idempotency_wait_seconds = 30.0
+    #: How long a claim keeps trying to swap a dataset's pointer while concurrent claims win (each
+    #: round has a winner, so a burst of N claims needs about N rounds; a fixed count ran out).
+    claim_seconds = 30.0
 
     def __init__(self, table: TableClient | str, table_name: str = "runs", *, create_table: bool = True):
         """``table``: a ``TableClient``, or a storage connection string (then ``table_name`` names
@@ -620,18 +624,20 @@ class RunRegistry:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         source: str | None = None,
+        key_reserved: bool = False,
         **fields: Any,
     ) -> RunRecord:
         """Insert a new run. With an ``idempotency_key`` already used, returns that key's run
         unchanged instead (the caller compares specs if it cares). With a ``run_id`` that exists,
-        returns the existing run (creation is idempotent per id)."""
+        returns the existing run (creation is idempotent per id). ``key_reserved``: the caller
+        reserved the key for ``run_id`` already (``reserve_idempotency_key``)."""
         if not dataset:
             raise RegistryError("a run needs a dataset name")
         if state not in STATES:
             raise RegistryError(f"unknown state {state!r}")
         self._ensure_table()
         run_id = run_id or new_run_id()
-        if idempotency_key:
+        if idempotency_key and not key_reserved:
             try:
                 self.table.create_entity(
                     {
@@ -672,6 +678,23 @@ class RunRegistry:
             self.add_staged_files(run_id, rec.staged_files)
         log.info("run %s created for dataset %s in state %s", run_id, dataset, state, extra=rec.log_extra())
         return rec
+
+    def reserve_idempotency_key(self, key: str, run_id: str) -> RunRecord | None:
+        """Make ``key`` name ``run_id`` before that run exists: None when this caller now holds the
+        key (it creates the run), else the key's run made by another request (waited for). Requests
+        repeating one key at once thus make exactly one run, and only its holder stages it."""
+        self._ensure_table()
+        entity = {"PartitionKey": IDEMPOTENCY_PARTITION, "RowKey": _key_hash(key), "run_id": run_id}
+        try:
+            self.table.create_entity(entity)
+            return None
+        except ResourceExistsError:
+            return self._claim_idempotency_key(key, run_id)
+
+    def point_idempotency_key(self, key: str, run_id: str) -> None:
+        """Make a key this caller holds name another run (the run it adopted instead of creating)."""
+        entity = {"PartitionKey": IDEMPOTENCY_PARTITION, "RowKey": _key_hash(key), "run_id": run_id}
+        self.table.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     def _claim_idempotency_key(self, key: str, run_id: str) -> RunRecord | None:
         """The key is taken: wait a moment for its holder's run and return it. When none appears,
@@ -946,6 +969,7 @@ class RunRegistry:
         reuse: Callable[[RunRecord], bool] | None = None,
         seen: tuple[str | None, str | None, RunRecord | None] | None = None,
         run_dataset: str | None = None,
+        run_id: str | None = None,
         **create_fields: Any,
     ) -> tuple[RunRecord, bool]:
         """The dataset's run that is collecting uploads, created if there is none: ``(run, created)``.
@@ -963,9 +987,17 @@ class RunRegistry:
         and a lost swap reads everything again.
 
         ``run_dataset``: the dataset of a run this call creates, when it is not ``dataset`` (a run
-        started over HTTP that stages the folder ``dataset`` into another dataset's directory)."""
+        started over HTTP that stages the folder ``dataset`` into another dataset's directory).
+        ``run_id``: the id of a run this call creates (one its caller reserved an idempotency key for).
+
+        Concurrent claims retry with a random back-off for up to ``claim_seconds``: every round has a
+        winner, so a burst of requests on one folder all get through."""
         create_fields.setdefault("source", "blob")
-        for _ in range(CAS_ATTEMPTS):
+        wanted_id = run_id
+        deadline = time.monotonic() + self.claim_seconds
+        attempt = 0
+        while attempt < CAS_ATTEMPTS or time.monotonic() < deadline:
+            attempt += 1
             known: RunRecord | None = None
             if seen is not None:
                 run_id, pointer_etag, known = seen
@@ -974,11 +1006,13 @@ class RunRegistry:
                 run_id, pointer_etag = self.current_run_id(dataset)
             if run_id is not None:
                 rec = known if known is not None and known.run_id == run_id else self._pointed_run(run_id)
-                if rec is None:  # the pointer's writer died before creating its run: create it
+                if rec is None and create_fields["source"] == "blob":
+                    # The pointer's writer died before creating its run: create it. (A run started
+                    # over HTTP is never created for another request: its fields are that request's.)
                     return self.create(run_dataset or dataset, run_id=run_id, **create_fields), False
-                if rec.state == STAGING and (reuse is None or reuse(rec)):
+                if rec is not None and rec.state == STAGING and (reuse is None or reuse(rec)):
                     return rec, False
-            new_id = new_run_id()
+            new_id = wanted_id or new_run_id()
             pointer = {"PartitionKey": DATASET_PARTITION, "RowKey": _key_hash(dataset), "run_id": new_id}
             pointer["dataset"] = dataset
             try:
@@ -992,6 +1026,8 @@ class RunRegistry:
                         match_condition=MatchConditions.IfNotModified,
                     )
             except (ResourceExistsError, ResourceModifiedError):
+                # Lost to a concurrent claim: back off a random moment, growing with the attempts.
+                time.sleep(min(0.01 * attempt, 0.2) * (0.5 + secrets.randbelow(100) / 100))
                 continue
             rec = self.create(run_dataset or dataset, run_id=new_id, **create_fields)
             if rec.run_id != new_id:
@@ -1006,7 +1042,10 @@ class RunRegistry:
                     )
                 return rec, False
             return rec, True
-        raise ConcurrencyError(f"dataset {dataset!r}: could not claim a staging run")
+        raise ConcurrencyError(
+            f"dataset {dataset!r}: could not claim a staging run (too many concurrent changes for "
+            f"{self.claim_seconds:.0f} s); retry the request with the same Idempotency-Key"
+        )
 
     def _pointed_run(self, run_id: str, wait_seconds: float = 2.0) -> RunRecord | None:
         """The run a dataset pointer names. Its writer swaps the pointer, then creates the run: a
