@@ -1,0 +1,50 @@
+"""Conformance with Microsoft's Batch AI recipes: their `utilities` helpers (vendored unmodified in
+tests/legacy/clients/recipes/utilities, github Azure/BatchAI, MIT) drive the ARM emulator as the
+recipes' notebooks do: status printing, submission, wait and stream, a random-search and a grid sweep
+over a blob-mounted dataset, metric extraction, and resubmission of failed jobs (storage keys looked up
+through Microsoft.Storage)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from infra.local.stack import DEV_SUBSCRIPTION
+from tests.legacy.conftest import run_client
+
+pytestmark = pytest.mark.e2e
+RECIPES = Path(__file__).with_name("clients") / "recipes"
+
+
+def test_recipes_utilities_against_the_local_stack(named_stack, recipes_python, tmp_path: Path) -> None:
+    output = run_client(
+        recipes_python,
+        RECIPES / "conformance.py",
+        tmp_path,
+        {
+            "RECIPES_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
+            "RECIPES_ARM_ENDPOINT": named_stack.stack.arm_endpoint,
+            "RECIPES_STORAGE_ACCOUNT": named_stack.account,
+            "RECIPES_STORAGE_KEY": named_stack.key,
+            "RECIPES_STORAGE_CONNECTION_STRING": named_stack.connection_string,
+            "RECIPES_FILE_ENDPOINT": f"http://{named_stack.file_host}",
+            "RECIPES_RESOURCE_GROUP": "recipes",
+            "PYTHONWARNINGS": "ignore",
+        },
+        timeout=240,
+    )
+    result = json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
+    # Status printing and streaming happened as the recipes print them.
+    assert "Cluster state: steady Target: 2" in output
+    assert "epoch 2 on 50 samples" in output  # wait_for_job_completion streamed the job's stdout
+    # Every sweep job trained on the blob-mounted dataset and reported a real metric.
+    assert len(result["metrics"]) == 6 and result["finite"], result
+    assert all(math.isfinite(m) and m > 0 for m in result["metrics"]) and len(set(result["metrics"])) > 1
+    assert set(result["states"]) == {"succeeded"}, result
+    assert "Best job: " in output
+    # The failed job was resubmitted (its storage key found through ARM) and then succeeded.
+    assert result["flaky_first"] == "failed"
+    assert len(result["resubmitted"]) == 1 and result["flaky_final"] == ["succeeded"], result
