@@ -42,6 +42,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import random
 import secrets
 import time
 from collections import defaultdict
@@ -706,6 +707,7 @@ def _deliver_callbacks(svc: Services, report: MonitorReport) -> None:
     ]
     if not pending:
         return
+    random.shuffle(pending)  # a pass's budget is not always spent first on the same (slow) receivers
     budget_end = time.monotonic() + CALLBACK_PASS_BUDGET_SECONDS
 
     def deliver(rec: RunRecord) -> tuple[str, str | None]:

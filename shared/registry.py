@@ -257,10 +257,16 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (what the HTTP API returns), without the callback's seal: ``snapshot``
         says where the run's input is and how much it holds; ``staged_files`` lists it (path, size,
-        MD5, source blob ETag)."""
+        MD5, source blob ETag). The callback URL's query is redacted even in a record written before
+        URLs were stored redacted."""
+        from shared.callbacks import redact_url
+
         out = dataclasses.asdict(self)
         out["id"] = out.pop("run_id")
         out.pop("callback_seal", None)
+        out["callback_url"] = redact_url(out.get("callback_url"))
+        if isinstance(out.get("spec"), dict) and out["spec"].get("callback_url"):
+            out["spec"]["callback_url"] = redact_url(out["spec"]["callback_url"])
         out["snapshot"] = self.snapshot_summary()
         return out
 

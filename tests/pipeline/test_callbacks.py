@@ -472,3 +472,19 @@ def test_a_delivery_counts_when_claimed(local_stack) -> None:
     after = p.registry.get(rec.run_id)
     assert not after.callback_pending and after.callback["status"] == "failed"
     assert after.callback["passes"] == monitor.MAX_CALLBACK_PASSES
+
+
+def test_a_record_written_before_redaction_is_shown_redacted() -> None:
+    """A run recorded with the full URL (before URLs were stored redacted) is still shown redacted,
+    in its callback_url and its spec, and never with its seal."""
+    from shared.registry import RunRecord
+
+    url = "https://93.184.216.34/hook?token=s3cret"
+    rec = RunRecord(
+        "r1", "ds", spec={"callback_url": url}, callback_url=url, callback_seal={"salt": "x", "url": "y"}
+    )
+    shown = rec.to_dict()
+    assert "s3cret" not in json.dumps(shown) and "callback_seal" not in shown
+    assert (
+        shown["callback_url"] == shown["spec"]["callback_url"] == "https://93.184.216.34/hook?token=REDACTED"
+    )
