@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cold_import, demo_overhead, ingest_latency, monitor_cycle, staging
+from bench import cold_import, demo_overhead, idle_nodes, ingest_latency, monitor_cycle, staging
 from bench.common import BenchOptions, Figure
 from infra.local.stack import REPO_ROOT, LocalStack, Ports
 
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], list[Figure]]] = {
     "ingest": ingest_latency.run,
     "staging": staging.run,
     "monitor": monitor_cycle.run,
+    "idle": idle_nodes.run,
     "import": cold_import.run,
     "demo": demo_overhead.run,
 }
@@ -46,6 +47,7 @@ FIGURE_KEYS = {
         "staging.files_emulator_rss_growth_mib",
     ),
     "monitor": ("monitor.arm_requests", "monitor.pass_s"),
+    "idle": ("idle.after_node_minutes", "idle.emulated_after_node_minutes"),
     "import": ("import.ratio", "import.process_wall_ratio"),
     "demo": ("demo.overhead_s", "demo.overhead_inside_run_s"),
 }
@@ -57,6 +59,8 @@ SIZE_OPTIONS = {
     "monitor_runs": "active runs the monitor pass sees (default 1000)",
     "monitor_experiments": "experiments they spread over (default 10)",
     "monitor_cycles": "monitor passes timed (default 5)",
+    "idle_seconds": "CLUSTER_IDLE_MINUTES of the idle benchmark, in seconds (default 15)",
+    "idle_repeats": "runs whose idle node time is measured (default 3)",
     "import_runs": "fresh interpreters per import kind (default 7)",
     "demo_repeats": "direct/pipeline pairs of the demo benchmark (default 3)",
     "demo_train": "demo training samples (default 6000, the demo's)",
@@ -100,6 +104,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
             datasets=5,
             monitor_runs=100,
             monitor_cycles=3,
+            idle_seconds=3,
+            idle_repeats=1,
             import_runs=3,
             demo_repeats=1,
             demo_train=200,

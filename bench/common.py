@@ -64,6 +64,8 @@ class BenchOptions:
     monitor_runs: int = 1000
     monitor_experiments: int = 10
     monitor_cycles: int = 5
+    idle_seconds: int = 15
+    idle_repeats: int = 3
     import_runs: int = 7
     demo_repeats: int = 3
     demo_train: int = 6000

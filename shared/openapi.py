@@ -160,6 +160,17 @@ def _schemas() -> dict[str, Any]:
         {
             "spec": {"type": ["object", "null"], "description": "The effective run spec"},
             "errors": {"type": "array", "items": {"type": "object"}},
+            "node_minutes": {
+                "type": ["object", "null"],
+                "description": "Node-minutes its cluster was allocated while the run was active and "
+                "after it ended (until the nodes were released or another run started), from the node "
+                "counts the monitor reads each pass; null before the run ends",
+                "properties": {
+                    "cluster": {"type": "string"},
+                    "active": {"type": "number"},
+                    "after": {"type": "number"},
+                },
+            },
             "snapshot": {
                 "type": ["object", "null"],
                 "description": "The run's own immutable input: the share directory its job reads, and "
@@ -318,6 +329,25 @@ def _schemas() -> dict[str, Any]:
                 "creation_time": {"type": ["string", "null"]},
                 "errors": {"type": "array", "items": {"type": "object"}},
                 "active_runs": {"type": "array", "items": {"type": "string"}},
+                "nodes": {"type": "integer", "description": "Nodes allocated now, whatever their state"},
+                "idle_since": {
+                    "type": ["string", "null"],
+                    "description": "When its last run ended (or it was last seen in use, or was "
+                    "created); null while an active run uses it or a node runs a job",
+                },
+                "idle_minutes": {
+                    "type": ["number", "null"],
+                    "description": "How long it has been idle; the monitor releases its nodes once "
+                    "this reaches CLUSTER_IDLE_MINUTES",
+                },
+                "node_minutes": {
+                    "type": ["number", "null"],
+                    "description": "Node-minutes allocated since the monitor first saw it",
+                },
+                "nodes_released_at": {
+                    "type": ["string", "null"],
+                    "description": "When the monitor last released its nodes for being idle",
+                },
             },
         },
         "ClusterList": {

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -611,7 +612,27 @@ def _active_runs_by_cluster() -> dict[str, list[str]]:
     return users
 
 
-def _cluster_json(cluster: Any, users: dict[str, list[str]]) -> dict[str, Any]:
+def _idle_json(cluster: Any, users: list[str], ledger: Any, now: datetime) -> dict[str, Any]:
+    """Nodes, idle time and node time of a cluster: from the node counts listed now and the ledger
+    the monitor keeps (``shared.node_time``). Idle: no active run uses it and no node runs a job;
+    since the end of its last run (or the last pass that saw it in use, or its creation)."""
+    from shared.registry import parse_time
+
+    idle_since = None
+    if not users and not cluster.running_nodes:
+        idle_since = parse_time(ledger.busy_until if ledger is not None else None) or cluster.created_at
+    return {
+        "nodes": cluster.allocated_nodes,
+        "idle_since": idle_since.isoformat() if idle_since else None,
+        "idle_minutes": round(max((now - idle_since).total_seconds(), 0) / 60, 2) if idle_since else None,
+        "node_minutes": round(ledger.node_minutes, 2) if ledger is not None else None,
+        "nodes_released_at": ledger.released_at if ledger is not None else None,
+    }
+
+
+def _cluster_json(
+    cluster: Any, users: dict[str, list[str]], ledger: Any = None, now: datetime | None = None
+) -> dict[str, Any]:
     """A shared.compute_port.ClusterStatus as the API shows it."""
     return {
         "name": cluster.name,
@@ -626,13 +647,18 @@ def _cluster_json(cluster: Any, users: dict[str, list[str]]) -> dict[str, Any]:
         "creation_time": cluster.created_at.isoformat() if cluster.created_at else None,
         "errors": [e.as_dict() for e in cluster.errors],
         "active_runs": users.get(cluster.name or "", []),
+        **_idle_json(cluster, users.get(cluster.name or "", []), ledger, now or datetime.now(UTC)),
     }
 
 
 def list_clusters(request: ApiRequest) -> ApiResponse:
     clusters = _compute().list_clusters().values()  # none before the workspace exists
     users = _active_runs_by_cluster()
-    return ApiResponse(200, {"clusters": [_cluster_json(c, users) for c in clusters]})
+    ledgers = _registry().cluster_ledgers() if clusters else {}
+    now = datetime.now(UTC)
+    return ApiResponse(
+        200, {"clusters": [_cluster_json(c, users, ledgers.get(c.name), now) for c in clusters]}
+    )
 
 
 def delete_cluster(request: ApiRequest) -> ApiResponse:

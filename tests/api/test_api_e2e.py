@@ -242,6 +242,9 @@ def test_teardown_of_a_running_job_and_cluster_delete_refused_while_in_use(api: 
     cluster = run["cluster"]
     clusters = {c["name"]: c for c in api.get("/clusters").json()["clusters"]}
     assert clusters[cluster]["active_runs"] == [run["id"]]
+    # In use: its node is held and it is not idle.
+    assert clusters[cluster]["nodes"] == 1
+    assert clusters[cluster]["idle_minutes"] is None and clusters[cluster]["idle_since"] is None
 
     refused = error(api.delete(f"/clusters/{cluster}"), 409, "ClusterInUse")
     assert run["id"] in refused["message"]

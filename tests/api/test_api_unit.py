@@ -226,3 +226,25 @@ def test_retirement_error_is_recognised() -> None:
     assert raised.value.code == "BatchAIUnavailable"
     message = raised.value.message
     assert "retired" in message and "Microsoft.BatchAI" in message
+
+
+def test_a_clusters_nodes_and_idle_time_as_get_clusters_shows_them() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shared.compute_port import ClusterStatus
+    from shared.registry import ClusterLedger
+
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    idle = ClusterStatus("c1", "/c1", current_node_count=1, node_state_counts={"idle_node_count": 1})
+    ledger = ClusterLedger("c1", node_minutes=42.123, busy_until="2026-01-01T11:45:00.000Z")
+    shown = runs_api._cluster_json(idle, {}, ledger, now)
+    assert shown["nodes"] == 1 and shown["idle_minutes"] == 15.0 and shown["node_minutes"] == 42.12
+    assert shown["idle_since"] == "2026-01-01T11:45:00+00:00"
+    # In use (an active run, or a node running a job): not idle.
+    assert runs_api._cluster_json(idle, {"c1": ["r1"]}, ledger, now)["idle_minutes"] is None
+    running = ClusterStatus("c1", "/c1", current_node_count=1, node_state_counts={"running_node_count": 1})
+    assert runs_api._cluster_json(running, {}, ledger, now)["idle_since"] is None
+    # Never seen by the monitor yet: idle since its creation, no node time known.
+    fresh = ClusterStatus("c2", "/c2", current_node_count=0, created_at=now - timedelta(minutes=3))
+    shown = runs_api._cluster_json(fresh, {}, None, now)
+    assert shown["idle_minutes"] == 3.0 and shown["node_minutes"] is None and shown["nodes"] == 0

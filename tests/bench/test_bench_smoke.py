@@ -23,6 +23,8 @@ TINY = [
     "--monitor-runs", "20",
     "--monitor-experiments", "2",
     "--monitor-cycles", "2",
+    "--idle-seconds", "2",
+    "--idle-repeats", "1",
     "--import-runs", "1",
     "--demo-repeats", "1",
     "--demo-train", "40",

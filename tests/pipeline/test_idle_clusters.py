@@ -109,6 +109,9 @@ def test_an_idle_cluster_drops_to_zero_nodes_one_pass_after_the_idle_time_and_sc
     assert cluster.allocation_state == "steady"
     # A pass later nothing more is done to it.
     assert run_monitor(p.services).released == []
+    # The emulator's own account of the allocation: one node held, then none.
+    emulated = next(c for c in p.arm("/_emulator/clusters")["clusters"] if c["name"] == name)
+    assert emulated["nodes"] == 0 and [h["nodes"] for h in emulated["history"]][-2:] == [1, 0]
 
     # The run's node time: while it was active, and after it until the node was released.
     minutes = p.registry.get(run1).node_minutes

@@ -45,6 +45,7 @@ OPERATION_RETENTION = 3600.0
 # before they are answered (Backend.persist), launched pids are logged at once.
 SAVE_INTERVAL = 0.5
 NODE_STATES = ("idle", "running", "preparing", "leaving", "unusable")
+ALLOCATION_HISTORY = 200  # node count changes kept per cluster for /_emulator/clusters
 PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 # vCPUs per VM size family, for usages; unknown sizes count as 6.
 VM_CORES = {"standard_nc6": 6, "standard_nc12": 12, "standard_nc24": 24, "standard_d1": 1, "standard_d2": 2}
@@ -1030,6 +1031,38 @@ class Backend:
         props = record["body"]["properties"]
         props["currentNodeCount"] = len(record["meta"]["nodes"])
         props["nodeStateCounts"] = {f"{state}NodeCount": counts[state] for state in NODE_STATES}
+        self._account_allocation(record, time.time())
+
+    def _account_allocation(self, record: dict[str, Any], now: float) -> None:
+        """Node time, as a real cluster bills it: every change of the node count (preparing, idle,
+        running, leaving and unusable nodes all count) with the node-seconds held so far."""
+        meta = record["meta"]
+        count = len(meta["nodes"])
+        alloc = meta.setdefault("allocation", {"nodes": 0, "since": now, "node_seconds": 0.0, "history": []})
+        if count != alloc["nodes"]:
+            alloc["node_seconds"] += alloc["nodes"] * max(now - alloc["since"], 0.0)
+            alloc["nodes"], alloc["since"] = count, now
+            alloc["history"] = [*alloc["history"], [now_iso(now), count]][-ALLOCATION_HISTORY:]
+            self.dirty = True
+
+    def cluster_allocations(self) -> list[dict[str, Any]]:
+        """Each cluster's node allocation over time (the admin endpoint ``/_emulator/clusters``)."""
+        with self.lock:
+            now = time.time()
+            answer = []
+            for record in self.state["clusters"].values():
+                alloc = record["meta"].get("allocation") or {"nodes": 0, "since": now, "node_seconds": 0.0}
+                held = alloc["node_seconds"] + alloc["nodes"] * max(now - alloc["since"], 0.0)
+                answer.append(
+                    {
+                        "id": record["body"]["id"],
+                        "name": record["body"]["name"],
+                        "nodes": alloc["nodes"],
+                        "node_seconds": round(held, 3),
+                        "history": [{"time": t, "nodes": n} for t, n in alloc.get("history", [])],
+                    }
+                )
+            return answer
 
     # --- jobs ------------------------------------------------------------------------------------
     def job_id(self, sub: str, rg: str, ws: str, exp: str, job: str) -> str:

@@ -9,6 +9,8 @@ Admin endpoints (no authentication; loopback tooling, never faulted, never count
   latency_ms, retry_after, seed; omitted fields reset to 0/defaults), `DELETE /_emulator/faults`
 - `GET /_emulator/requests[?since=SEQ]` (counts by ARM operation id and status, recent requests),
   `DELETE /_emulator/requests` (reset the counts)
+- `GET /_emulator/clusters`: each cluster's node allocation over time (nodes now, node-seconds held
+  since creation, the history of node count changes)
 - `GET /_emulator/files/<name>?p=..&se=..&sig=..`: output file downloads (listOutputFiles' downloadUrl)
 """
 
@@ -239,6 +241,8 @@ class ArmEmulator:
                     {"error": {"code": "InvalidQueryParameterValue", "message": "since must be an integer"}},
                 )
             return json_response(200, self.log.as_json(since))
+        if path == "/_emulator/clusters" and method == "GET":
+            return json_response(200, {"clusters": self.backend.cluster_allocations()})
         if path.startswith("/_emulator/files/") and method in ("GET", "HEAD"):
             return self.responses.download(request)
         return json_response(
