@@ -113,7 +113,7 @@ def run(options: BenchOptions) -> list[Figure]:
     direct: list[float] = []
     pipeline: list[dict[str, float]] = []
     try:
-        services = ["azurite", "files", "arm", "functions"]
+        services = ["azurite", "files", "arm", "functions", "eventgrid"]
         with local_stack(work / "stack", services, demo_settings, shared=options.shared_stack) as stack:
             for i in range(repeats):
                 direct.append(direct_run(data_dir, work / "direct-out"))

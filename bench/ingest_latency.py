@@ -92,7 +92,7 @@ def run(options: BenchOptions) -> list[Figure]:
     from shared import batchai_models as bm
 
     count = options.datasets
-    services = ["azurite", "files", "arm", "functions"]
+    services = ["azurite", "files", "arm", "functions", "eventgrid"]
     work = Path(options.work_dir) / "ingest"
     # One at a time: a dataset is dropped when the previous one's job exists (the first pays the
     # host's first-use imports, as the first upload after a cold start does). Then all at once, on a

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFP
 DEV_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 HOST = "127.0.0.1"
 
-SERVICE_ORDER = ("azurite", "files", "arm", "functions")
+SERVICE_ORDER = ("azurite", "files", "arm", "functions", "eventgrid")
 # Azurite keeps idle keep-alive sockets of SDK clients open and then waits out SIGTERM for ~15 s;
 # its metadata autosaves every 5 s, so after 6 s nothing is lost by killing it.
 SHUTDOWN_TIMEOUTS = {"azurite": 6.0}
@@ -44,13 +44,14 @@ class Ports:
     files: int = 10004
     arm: int = 10005
     functions: int = 7071
+    eventgrid: int = 10006
 
     @classmethod
     def free(cls) -> Ports:
         """Ports the OS says are free now: for tests that must not collide with `make up`."""
         socks = []
         try:
-            for _ in range(6):
+            for _ in range(len(fields(cls))):
                 s = socket.socket()
                 s.bind((HOST, 0))
                 socks.append(s)
@@ -67,6 +68,7 @@ class LocalStack:
     data_dir: Path = DEFAULT_DATA_DIR
     ports: Ports = field(default_factory=Ports)
     functions_key: str = "local-functions-key"
+    blobs_extension_key: str = "local-blobs-extension-key"  # the host's blobs_extension system key
     extra_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -120,7 +122,31 @@ class LocalStack:
             "AZURE_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
             "FUNCTIONS_URL": self.functions_url,
             "FUNCTIONS_KEY": self.functions_key,
+            "BLOBS_EXTENSION_KEY": self.blobs_extension_key,
         }
+
+    @property
+    def training_container(self) -> str:
+        return self.extra_env.get("TRAINING_CONTAINER") or "training-data"
+
+    def ingest_webhook(self, function: str = "ingest") -> str:
+        """The blob extension's webhook for `function`, with its key, as Event Grid calls it."""
+        return (
+            f"{self.functions_url}/runtime/webhooks/blobs?functionName=Host.Functions.{function}"
+            f"&code={self.blobs_extension_key}"
+        )
+
+    def event_subscriptions(self) -> list[dict[str, object]]:
+        """What infra/azure/modules/ingest-events.bicep subscribes in Azure: BlobCreated events of
+        the training container to the ingest function, dead letters in `eventgrid-deadletter`."""
+        return [
+            {
+                "name": f"ingest-{self.training_container}",
+                "container": self.training_container,
+                "endpoint": self.ingest_webhook(),
+                "dead_letter_container": "eventgrid-deadletter",
+            }
+        ]
 
     def app_settings(self) -> dict[str, str]:
         """App settings that point the function app at this stack. The host reads the rest from
@@ -131,6 +157,7 @@ class LocalStack:
             "ARM_ENDPOINT": self.arm_endpoint,
             "AZURE_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
             "FUNCTIONS_KEY": self.functions_key,
+            "FUNCTIONS_BLOBS_EXTENSION_KEY": self.blobs_extension_key,
         }
 
     # --- service commands ------------------------------------------------------------------------
@@ -165,6 +192,13 @@ class LocalStack:
             cmd = [py, "-m", "infra.local.funchost", "--app-dir", str(REPO_ROOT), "--host", HOST,
                    "--port", str(p.functions)]  # fmt: skip
             return cmd, [p.functions]
+        if name == "eventgrid":
+            subscriptions = self.data_dir / "eventgrid-subscriptions.json"
+            subscriptions.parent.mkdir(parents=True, exist_ok=True)
+            subscriptions.write_text(json.dumps(self.event_subscriptions()))
+            cmd = [py, "-m", "infra.local.eventgrid", "--host", HOST, "--port", str(p.eventgrid),
+                   "--subscriptions", str(subscriptions)]  # fmt: skip
+            return cmd, [p.eventgrid]
         raise StackError(f"unknown service {name!r}; known: {', '.join(SERVICE_ORDER)}")
 
     def service_env(self, name: str) -> dict[str, str]:
@@ -174,6 +208,8 @@ class LocalStack:
         if name == "functions":
             env.update(self.env())
             env.update(self.app_settings())
+        if name == "eventgrid":
+            env["EVENTGRID_STORAGE_CONNECTION_STRING"] = self.connection_string
         env.update(self.extra_env)
         return env
 

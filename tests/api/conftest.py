@@ -12,7 +12,7 @@ from tests.api.stackapp import Api
 
 @pytest.fixture(scope="session")
 def api(local_stack) -> Api:  # type: ignore[no-untyped-def]
-    stack = local_stack.ensure("azurite", "files", "arm", "functions")
+    stack = local_stack.ensure("azurite", "files", "arm", "functions", "eventgrid")
     api = Api(stack)
     deadline = time.monotonic() + 30
     while True:

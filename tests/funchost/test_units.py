@@ -167,3 +167,18 @@ class _Endless:
 
     def read(self, size: int = -1) -> bytes:
         raise AssertionError("the body of an over-limit request was read")
+
+
+def test_stack_env_carries_the_blob_webhook_key_and_subscribes_ingest() -> None:
+    """`make up` writes BLOBS_EXTENSION_KEY to .local/stack.env; the Event Grid stand-in's subscription
+    is the one Bicep makes: training container -> the ingest function's webhook with that key."""
+    from infra.local.stack import LocalStack
+
+    stack = LocalStack()
+    assert stack.env()["BLOBS_EXTENSION_KEY"] == stack.app_settings()["FUNCTIONS_BLOBS_EXTENSION_KEY"]
+    (subscription,) = stack.event_subscriptions()
+    assert subscription["name"] == "ingest-training-data" and subscription["container"] == "training-data"
+    assert subscription["endpoint"] == (
+        f"{stack.functions_url}/runtime/webhooks/blobs?functionName=Host.Functions.ingest"
+        f"&code={stack.env()['BLOBS_EXTENSION_KEY']}"
+    )

@@ -23,7 +23,7 @@ def function_app(local_stack) -> Iterator[Settings]:  # type: ignore[no-untyped-
             "AzureWebJobsStorage": local_stack.connection_string,
             "ARM_EMULATOR_PROVISIONING_DELAY": "1",
         }
-    stack = local_stack.ensure("azurite", "files", "arm", "functions")
+    stack = local_stack.ensure("azurite", "files", "arm", "functions", "eventgrid")
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -24,18 +24,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.functions.blob import InputStream as BlobsInputStream
 from azure.storage.blob import (
     BlobClient,
-    BlobPrefix,
     BlobProperties,
     BlobServiceClient,
     StorageStreamDownloader,
 )
 
+from ..listing import list_blobs_isolated
 from .app import FunctionSpec
 from .config import STORAGE, ConfigError, HostConfig
 from .invoker import Invoker
@@ -80,6 +80,27 @@ def receipt_blob_name(container: str, blob_name: str, prefix: str) -> str:
     if len(name) > MAX_BLOB_NAME:
         name = f"{prefix}{container}/%sha256/{hashlib.sha256(blob_name.encode()).hexdigest()}"
     return name
+
+
+class EventError(ValueError):
+    """An Event Grid event the blob extension cannot read (the webhook answers 400)."""
+
+
+def blob_of_event(service_url: str, event: dict[str, Any]) -> tuple[str, str]:
+    """(container, blob name) of a BlobCreated event, from `data.url` (percent-encoded as the
+    storage service writes it; path-style on the local stack, host-style in Azure)."""
+    data = event.get("data")
+    url = data.get("url") if isinstance(data, dict) else None
+    if not isinstance(url, str) or not url:
+        raise EventError(f"event {event.get('id')!r} has no data.url")
+    path = urlsplit(url).path
+    account_path = urlsplit(service_url).path.rstrip("/")  # /devstoreaccount1 locally, else empty
+    if account_path and path.startswith(account_path + "/"):
+        path = path[len(account_path) :]
+    container, _, raw_name = path.lstrip("/").partition("/")
+    if not container or not raw_name:
+        raise EventError(f"event {event.get('id')!r}: data.url {url!r} names no blob")
+    return container, unquote(raw_name)
 
 
 def connection_string(config: HostConfig, name: str | None, function: str) -> str:
@@ -170,6 +191,11 @@ class BlobTrigger:
     conn_str: str
     host_service: BlobServiceClient  # AzureWebJobsStorage: receipts
 
+    @property
+    def event_grid(self) -> bool:
+        """`source=EventGrid`: fed by the blob webhook; no scan, no receipts, no ETag check."""
+        return str(self.spec.trigger.get("source") or "").lower() == "eventgrid"
+
 
 class BlobTriggers:
     """Poller thread plus a worker pool of maxDegreeOfParallelism threads for all blob triggers."""
@@ -203,12 +229,24 @@ class BlobTriggers:
         self._inflight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(config.max_degree_of_parallelism)  # Event Grid ones
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
+    @property
+    def polled(self) -> list[BlobTrigger]:
+        return [t for t in self.triggers if not t.event_grid]
+
+    def event_grid_trigger(self, function_id: str) -> BlobTrigger | None:
+        """The Event Grid blob trigger the webhook's `functionName` (Host.Functions.<name>) names."""
+        return next(
+            (t for t in self.triggers if t.event_grid and t.spec.function_id.lower() == function_id.lower()),
+            None,
+        )
+
     def start(self) -> None:
-        if not self.triggers:
+        if not self.polled:
             return
         self._pool = ThreadPoolExecutor(self.config.max_degree_of_parallelism, thread_name_prefix="blob")
         self._thread = threading.Thread(target=self._poll, name="blob-poller", daemon=True)
@@ -225,7 +263,7 @@ class BlobTriggers:
     def _poll(self) -> None:
         failing: dict[str, str] = {}
         while not self._stop.is_set():
-            for trigger in self.triggers:
+            for trigger in self.polled:
                 try:
                     self.scan(trigger)
                 except Exception as exc:  # storage down: say so once, not every interval
@@ -253,7 +291,9 @@ class BlobTriggers:
         never the scan's; only a container that cannot be listed at all fails the scan."""
         container = trigger.service.get_container_client(trigger.path.container)
         try:
-            blobs = self._list(trigger, container, trigger.path.prefix, depth=0)
+            blobs = list_blobs_isolated(
+                container, trigger.path.prefix, lambda prefix, exc: self._listing_failed(trigger, prefix, exc)
+            )
         except ResourceNotFoundError:
             return
         for blob in blobs:
@@ -264,47 +304,10 @@ class BlobTriggers:
             except Exception as exc:
                 self._blob_failed(trigger, blob, quoted_etag(blob.etag), exc)
 
-    def _list(self, trigger: BlobTrigger, container: Any, prefix: str, depth: int) -> list[BlobProperties]:
-        """Every blob under `prefix`. A listing the service cannot answer (Azurite answers 500 for a
-        listing holding a name with a control character) is narrowed folder by folder, so only the
-        folder holding that name goes unlisted (logged once), not the container."""
-        try:
-            # No retries here: a listing that fails falls back to the narrower ones below at once
-            # (the SDK's default retries of a 500 take about a minute).
-            found = list(
-                container.list_blobs(name_starts_with=prefix or None, include=["metadata"], retry_total=0)
-            )
-            self._listing_failures.pop((trigger.spec.name, prefix), None)
-            return found
-        except ResourceNotFoundError:
-            raise
-        except HttpResponseError as exc:
-            failure = exc
-        try:
-            narrow = {} if depth == 0 else {"retry_total": 0}  # the container itself: retried as usual
-            items = list(
-                container.walk_blobs(
-                    name_starts_with=prefix or None, include=["metadata"], delimiter="/", **narrow
-                )
-            )
-        except HttpResponseError:
-            if depth == 0:
-                raise
-            self._listing_failed(trigger, prefix, failure)
-            return []
-        blobs: list[BlobProperties] = []
-        for item in items:
-            if isinstance(item, BlobPrefix):
-                if item.name != prefix:
-                    blobs.extend(self._list(trigger, container, item.name, depth + 1))
-            else:
-                blobs.append(item)
-        return blobs
-
     def _listing_failed(self, trigger: BlobTrigger, prefix: str, exc: Exception) -> None:
         key = (trigger.spec.name, prefix)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if self._listing_failures.get(key) != message:
+        if self._listing_failures.get(key) != message:  # once, not every interval
             log.warning(
                 "blobs under %s/%s cannot be listed for %s (%s); the rest of the container is scanned",
                 trigger.path.container, prefix, trigger.spec.name, message,
@@ -420,6 +423,37 @@ class BlobTriggers:
                 if self._stop.is_set():
                     raise
         self._poison(trigger, blob, etag)
+
+    # --- Event Grid source ------------------------------------------------------------------------
+    def deliver_event(self, trigger: BlobTrigger, event: dict[str, Any]) -> bool:
+        """Run the trigger's handler for one BlobCreated event, as the blob extension does in Azure
+        for `source=EventGrid`: no receipt and no ETag check (a duplicate delivery is a duplicate
+        invocation). False when the event is not the trigger's (another container or path) or its
+        blob is gone; an invocation's exception propagates (the webhook answers 500, and Event Grid
+        retries on its schedule, then dead-letters)."""
+        container, blob_name = blob_of_event(trigger.service.url, event)
+        params = trigger.path.match(blob_name) if container == trigger.path.container else None
+        if params is None:
+            log.info(
+                "event for %s/%s does not match %s: ignored", container, blob_name[:300], trigger.spec.name
+            )
+            return False
+        client = trigger.service.get_blob_client(container, blob_name)
+        with self._slots:  # extensions.blobs.maxDegreeOfParallelism
+            try:
+                value = self._binding(trigger, client)
+            except ResourceNotFoundError:
+                log.info("blob %s/%s is gone; %s not run", container, blob_name[:300], trigger.spec.name)
+                return False
+            metadata: dict[str, Any] = {
+                "BlobTrigger": f"{container}/{blob_name}",
+                "Uri": client.url,
+                **params,
+            }
+            self.invoker.invoke(
+                trigger.spec, value, f"New blob detected(EventGrid): {container}/{blob_name}", metadata
+            )
+        return True
 
     def _binding(self, trigger: BlobTrigger, client: BlobClient) -> Any:
         """The value of the trigger argument, by the handler's annotation (InputStream by default)."""

@@ -26,6 +26,7 @@ REQUEST_BODY_LIMIT = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"  # bytes; default 100 M
 HOST_ID = "AzureFunctionsWebHost__hostid"
 FUNCTIONS_KEY = "FUNCTIONS_KEY"
 MASTER_KEY = "FUNCTIONS_MASTER_KEY"
+BLOBS_EXTENSION_KEY = "FUNCTIONS_BLOBS_EXTENSION_KEY"  # the blobs_extension system key (webhook)
 STORAGE = "AzureWebJobsStorage"
 JOB_HOST_PREFIX = "AzureFunctionsJobHost__"  # env overrides of host.json keys, as in Azure
 

@@ -12,9 +12,10 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
+from . import webhooks
 from .app import FunctionSpec, disabled, load_functions
 from .blobs import BlobTriggers
-from .config import FUNCTIONS_KEY, ConfigError, HostConfig, load_config
+from .config import BLOBS_EXTENSION_KEY, FUNCTIONS_KEY, ConfigError, HostConfig, load_config
 from .http import HttpTriggers
 from .invoker import Invoker
 from .timers import TimerTriggers
@@ -77,6 +78,12 @@ class FunctionHost:
         self.blobs = BlobTriggers(config, functions, invoker)
         self.timers = TimerTriggers(config, functions, invoker)
         self.config, self.functions, self.invoker = config, functions, invoker
+        blobs = self.blobs
+        self.http.system_routes[webhooks.PATH] = lambda request: webhooks.handle_blob_webhook(
+            request, config, blobs
+        )
+        if any(t.event_grid for t in blobs.triggers) and not config.get(BLOBS_EXTENSION_KEY):
+            log.warning("%s is not set: the blob webhook answers 401", BLOBS_EXTENSION_KEY)
         keyed = any(r.auth_level != "anonymous" for r in self.http.routes)
         if keyed and not config.get(FUNCTIONS_KEY):
             log.warning("%s is not set: every function- and admin-level route answers 401", FUNCTIONS_KEY)
@@ -100,6 +107,12 @@ class FunctionHost:
                 )
                 base = self.base_url if self.port is not None else ""
                 lines.append(f"{spec.name}: [{methods}] {base}{self.http.url_path(route)}")
+            elif str(spec.trigger.get("source") or "").lower() == "eventgrid":
+                base = self.base_url if self.port is not None else ""
+                lines.append(
+                    f"{spec.name}: blobTrigger (EventGrid) "
+                    f"{base}{webhooks.PATH}?functionName={spec.function_id}"
+                )
             elif spec.trigger_type == "timerTrigger":
                 lines.append(f"{spec.name}: {self.timers.describe(spec.name)}")
             else:

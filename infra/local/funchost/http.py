@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,8 @@ class HttpTriggers:
         routes = [HttpRoute.from_spec(s) for s in specs if s.trigger_type == "httpTrigger"]
         self.routes = sorted(routes, key=lambda r: r.template.sort_key)
         self.body_limit = config.body_limit
+        # Host routes outside routePrefix (`/runtime/webhooks/...`): path -> handler.
+        self.system_routes: dict[str, Callable[[Request], Response]] = {}
 
     def url_path(self, route: HttpRoute) -> str:
         return "/" + "/".join(p for p in (self.prefix, route.template.template.strip("/")) if p)
@@ -64,6 +67,9 @@ class HttpTriggers:
     # --- request handling ------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
         path = request.path
+        system = self.system_routes.get(path.rstrip("/").lower())
+        if system is not None:
+            return system(request)
         if self.prefix:
             head = "/" + self.prefix
             if path.lower() != head.lower() and not path.lower().startswith(head.lower() + "/"):

@@ -90,13 +90,8 @@ def plain(req: func.HttpRequest) -> str:
     return "just a string"
 
 
-# --- Blob ----------------------------------------------------------------------------------------
-@app.function_name("ingest")
-@app.blob_trigger(
-    arg_name="blob", path="%TEST_BLOB_CONTAINER%/{dataset}/{file}", connection="AzureWebJobsStorage",
-    source=func.BlobSource.EVENT_GRID,
-)  # fmt: skip
-def ingest(blob: func.InputStream, context: func.Context) -> None:
+# --- Blob ---------------------------------------------------------------------------------------
+def record_blob(function: str, blob: func.InputStream, context: func.Context) -> None:
     began = time.time()
     digest = hashlib.sha256()
     reads = 0
@@ -107,10 +102,32 @@ def ingest(blob: func.InputStream, context: func.Context) -> None:
     if blob.metadata and blob.metadata.get("sleep"):
         time.sleep(float(blob.metadata["sleep"]))
     record(
-        "ingest", name=blob.name, length=blob.length, uri=blob.uri, sha256=digest.hexdigest(), reads=reads,
+        function, name=blob.name, length=blob.length, uri=blob.uri, sha256=digest.hexdigest(), reads=reads,
         etag=props.get("ETag"), metadata=blob.metadata, invocation_id=context.invocation_id,
         began=began, ended=time.time(),
     )  # fmt: skip
+
+
+@app.function_name("ingest")
+@app.blob_trigger(
+    arg_name="blob", path="%TEST_BLOB_CONTAINER%/{dataset}/{file}", connection="AzureWebJobsStorage"
+)
+def ingest(blob: func.InputStream, context: func.Context) -> None:
+    """Polling mode (no source): scans, receipts, poison queue."""
+    record_blob("ingest", blob, context)
+
+
+@app.function_name("eg_ingest")
+@app.blob_trigger(
+    arg_name="blob", path="%TEST_EG_CONTAINER%/{dataset}/{file}", connection="AzureWebJobsStorage",
+    source=func.BlobSource.EVENT_GRID,
+)  # fmt: skip
+def eg_ingest(blob: func.InputStream, context: func.Context) -> None:
+    """Event Grid source: fed by /runtime/webhooks/blobs; fails for blobs whose metadata says so."""
+    if blob.metadata and blob.metadata.get("fail"):
+        record("eg_ingest_failed", name=blob.name)
+        raise ValueError(f"told to fail on {blob.name}")
+    record_blob("eg_ingest", blob, context)
 
 
 @app.blob_trigger(arg_name="blob", path="%TEST_FAIL_CONTAINER%/{name}", connection="AzureWebJobsStorage")
