@@ -46,7 +46,12 @@ FIGURE_KEYS = {
         "staging.rss_growth_mib",
         "staging.files_emulator_rss_growth_mib",
     ),
-    "monitor": ("monitor.arm_requests", "monitor.pass_s"),
+    "monitor": (
+        "monitor.arm_requests",
+        "monitor.pass_s",
+        "monitor.metrics_arm_requests",
+        "monitor.metrics_pass_s",
+    ),
     "idle": ("idle.after_node_minutes", "idle.emulated_after_node_minutes"),
     "import": ("import.ratio", "import.process_wall_ratio"),
     "demo": ("demo.overhead_s", "demo.overhead_inside_run_s"),

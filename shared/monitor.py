@@ -17,7 +17,9 @@ One pass (``run_monitor``):
    Running jobs' metrics (``shared.metrics``): the new bytes of each one's stdout since the last pass
    (at most READ_BYTES_PER_PASS per run, a few runs at a time, read from the file share, never
    through ARM) are parsed into the run's bounded series; the run record keeps the latest value of
-   each metric. A finishing job's remaining output is read to its end (bounded) before the run is
+   each metric. No read starts later than METRICS_PASS_DEADLINE_SECONDS into the pass: the runs
+   read longest ago go first, and the others wait for the next pass (a thousand chatty jobs cannot
+   stretch it). A finishing job's remaining output is read to its end (bounded) before the run is
    moved, so the finished record and its callback carry the final values.
 3. Node time and idle clusters (``shared.node_time``): from the same cluster listing, each
    cluster's node-minutes are added up in its ledger, each run gets the node-minutes its cluster was
@@ -44,6 +46,7 @@ import dataclasses
 import logging
 import random
 import secrets
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -91,6 +94,7 @@ CALLBACK_WORKERS = 4
 CALLBACK_CLAIM_SECONDS = 120
 STDOUT_NAMES = ("stdout.txt",)
 METRICS_WORKERS = 8  # running jobs whose stdout is read at once
+METRICS_PASS_DEADLINE_SECONDS = 2.0  # into the pass: no metrics read starts later (the rest: next pass)
 FINAL_METRICS_BYTES = 4 * 1024 * 1024  # the most of a finished job's unread stdout parsed for metrics
 
 
@@ -98,8 +102,10 @@ FINAL_METRICS_BYTES = 4 * 1024 * 1024  # the most of a finished job's unread std
 class MonitorReport:
     """What one pass did (logged, and asserted by tests)."""
 
+    started: float = field(default_factory=time.monotonic)  # when the pass began (monotonic clock)
     checked: int = 0
     metrics_read: int = 0  # running jobs whose stdout was read for metrics
+    metrics_deferred: int = 0  # running jobs left for the next pass (the pass's budget was spent)
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, from, to)
     resubmitted: list[str] = field(default_factory=list)
     callbacks: dict[str, str] = field(default_factory=dict)
@@ -564,20 +570,32 @@ def _read_running_metrics(svc: Services, running: list[tuple[RunRecord, Any]], r
     run's alone and the next pass reads again from where the last one stopped."""
     if not running:
         return
+    deadline = report.started + METRICS_PASS_DEADLINE_SECONDS
+    lock = threading.Lock()
 
     def one(item: tuple[RunRecord, Any]) -> None:
         rec, job = item
+        if time.monotonic() > deadline:
+            with lock:
+                report.metrics_deferred += 1
+            return
         try:
             changes = read_metrics(svc, rec, job)
             if changes:
-                _record_latest(svc, rec.run_id, changes)
+                _record_latest(svc, rec, changes)
         except (ComputeError, HttpResponseError, RegistryError, OSError, ValueError) as exc:
             report.errors.append(f"{rec.run_id}: metrics: {exc}")
             log.warning("run %s: metrics not read: %s", rec.run_id, exc, extra=rec.log_extra())
+        with lock:
+            report.metrics_read += 1
 
-    report.metrics_read += len(running)
+    # Least recently written first: every metrics read writes the run, so a run deferred in one
+    # pass is among the first of the next.
+    running = sorted(running, key=lambda item: item[0].updated_at or "")
     with concurrent.futures.ThreadPoolExecutor(min(METRICS_WORKERS, len(running))) as pool:
         list(pool.map(one, running))
+    if report.metrics_deferred:
+        log.info("monitor: metrics of %d running job(s) left for the next pass", report.metrics_deferred)
 
 
 def read_metrics(
@@ -613,8 +631,9 @@ def read_metrics(
     return {"metrics": state.latest() or None, "metrics_offset": state.offset}
 
 
-def _record_latest(svc: Services, run_id: str, changes: dict[str, Any]) -> None:
-    """Copy the latest values onto the run record, unless a later read is there already."""
+def _record_latest(svc: Services, rec: RunRecord, changes: dict[str, Any]) -> None:
+    """Copy the latest values onto the run record, unless a later read is there already (``rec``,
+    as this pass listed it, is tried first without reading the run again)."""
 
     def apply(now: RunRecord) -> None:
         if (now.metrics_offset or 0) > changes["metrics_offset"]:
@@ -623,7 +642,7 @@ def _record_latest(svc: Services, run_id: str, changes: dict[str, Any]) -> None:
         now.metrics_offset = changes["metrics_offset"]
 
     with contextlib.suppress(_Stale):
-        svc.registry.update(run_id, apply)
+        svc.registry.update(rec.run_id, apply, current=rec)
 
 
 class _Stale(Exception):

@@ -37,7 +37,9 @@ FILES = {"train.py": METRICS_PY}
 MANIFEST = {"files": ["train.py"], "script": "train.py", "arguments": "$AZ_BATCHAI_OUTPUT_MODEL"}
 
 
-def test_monitor_reads_metrics_while_the_job_runs(pipeline: Pipeline) -> None:
+def test_monitor_reads_metrics_while_the_job_runs(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = pipeline
     dataset = f"metrics-{uuid.uuid4().hex[:8]}"
     names = p.upload(dataset, FILES, MANIFEST)
@@ -45,7 +47,17 @@ def test_monitor_reads_metrics_while_the_job_runs(pipeline: Pipeline) -> None:
     run_id = results[0].run_id
     seen_while_running: list[int] = []
     deadline = time.monotonic() + 90
+    deferred = False
     while True:
+        rec = p.registry.get(run_id, with_files=False)
+        if rec.state == "running" and not deferred:
+            # A pass past its metrics deadline starts no read: the run waits for the next pass.
+            with monkeypatch.context() as patch:
+                patch.setattr(monitor, "METRICS_PASS_DEADLINE_SECONDS", -1.0)
+                report = run_monitor(p.services)
+            assert (report.metrics_read, report.metrics_deferred) == (0, 1)
+            assert p.registry.get(run_id, with_files=False).metrics_offset == rec.metrics_offset
+            deferred = True
         run_monitor(p.services)
         rec = p.registry.get(run_id, with_files=False)
         if rec.state == "running" and rec.metrics:
@@ -55,6 +67,7 @@ def test_monitor_reads_metrics_while_the_job_runs(pipeline: Pipeline) -> None:
         assert time.monotonic() < deadline, (rec.state, rec.errors)
         time.sleep(0.25)
     assert rec.state == "succeeded", rec.errors
+    assert deferred
     # The curve grew while the job ran: some passes saw only its first epochs.
     assert seen_while_running and min(seen_while_running) < 5, seen_while_running
     assert seen_while_running == sorted(seen_while_running)
