@@ -148,6 +148,9 @@ def test_run_manifest_is_a_valid_run_spec() -> None:
 
     spec = parse_run_spec_json((SAMPLE_DIR / "run.json").read_text(), SpecContext())
     assert spec.toolkit == "pytorch" and spec.script == "ConvNet_MNIST.py"
+    # The lowest idle cost (docs/run-spec.md): nodes only while a job wants them.
+    auto = spec.cluster.auto_scale
+    assert auto is not None and auto.minimum_node_count == 0 and not auto.initial_node_count
     assert set(spec.required_files()) == {
         "ConvNet_MNIST.py", make_dataset.TRAIN_FILE, make_dataset.TEST_FILE,
     }  # fmt: skip
