@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.cleanup import Cleanup
 from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, parse_time
@@ -129,6 +130,12 @@ def test_an_idle_cluster_drops_to_zero_nodes_one_pass_after_the_idle_time_and_sc
     assert rec2.state == "succeeded", rec2.errors
     assert rec2.cluster == name and p.services.cloud.get_cluster(name).created_at == created
     assert ("running", 1, 1) in seen, seen
+
+    # The nightly cleanup still deletes a cluster idle past its threshold (the monitor released it
+    # again after run 2; cleanup deletes it whatever its node count).
+    report, _ = Cleanup(services=p.services).run(now=datetime.now(UTC) + timedelta(hours=1), dry_run=False)
+    deleted = [a for a in report["actions"] if a["kind"] == "delete_cluster"]
+    assert [(a["cluster"], a["result"]) for a in deleted] == [(name, "done")], report
 
 
 def test_with_the_delete_action_an_idle_cluster_is_deleted_and_made_again_for_the_next_run(
