@@ -247,18 +247,11 @@ def download_output(api: ApiClient, output: dict[str, Any], directory: Path) -> 
 
 
 def cmd_teardown(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the run's state and the API's own account of what it did (its `message`: a cluster
+    being deleted is `deleting`, never claimed deleted)."""
     result = ApiClient(settings).delete_run(args.run_id, cluster=args.cluster)
-    extra = []
-    if "job_deleted" in result:
-        extra.append("job deleted" if result["job_deleted"] else "no job to delete")
-    if args.cluster and "cluster_deleted" in result:
-        extra.append("cluster deleted" if result["cluster_deleted"] else "cluster kept")
-    if result.get("message"):
-        extra.append(result["message"])
-    print(
-        f"run {result.get('id', args.run_id)}: {result.get('state')}"
-        + (f" ({'; '.join(extra)})" if extra else "")
-    )
+    message = f" ({result['message']})" if result.get("message") else ""
+    print(f"run {result.get('id', args.run_id)}: {result.get('state')}{message}")
     return 0
 
 
@@ -279,9 +272,13 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_delete_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    """Print what the API answered: deletion is long-running, so the cluster is `deleting`, not gone."""
     result = ApiClient(settings).delete_cluster(args.name, force=args.force)
-    deleted = result.get("deleted", True)
-    print(f"cluster {result.get('name', args.name)} {'deleted' if deleted else 'not found'}")
+    state = "deleting" if result.get("deleting") else "deleted" if result.get("deleted") else "unchanged"
+    line = f"cluster {result.get('name', args.name)}: {state}"
+    if result.get("cancelled_runs"):
+        line += f" (cancelled runs: {', '.join(result['cancelled_runs'])})"
+    print(line)
     return 0
 
 

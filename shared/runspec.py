@@ -46,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.settings import is_loopback_url
+from shared.settings import check_key_vault_secret_url, is_loopback_url
 
 __all__ = [
     "QUICKSTART_ARGUMENTS",
@@ -328,10 +328,7 @@ class KeyVaultSecret(_Strict):
     @field_validator("key_vault_secret_url")
     @classmethod
     def _secret_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.hostname or not parts.path.startswith("/secrets/"):
-            raise ValueError("expected 'https://<vault>.vault.azure.net/secrets/<name>[/<version>]'")
-        return value
+        return check_key_vault_secret_url(value)
 
     @field_validator("key_vault_resource_id")
     @classmethod

@@ -121,6 +121,27 @@ def _https_or_loopback_url(value: str) -> str:
     return value.rstrip("/")
 
 
+_KEY_VAULT_SECRET_PATH = re.compile(r"^/secrets/[0-9A-Za-z-]{1,127}(/[0-9A-Za-z]{1,64})?/?$")
+
+
+def check_key_vault_secret_url(value: str) -> str:
+    """The one check of a Key Vault secret URL (run specs and settings use it):
+    ``https://<vault host>/secrets/<name>[/<version>]``, nothing before ``/secrets/``, no query or
+    fragment; ValueError naming the expected form otherwise."""
+    parts = urlsplit(value)
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or not _KEY_VAULT_SECRET_PATH.match(parts.path)
+    ):
+        raise ValueError(
+            "expected a Key Vault secret URL 'https://<vault>.vault.azure.net/secrets/<name>[/<version>]'"
+        )
+    return value
+
+
 def is_loopback_url(url: str) -> bool:
     """True for URLs whose host is localhost, 127.0.0.0/8 or ::1 (the local stack)."""
     host = urlsplit(url).hostname or ""
@@ -365,13 +386,7 @@ class Settings(BaseModel):
     @field_validator("file_share_key_vault_secret_url")
     @classmethod
     def _secret_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme != "https" or not parts.hostname or "/secrets/" not in parts.path:
-                raise ValueError(
-                    "expected a Key Vault secret URL 'https://<vault>.vault.azure.net/secrets/<name>'"
-                )
-        return value
+        return None if value is None else check_key_vault_secret_url(value)
 
     @field_validator("key_vault_resource_id")
     @classmethod

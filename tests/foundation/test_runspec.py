@@ -399,6 +399,44 @@ def test_spec_context_carries_the_default_vault_from_the_settings() -> None:
     assert SpecContext.from_settings(Settings.from_env(local_stack_values())).key_vault_resource_id is None
 
 
+@pytest.mark.parametrize(
+    ("url", "valid"),
+    [
+        ("https://vault1.vault.azure.net/secrets/token", True),
+        ("https://vault1.vault.azure.net/secrets/token/0123456789abcdef0123456789abcdef", True),
+        ("https://vault1.vault.azure.net/keys/x/secrets/token", False),  # settings took it, specs not
+        ("https://vault1.vault.azure.net/secrets/", False),  # no secret name
+        ("https://vault1.vault.azure.net/secrets/a/b/c", False),
+        ("https://vault1.vault.azure.net/secrets/to_ken", False),  # names are letters, digits, '-'
+        ("https://vault1.vault.azure.net/secrets/token?api-version=7.4", False),
+        ("http://vault1.vault.azure.net/secrets/token", False),
+    ],
+)
+def test_run_specs_and_settings_agree_on_what_a_key_vault_secret_url_is(url: str, valid: bool) -> None:
+    """Issue 18.4: one check serves both (they disagreed on a path with /secrets/ inside it)."""
+    from pydantic import ValidationError
+
+    from shared.settings import Settings, SettingsError, local_stack_values
+
+    spec = {
+        "secret_environment_variables": {"S": {"key_vault_secret_url": url, "key_vault_resource_id": KV_ID}}
+    }
+    try:
+        parse_run_spec(spec, CTX)
+        spec_ok = True
+    except RunSpecError as exc:
+        assert "key_vault_secret_url" in str(exc.errors)
+        spec_ok = False
+    try:
+        Settings.from_env(
+            local_stack_values(FILE_SHARE_KEY_VAULT_SECRET_URL=url, KEY_VAULT_RESOURCE_ID=KV_ID)
+        )
+        settings_ok = True
+    except (SettingsError, ValidationError, ValueError):
+        settings_ok = False
+    assert (spec_ok, settings_ok) == (valid, valid)
+
+
 # --- the operator's narrowing of the trust (docs/security.md) --------------------------------------------
 NARROW = SpecContext(
     allowed_vm_sizes=CTX.allowed_vm_sizes,

@@ -121,7 +121,15 @@ def test_start_idempotent_then_teardown(
     down = cli(function_app, "teardown", run_id)
     assert down.returncode == 0, down.stderr
     assert down.stdout.startswith(f"run {run_id}: cancelled"), down.stdout
+    assert "terminated and deleted)" in down.stdout and "job deleted" not in down.stdout, down.stdout
     watched = cli(function_app, "watch", run_id, "--interval", "0.5")
     assert watched.returncode == 1
     assert watched.stderr.splitlines() == [f"error: run {run_id} ended cancelled"]
     assert "error: Cancelled: cancelled on request" in watched.stdout
+
+    # Issue 18.4: the CLI says what the API said. Deleting a cluster is long-running: the API answers
+    # `deleting` (202), so the CLI must not claim it is deleted.
+    gone = cli(function_app, "delete-cluster", cluster, "--force")
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout.startswith(f"cluster {cluster}: deleting"), gone.stdout
+    assert "deleted" not in gone.stdout
