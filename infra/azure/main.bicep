@@ -547,6 +547,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     vaultSecretsUser
     hostBlobOwner
     hostQueueContributor
+    hostTableContributor
     appInsightsPublisher
   ]
 }
@@ -574,6 +575,19 @@ resource hostQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-0
     principalId: functionApp.identity.principalId
     principalType: 'ServicePrincipal'
     description: 'Functions host queues (blob trigger bookkeeping)'
+  }
+}
+
+// The host also writes diagnostic events to Table storage in its account (Microsoft's Flex Consumption
+// samples grant this role on the host account for it).
+resource hostTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionApp.id, roles.storageTableDataContributor)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Functions host diagnostic events (Table storage)'
   }
 }
 

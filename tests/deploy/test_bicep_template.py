@@ -262,6 +262,7 @@ def test_role_assignments_are_least_privilege_built_in_roles() -> None:
     assert granted == {
         ("hostStorage", "Storage Blob Data Owner", "app"),
         ("hostStorage", "Storage Queue Data Contributor", "app"),
+        ("hostStorage", "Storage Table Data Contributor", "app"),  # the host's diagnostic events
         ("dataStorage", "Storage Blob Data Contributor", "app"),
         ("dataStorage", "Storage File Data Privileged Contributor", "app"),
         ("dataStorage", "Storage Table Data Contributor", "app"),
