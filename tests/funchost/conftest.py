@@ -22,6 +22,7 @@ APP_DIR = Path(__file__).resolve().parent / "app"
 FUNCTIONS_KEY = "test-functions-key"
 ALL_FUNCTIONS = (
     "item_by_id", "item_by_name", "by_key", "echo", "secure", "admin_ping", "boom", "async_double", "plain",
+    "sleepy",
     "ingest", "eg_ingest", "always_fails", "client_binding", "tick", "slow",
 )  # fmt: skip
 

@@ -4,6 +4,7 @@ headers as the handler set them, 500 without a trace, 413 before the handler run
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +142,33 @@ def test_body_over_the_limit_is_413_before_the_handler(host: HostProcess) -> Non
     assert host.log().count("Executing 'Functions.echo'") == executed
     at_limit = requests.post(f"{host.url}/api/echo", data=b"y" * BODY_LIMIT, timeout=10)
     assert at_limit.json()["length"] == BODY_LIMIT
+
+
+def test_time_limits_function_timeout_and_the_http_cutoff(host_factory) -> None:
+    """host.json functionTimeout abandons an invocation and fails it; an HTTP answer later than the
+    front end's limit (230 s in Azure; 1 s here) is a 502 while the function runs on."""
+    settings = {
+        **only("sleepy"),
+        "AzureFunctionsJobHost__functionTimeout": "00:00:03",
+        "FUNCHOST_HTTP_RESPONSE_LIMIT": "1",
+        "FUNCHOST_SHUTDOWN_TIMEOUT": "0.5",
+    }
+    host = host_factory(settings).start()
+    assert requests.get(f"{host.url}/api/sleep/0.1", timeout=10).status_code == 200
+    cut = requests.get(f"{host.url}/api/sleep/2", timeout=10)
+    assert (cut.status_code, cut.text) == (502, "Bad Gateway")
+    host.wait_for(lambda: any(r["seconds"] == 2 for r in host.records("sleepy")), what="the cut-off call")
+    assert host.log().count("Executed 'Functions.sleepy' (Succeeded") == 2  # it ran on to its end
+
+    started = time.monotonic()
+    late = requests.get(f"{host.url}/api/sleep/6", timeout=20)
+    assert late.status_code == 502 and time.monotonic() - started < 3
+    host.wait_for(lambda: "Timeout value of 00:00:03 exceeded by function 'Functions.sleepy'" in host.log())
+    assert "Executed 'Functions.sleepy' (Failed" in host.log()
+    assert host.stop() == 1  # the abandoned invocation still sleeps past the shutdown timeout
+    # functionTimeout shorter than the cutoff: the caller gets the failed invocation's 500 at it.
+    strict = host_factory({**only("sleepy"), "AzureFunctionsJobHost__functionTimeout": "00:00:01"}).start()
+    started = time.monotonic()
+    assert requests.get(f"{strict.url}/api/sleep/4", timeout=20).status_code == 500
+    assert time.monotonic() - started < 3
+    assert "Timeout value of 00:00:01 exceeded by function 'Functions.sleepy'" in strict.log()

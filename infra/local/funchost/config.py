@@ -21,6 +21,9 @@ from typing import Any
 BLOB_POLL_INTERVAL = "FUNCHOST_BLOB_POLL_INTERVAL"  # seconds between blob container scans
 SHUTDOWN_TIMEOUT = "FUNCHOST_SHUTDOWN_TIMEOUT"  # seconds SIGTERM waits for running invocations
 TIMER_STATUS_DIR = "FUNCHOST_TIMER_STATUS_DIR"  # timer status files when no AzureWebJobsStorage
+# Azure's load balancer answers 502 to an HTTP request whose function has not answered in 230 s,
+# whatever functionTimeout says; tests shorten it.
+HTTP_RESPONSE_LIMIT = "FUNCHOST_HTTP_RESPONSE_LIMIT"
 # The real host's own settings.
 REQUEST_BODY_LIMIT = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"  # bytes; default 100 MiB as in Azure
 HOST_ID = "AzureFunctionsWebHost__hostid"
@@ -65,6 +68,28 @@ class HostConfig:
     @property
     def max_degree_of_parallelism(self) -> int:
         return self._int_host(("extensions", "blobs", "maxDegreeOfParallelism"), 8)
+
+    @property
+    def function_timeout(self) -> float | None:
+        """host.json `functionTimeout` (`hh:mm:ss`, or `-1`/`00:00:-1`... for none) in seconds;
+        absent: 30 minutes, the Flex Consumption plan's default."""
+        raw = self.host_value("functionTimeout", default="00:30:00")
+        text = str(raw).strip()
+        if text.startswith("-"):
+            return None
+        match = re.fullmatch(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.\d+)?", text)
+        if not match:
+            raise ConfigError(f"host.json functionTimeout must be hh:mm:ss or -1, got {raw!r}")
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+        if total <= 0:
+            raise ConfigError(f"host.json functionTimeout must be positive, got {raw!r}")
+        return float(total)
+
+    @property
+    def http_response_limit(self) -> float:
+        """Seconds an HTTP invocation has to answer before Azure's front end cuts it off (230)."""
+        return self.float_setting(HTTP_RESPONSE_LIMIT, 230.0)
 
     @property
     def poison_blob_threshold(self) -> int:

@@ -73,7 +73,7 @@ class FunctionHost:
         indexed = load_functions(config.app_dir)
         functions = [f for f in indexed if not disabled(f.name, config.settings)]
         self.disabled = [f.name for f in indexed if disabled(f.name, config.settings)]
-        invoker = Invoker(str(config.app_dir))
+        invoker = Invoker(str(config.app_dir), config.function_timeout)
         self.http = HttpTriggers(config, functions, invoker)
         self.blobs = BlobTriggers(config, functions, invoker)
         self.timers = TimerTriggers(config, functions, invoker)

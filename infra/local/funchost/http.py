@@ -16,7 +16,7 @@ from werkzeug.wrappers import Request, Response
 
 from .app import FunctionSpec
 from .config import FUNCTIONS_KEY, MASTER_KEY, HostConfig
-from .invoker import Invoker
+from .invoker import Invoker, ResponseCutOff
 from .routes import RouteTemplate, compile_route
 
 log = logging.getLogger("funchost")
@@ -98,7 +98,14 @@ class HttpTriggers:
                 http_request,
                 "This function was programmatically called via the host APIs.",
                 route_params,
+                answer_within=self.config.http_response_limit,
             )
+        except ResponseCutOff:
+            log.warning(
+                "%s did not answer within %.0fs: 502, as Azure's front end answers (the function runs on)",
+                route.spec.name, self.config.http_response_limit,
+            )  # fmt: skip
+            return _plain(502, "Bad Gateway")
         except Exception:
             return Response(b"", status=500)
         try:

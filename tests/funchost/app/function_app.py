@@ -85,6 +85,14 @@ async def async_double(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"double": int(req.route_params["n"]) * 2})
 
 
+@app.route(route="sleep/{seconds}", auth_level=func.AuthLevel.ANONYMOUS)
+def sleepy(req: func.HttpRequest) -> func.HttpResponse:
+    seconds = float(req.route_params["seconds"])
+    time.sleep(seconds)
+    record("sleepy", seconds=seconds)
+    return func.HttpResponse(f"slept {seconds}")
+
+
 @app.route(route="plain", auth_level=func.AuthLevel.ANONYMOUS)
 def plain(req: func.HttpRequest) -> str:
     return "just a string"
