@@ -233,6 +233,7 @@ class Backend:
             for node in cluster["meta"]["nodes"]:
                 if node["state"] == "running" and not node.get("job"):
                     node["state"] = "idle"
+                node.pop("mounting", None)  # a node setup cut short by the stop is done again
             self._update_node_counts(cluster)
 
     def save(self) -> None:
@@ -861,7 +862,7 @@ class Backend:
             return
         before = json.dumps([props, meta["nodes"]], sort_keys=True)
         for node in list(meta["nodes"]):
-            if node["state"] == "preparing" and now >= node["ready_at"]:
+            if node["state"] == "preparing" and now >= node["ready_at"] and not node.get("mounting"):
                 self._prepare_node(record, node)
             elif node["state"] == "leaving" and now >= node.get("leave_at", 0):
                 meta["nodes"].remove(node)
@@ -890,12 +891,6 @@ class Backend:
         errors = self.mount_volumes(
             record["meta"]["node_setup"].get("mountVolumes") or {}, mount_root, blob_mounts
         )
-        for mount in blob_mounts:
-            try:
-                blobfs.pull(mount)
-            except blobfs.MountError as exc:
-                errors.append(exc.error)
-        node["blobfs"] = [mount.to_json() for mount in blob_mounts]
         if self.config.node_failure_rate and self.node_random.random() < self.config.node_failure_rate:
             errors.append(
                 {
@@ -904,6 +899,41 @@ class Backend:
                     "details": [],
                 }
             )
+        if blob_mounts and not errors:
+            # Reading containers takes as long as they are big: off the lock, so that nothing else
+            # waits; the node stays `preparing` meanwhile.
+            node["mounting"] = True
+            threading.Thread(
+                target=self._mount_node_containers,
+                args=(record["body"]["id"], node["id"], blob_mounts),
+                name=f"blobfs-{node['id']}",
+                daemon=True,
+            ).start()
+            return
+        self._finish_node_setup(record, node, errors)
+
+    def _mount_node_containers(self, cluster_id: str, node_id: str, mounts: list[BlobMount]) -> None:
+        errors = []
+        for mount in mounts:
+            try:
+                blobfs.pull(mount)
+            except blobfs.MountError as exc:
+                errors.append(exc.error)
+        with self.lock:
+            record = self.state["clusters"].get(resource_key(cluster_id))
+            node = next(
+                (n for n in (record or {}).get("meta", {}).get("nodes", []) if n["id"] == node_id), None
+            )
+            if record is None or node is None or not node.pop("mounting", False):
+                return  # the cluster or node went away meanwhile
+            node["blobfs"] = [mount.to_json() for mount in mounts]
+            self._finish_node_setup(record, node, errors)
+            self._update_node_counts(record)
+            self.dirty = True
+
+    def _finish_node_setup(
+        self, record: dict[str, Any], node: dict[str, Any], errors: list[dict[str, Any]]
+    ) -> None:
         if errors:
             node["state"] = "unusable"
             props = record["body"]["properties"]
