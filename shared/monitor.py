@@ -492,6 +492,9 @@ def _account_clusters(
         except (ComputeError, HttpResponseError, RegistryError) as exc:
             report.errors.append(f"cluster {name}: {exc}")
             log.warning("monitor: cluster %s: node time or release failed: %s", name, exc)
+        except Exception as exc:  # one cluster's surprise must not stop the pass (callbacks follow)
+            report.errors.append(f"cluster {name}: {type(exc).__name__}: {exc}")
+            log.exception("monitor: cluster %s: node time or release failed", name)
 
 
 def _active_users(svc: Services) -> dict[str, list[str]]:
