@@ -22,7 +22,7 @@ APP_DIR = Path(__file__).resolve().parent / "app"
 FUNCTIONS_KEY = "test-functions-key"
 ALL_FUNCTIONS = (
     "item_by_id", "item_by_name", "by_key", "echo", "secure", "admin_ping", "boom", "async_double", "plain",
-    "sleepy",
+    "sleepy", "work",
     "ingest", "eg_ingest", "always_fails", "client_binding", "tick", "slow",
 )  # fmt: skip
 
@@ -30,6 +30,7 @@ BASE_SETTINGS = {
     "FUNCTIONS_KEY": FUNCTIONS_KEY,
     "TEST_BLOB_CONTAINER": "unused-data",
     "TEST_EG_CONTAINER": "unused-eg",
+    "TEST_QUEUE": "unused-queue",
     "FUNCTIONS_BLOBS_EXTENSION_KEY": "test-blobs-extension-key",
     "TEST_FAIL_CONTAINER": "unused-fail",
     "TEST_CLIENT_CONTAINER": "unused-client",

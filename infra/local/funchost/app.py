@@ -18,7 +18,7 @@ from azure.functions.decorators.function_app import FunctionRegister
 
 from .config import ConfigError
 
-SUPPORTED_TRIGGERS = ("httpTrigger", "blobTrigger", "timerTrigger")
+SUPPORTED_TRIGGERS = ("httpTrigger", "blobTrigger", "timerTrigger", "queueTrigger")
 
 
 @dataclass

@@ -100,6 +100,19 @@ class HostConfig:
     def max_dequeue_count(self) -> int:
         return self._int_host(("extensions", "queues", "maxDequeueCount"), 5)
 
+    def queue_int(self, key: str, default: int) -> int:
+        return self._int_host(("extensions", "queues", key), default)
+
+    def queue_seconds(self, key: str, default: float) -> float:
+        """A host.json `extensions.queues` time span (`hh:mm:ss`) in seconds."""
+        raw = self.host_value("extensions", "queues", key, default=None)
+        if raw is None:
+            return default
+        match = re.fullmatch(r"(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)", str(raw).strip())
+        if not match:
+            raise ConfigError(f"host.json extensions.queues.{key} must be hh:mm:ss, got {raw!r}")
+        return int(match.group(1)) * 3600 + int(match.group(2)) * 60 + float(match.group(3))
+
     def _int_host(self, path: tuple[str, ...], default: int) -> int:
         value = self.host_value(*path, default=default)
         try:

@@ -18,6 +18,7 @@ from .blobs import BlobTriggers
 from .config import BLOBS_EXTENSION_KEY, FUNCTIONS_KEY, ConfigError, HostConfig, load_config
 from .http import HttpTriggers
 from .invoker import Invoker
+from .queues import QueueTriggers
 from .timers import TimerTriggers
 
 log = logging.getLogger("funchost")
@@ -61,6 +62,7 @@ class FunctionHost:
         self.http: HttpTriggers | None = None
         self.blobs: BlobTriggers | None = None
         self.timers: TimerTriggers | None = None
+        self.queues: QueueTriggers | None = None
         self._server: BaseWSGIServer | None = None
         self._server_thread: threading.Thread | None = None
 
@@ -77,6 +79,7 @@ class FunctionHost:
         self.http = HttpTriggers(config, functions, invoker)
         self.blobs = BlobTriggers(config, functions, invoker)
         self.timers = TimerTriggers(config, functions, invoker)
+        self.queues = QueueTriggers(config, functions, invoker)
         self.config, self.functions, self.invoker = config, functions, invoker
         blobs = self.blobs
         self.http.system_routes[webhooks.PATH] = lambda request: webhooks.handle_blob_webhook(
@@ -139,6 +142,8 @@ class FunctionHost:
         if self.run_triggers:
             self.blobs.start()
             self.timers.start()
+            assert self.queues is not None
+            self.queues.start()
         log.info("Host started (%d functions)", len(self.functions))
         return self
 
@@ -154,6 +159,8 @@ class FunctionHost:
             self.timers.stop()
         if self.blobs:
             self.blobs.stop()
+        if self.queues:
+            self.queues.stop()
         if self._server is not None:
             self._server.shutdown()
         finished = self.invoker.wait_idle(timeout)

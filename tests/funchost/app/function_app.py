@@ -149,6 +149,15 @@ def client_binding(client: BlobClient) -> None:
     record("client_binding", blob=client.blob_name, size=client.get_blob_properties().size)
 
 
+# --- Queue ---------------------------------------------------------------------------------------
+@app.queue_trigger(arg_name="msg", queue_name="%TEST_QUEUE%", connection="AzureWebJobsStorage")
+def work(msg: func.QueueMessage) -> None:
+    body = msg.get_body().decode()
+    record("work", body=body, dequeue_count=msg.dequeue_count, id=msg.id)
+    if body.startswith("fail"):
+        raise ValueError(f"told to fail: {body}")
+
+
 # --- Timer ---------------------------------------------------------------------------------------
 @app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="timer", use_monitor=True)
 def tick(timer: func.TimerRequest) -> None:
