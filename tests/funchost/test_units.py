@@ -126,10 +126,10 @@ def test_settings_environment_wins_and_host_json_overrides(tmp_path: Path, isola
 def test_unsupported_trigger_and_unset_schedule_setting_are_named(tmp_path: Path, isolated: None) -> None:
     (tmp_path / "function_app.py").write_text(
         "import azure.functions as func\napp = func.FunctionApp()\n"
-        "@app.queue_trigger(arg_name='m', queue_name='q', connection='AzureWebJobsStorage')\n"
-        "def on_message(m: func.QueueMessage) -> None: ...\n"
+        "@app.event_hub_message_trigger(arg_name='m', event_hub_name='h', connection='HUB')\n"
+        "def on_message(m: func.EventHubEvent) -> None: ...\n"
     )
-    with pytest.raises(ConfigError, match=r"on_message: trigger queueTrigger is not supported"):
+    with pytest.raises(ConfigError, match=r"on_message: trigger eventHubTrigger is not supported"):
         FunctionHost(tmp_path).load()
     (tmp_path / "function_app.py").write_text(
         "import azure.functions as func\napp = func.FunctionApp()\n"
