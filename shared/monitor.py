@@ -17,10 +17,11 @@ One pass (``run_monitor``):
    Running jobs' metrics (``shared.metrics``): the new bytes of each one's stdout since the last pass
    (at most READ_BYTES_PER_PASS per run, a few runs at a time, read from the file share, never
    through ARM) are parsed into the run's bounded series; the run record keeps the latest value of
-   each metric. No read starts later than METRICS_PASS_DEADLINE_SECONDS into the pass: the runs
-   read longest ago go first, and the others wait for the next pass (a thousand chatty jobs cannot
-   stretch it). A finishing job's remaining output is read to its end (bounded) before the run is
-   moved, so the finished record and its callback carry the final values.
+   each metric. No read starts later than METRICS_PASS_DEADLINE_SECONDS into the pass, beyond the
+   first METRICS_MIN_READS_PER_PASS: the runs whose metrics were read longest ago go first, and the
+   others wait for the next pass (a thousand chatty jobs cannot stretch it, and a slow pass still
+   moves some curves on). A finishing job's remaining output is read to its end (bounded) before
+   the run is moved, so the finished record and its callback carry the final values.
 3. Node time and idle clusters (``shared.node_time``): from the same cluster listing, each
    cluster's node-minutes are added up in its ledger, each run gets the node-minutes its cluster was
    allocated while it was active and after it, and a cluster whose last queued or running job ended
@@ -95,6 +96,7 @@ CALLBACK_CLAIM_SECONDS = 120
 STDOUT_NAMES = ("stdout.txt",)
 METRICS_WORKERS = 8  # running jobs whose stdout is read at once
 METRICS_PASS_DEADLINE_SECONDS = 2.0  # into the pass: no metrics read starts later (the rest: next pass)
+METRICS_MIN_READS_PER_PASS = 8  # read even past the deadline: a slow pass never starves every curve
 FINAL_METRICS_BYTES = 4 * 1024 * 1024  # the most of a finished job's unread stdout parsed for metrics
 
 
@@ -575,13 +577,15 @@ def _read_running_metrics(svc: Services, running: list[tuple[RunRecord, Any]], r
         return
     deadline = report.started + METRICS_PASS_DEADLINE_SECONDS
     lock = threading.Lock()
+    started = [0]
 
     def one(item: tuple[RunRecord, Any]) -> None:
         rec, job = item
-        if time.monotonic() > deadline:
-            with lock:
+        with lock:
+            if time.monotonic() > deadline and started[0] >= METRICS_MIN_READS_PER_PASS:
                 report.metrics_deferred += 1
-            return
+                return
+            started[0] += 1
         try:
             changes = read_metrics(svc, rec, job)
             if changes:
@@ -592,13 +596,18 @@ def _read_running_metrics(svc: Services, running: list[tuple[RunRecord, Any]], r
         with lock:
             report.metrics_read += 1
 
-    # Least recently written first: every metrics read writes the run, so a run deferred in one
+    # Longest unread first (no metrics yet, then the oldest latest value): a run deferred in one
     # pass is among the first of the next.
-    running = sorted(running, key=lambda item: item[0].updated_at or "")
+    running = sorted(running, key=lambda item: _metrics_read_at(item[0]))
     with concurrent.futures.ThreadPoolExecutor(min(METRICS_WORKERS, len(running))) as pool:
         list(pool.map(one, running))
     if report.metrics_deferred:
         log.info("monitor: metrics of %d running job(s) left for the next pass", report.metrics_deferred)
+
+
+def _metrics_read_at(rec: RunRecord) -> str:
+    """When the run's metrics last got new values ("" for never): ISO times sort as text."""
+    return max((str(p.get("time") or "") for p in (rec.metrics or {}).values()), default="")
 
 
 def read_metrics(

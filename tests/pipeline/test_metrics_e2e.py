@@ -54,9 +54,15 @@ def test_monitor_reads_metrics_while_the_job_runs(
             # A pass past its metrics deadline starts no read: the run waits for the next pass.
             with monkeypatch.context() as patch:
                 patch.setattr(monitor, "METRICS_PASS_DEADLINE_SECONDS", -1.0)
+                patch.setattr(monitor, "METRICS_MIN_READS_PER_PASS", 0)
                 report = run_monitor(p.services)
             assert (report.metrics_read, report.metrics_deferred) == (0, 1)
             assert p.registry.get(run_id, with_files=False).metrics_offset == rec.metrics_offset
+            # ... except for the first METRICS_MIN_READS_PER_PASS: a slow pass never starves them all.
+            with monkeypatch.context() as patch:
+                patch.setattr(monitor, "METRICS_PASS_DEADLINE_SECONDS", -1.0)
+                report = run_monitor(p.services)
+            assert (report.metrics_read, report.metrics_deferred) == (1, 0)
             deferred = True
         run_monitor(p.services)
         rec = p.registry.get(run_id, with_files=False)
