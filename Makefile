@@ -50,7 +50,7 @@ down:
 
 # KEEP_UP=1 keeps the local stack (and the dashboard) up after the run, until Ctrl-C.
 demo: setup
-	$(PY) -m samples.mnist.demo $(if $(KEEP_UP),--keep-up)
+	$(PY) -m samples.mnist.demo --backend $(or $(BACKEND),batchai) $(if $(KEEP_UP),--keep-up)
 
 bench: setup
 	$(PY) -m bench

@@ -51,6 +51,8 @@ FIGURE_KEYS = {
         "monitor.pass_s",
         "monitor.metrics_arm_requests",
         "monitor.metrics_pass_s",
+        "monitor.azureml.arm_requests",
+        "monitor.azureml.pass_s",
     ),
     "idle": ("idle.after_node_minutes", "idle.emulated_after_node_minutes"),
     "import": ("import.ratio", "import.process_wall_ratio"),

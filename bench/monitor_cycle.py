@@ -14,6 +14,10 @@ and writes its series and latest values. The emulator cannot run 1,000 jobs at o
 state and log location come from a thin view over the backend (its listing is still the emulator's,
 one call per experiment), and each job's stdout is a file on the share that the bench appends to
 between passes, as a job writes it; the monitor reads it through the Files emulator as usual.
+
+Both compute backends are measured side by side on the same stack: Batch AI (jobs listed per
+experiment) and Azure ML (`monitor.azureml.*`: the workspace's jobs listed once, 100 a page; its
+jobs are created through the port, the emulator's nodes never finish preparing either).
 """
 
 from __future__ import annotations
@@ -35,24 +39,10 @@ GROUP = "benchmonitor"  # resource group and registry table of the seeded runs
 
 
 def build_services(stack: Any, **overrides: str) -> Any:
-    from azure.data.tables import TableClient
-
-    from shared import clients
-    from shared.batchai_backend import BatchAIBackend
-    from shared.ingest import Services
-    from shared.registry import RunRegistry
+    from shared.ingest import build_services as build
     from shared.settings import Settings
 
-    settings = Settings.from_env(stack_env(stack, **overrides))
-    return Services(
-        settings=settings,
-        registry=RunRegistry(
-            TableClient.from_connection_string(stack.connection_string, settings.runs_table)
-        ),
-        container=clients.training_container(settings),
-        share=clients.share_client(settings),
-        cloud=BatchAIBackend(settings),
-    )
+    return build(Settings.from_env(stack_env(stack, **overrides)))
 
 
 def seed(svc: Any, runs: int, experiments: int) -> list[str]:
@@ -68,15 +58,23 @@ def seed(svc: Any, runs: int, experiments: int) -> list[str]:
     clusters = {}
     for ds in datasets:
         clusters[ds] = cloud.ensure_cluster(spec, ds)
-        cloud.compute.ensure_experiment(bm.experiment_name(ds))
-    params = {ds: bm.job_parameters(spec, ds, clusters[ds].id, svc.settings) for ds in datasets}
+        if cloud.name == "batchai":
+            cloud.compute.ensure_experiment(bm.experiment_name(ds))
+    params = (
+        {ds: bm.job_parameters(spec, ds, clusters[ds].id, svc.settings) for ds in datasets}
+        if cloud.name == "batchai"
+        else {}
+    )
     spec_json = spec.to_json_dict()
 
     def one(i: int) -> str:
         ds = datasets[i % experiments]
         run_id = f"{new_run_id()}-{i:04d}"
         names = cloud.job_names(run_id, ds)
-        cloud.compute.create_job(names.experiment, names.job, params[ds])
+        if cloud.name == "batchai":
+            cloud.compute.create_job(names.experiment, names.job, params[ds])
+        else:  # through the port: Azure ML has no experiment resource
+            cloud.create_job(names, spec, ds, clusters[ds].id)
         svc.registry.create(
             ds,
             run_id=run_id,
@@ -107,9 +105,15 @@ def run(options: BenchOptions) -> list[Figure]:
         saved = arm_admin(stack, "settings")
         arm_admin(stack, "settings", "POST", {"provisioning_delay": 86400, "operation_delay": 0.05})
         try:
-            svc = build_services(stack, RUNS_TABLE=GROUP, BATCHAI_RESOURCE_GROUP=GROUP)
-            figures = measure(svc, stack, runs, experiments, cycles)
-            figures += measure_metrics(svc, stack, runs, cycles)
+            figures = []
+            for backend in ("batchai", "azureml"):  # side by side, on the same stack
+                group = f"{GROUP}{backend}"
+                svc = build_services(
+                    stack, RUNS_TABLE=group, BATCHAI_RESOURCE_GROUP=group, COMPUTE_BACKEND=backend
+                )
+                figures += measure(svc, stack, runs, experiments, cycles, group, backend)
+                if backend == "batchai":
+                    figures += measure_metrics(svc, stack, runs, cycles)
         finally:
             arm_admin(
                 stack, "settings", "POST", {k: saved[k] for k in ("provisioning_delay", "operation_delay")}
@@ -117,7 +121,9 @@ def run(options: BenchOptions) -> list[Figure]:
     return figures
 
 
-def measure(svc: Any, stack: Any, runs: int, experiments: int, cycles: int) -> list[Figure]:
+def measure(
+    svc: Any, stack: Any, runs: int, experiments: int, cycles: int, group: str, backend: str
+) -> list[Figure]:
     from shared.monitor import run_monitor
 
     started = time.perf_counter()
@@ -136,7 +142,7 @@ def measure(svc: Any, stack: Any, runs: int, experiments: int, cycles: int) -> l
         seconds.append(time.perf_counter() - started)
         logged, _ = arm_requests_since(stack, since)
         # Only this pass's: a shared --quick stack also serves a Functions host.
-        logged = [r for r in logged if f"/resourcegroups/{GROUP}/" in r["path"].lower()]
+        logged = [r for r in logged if f"/resourcegroups/{group}/" in r["path"].lower()]
         requests.append(len(logged))
         ops: dict[str, int] = {}
         for r in logged:
@@ -148,10 +154,11 @@ def measure(svc: Any, stack: Any, runs: int, experiments: int, cycles: int) -> l
     med_requests = median(requests)
     med_seconds = median(seconds)
     common = {"runs": cycles}
+    prefix = "monitor" if backend == "batchai" else f"monitor.{backend}"
     return [
         Figure(
-            key="monitor.arm_requests",
-            name=f"monitor pass, {runs} active runs / {experiments} experiments: ARM requests",
+            key=f"{prefix}.arm_requests",
+            name=f"monitor pass ({backend}), {runs} active runs / {experiments} experiments: ARM requests",
             value=med_requests,
             unit="requests",
             target=f"<= {TARGET_REQUESTS}",
@@ -169,8 +176,8 @@ def measure(svc: Any, stack: Any, runs: int, experiments: int, cycles: int) -> l
             **common,
         ),
         Figure(
-            key="monitor.pass_s",
-            name="  monitor pass duration",
+            key=f"{prefix}.pass_s",
+            name=f"  monitor pass duration ({backend})",
             value=round(med_seconds, 3),
             unit="s",
             target=f"<= {TARGET_SECONDS:g} s",
@@ -236,7 +243,8 @@ def measure_metrics(svc: Any, stack: Any, runs: int, cycles: int) -> list[Figure
         report = run_monitor(running)
         seconds.append(time.perf_counter() - started)
         logged, _ = arm_requests_since(stack, since)
-        requests.append(len([r for r in logged if f"/resourcegroups/{GROUP}/" in r["path"].lower()]))
+        group = svc.settings.resource_group.lower()
+        requests.append(len([r for r in logged if f"/resourcegroups/{group}/" in r["path"].lower()]))
         read.append(report.metrics_read)
         deferred.append(report.metrics_deferred)
         errors.extend(report.errors[:5])

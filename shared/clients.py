@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover - type names only; the SDKs are imported l
     from azure.core.pipeline import PipelineRequest
     from azure.data.tables import TableClient, TableServiceClient
     from azure.mgmt.batchai import BatchAI
+    from azure.mgmt.core import ARMPipelineClient
     from azure.mgmt.resource.resources import ResourceManagementClient
     from azure.storage.blob import BlobServiceClient, ContainerClient
     from azure.storage.fileshare import ShareClient, ShareServiceClient
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover - type names only; the SDKs are imported l
 __all__ = [
     "LOCAL_DEV_TOKEN",
     "LocalDevTokenCredential",
+    "arm_pipeline_client",
     "batchai_client",
     "blob_service",
     "credential",
@@ -134,6 +136,32 @@ def resource_client(settings: Settings | None = None) -> ResourceManagementClien
     return _resources(_settings(settings))
 
 
+@functools.lru_cache(maxsize=8)
+def _arm_pipeline(settings: Settings) -> ARMPipelineClient:
+    from azure.core.pipeline import policies
+    from azure.mgmt.core import ARMPipelineClient
+    from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
+
+    scope = settings.arm_endpoint.rstrip("/") + "/.default"
+    return ARMPipelineClient(
+        base_url=settings.arm_endpoint,
+        policies=[
+            policies.RequestIdPolicy(),
+            policies.HeadersPolicy(),
+            policies.UserAgentPolicy(sdk_moniker="batchai-serverless"),
+            make_loopback_http_policy(),
+            policies.RetryPolicy(),  # ARM's throttling and server errors, honouring Retry-After
+            ARMChallengeAuthenticationPolicy(_credential(settings), scope),
+            ARMHttpLoggingPolicy(),
+        ],
+    )
+
+
+def arm_pipeline_client(settings: Settings | None = None) -> ARMPipelineClient:
+    """azure-mgmt-core's ARM pipeline client on ARM_ENDPOINT (REST calls of the Azure ML backend)."""
+    return _arm_pipeline(_settings(settings))
+
+
 def _connection_string(settings: Settings) -> str:
     return settings.storage_connection_string.get_secret_value()
 
@@ -194,5 +222,13 @@ def runs_table(settings: Settings | None = None) -> TableClient:
 
 def reset_clients() -> None:
     """Forget every cached client and credential (tests that change settings)."""
-    for cached in (_credential, _batchai, _resources, _blob_service, _share_service, _table_service):
+    for cached in (
+        _credential,
+        _batchai,
+        _resources,
+        _arm_pipeline,
+        _blob_service,
+        _share_service,
+        _table_service,
+    ):
         cached.cache_clear()

@@ -39,8 +39,9 @@ RETIRED_PROVIDER_CODES = frozenset(
 )
 RETIRED_MESSAGE = (
     "Azure Batch AI (Microsoft.BatchAI) is not available at {endpoint}: Microsoft retired the service on "
-    "2019-03-31, so Azure answers '{code}'. Point ARM_ENDPOINT at the local ARM emulator "
-    "(http://127.0.0.1:10005, see local.settings.json.example) or at a compatible endpoint."
+    "2019-03-31, so Azure answers '{code}'. To train in Azure, set COMPUTE_BACKEND=azureml (Azure Machine "
+    "Learning, its successor; see docs/deploy.md); for Batch AI, point ARM_ENDPOINT at the local ARM "
+    "emulator (http://127.0.0.1:10005, see local.settings.json.example)."
 )
 RETIRED_PUBLIC_MESSAGE = (
     "Microsoft.BatchAI was retired by Microsoft on 2019-03-31 (Azure answers {code}); point ARM_ENDPOINT "

@@ -326,7 +326,11 @@ class ComputeBackend(Protocol):
 
 
 def build_backend(settings: Settings) -> ComputeBackend:
-    """The backend the settings name (one per process, built by ``shared.ingest.build_services``)."""
+    """The backend COMPUTE_BACKEND names (one per process, built by ``shared.ingest.build_services``)."""
+    if str(getattr(settings, "compute_backend", "batchai")) == "azureml":
+        from shared.azureml_backend import AzureMLBackend
+
+        return AzureMLBackend(settings)
     from shared.batchai_backend import BatchAIBackend
 
     return BatchAIBackend(settings)

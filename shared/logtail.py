@@ -16,13 +16,15 @@ __all__ = ["read_tail"]
 CHUNK_BYTES = 64 * 1024
 
 
-def read_tail(url: str, max_bytes: int, *, timeout: float = 30.0) -> bytes:
+def read_tail(url: str, max_bytes: int, *, timeout: float = 30.0, size: int | None = None) -> bytes:
     """The last ``max_bytes`` of the file at ``url`` (b"" for an empty file, which answers a suffix
-    Range with 416). Raises OSError (urllib's URLError/HTTPError, timeouts) or ValueError (a
-    malformed URL); callers decide what a failed read means to them."""
-    if max_bytes <= 0:
+    Range with 416). With the file's ``size`` known the Range is absolute (``bytes=<start>-``): Azure
+    Blob storage does not take suffix ranges. Raises OSError (urllib's URLError/HTTPError, timeouts)
+    or ValueError (a malformed URL); callers decide what a failed read means to them."""
+    if max_bytes <= 0 or size == 0:
         return b""
-    request = urllib.request.Request(url, headers={"Range": f"bytes=-{max_bytes}"})
+    wanted = f"bytes=-{max_bytes}" if size is None else f"bytes={max(0, size - max_bytes)}-"
+    request = urllib.request.Request(url, headers={"Range": wanted})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:

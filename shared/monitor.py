@@ -700,7 +700,7 @@ def stdout_tail(outputs: list[OutputFile], max_bytes: int) -> str | None:
     if stdout is None or not stdout.download_url:
         return None
     try:
-        tail = logtail.read_tail(stdout.download_url, max_bytes)
+        tail = logtail.read_tail(stdout.download_url, max_bytes, size=stdout.size)
     except (OSError, ValueError) as exc:
         log.warning("stdout tail not fetched: %s", type(exc).__name__)
         return None

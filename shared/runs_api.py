@@ -524,8 +524,8 @@ def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
         files = {f.name: f for f in _compute().list_output_files(ref, "stdouterr")}
         if files:
             try:
-                out = _tail_of_url(files["stdout.txt"].download_url, tail) if "stdout.txt" in files else ""
-                err = _tail_of_url(files["stderr.txt"].download_url, tail) if "stderr.txt" in files else ""
+                out = _tail_of_file(files.get("stdout.txt"), tail)
+                err = _tail_of_file(files.get("stderr.txt"), tail)
             except OSError as exc:  # urllib's URLError/HTTPError, timeouts
                 raise ApiError(
                     502, "LogDownloadFailed", f"reading the job's log failed: {_short(exc)}"
@@ -536,14 +536,20 @@ def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
     return "", "", "none"
 
 
-def _tail_of_url(url: str | None, lines: int) -> str:
+def _tail_of_file(item: Any, lines: int) -> str:
+    """The last `lines` lines of an output file (shared.compute_port.OutputItem) or ""."""
+    return "" if item is None else _tail_of_url(item.download_url, lines, size=item.size)
+
+
+def _tail_of_url(url: str | None, lines: int, *, size: int | None = None) -> str:
     """The last `lines` lines of a download URL, reading at most LOG_READ_LIMIT bytes of its end
     (a Range request: the rest of the file never travels)."""
     if not url:
         return ""
     from shared.logtail import read_tail
 
-    return _last_lines(read_tail(url, LOG_READ_LIMIT).decode("utf-8", errors="replace"), lines)
+    data = read_tail(url, LOG_READ_LIMIT, size=size)
+    return _last_lines(data.decode("utf-8", errors="replace"), lines)
 
 
 def _last_lines(text: str, lines: int) -> str:

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "ComputeBackendKind",
     "CredentialKind",
     "Settings",
     "SettingsError",
@@ -66,6 +67,15 @@ class ClusterIdleAction(StrEnum):
     DELETE = "delete"
 
 
+class ComputeBackendKind(StrEnum):
+    """Which training service runs the jobs (shared.compute_port.build_backend)."""
+
+    # Azure Batch AI 2018-05-01: the local stack's default (retired in Azure since 2019).
+    BATCHAI = "batchai"
+    # Azure Machine Learning (Microsoft.MachineLearningServices 2024-10-01): Azure today.
+    AZUREML = "azureml"
+
+
 class CredentialKind(StrEnum):
     """How the app authenticates to Azure Resource Manager."""
 
@@ -78,6 +88,7 @@ class CredentialKind(StrEnum):
 # --- reusable checks ----------------------------------------------------------------------------------
 
 _STORAGE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]$")  # containers and shares
+_AZUREML_WORKSPACE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$")  # Workspaces_Get's pattern
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 # Batch AI 2018-05-01 resource names: ^[-\w_]+$, 1..64 characters (workspace) and resource groups.
 _BATCHAI_NAME = re.compile(r"^[-\w_]{1,64}$")
@@ -237,6 +248,8 @@ class Settings(BaseModel):
     resource_group: str = Field(alias="BATCHAI_RESOURCE_GROUP")
     location: str = Field(alias="BATCHAI_LOCATION")
     workspace: str = Field(default="batchai-workspace", alias="BATCHAI_WORKSPACE")
+    compute_backend: ComputeBackendKind = Field(default=ComputeBackendKind.BATCHAI, alias="COMPUTE_BACKEND")
+    azureml_workspace: str = Field(default="aml-workspace", alias="AZUREML_WORKSPACE")
 
     # Cluster defaults
     default_vm_size: str = Field(default="STANDARD_NC6", alias="DEFAULT_VM_SIZE")
@@ -338,6 +351,13 @@ class Settings(BaseModel):
     def _workspace(cls, value: str) -> str:
         if not _BATCHAI_NAME.match(value):
             raise ValueError("expected a Batch AI workspace name: 1-64 letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("azureml_workspace")
+    @classmethod
+    def _azureml_workspace(cls, value: str) -> str:
+        if not _AZUREML_WORKSPACE.match(value):
+            raise ValueError("expected an Azure ML workspace name: 3-33 letters, digits, '-' and '_'")
         return value
 
     @field_validator("allowed_vm_sizes", mode="before")

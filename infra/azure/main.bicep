@@ -55,6 +55,16 @@ param batchAiLocation string = 'eastus'
 @description('Batch AI workspace name (the app creates it if missing).')
 param batchAiWorkspaceName string = 'batchai-workspace'
 
+@description('Training service: azureml (Azure Machine Learning, the one that works in Azure today) or batchai (retired by Microsoft in 2019; kept for the local stack).')
+@allowed([
+  'azureml'
+  'batchai'
+])
+param computeBackend string = 'azureml'
+
+@description('Azure ML workspace name (computeBackend azureml), created by this template in batchAiResourceGroupName.')
+param azureMlWorkspaceName string = 'aml-workspace'
+
 @description('VM size when a run spec names none; must be in allowedVmSizes.')
 param defaultVmSize string = 'STANDARD_NC6'
 
@@ -516,6 +526,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     BATCHAI_RESOURCE_GROUP: batchAiResourceGroupName
     BATCHAI_LOCATION: batchAiLocation
     BATCHAI_WORKSPACE: batchAiWorkspaceName
+    COMPUTE_BACKEND: computeBackend
+    AZUREML_WORKSPACE: azureMlWorkspaceName
     DEFAULT_VM_SIZE: defaultVmSize
     ALLOWED_VM_SIZES: join(allowedVmSizes, ',')
     CLUSTER_ADMIN_USER: clusterAdminUser

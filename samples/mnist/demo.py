@@ -43,10 +43,12 @@ def shown(path: Path) -> Path:
     return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
-def demo_settings(stack: LocalStack) -> dict[str, str]:
+def demo_settings(stack: LocalStack, backend: str = "batchai") -> dict[str, str]:
     """A monitor pass every second and short emulator delays, so the demo spends its time training,
-    not waiting (the stack itself points the app at its own ports)."""
+    not waiting (the stack itself points the app at its own ports); COMPUTE_BACKEND picks the
+    training service (the emulator speaks both)."""
     return {
+        "COMPUTE_BACKEND": backend,
         "MONITOR_SCHEDULE": "* * * * * *",
         "ARM_EMULATOR_PROVISIONING_DELAY": "1",
         "ARM_EMULATOR_OPERATION_DELAY": "0.2",
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=make_dataset.DEFAULT_TEST, help="test samples")
     parser.add_argument("--epochs", type=int, help="training epochs (default: run.json's)")
     parser.add_argument(
+        "--backend", choices=("batchai", "azureml"), default="batchai", help="COMPUTE_BACKEND of the app"
+    )
+    parser.add_argument(
         "--timeout", type=float, default=600, help="give up on the run after this many seconds"
     )
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".local" / "demo", help="wiped first")
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.data_dir)
     args.data_dir.mkdir(parents=True)
     stack = LocalStack(data_dir=args.data_dir, ports=Ports.free())
-    stack.extra_env = demo_settings(stack)
+    stack.extra_env = demo_settings(stack, args.backend)
     accuracy = None
     try:
         step("starting the local stack: Azurite, Files emulator, ARM emulator, Functions host", started)

@@ -37,13 +37,15 @@ def log_server() -> Iterator[tuple[LogServer, str]]:
             state.ranges.append(wanted)
             body, status = state.body, 200
             found = re.fullmatch(r"bytes=-(\d+)", wanted or "")
-            if state.honour_range and found:
-                if not body:
+            start = re.fullmatch(r"bytes=(\d+)-", wanted or "")  # absolute: Azure Blob storage's form
+            if state.honour_range and (found or start):
+                if not body or (start and int(start.group(1)) >= len(body)):
                     self.send_response(416)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                body, status = body[-int(found.group(1)) :], 206
+                body = body[-int(found.group(1)) :] if found else body[int(start.group(1)) :]
+                status = 206
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -78,6 +80,7 @@ def test_monitor_stdout_tail_reads_only_the_end_of_the_log(log_server) -> None:
     outputs = [OutputFile("stdouterr", "stdout.txt", len(LOG), url)]
     assert monitor.stdout_tail(outputs, 1000) == LOG[-1000:].decode()
     assert state.sent == 1000
+    assert state.ranges == [f"bytes={len(LOG) - 1000}-"]  # the size is known: an absolute range
 
 
 def test_a_server_that_ignores_range_gives_the_same_tail(log_server) -> None:

@@ -50,6 +50,10 @@ FLEX_REJECTED = {
     "SCM_DO_BUILD_DURING_DEPLOYMENT",
 }
 
+# Settings whose deployed default is not the app's: Azure trains through Azure ML (Batch AI is retired
+# there), the local stack keeps Batch AI, the quickstart's service, as its default.
+DEPLOYED_DEFAULTS = {"COMPUTE_BACKEND": "azureml"}
+
 CALLBACK_SECRET = "0123456789abcdef0123456789abcdef"
 
 
@@ -241,6 +245,10 @@ def test_bicep_defaults_are_the_app_defaults() -> None:
         if app_default is None:
             app_default = ""  # an empty app setting counts as missing
         bicep_default = template.value(node)
+        if name in DEPLOYED_DEFAULTS:  # Azure's default differs from the local stack's on purpose
+            assert bicep_default == DEPLOYED_DEFAULTS[name], name
+            compared.append(name)
+            continue
         if isinstance(app_default, int | float) and not isinstance(app_default, bool):
             bicep_default = float(bicep_default)
         assert bicep_default == app_default, (

@@ -16,7 +16,7 @@ from azure.data.tables import TableClient
 from azure.storage.blob import BlobServiceClient
 
 from shared import clients
-from shared.batchai_backend import BatchAIBackend
+from shared.compute_port import build_backend
 from shared.ingest import Services
 from shared.registry import RunRegistry
 from shared.settings import Settings, local_stack_values
@@ -85,7 +85,7 @@ class Pipeline:
             registry=self.registry,
             container=self.container,
             share=clients.share_client(self.settings),
-            cloud=BatchAIBackend(self.settings),
+            cloud=build_backend(self.settings),  # COMPUTE_BACKEND of the overrides
         )
 
     @property
@@ -112,8 +112,18 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(local_stack) -> Iterator[Pipeline]:
+    yield from _pipeline(local_stack)
+
+
+@pytest.fixture
+def azureml_pipeline(local_stack) -> Iterator[Pipeline]:
+    """The same isolated pipeline with COMPUTE_BACKEND=azureml (the emulator's Azure ML provider)."""
+    yield from _pipeline(local_stack, COMPUTE_BACKEND="azureml")
+
+
+def _pipeline(local_stack: Any, **overrides: str) -> Iterator[Pipeline]:
     local_stack.ensure("azurite", "files", "arm")
-    p = Pipeline(local_stack)
+    p = Pipeline(local_stack, **overrides)
     saved = p.arm("/_emulator/settings")
     p.arm("/_emulator/settings", "POST", FAST_ARM)
     with __import__("contextlib").suppress(Exception):

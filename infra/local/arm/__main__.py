@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     app = ArmEmulator(backend, FaultInjector(faults))
     server = make_server(args.host, args.port, app, threaded=True)
     backend.start()
+    app.azureml.start()
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever()
     finally:
+        app.azureml.stop()
         backend.stop()
     return 0
 

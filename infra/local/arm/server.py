@@ -26,6 +26,9 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from infra.local.arm import urls
+from infra.local.arm.azureml import urls as azureml_urls
+from infra.local.arm.azureml.models import AzureMLBackend
+from infra.local.arm.azureml.responses import AzureMLResponses
 from infra.local.arm.faults import FaultInjector, FaultSettings, RequestLog
 from infra.local.arm.legacy import VERSIONS as LEGACY_VERSIONS
 from infra.local.arm.models import BATCHAI_API_VERSION, ArmError, Backend
@@ -74,6 +77,8 @@ class ArmEmulator:
     def __init__(self, backend: Backend, faults: FaultInjector | None = None) -> None:
         self.backend = backend
         self.responses = ArmResponses(backend)
+        self.azureml = AzureMLBackend(backend)  # Microsoft.MachineLearningServices, in its own folder
+        self.azureml_responses = AzureMLResponses(self.azureml)
         self.faults = faults or FaultInjector()
         self.log = RequestLog()
 
@@ -91,8 +96,9 @@ class ArmEmulator:
     # --- ARM requests ----------------------------------------------------------------------------
     def arm(self, request: Request, environ: dict[str, Any]) -> Response | None:
         method, path = request.method.upper(), request.path
+        router = azureml_urls if azureml_urls.owns(path) else urls
         try:
-            route = urls.match(method, path)
+            route = router.match(method, path)
         except LookupError:
             route = None
             not_allowed = True
@@ -155,6 +161,8 @@ class ArmEmulator:
                     if not auth
                     else "Authentication failed. The 'Authorization' header must be 'Bearer <token>'.",
                 )
+            if azureml_urls.owns(request.path):
+                return self._azureml_response(request, route, not_allowed)
             lowered = request.path.lower()
             kind = next(
                 (name for name in PROVIDER_API_VERSIONS if f"/providers/{name.lower()}" in lowered), ""
@@ -204,6 +212,24 @@ class ArmEmulator:
             return error_response(
                 ArmError(500, "InternalServerError", "The ARM emulator failed; see its log.")
             )
+
+    def _azureml_response(
+        self, request: Request, route: tuple[str, str, dict[str, str]] | None, not_allowed: bool
+    ) -> Response:
+        if not_allowed:
+            raise ArmError(
+                405, "MethodNotAllowed", f"The method {request.method} is not allowed on {request.path}."
+            )
+        if route is None:
+            raise ArmError(
+                404, "InvalidResourceType",
+                f"No Microsoft.MachineLearningServices operation at {request.path}.",
+            )  # fmt: skip
+        handler, operation, params = route
+        arm_request = ArmRequest(
+            request.method.upper(), request.path, request.args, request.get_data(), request.host_url
+        )
+        return self.azureml_responses.dispatch(arm_request, handler, operation, params)
 
     # --- admin -----------------------------------------------------------------------------------
     def admin(self, request: Request) -> Response:

@@ -1,0 +1,722 @@
+"""In-memory state of the Microsoft.MachineLearningServices provider, one model class per resource.
+
+Why its own store: Azure ML's resources (workspaces, computes, datastores, environment versions,
+jobs) share nothing with Batch AI's but the resource groups (read from the Batch AI backend, which
+owns Microsoft.Resources) and the node runtime (``infra.local.arm.jobrunner``). Slow cloud operations
+are explicit state progressions advanced by ``AzureMLBackend.advance`` (called by a ticker thread
+and before every read):
+
+- compute: ``Creating`` -> ``Succeeded`` after the operation delay; ``AmlCompute`` nodes move
+  ``preparing`` -> ``idle`` after the provisioning delay, are added up to ``maxNodeCount`` while jobs
+  wait, and removed down to ``minNodeCount`` once idle for ``nodeIdleTimeBeforeScaleDown``;
+  ``allocationState`` is ``Resizing`` while the node count moves or a node prepares.
+- job: ``NotStarted`` -> ``Queued`` -> ``Preparing`` (nodes reserved) -> ``Running`` (local
+  processes) -> ``Finalizing`` (outputs and logs uploaded to the workspace's blob storage) ->
+  ``Completed`` | ``Failed``; cancel: ``CancelRequested`` -> ``Canceled``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infra.local.arm.models import ArmError, now_iso, parse_duration, resource_key
+
+if TYPE_CHECKING:
+    from infra.local.arm.models import Backend
+
+PROVIDER = "Microsoft.MachineLearningServices"
+API_VERSION = "2024-10-01"
+PAGE_SIZE = 100  # jobs per page of Jobs_List (nextLink carries $skipToken)
+ARTIFACT_CONTAINER = "azureml"  # where Azure ML keeps a job's logs: ExperimentRun/dcid.<job>/...
+TERMINAL_JOB_STATES = frozenset({"Completed", "Failed", "Canceled", "NotResponding"})
+NODE_STATES = ("preparing", "running", "idle", "unusable", "leaving", "preempted")
+_DATASTORE_URI = re.compile(r"^azureml://datastores/(?P<ds>[^/]+)/paths/(?P<path>.*)$")
+_EXPR = re.compile(r"\$\{\{\s*(inputs|outputs)\.(\w+)\s*\}\}")
+
+
+def log_blob_name(job: str) -> str:
+    """Where Azure ML writes a command job's combined stdout/stderr in the artifact container."""
+    return f"ExperimentRun/dcid.{job}/user_logs/std_log.txt"
+
+
+@dataclass
+class Workspace:
+    id: str
+    name: str
+    location: str
+    storage_account: str  # account name of properties.storageAccount
+    body: dict[str, Any]
+    guid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def render(self) -> dict[str, Any]:
+        props = {
+            **self.body.get("properties", {}),
+            "provisioningState": "Succeeded",
+            "workspaceId": self.guid,
+        }
+        props.setdefault(
+            "storageAccount",
+            f"/subscriptions/x/resourceGroups/x/providers/Microsoft.Storage/storageAccounts/{self.storage_account}",
+        )
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": f"{PROVIDER}/workspaces",
+            "location": self.location,
+            "properties": props,
+        }
+
+
+@dataclass
+class Node:
+    state: str
+    since: float
+    job: str | None = None
+
+
+@dataclass
+class Compute:
+    id: str
+    name: str
+    location: str
+    body: dict[str, Any]  # the request's properties (computeType, properties)
+    created: float
+    ready_at: float
+    nodes: list[Node] = field(default_factory=list)
+    idle_since: float = 0.0
+    deleting: bool = False
+    transition: float = 0.0
+
+    @property
+    def aml(self) -> dict[str, Any]:
+        return self.body.get("properties") or {}
+
+    @property
+    def scale(self) -> dict[str, Any]:
+        return self.aml.get("scaleSettings") or {}
+
+    @property
+    def min_nodes(self) -> int:
+        return int(self.scale.get("minNodeCount") or 0)
+
+    @property
+    def max_nodes(self) -> int:
+        return int(self.scale.get("maxNodeCount", 1))
+
+    @property
+    def idle_timeout(self) -> float:
+        return parse_duration(self.scale.get("nodeIdleTimeBeforeScaleDown") or "PT2M")
+
+    def provisioning_state(self, now: float) -> str:
+        if self.deleting:
+            return "Deleting"
+        return "Succeeded" if now >= self.ready_at else "Creating"
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(NODE_STATES, 0)
+        for node in self.nodes:
+            counts[node.state] += 1
+        return counts
+
+    def allocation_state(self, target: int) -> str:
+        preparing = any(n.state == "preparing" for n in self.nodes)
+        return "Resizing" if preparing or len(self.nodes) != target else "Steady"
+
+    def render(self, now: float, target: int) -> dict[str, Any]:
+        counts = self.counts()
+        props: dict[str, Any] = {
+            **{k: v for k, v in self.aml.items() if k in ("vmSize", "vmPriority", "scaleSettings", "osType")},
+            "allocationState": self.allocation_state(target),
+            "allocationStateTransitionTime": now_iso(self.transition or self.created),
+            "errors": None,
+            "currentNodeCount": len(self.nodes),
+            "targetNodeCount": target,
+            "nodeStateCounts": {f"{state}NodeCount": counts[state] for state in NODE_STATES},
+        }
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": f"{PROVIDER}/workspaces/computes",
+            "location": self.location,
+            "properties": {
+                "computeType": "AmlCompute",
+                "provisioningState": self.provisioning_state(now),
+                "createdOn": now_iso(self.created),
+                "modifiedOn": now_iso(self.created),
+                "properties": props,
+            },
+        }
+
+
+@dataclass
+class Datastore:
+    id: str
+    name: str
+    body: dict[str, Any]
+    created: float
+
+    def render(self) -> dict[str, Any]:
+        props = {k: v for k, v in self.body.get("properties", {}).items() if k != "credentials"}
+        credentials = self.body.get("properties", {}).get("credentials") or {"credentialsType": "None"}
+        answered: dict[str, Any] = {"credentialsType": credentials.get("credentialsType", "None")}
+        if "secrets" in credentials:  # the secrets' type only: their values are never answered
+            answered["secrets"] = {"secretsType": credentials["secrets"].get("secretsType")}
+        props["credentials"] = answered
+        props.setdefault("isDefault", False)
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": f"{PROVIDER}/workspaces/datastores",
+            "properties": props,
+            "systemData": {
+                "createdAt": now_iso(self.created),
+                "createdBy": "emulator",
+                "createdByType": "User",
+            },
+        }
+
+    def root(self, files_root: Path, data_dir: Path) -> Path | None:
+        """The local directory the datastore's data lives in (an Azure File share of the Files
+        emulator), or None when it is a blob container (read through Azurite instead)."""
+        props = self.body.get("properties", {})
+        if props.get("datastoreType") == "AzureFile":
+            return files_root / props["accountName"] / props["fileShareName"]
+        return None
+
+
+@dataclass
+class EnvironmentVersion:
+    id: str
+    name: str
+    version: str
+    body: dict[str, Any]
+    created: float
+
+    def render(self) -> dict[str, Any]:
+        props = dict(self.body.get("properties", {}))
+        props.setdefault("osType", "Linux")
+        props["provisioningState"] = "Succeeded"
+        props.setdefault("isArchived", False)
+        return {
+            "id": self.id,
+            "name": self.version,
+            "type": f"{PROVIDER}/workspaces/environments/versions",
+            "properties": props,
+            "systemData": {
+                "createdAt": now_iso(self.created),
+                "createdBy": "emulator",
+                "createdByType": "User",
+            },
+        }
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    workspace_key: str
+    body: dict[str, Any]
+    created: float
+    status: str = "NotStarted"
+    status_since: float = 0.0
+    compute_key: str | None = None
+    key: str = field(default_factory=lambda: str(uuid.uuid4()))  # the job runner's key
+    exit_code: int | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    deleting: bool = False
+    paths: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def props(self) -> dict[str, Any]:
+        return self.body.get("properties", {})
+
+    @property
+    def instance_count(self) -> int:
+        return int((self.props.get("resources") or {}).get("instanceCount") or 1)
+
+    def render(self) -> dict[str, Any]:
+        props = dict(self.props)
+        props["status"] = self.status
+        props.setdefault("experimentName", "Default")
+        props.setdefault("displayName", self.name)
+        props["services"] = {
+            "Studio": {"jobServiceType": "Studio", "endpoint": f"https://ml.azure.com/runs/{self.name}"}
+        }
+        props.pop("secretsConfiguration", None)
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": f"{PROVIDER}/workspaces/jobs",
+            "properties": props,
+            "systemData": {
+                "createdAt": now_iso(self.created),
+                "createdBy": "emulator",
+                "createdByType": "User",
+            },
+        }
+
+
+@dataclass
+class Operation:
+    id: str
+    done_at: float
+    kind: str  # "compute" or "mfe": the path segment of the status URL
+    on_done: Any = None
+    status: str = "InProgress"
+
+
+class AzureMLBackend:
+    """The provider's store, clock and state progressions."""
+
+    def __init__(self, main: Backend) -> None:
+        self.main = main  # resource groups, config, the files root
+        self.config = main.config
+        self.lock = threading.RLock()
+        self.workspaces: dict[str, Workspace] = {}
+        self.computes: dict[str, Compute] = {}
+        self.datastores: dict[str, Datastore] = {}
+        self.environments: dict[str, EnvironmentVersion] = {}
+        self.jobs: dict[str, Job] = {}
+        self.operations: dict[str, Operation] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        from infra.local.arm.azureml.runner import AzureMLJobs
+
+        self.runner = AzureMLJobs(self)
+
+    # --- clock -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="azureml-clock", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.runner.shutdown()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.tick_interval * 2):
+            with contextlib.suppress(Exception):
+                self.advance()
+
+    def advance(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.lock:
+            for op in list(self.operations.values()):
+                if op.status == "InProgress" and now >= op.done_at:
+                    op.status = "Succeeded"
+                    if op.on_done is not None:
+                        op.on_done()
+            for key, compute in list(self.computes.items()):
+                self._advance_compute(key, compute, now)
+            for job in list(self.jobs.values()):
+                self._advance_job(job, now)
+
+    def new_operation(self, kind: str, on_done: Any = None, delay: float | None = None) -> str:
+        op_id = str(uuid.uuid4())
+        wait = self.config.operation_delay if delay is None else delay
+        self.operations[op_id] = Operation(op_id, time.time() + wait, kind, on_done)
+        return op_id
+
+    # --- ids -------------------------------------------------------------------------------------
+    @staticmethod
+    def workspace_id(sub: str, rg: str, ws: str) -> str:
+        return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{PROVIDER}/workspaces/{ws}"
+
+    def require_workspace(self, sub: str, rg: str, ws: str) -> Workspace:
+        self.main.require_group(sub, rg)
+        found = self.workspaces.get(resource_key(self.workspace_id(sub, rg, ws)))
+        if found is None:
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{PROVIDER}/workspaces/{ws}' under resource group '{rg}' was not found.",
+            )
+        return found
+
+    # --- workspaces ------------------------------------------------------------------------------
+    def put_workspace(self, sub: str, rg: str, ws: str, body: dict[str, Any]) -> tuple[int, Workspace]:
+        with self.lock:
+            self.main.require_group(sub, rg)
+            wid = self.workspace_id(sub, rg, ws)
+            key = resource_key(wid)
+            storage = (body.get("properties") or {}).get("storageAccount") or ""
+            account = storage.rstrip("/").rsplit("/", 1)[-1] or next(
+                iter(self.config.storage_keys), "devstoreaccount1"
+            )
+            existing = self.workspaces.get(key)
+            workspace = Workspace(wid, ws, body.get("location") or self.config.location, account, body)
+            if existing is not None:
+                workspace.guid = existing.guid
+            self.workspaces[key] = workspace
+            # Azure ML registers the workspace's default blob datastore and its artifact store.
+            blob = f"{wid}/datastores/workspaceblobstore"
+            self.datastores.setdefault(
+                resource_key(blob),
+                Datastore(
+                    blob,
+                    "workspaceblobstore",
+                    {
+                        "properties": {
+                            "datastoreType": "AzureBlob",
+                            "accountName": account,
+                            "containerName": f"azureml-blobstore-{workspace.guid}",
+                            "isDefault": True,
+                            "credentials": {
+                                "credentialsType": "AccountKey",
+                                "secrets": {"secretsType": "AccountKey"},
+                            },
+                        }
+                    },
+                    time.time(),
+                ),
+            )
+            return (200 if existing else 201), workspace
+
+    def get_workspace(self, sub: str, rg: str, ws: str) -> Workspace:
+        with self.lock:
+            return self.require_workspace(sub, rg, ws)
+
+    # --- computes --------------------------------------------------------------------------------
+    def put_compute(
+        self, sub: str, rg: str, ws: str, name: str, body: dict[str, Any]
+    ) -> tuple[int, Compute, str]:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            props = body.get("properties") or {}
+            if props.get("computeType") != "AmlCompute":
+                raise ArmError(
+                    400,
+                    "BadRequest",
+                    f"computeType {props.get('computeType')!r} is not supported "
+                    "by this emulator: only AmlCompute",
+                    target="properties.computeType",
+                )
+            cid = f"{workspace.id}/computes/{name}"
+            key = resource_key(cid)
+            existing = self.computes.get(key)
+            now = time.time()
+            if existing is not None:
+                if existing.deleting:
+                    raise ArmError(409, "Conflict", f"Compute {name} is being deleted.")
+                existing.body = props
+                return 200, existing, self.new_operation("compute", delay=0)
+            compute = Compute(
+                cid,
+                name,
+                body.get("location") or workspace.location,
+                props,
+                now,
+                now + self.config.operation_delay,
+                transition=now,
+            )
+            self.computes[key] = compute
+            return 201, compute, self.new_operation("compute")
+
+    def patch_compute(self, sub: str, rg: str, ws: str, name: str, body: dict[str, Any]) -> Compute:
+        with self.lock:
+            compute = self.get_compute(sub, rg, ws, name)
+            scale = ((body.get("properties") or {}).get("properties") or {}).get("scaleSettings")
+            if scale:
+                compute.body.setdefault("properties", {})["scaleSettings"] = scale
+            return compute
+
+    def get_compute(self, sub: str, rg: str, ws: str, name: str) -> Compute:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            compute = self.computes.get(resource_key(f"{workspace.id}/computes/{name}"))
+            if compute is None:
+                raise ArmError(404, "ResourceNotFound", f"Compute {name} not found in workspace {ws}.")
+            return compute
+
+    def list_computes(self, sub: str, rg: str, ws: str) -> list[Compute]:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            prefix = resource_key(workspace.id) + "/computes/"
+            return [c for k, c in sorted(self.computes.items()) if k.startswith(prefix)]
+
+    def delete_compute(self, sub: str, rg: str, ws: str, name: str) -> str | None:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            key = resource_key(f"{workspace.id}/computes/{name}")
+            compute = self.computes.get(key)
+            if compute is None:
+                return None
+            compute.deleting = True
+            return self.new_operation("compute", on_done=lambda: self.computes.pop(key, None))
+
+    def target_nodes(self, key: str, compute: Compute) -> int:
+        wanted = sum(
+            j.instance_count
+            for j in self.jobs.values()
+            if j.compute_key == key and j.status in ("Queued", "Preparing", "Running", "Finalizing")
+        )
+        if (
+            wanted == 0
+            and compute.nodes
+            and compute.idle_since
+            and time.time() - compute.idle_since < compute.idle_timeout
+        ):
+            return max(len(compute.nodes), compute.min_nodes)  # idle nodes stay until the timeout
+        return max(compute.min_nodes, min(compute.max_nodes, wanted))
+
+    def _advance_compute(self, key: str, compute: Compute, now: float) -> None:
+        if compute.provisioning_state(now) != "Succeeded":
+            return
+        for node in compute.nodes:
+            if node.state == "preparing" and now - node.since >= self.config.provisioning_delay:
+                node.state, node.since = "idle", now
+                compute.transition = now
+        busy = any(n.state == "running" for n in compute.nodes)
+        if busy:
+            compute.idle_since = 0.0
+        elif not compute.idle_since:
+            compute.idle_since = now
+        target = self.target_nodes(key, compute)
+        while len(compute.nodes) < target:
+            compute.nodes.append(Node("preparing", now))
+            compute.transition = now
+        if len(compute.nodes) > target:
+            idle = [n for n in compute.nodes if n.state in ("idle", "preparing")]
+            for node in idle[: len(compute.nodes) - target]:
+                compute.nodes.remove(node)
+                compute.transition = now
+
+    # --- datastores, environments ----------------------------------------------------------------
+    def put_datastore(
+        self, sub: str, rg: str, ws: str, name: str, body: dict[str, Any]
+    ) -> tuple[int, Datastore]:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            did = f"{workspace.id}/datastores/{name}"
+            existing = self.datastores.get(resource_key(did))
+            store = Datastore(did, name, body, existing.created if existing else time.time())
+            self.datastores[resource_key(did)] = store
+            return (200 if existing else 201), store
+
+    def get_datastore(self, sub: str, rg: str, ws: str, name: str) -> Datastore:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            found = self.datastores.get(resource_key(f"{workspace.id}/datastores/{name}"))
+            if found is None:
+                raise ArmError(404, "UserError", f"Datastore {name} not found in workspace {ws}.")
+            return found
+
+    def delete_datastore(self, sub: str, rg: str, ws: str, name: str) -> bool:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            return self.datastores.pop(resource_key(f"{workspace.id}/datastores/{name}"), None) is not None
+
+    def put_environment(
+        self, sub: str, rg: str, ws: str, name: str, version: str, body: dict[str, Any]
+    ) -> tuple[int, EnvironmentVersion]:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            eid = f"{workspace.id}/environments/{name}/versions/{version}"
+            existing = self.environments.get(resource_key(eid))
+            if existing is not None and existing.body.get("properties", {}).get("image") != body.get(
+                "properties", {}
+            ).get("image"):
+                raise ArmError(
+                    409,
+                    "UserError",
+                    f"Environment {name}:{version} exists with another image; versions are immutable.",
+                )
+            env = EnvironmentVersion(eid, name, version, body, existing.created if existing else time.time())
+            self.environments[resource_key(eid)] = env
+            return (200 if existing else 201), env
+
+    def get_environment(self, sub: str, rg: str, ws: str, name: str, version: str) -> EnvironmentVersion:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            found = self.environments.get(
+                resource_key(f"{workspace.id}/environments/{name}/versions/{version}")
+            )
+            if found is None:
+                raise ArmError(404, "UserError", f"Environment {name}:{version} not found in workspace {ws}.")
+            return found
+
+    def delete_environment(self, sub: str, rg: str, ws: str, name: str, version: str) -> bool:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            key = resource_key(f"{workspace.id}/environments/{name}/versions/{version}")
+            return self.environments.pop(key, None) is not None
+
+    # --- jobs ------------------------------------------------------------------------------------
+    def put_job(self, sub: str, rg: str, ws: str, name: str, body: dict[str, Any]) -> tuple[int, Job]:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            jid = f"{workspace.id}/jobs/{name}"
+            key = resource_key(jid)
+            existing = self.jobs.get(key)
+            if existing is not None:
+                if existing.deleting:
+                    raise ArmError(409, "UserError", f"Job {name} is being deleted.")
+                return 200, existing  # a job's definition cannot change; a replay gets it back
+            props = body.get("properties") or {}
+            compute_id = props.get("computeId") or ""
+            compute_key = resource_key(compute_id)
+            if compute_key not in self.computes:
+                raise ArmError(
+                    400,
+                    "UserError",
+                    f"Compute {compute_id!r} of job {name} does not exist in the workspace.",
+                    target="properties.computeId",
+                )
+            env_key = resource_key(props.get("environmentId") or "")
+            if env_key not in self.environments:
+                raise ArmError(
+                    400,
+                    "UserError",
+                    f"Environment {props.get('environmentId')!r} of job {name} does not exist.",
+                    target="properties.environmentId",
+                )
+            for input_name, spec in (props.get("inputs") or {}).items():
+                if (
+                    spec.get("jobInputType") in ("uri_folder", "uri_file")
+                    and self.resolve_uri(workspace, spec.get("uri", "")) is None
+                ):
+                    raise ArmError(
+                        400,
+                        "UserError",
+                        f"Input {input_name}: {spec.get('uri')!r} is not a datastore "
+                        "URI of this workspace (azureml://datastores/<name>/paths/<path>).",
+                        target=f"properties.inputs.{input_name}.uri",
+                    )
+            now = time.time()
+            job = Job(
+                jid, name, resource_key(workspace.id), body, now, status_since=now, compute_key=compute_key
+            )
+            self.jobs[key] = job
+            return 201, job
+
+    def get_job(self, sub: str, rg: str, ws: str, name: str) -> Job:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            job = self.jobs.get(resource_key(f"{workspace.id}/jobs/{name}"))
+            if job is None:
+                raise ArmError(404, "UserError", f"Job {name} not found in workspace {ws}.")
+            return job
+
+    def list_jobs(self, sub: str, rg: str, ws: str) -> list[Job]:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            wkey = resource_key(workspace.id)
+            return sorted(
+                (j for j in self.jobs.values() if j.workspace_key == wkey and not j.deleting),
+                key=lambda j: (j.created, j.name),
+            )
+
+    def cancel_job(self, sub: str, rg: str, ws: str, name: str) -> str:
+        with self.lock:
+            job = self.get_job(sub, rg, ws, name)
+            if job.status not in TERMINAL_JOB_STATES:
+                self._set_status(job, "CancelRequested")
+                self.runner.kill(job)
+                if job.status == "CancelRequested" and not self.runner.running(job):
+                    self._release(job)
+                    self._set_status(job, "Canceled")
+            return self.new_operation("mfe")
+
+    def delete_job(self, sub: str, rg: str, ws: str, name: str) -> str | None:
+        with self.lock:
+            workspace = self.require_workspace(sub, rg, ws)
+            key = resource_key(f"{workspace.id}/jobs/{name}")
+            job = self.jobs.get(key)
+            if job is None:
+                return None
+            job.deleting = True
+            self.runner.kill(job)
+            self._release(job)
+            return self.new_operation("mfe", on_done=lambda: self.jobs.pop(key, None))
+
+    def _set_status(self, job: Job, status: str) -> None:
+        job.status, job.status_since = status, time.time()
+
+    def _release(self, job: Job) -> None:
+        compute = self.computes.get(job.compute_key or "")
+        if compute is None:
+            return
+        for node in compute.nodes:
+            if node.job == job.key:
+                node.state, node.job, node.since = "idle", None, time.time()
+
+    def _advance_job(self, job: Job, now: float) -> None:
+        if job.deleting:
+            return
+        if job.status == "NotStarted":
+            self._set_status(job, "Queued")
+        elif job.status == "Queued":
+            compute = self.computes.get(job.compute_key or "")
+            if compute is None:
+                job.errors.append({"code": "ComputeNotFound", "message": "the job's compute was deleted"})
+                self._set_status(job, "Failed")
+                return
+            idle = [n for n in compute.nodes if n.state == "idle"]
+            if len(idle) >= job.instance_count:
+                for node in idle[: job.instance_count]:
+                    node.state, node.job, node.since = "running", job.key, now
+                self._set_status(job, "Preparing")
+        elif job.status == "Preparing":
+            self._set_status(job, "Running")
+            self.runner.start(job)
+
+    def job_exited(self, job: Job, exit_code: int | None, errors: list[dict[str, Any]]) -> None:
+        """The job runner's report: the processes ended; upload, then the final state."""
+        with self.lock:
+            if job.deleting:
+                return
+            job.exit_code = exit_code
+            job.errors.extend(errors)
+            cancelled = job.status == "CancelRequested"
+            self._set_status(job, "Finalizing")
+        self.runner.upload(job)
+        with self.lock:
+            self._release(job)
+            final = (
+                "Canceled" if cancelled else ("Completed" if exit_code == 0 and not job.errors else "Failed")
+            )
+            self._set_status(job, final)
+
+    # --- data --------------------------------------------------------------------------------------
+    def resolve_uri(self, workspace: Workspace, uri: str) -> Path | None:
+        """``azureml://datastores/<name>/paths/<path>`` on an Azure File datastore to the Files
+        emulator's directory; None for anything else (or a path that climbs out)."""
+        m = _DATASTORE_URI.match(uri)
+        if not m:
+            return None
+        store = self.datastores.get(resource_key(f"{workspace.id}/datastores/{m['ds']}"))
+        if store is None:
+            return None
+        root = store.root(Path(self.config.files_root), Path(self.config.data_dir))
+        parts = [p for p in m["path"].split("/") if p]
+        if root is None or any(p in (".", "..") for p in parts):
+            return None
+        return root.joinpath(*parts)
+
+    def blob_location(self, workspace: Workspace, uri: str) -> tuple[str, str, str] | None:
+        """(account, container, prefix) of an ``azureml://datastores/<blob datastore>/paths/...``."""
+        m = _DATASTORE_URI.match(uri)
+        if not m:
+            return None
+        store = self.datastores.get(resource_key(f"{workspace.id}/datastores/{m['ds']}"))
+        props = (store.body.get("properties") or {}) if store else {}
+        if props.get("datastoreType") != "AzureBlob":
+            return None
+        return props["accountName"], props["containerName"], m["path"].strip("/")
+
+
+def substitute(command: str, values: dict[str, dict[str, str]]) -> str:
+    """Replace ``${{inputs.X}}`` / ``${{outputs.X}}`` with the job's local paths, as Azure ML does."""
+
+    def repl(m: re.Match[str]) -> str:
+        found = values[m.group(1)].get(m.group(2))
+        return m.group(0) if found is None else found
+
+    return _EXPR.sub(repl, command)

@@ -1,0 +1,197 @@
+"""Azure ML command jobs as local processes, through the same job runner as Batch AI jobs.
+
+Why an adapter: ``infra.local.arm.jobrunner.JobRunner`` runs a node's processes (process groups,
+ranks, kill on cancel, exit codes) for a Batch AI-shaped job. A command job is handed to it as one:
+its command, with ``${{inputs.X}}`` replaced by the input's directory on the Files emulator's tree
+(resolved through the job's datastore) and ``${{outputs.X}}`` by a local output directory, runs as
+``customToolkit`` (one process) or ``customMpi`` (a distribution's process count). When it exits, the
+outputs are uploaded to the blob datastore the output names (by default ``workspaceblobstore`` at
+``azureml/<job>/<output>/``) and stdout then stderr to ``ExperimentRun/dcid.<job>/user_logs/std_log.txt``
+in the workspace's ``azureml`` container: where Azure ML puts them, read back through Azurite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infra.local.arm.azureml.models import ARTIFACT_CONTAINER, Job, log_blob_name, substitute
+from infra.local.arm.blobfs import account_endpoint
+from infra.local.arm.jobrunner import JobRunner
+
+if TYPE_CHECKING:
+    from infra.local.arm.azureml.models import AzureMLBackend
+
+log = logging.getLogger(__name__)
+
+
+class _NodeHost:
+    """What JobRunner needs of its backend, for Azure ML jobs."""
+
+    def __init__(self, owner: AzureMLJobs) -> None:
+        self.owner = owner
+        self.config = owner.backend.config
+        self.lock = threading.RLock()
+        self.state: dict[str, Any] = {"jobs": {}}
+        self.dirty = False
+
+    def mount_volumes(self, volumes: dict[str, Any], mount_root: Path) -> list[dict[str, Any]]:
+        return []
+
+    def log_pid(self, job_uuid: str, pid: int) -> None:
+        pass
+
+    def job_process_exited(self, key: str, exit_code: int | None, errors: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self.state["jobs"].pop(key, None)
+        job = self.owner.by_key.pop(key, None)
+        if job is not None:
+            self.owner.backend.job_exited(job, exit_code, errors)
+
+
+class AzureMLJobs:
+    def __init__(self, backend: AzureMLBackend) -> None:
+        self.backend = backend
+        self.host = _NodeHost(self)
+        self.runner = JobRunner(self.host)  # type: ignore[arg-type]
+        self.by_key: dict[str, Job] = {}
+
+    @property
+    def root(self) -> Path:
+        return Path(self.backend.config.data_dir) / "azureml"
+
+    def running(self, job: Job) -> bool:
+        return job.key in self.by_key
+
+    def start(self, job: Job) -> None:
+        """Resolve inputs and outputs, then start the job's processes (caller holds the lock)."""
+        props = job.props
+        workspace = next(w for k, w in self.backend.workspaces.items() if k == job.workspace_key)
+        job_dir = self.root / "jobs" / job.key
+        values: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}}
+        errors: list[dict[str, Any]] = []
+        for name, spec in (props.get("inputs") or {}).items():
+            if spec.get("jobInputType") == "literal":
+                values["inputs"][name] = str(spec.get("value", ""))
+                continue
+            path = self.backend.resolve_uri(workspace, spec.get("uri", ""))
+            if path is None or not path.exists():
+                errors.append(
+                    {"code": "InputNotFound", "message": f"input {name}: {spec.get('uri')} not found"}
+                )
+                continue
+            values["inputs"][name] = str(path)
+        for name in props.get("outputs") or {}:
+            path = job_dir / "outputs" / name
+            path.mkdir(parents=True, exist_ok=True)
+            values["outputs"][name] = str(path)
+        job.paths = {"outputs": dict(values["outputs"]), "job_dir": str(job_dir)}
+        command = substitute(props.get("command") or "true", values)
+        distribution = props.get("distribution") or {}
+        count = job.instance_count * int(distribution.get("processCountPerInstance") or 1)
+        if distribution.get("distributionType") == "TensorFlow":
+            count = int(distribution.get("workerCount") or job.instance_count)
+        parts = job.id.strip("/").split(
+            "/"
+        )  # subscriptions/<sub>/resourceGroups/<rg>/.../workspaces/<ws>/jobs/<n>
+        experiment = props.get("experimentName") or "Default"
+        segment = (
+            f"{parts[1]}/{parts[3]}/workspaces/{parts[7]}/experiments/{experiment}/jobs/{job.name}/{job.key}"
+        )
+        # The environment's python is the emulator's job interpreter (images are recorded, not pulled).
+        python_bin = str(Path(self.backend.config.job_python or sys.executable).parent)
+        env = {
+            **(props.get("environmentVariables") or {}),
+            "PATH": os.pathsep.join([python_bin, os.environ.get("PATH", "")]),
+        }
+        body = {
+            "jobOutputDirectoryPathSegment": segment,
+            "cluster": {"id": props.get("computeId", "")},
+            "nodeCount": job.instance_count,
+            "stdOutErrPathPrefix": str(job_dir),
+            "environmentVariables": [{"name": k, "value": v} for k, v in env.items()],
+        }
+        tool = "custommpi" if count > 1 else "customtoolkit"
+        if tool == "custommpi":
+            body["customMpiSettings"] = {"commandLine": command, "processCount": count}
+        else:
+            body["customToolkitSettings"] = {"commandLine": command}
+        record = {"body": {"properties": body}, "meta": {"uuid": job.key, "tool": tool, "secrets": {}}}
+        self.by_key[job.key] = job
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if errors:
+            job.errors.extend(errors)
+        with self.host.lock:
+            self.host.state["jobs"][job.key] = record
+        self.runner.start(job.key, record, job_dir / "mounts", job_dir / "node")
+        job.paths["stdouterr"] = record["meta"]["paths"]["stdouterr"]
+
+    def kill(self, job: Job) -> None:
+        self.runner.kill(job.key)
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()
+
+    # --- uploads -----------------------------------------------------------------------------------
+    def _container(self, account: str, container: str) -> Any:
+        import base64
+
+        from azure.storage.blob import BlobServiceClient
+
+        key = self.backend.config.storage_keys.get(account)
+        endpoint = account_endpoint(self.backend.config.storage_endpoints.get("blob"), account)
+        if endpoint is None:
+            raise RuntimeError("the local stack has no blob endpoint for this emulator (--blob-endpoint)")
+        service = BlobServiceClient(
+            endpoint,
+            credential={"account_name": account, "account_key": base64.b64encode(key or b"").decode()},
+        )
+        client = service.get_container_client(container)
+        with contextlib.suppress(Exception):
+            client.create_container()
+        return client
+
+    def upload(self, job: Job) -> None:
+        """Outputs to their blob datastores, logs to the artifact store (errors are the job's)."""
+        workspace = self.backend.workspaces.get(job.workspace_key)
+        if workspace is None or not job.paths:
+            return
+        try:
+            for name, local in (job.paths.get("outputs") or {}).items():
+                spec = (job.props.get("outputs") or {}).get(name) or {}
+                uri = (
+                    spec.get("uri")
+                    or f"azureml://datastores/workspaceblobstore/paths/azureml/{job.name}/{name}/"
+                )
+                where = self.backend.blob_location(workspace, uri)
+                if where is None:
+                    job.errors.append(
+                        {
+                            "code": "OutputUploadFailed",
+                            "message": f"output {name}: {uri} is not a blob datastore path",
+                        }
+                    )
+                    continue
+                account, container, prefix = where
+                client = self._container(account, container)
+                for path in sorted(Path(local).rglob("*")):
+                    if path.is_file():
+                        rel = path.relative_to(local).as_posix()
+                        with open(path, "rb") as data:
+                            client.upload_blob(f"{prefix}/{rel}".lstrip("/"), data, overwrite=True)
+            stdouterr = Path(job.paths.get("stdouterr") or "")
+            combined = b""
+            for name in ("stdout.txt", "stderr.txt"):
+                with contextlib.suppress(OSError):
+                    combined += (stdouterr / name).read_bytes()
+            self._container(workspace.storage_account, ARTIFACT_CONTAINER).upload_blob(
+                log_blob_name(job.name), combined, overwrite=True
+            )
+        except Exception as exc:  # the job fails with the reason; the emulator goes on
+            log.exception("azureml job %s: upload failed", job.name)
+            job.errors.append({"code": "OutputUploadFailed", "message": f"{type(exc).__name__}: {exc}"})

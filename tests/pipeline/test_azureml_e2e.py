@@ -1,0 +1,121 @@
+"""The pipeline on COMPUTE_BACKEND=azureml, through the real SDKs (azure-mgmt-core's ARM pipeline,
+azure-storage) against the local stack's Azure ML provider: a dataset dropped into the container is
+trained with the unchanged Batch AI script (its AZ_BATCHAI_* variables set from Azure ML's inputs and
+outputs), its outputs and log are read back from blob storage where Azure ML puts them, and an HTTP
+start with an idempotency key, teardown and cleanup work as on Batch AI."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from shared import monitor
+from shared.azureml_backend import AzureMLBackend
+from shared.cleanup import Cleanup
+from shared.ingest import cancel_run, ingest_blob, start_run
+from shared.registry import TERMINAL_STATES
+from shared.runspec import RunSpecError, parse_run_spec
+from tests.pipeline.conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline
+from tests.pipeline.test_pipeline import dataset_name, monitor_until_done
+
+pytestmark = pytest.mark.e2e
+
+
+def test_dataset_drop_trains_a_model_on_azureml(azureml_pipeline: Pipeline) -> None:
+    p = azureml_pipeline
+    svc = p.services
+    assert isinstance(svc.cloud, AzureMLBackend)
+    ds = dataset_name()
+    names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+    results = [ingest_blob(n, svc) for n in names]
+    run_id = results[-1].run_id
+    assert run_id and any(r.submitted for r in results), results
+    rec = monitor_until_done(p, [run_id], timeout=120)[run_id]
+    assert rec.state == "succeeded", rec.errors
+    assert {"queued", "running", "succeeded"} <= set(rec.times) or {"provisioning", "running"} <= set(
+        rec.times
+    )
+    files = {(o.directory_id, o.name) for o in rec.output_files}
+    assert ("stdouterr", "stdout.txt") in files and ("MODEL", "ConvNet_MNIST.model") in files, files
+    assert "test accuracy" in (rec.stdout_tail or "")
+    # Fresh links read the model and the log back from Azurite, where the emulator put them.
+    listed = monitor.collect_outputs(svc, rec, svc.cloud.job_names(rec.run_id, rec.dataset))
+    model = next(o for o in listed if o.name == "ConvNet_MNIST.model")
+    download = requests.get(model.download_url, timeout=10)
+    assert (
+        download.status_code == 200
+        and download.content.startswith(b"{")
+        and len(download.content) == model.size
+    )
+    # The job is a Command job whose command sets the Batch AI variables from Azure ML's inputs.
+    job = requests.get(
+        f"{p.stack.arm_endpoint}{svc.cloud.workspace_id}/jobs/{rec.job_name}?api-version=2024-10-01",
+        headers={"Authorization": "Bearer test"},
+        timeout=10,
+    ).json()
+    command = job["properties"]["command"]
+    assert "AZ_BATCHAI_INPUT_SAMPLE=${{inputs.SAMPLE}}" in command
+    assert "AZ_BATCHAI_OUTPUT_MODEL=${{outputs.MODEL}}" in command
+    assert job["properties"]["inputs"]["SAMPLE"]["uri"].endswith(f"/paths/{ds}/")
+    assert job["properties"]["status"] == "Completed"
+    # Replayed triggers change nothing: still one job, one run.
+    for name in names:
+        assert ingest_blob(name, svc).action == "replay"
+    assert len(svc.cloud.list_jobs(rec.experiment)) == 1
+
+
+def test_http_start_teardown_and_cleanup_on_azureml(azureml_pipeline: Pipeline) -> None:
+    p = azureml_pipeline
+    svc = p.services
+    ds = dataset_name("http")
+    p.upload(ds, QUICKSTART_FILES)
+    spec = {"files": sorted(QUICKSTART_FILES)}
+    first = start_run(ds, spec, stage_from_prefix=ds, idempotency_key="key-1", svc=svc)
+    again = start_run(ds, spec, stage_from_prefix=ds, idempotency_key="key-1", svc=svc)
+    assert again.run_id == first.run_id and first.state in ("provisioning", "queued"), first.errors
+    done = monitor_until_done(p, [first.run_id], timeout=120)[first.run_id]
+    assert done.state == "succeeded", done.errors
+    # A second run, torn down while it waits or runs: cancelled, its job cancelled and deleted.
+    second = start_run(ds, {**spec, "environment_variables": {"TRAIN_SECONDS": "60"}}, svc=svc)
+    cancelled = cancel_run(second.run_id, delete_cluster=False, svc=svc)
+    assert cancelled.state == "cancelled"
+    deadline = time.monotonic() + 30
+    while svc.cloud.get_job(svc.cloud.job_ref(second.experiment, second.job_name)) is not None:
+        assert time.monotonic() < deadline, "the cancelled run's job was not deleted"
+        time.sleep(0.3)
+    # Cleanup, long after: the finished job and the idle compute go; the registry keeps the runs.
+    report, _ = Cleanup(services=svc).run(now=datetime.now(UTC) + timedelta(hours=500), dry_run=False)
+    kinds = {(a["kind"], a["result"]) for a in report["actions"]}
+    assert ("delete_job", "done") in kinds and ("delete_cluster", "done") in kinds, report
+    deadline = time.monotonic() + 30
+    while svc.cloud.get_cluster(done.cluster) is not None:
+        assert time.monotonic() < deadline, "the idle compute was not deleted"
+        time.sleep(0.3)
+    assert p.registry.get(first.run_id).state == "succeeded"
+    assert p.registry.get(second.run_id).state in TERMINAL_STATES
+
+
+def test_unmappable_spec_fields_are_refused_naming_field_and_backend(azureml_pipeline: Pipeline) -> None:
+    backend = azureml_pipeline.services.cloud
+    names = backend.job_names("20260101-000000-00000001", "ds")
+    for field, extra in [
+        ("scheduling_priority", {"scheduling_priority": "high"}),
+        ("secret_environment_variables.TOKEN", {"secret_environment_variables": {"TOKEN": "s3cret"}}),
+        (
+            "output_directories.OUT.path_prefix",
+            {"output_directories": [{"id": "OUT", "path_prefix": "elsewhere"}]},
+        ),
+    ]:
+        spec = parse_run_spec(extra, azureml_pipeline.services.spec_context)
+        with pytest.raises(RunSpecError) as refused:
+            backend.job_body(names, spec, "ds", "/compute/id")
+        assert refused.value.errors[0]["field"] == field and "azureml" in refused.value.errors[0]["message"]
+        assert "s3cret" not in str(refused.value)
+    spec = parse_run_spec(
+        {"cluster_name": "a-name-far-too-long-for-azure-ml"}, azureml_pipeline.services.spec_context
+    )
+    with pytest.raises(RunSpecError, match="azureml"):
+        backend.cluster_name(spec, "ds")
