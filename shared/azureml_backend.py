@@ -454,7 +454,9 @@ class AzureMLBackend:
             self._environments.add(path)
         return path
 
-    def job_body(self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str) -> dict[str, Any]:
+    def job_body(
+        self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str, *, data_dir: str | None = None
+    ) -> dict[str, Any]:
         """The Command job of a run: every run spec field mapped, or refused naming the field."""
         if spec.scheduling_priority is not None:
             raise unsupported("scheduling_priority", "Azure ML job tiers are not Batch AI priorities")
@@ -476,7 +478,8 @@ class AzureMLBackend:
             "AZ_BATCHAI_NUM_GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)",
         ]
         for directory in spec.input_directories:
-            path = dataset if directory.path in ("", ".") else f"{dataset}/{directory.path}"
+            root = (data_dir or dataset).strip("/")
+            path = root if directory.path in ("", ".") else f"{root}/{directory.path}"
             inputs[directory.id] = {
                 "jobInputType": "uri_folder",
                 "mode": "ReadOnlyMount",
@@ -582,7 +585,11 @@ class AzureMLBackend:
             raise unsupported("process_count", f"toolkit {toolkit.value} runs one process")
         return None
 
-    def create_job(self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str) -> JobRef:
+    def create_job(
+        self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str, *, data_dir: str | None = None
+    ) -> JobRef:
+        """Create the run's Command job (idempotent); its inputs are in ``data_dir`` on the share (the
+        run's snapshot), default the dataset's directory."""
         self.ensure_workspace()
         path = f"{self.workspace_id}/jobs/{names.job}"
         existing = self._get(f"get job {names.job}", path)
@@ -595,7 +602,7 @@ class AzureMLBackend:
                 False,
                 STATES.get((status or "").lower()),
             )
-        body = self.job_body(names, spec, dataset, cluster_id)
+        body = self.job_body(names, spec, dataset, cluster_id, data_dir=data_dir)
         self._call(f"create job {names.job}", "PUT", path, body)
         log.info("submitted Azure ML job %s (experiment %s)", names.job, names.experiment)
         return JobRef(names.experiment, names.job, path, True, "queued")
@@ -807,6 +814,8 @@ class AzureMLBackend:
                     f"resource group {self.settings.resource_group} (infra/azure/main.bicep creates it; the "
                     "local stack makes it on first use)",
                     404,
+                    public_message="the Azure ML workspace AZUREML_WORKSPACE does not exist yet "
+                    "(infra/azure/main.bicep creates it; the local stack on first use)",
                 ) from exc
             raise
         return f"Azure ML workspace {self.settings.azureml_workspace} answers in {self.settings.location}"

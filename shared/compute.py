@@ -44,8 +44,9 @@ RETIRED_MESSAGE = (
     "emulator (http://127.0.0.1:10005, see local.settings.json.example)."
 )
 RETIRED_PUBLIC_MESSAGE = (
-    "Microsoft.BatchAI was retired by Microsoft on 2019-03-31 (Azure answers {code}); point ARM_ENDPOINT "
-    "at the local ARM emulator or use another compute backend"
+    "Microsoft.BatchAI was retired by Microsoft on 2019-03-31 (Azure answers {code}); set "
+    "COMPUTE_BACKEND=azureml to train on Azure Machine Learning, or point ARM_ENDPOINT at the local "
+    "ARM emulator"
 )
 WAIT_SECONDS = 120  # the longest wait for a quick prerequisite (workspace, experiment)
 # A health probe answers fast or fails: one retry, short timeouts (azure-core takes these per call).

@@ -59,7 +59,7 @@ def test_dataset_drop_trains_a_model_on_azureml(azureml_pipeline: Pipeline) -> N
     command = job["properties"]["command"]
     assert "AZ_BATCHAI_INPUT_SAMPLE=${{inputs.SAMPLE}}" in command
     assert "AZ_BATCHAI_OUTPUT_MODEL=${{outputs.MODEL}}" in command
-    assert job["properties"]["inputs"]["SAMPLE"]["uri"].endswith(f"/paths/{ds}/")
+    assert rec.snapshot and job["properties"]["inputs"]["SAMPLE"]["uri"].endswith(f"/paths/{rec.snapshot}/")
     assert job["properties"]["status"] == "Completed"
     # Replayed triggers change nothing: still one job, one run.
     for name in names:

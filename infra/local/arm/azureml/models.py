@@ -665,7 +665,12 @@ class AzureMLBackend:
                 self._set_status(job, "Preparing")
         elif job.status == "Preparing":
             self._set_status(job, "Running")
-            self.runner.start(job)
+            try:
+                self.runner.start(job)
+            except Exception as exc:  # the job fails with the reason; the clock goes on
+                job.errors.append({"code": "JobLaunchFailed", "message": f"{type(exc).__name__}: {exc}"})
+                self._release(job)
+                self._set_status(job, "Failed")
 
     def job_exited(self, job: Job, exit_code: int | None, errors: list[dict[str, Any]]) -> None:
         """The job runner's report: the processes ended; upload, then the final state."""

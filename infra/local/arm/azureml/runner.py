@@ -40,8 +40,10 @@ class _NodeHost:
         self.state: dict[str, Any] = {"jobs": {}}
         self.dirty = False
 
-    def mount_volumes(self, volumes: dict[str, Any], mount_root: Path) -> list[dict[str, Any]]:
-        return []
+    def mount_volumes(
+        self, volumes: dict[str, Any], mount_root: Path, blob_mounts: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        return []  # inputs and outputs are resolved from the job's datastores instead
 
     def log_pid(self, job_uuid: str, pid: int) -> None:
         pass
