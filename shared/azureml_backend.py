@@ -282,6 +282,10 @@ class AzureMLBackend:
     def _scale(self, spec: RunSpec) -> dict[str, Any]:
         idle = f"PT{int(self.settings.cluster_idle_minutes)}M"
         if spec.cluster.manual is not None:  # pinned nodes
+            if spec.cluster.manual.node_deallocation_option is not None:
+                raise unsupported(
+                    "cluster.manual.node_deallocation_option", "AmlCompute chooses how nodes are released"
+                )
             count = spec.cluster.manual.target_node_count
             return {
                 "minNodeCount": count,
@@ -290,6 +294,10 @@ class AzureMLBackend:
             }
         if spec.cluster.auto_scale is not None:
             auto = spec.cluster.auto_scale
+            if auto.initial_node_count not in (None, auto.minimum_node_count):
+                raise unsupported(
+                    "cluster.auto_scale.initial_node_count", "AmlCompute starts at minimum_node_count"
+                )
             return {
                 "minNodeCount": auto.minimum_node_count,
                 "maxNodeCount": auto.maximum_node_count,

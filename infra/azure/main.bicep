@@ -65,16 +65,16 @@ param computeBackend string = 'azureml'
 @description('Azure ML workspace name (computeBackend azureml), created by this template in batchAiResourceGroupName.')
 param azureMlWorkspaceName string = 'aml-workspace'
 
-@description('VM size when a run spec names none; must be in allowedVmSizes.')
-param defaultVmSize string = 'STANDARD_NC6'
+@description('VM size when a run spec names none; must be in allowedVmSizes. With computeBackend azureml use a GPU size Azure sells today, e.g. Standard_NC4as_T4_v3 (the K80 STANDARD_NC6 is retired); the subscription needs quota for its family in the region (docs/deploy.md).')
+param defaultVmSize string = 'Standard_NC4as_T4_v3'
 
-@description('VM sizes a run spec may ask for.')
+@description('VM sizes a run spec may ask for (GPU sizes Azure ML offers today; the K80 NC sizes are retired).')
 param allowedVmSizes array = [
-  'STANDARD_NC6'
-  'STANDARD_NC12'
-  'STANDARD_NC24'
-  'STANDARD_NV6'
-  'STANDARD_D1_V2'
+  'Standard_NC4as_T4_v3'
+  'Standard_NC8as_T4_v3'
+  'Standard_NC16as_T4_v3'
+  'Standard_NC24ads_A100_v4'
+  'Standard_D2s_v3'
 ]
 
 @description('Admin user name on cluster nodes.')
@@ -669,6 +669,23 @@ module batchAiAccess 'modules/batchai-access.bicep' = {
   name: 'batchai-access-${token}'
   scope: resourceGroup(batchAiResourceGroupName)
   params: {
+    principalId: functionApp.identity.principalId
+  }
+}
+
+// Azure ML (computeBackend azureml, the default): the workspace and its datastore in the training resource
+// group, and the app's two AzureML roles on that workspace only.
+module azureMlWorkspace 'modules/azureml-workspace.bicep' = if (computeBackend == 'azureml') {
+  name: 'azureml-workspace-${token}'
+  scope: resourceGroup(batchAiResourceGroupName)
+  params: {
+    location: batchAiLocation
+    workspaceName: azureMlWorkspaceName
+    storageAccountId: dataStorage.id
+    keyVaultId: vault.id
+    applicationInsightsId: appInsights.id
+    storageAccountName: dataStorage.name
+    fileShareName: fileShareName
     principalId: functionApp.identity.principalId
   }
 }

@@ -52,7 +52,12 @@ FLEX_REJECTED = {
 
 # Settings whose deployed default is not the app's: Azure trains through Azure ML (Batch AI is retired
 # there), the local stack keeps Batch AI, the quickstart's service, as its default.
-DEPLOYED_DEFAULTS = {"COMPUTE_BACKEND": "azureml"}
+DEPLOYED_DEFAULTS = {
+    "COMPUTE_BACKEND": "azureml",
+    "DEFAULT_VM_SIZE": "Standard_NC4as_T4_v3",  # a GPU size Azure sells today (STANDARD_NC6 is retired)
+    "ALLOWED_VM_SIZES": "Standard_NC4as_T4_v3,Standard_NC8as_T4_v3,Standard_NC16as_T4_v3,"
+    "Standard_NC24ads_A100_v4,Standard_D2s_v3",
+}
 
 CALLBACK_SECRET = "0123456789abcdef0123456789abcdef"
 

@@ -39,6 +39,8 @@ BUILT_IN_ROLES = {
     "0c867c2a-1d8c-454a-a3db-ab2ea1bdc8bb": "Storage File Data SMB Share Contributor",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "f6c7c914-8db3-469d-8ca1-694a8f32e121": "AzureML Data Scientist",
+    "e503ece1-11d0-4e8e-8e2c-7a6c3bf38815": "AzureML Compute Operator",
 }
 # Roles that would let the app grant itself more, or that span more than it needs.
 TOO_WIDE = {
@@ -288,6 +290,26 @@ def test_contributor_only_on_the_batch_ai_resource_group() -> None:
     assert assignment["scope"] is None  # the module's own scope: the Batch AI resource group
     assert assignment["principalId"] == params["principalId"]
     assert assignment["principalType"] == "ServicePrincipal"
+
+
+def test_azure_ml_workspace_with_least_privilege_roles_by_default() -> None:
+    """computeBackend defaults to azureml: the workspace (on the data account, Key Vault and Application
+    Insights of main.bicep), the share's datastore, and the app's two AzureML roles on the workspace."""
+    template = _main(batchAiResourceGroupName="rg-training")
+    assert template.parameters["computeBackend"]["default"] == "azureml"
+    module = template.modules["azureMlWorkspace"]
+    body = template.body(module)
+    scope = template.value(body["scope"])
+    assert isinstance(scope, FunctionResult) and scope.properties["name"] == "rg-training"
+    params = template.value(body["params"])
+    assert params["principalId"] == _expr(template, "functionApp.identity.principalId")
+    workspace = Template(AZURE_DIR / module["detail"]["path"], params)
+    roles = {BUILT_IN_ROLES[a["role"]] for a in _assignments(workspace)}
+    assert roles == {"AzureML Data Scientist", "AzureML Compute Operator"}
+    for assignment in _assignments(workspace):
+        assert isinstance(assignment["scope"], ResourceRef) and assignment["scope"].symbol == "workspace"
+        assert assignment["principalId"] == params["principalId"]
+    assert set(workspace.resources_of_type("Microsoft.MachineLearningServices/workspaces/datastores"))
 
 
 def test_no_template_grants_a_role_that_could_widen_itself() -> None:

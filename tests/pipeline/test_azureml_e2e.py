@@ -119,3 +119,32 @@ def test_unmappable_spec_fields_are_refused_naming_field_and_backend(azureml_pip
     )
     with pytest.raises(RunSpecError, match="azureml"):
         backend.cluster_name(spec, "ds")
+
+
+def test_arm_faults_on_azureml_every_run_ends_in_the_right_state(azureml_pipeline: Pipeline) -> None:
+    """20% of the ARM requests (Azure ML's included) fail with 429 or 500: the ARM pipeline's retries
+    and the trigger's at-least-once delivery absorb them; one job per run, each run in its state."""
+    p = azureml_pipeline
+    p.arm("/_emulator/faults", "POST", {"rate_429": 0.1, "rate_500": 0.1, "retry_after": 0, "seed": 13})
+    good, bad = dataset_name("faulty"), dataset_name("faulty")
+    failing = {**QUICKSTART_FILES, "ConvNet_MNIST.py": b"import sys\nprint('boom')\nsys.exit(3)\n"}
+    blobs = p.upload(good, QUICKSTART_FILES, QUICKSTART_MANIFEST) + p.upload(
+        bad, failing, QUICKSTART_MANIFEST
+    )
+    for name in blobs:  # as the host does: up to 5 attempts per blob
+        for attempt in range(5):
+            try:
+                ingest_blob(name, p.services)
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+    run_ids = {ds: next(p.registry.iter_runs(dataset=ds)).run_id for ds in (good, bad)}
+    records = monitor_until_done(p, list(run_ids.values()), timeout=150)
+    assert sum(p.arm("/_emulator/requests")["faults"].values()) > 0, "no fault was injected"
+    assert records[run_ids[good]].state == "succeeded", records[run_ids[good]].errors
+    failed = records[run_ids[bad]]
+    assert failed.state == "failed" and "boom" in (failed.stdout_tail or "")
+    p.arm("/_emulator/faults", "DELETE")
+    for rec in records.values():
+        assert len(p.services.cloud.list_jobs(rec.experiment)) == 1
