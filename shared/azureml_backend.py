@@ -388,7 +388,16 @@ class AzureMLBackend:
                 if counts
                 else None
             ),
-            scale_settings=aml.get("scaleSettings"),
+            # AmlCompute always scales itself between its bounds: shown as Batch AI's auto-scale.
+            scale_settings={
+                "auto_scale": {
+                    "minimum_node_count": (aml.get("scaleSettings") or {}).get("minNodeCount", 0),
+                    "maximum_node_count": (aml.get("scaleSettings") or {}).get("maxNodeCount"),
+                    "node_idle_time_before_scale_down": (aml.get("scaleSettings") or {}).get(
+                        "nodeIdleTimeBeforeScaleDown"
+                    ),
+                }
+            },
             created_at=parse_time(props.get("createdOn")),
             errors=errors,
         )
@@ -413,6 +422,14 @@ class AzureMLBackend:
                     out[status.name] = status
             url = (page or {}).get("nextLink")
         return out
+
+    def request_nodes(self, name: str, count: int) -> bool:
+        """AmlCompute adds nodes for waiting jobs itself (up to maxNodeCount): nothing to ask."""
+        return False
+
+    def release_nodes(self, name: str) -> bool:
+        """AmlCompute removes idle nodes itself (nodeIdleTimeBeforeScaleDown): nothing to release."""
+        return False
 
     def delete_cluster(self, name: str) -> bool:
         try:
