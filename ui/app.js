@@ -12,6 +12,8 @@ const API = location.pathname.replace(/\/ui(\/.*)?$/, "");
 const STATES = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const LIST_REFRESH_MS = 3000;
+const LIST_PAGES = 10; // the API lists oldest first, 1,000 a page: read up to this many pages
+const LIST_SHOWN = 500; // and show the newest this many
 const RUN_REFRESH_MS = 2000;
 const PRIMARY_METRICS = ["test_accuracy", "val_accuracy", "accuracy", "test_loss", "val_loss", "loss"];
 const COLORS = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#1b7c83", "#9a6700", "#57606a"];
@@ -243,10 +245,7 @@ async function showRuns(params) {
   while (mine === generation) {
     let runs;
     try {
-      const query = new URLSearchParams({ limit: "1000" });
-      if (state) query.set("state", state);
-      if (dataset) query.set("dataset", dataset);
-      runs = (await api(`/runs?${query}`)).runs.reverse(); // the API lists oldest first
+      runs = await listRuns(state, dataset);
       setStatus("");
     } catch (error) {
       if (error instanceof KeyRefused) { showKeyForm(error.message); return; }
@@ -255,15 +254,40 @@ async function showRuns(params) {
       continue;
     }
     if (mine !== generation) return;
-    tbody.replaceChildren(...runs.map(runRow));
+    // Keep the keyboard focus on the same run's link across a refresh.
+    const focused = document.activeElement && document.activeElement.closest("tr[data-run]");
+    const focusedRun = focused && focused.getAttribute("data-run");
+    tbody.replaceChildren(...runs.slice(0, LIST_SHOWN).map(runRow));
     if (!runs.length) tbody.append(el("tr", {}, el("td", { colspan: "7", text: "No runs match." })));
+    if (focusedRun) {
+      const link = tbody.querySelector(`tr[data-run="${CSS.escape(focusedRun)}"] a`);
+      if (link) link.focus();
+    }
     const active = runs.some((r) => !TERMINAL.has(r.state));
+    const count = runs.length > LIST_SHOWN ? `the newest ${LIST_SHOWN} of ${runs.length} runs` : `${runs.length} run(s)`;
     note.textContent = active
-      ? `${runs.length} run(s); refreshing every ${LIST_REFRESH_MS / 1000} s while runs are active.`
-      : `${runs.length} run(s); none active, so not refreshing. Reload to check again.`;
+      ? `${count}; refreshing every ${LIST_REFRESH_MS / 1000} s while runs are active.`
+      : `${count}; none active, so not refreshing. Reload to check again.`;
     if (!active) return;
     await sleep(LIST_REFRESH_MS);
   }
+}
+
+/** Runs matching the filters, newest first (the API pages them oldest first). */
+async function listRuns(state, dataset) {
+  let runs = [];
+  let continuation = null;
+  for (let page = 0; page < LIST_PAGES; page += 1) {
+    const query = new URLSearchParams({ limit: "1000" });
+    if (state) query.set("state", state);
+    if (dataset) query.set("dataset", dataset);
+    if (continuation) query.set("continuation", continuation);
+    const body = await api(`/runs?${query}`);
+    runs = runs.concat(body.runs);
+    continuation = body.continuation;
+    if (!continuation) break;
+  }
+  return runs.reverse();
 }
 
 function runRow(run) {
@@ -477,7 +501,7 @@ async function showCompare(dataset, params) {
   if (!dataset) return;
   let runs;
   try {
-    runs = (await api(`/runs?dataset=${encodeURIComponent(dataset)}&limit=1000`)).runs.reverse();
+    runs = await listRuns("", dataset);
   } catch (error) {
     if (error instanceof KeyRefused) { showKeyForm(error.message); return; }
     setStatus(`Could not list the runs of ${dataset}: ${error.message}`, true);
