@@ -258,9 +258,37 @@ def _address_refused(addr: IPAddress, allow_loopback: bool) -> str | None:
     return _one_address_refused(addr, allow_loopback)
 
 
-def check_callback_url(url: str, *, allow_loopback_http: bool = False, resolve: bool = True) -> None:
+def resolve_within(host: str, port: int, timeout: float | None) -> list[Any]:
+    """``socket.getaddrinfo`` (TCP) that gives up after ``timeout`` seconds: a hostile name server
+    can make a lookup last as long as the system resolver's own timeouts allow, which a delivery's
+    deadline must not wait out. The lookup goes on in a daemon thread and its answer is dropped."""
+    if timeout is None:
+        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    answer: dict[str, Any] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer["infos"] = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        except OSError as exc:
+            answer["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, daemon=True, name="callback-dns").start()
+    if not done.wait(max(0.0, timeout)):
+        raise DeliveryTimeout(f"the lookup of {host!r} did not finish before the delivery deadline")
+    if "error" in answer:
+        raise answer["error"]
+    return answer["infos"]
+
+
+def check_callback_url(
+    url: str, *, allow_loopback_http: bool = False, resolve: bool = True, resolve_timeout: float | None = None
+) -> None:
     """Raise CallbackError unless ``url`` may be called: https (or loopback http when allowed) to a
-    public address. ``resolve`` looks the host name up and checks every address it has."""
+    public address. ``resolve`` looks the host name up (within ``resolve_timeout`` seconds when
+    given, else DeliveryTimeout) and checks every address it has."""
     try:
         parts = urlsplit(url)
         _ = parts.port
@@ -279,7 +307,9 @@ def check_callback_url(url: str, *, allow_loopback_http: bool = False, resolve: 
             addresses = [ipaddress.ip_address("127.0.0.1")]
         elif resolve:
             try:
-                infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
+                infos = resolve_within(host, parts.port or 443, resolve_timeout)
+            except DeliveryTimeout:
+                raise
             except OSError as exc:
                 raise CallbackUnresolvable(
                     f"callback host {host!r} does not resolve: {exc.strerror or exc}"
@@ -359,7 +389,7 @@ def _post_once(
             raise DeliveryTimeout("no complete answer before the delivery deadline")
         return min(remaining, timeout_seconds)
 
-    raw = _guarded_connect(host, allow_loopback, plain_http)((host, port), left())
+    raw = _connect(host, port, deadline, allow_loopback, plain_http, left)
     watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shutdown, (raw,))
     watchdog.daemon = True
     watchdog.start()
@@ -407,6 +437,31 @@ def _post_once(
         raw.close()
 
 
+def _connect(
+    host: str,
+    port: int,
+    deadline: float,
+    allow_loopback: bool,
+    plain_http: bool,
+    left: Callable[[], float],
+) -> socket.socket:
+    """Resolve ``host`` within the deadline and connect to its addresses in turn, each connection's
+    peer checked before it is used (``_guarded_connect``)."""
+    connect = _guarded_connect(host, allow_loopback, plain_http)
+    infos = resolve_within(host, port, deadline - time.monotonic())
+    last: OSError = OSError(f"callback host {host!r} has no address")
+    for info in infos:
+        try:
+            return connect((str(info[4][0]).split("%")[0], port), left())
+        except CallbackError:
+            raise
+        except DeliveryTimeout:
+            raise
+        except OSError as exc:
+            last = exc
+    raise last
+
+
 def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
@@ -434,7 +489,12 @@ def deliver(
     deadline = time.monotonic() + deadline_seconds
     safe_url = urlsplit(url)._replace(query="", fragment="").geturl()
     try:
-        check_callback_url(url, allow_loopback_http=allow_loopback_http)
+        check_callback_url(
+            url, allow_loopback_http=allow_loopback_http, resolve_timeout=deadline - time.monotonic()
+        )
+    except DeliveryTimeout as exc:
+        log.warning("callback for run %s not sent: %s", run_id, exc, extra={"run_id": run_id})
+        return DeliveryResult(False, 0, None, str(exc))
     except CallbackUnresolvable as exc:
         log.warning("callback for run %s not sent: %s", run_id, exc, extra={"run_id": run_id})
         return DeliveryResult(False, 0, None, str(exc))
@@ -444,7 +504,7 @@ def deliver(
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
     delivery_id = delivery_id or secrets.token_urlsafe(16)
     status: int | None = None
-    error: str | None = None
+    error: str | None = f"no attempt within the {deadline_seconds:g} s delivery deadline"
     attempt = 0
     while attempt < attempts and time.monotonic() < deadline:
         attempt += 1

@@ -488,3 +488,31 @@ def test_a_record_written_before_redaction_is_shown_redacted() -> None:
     assert (
         shown["callback_url"] == shown["spec"]["callback_url"] == "https://93.184.216.34/hook?token=REDACTED"
     )
+
+
+def test_a_slow_name_lookup_is_cut_at_the_delivery_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name server that does not answer holds a delivery no longer than its deadline, at the
+    check's lookup and at the connection's alike: the delivery is over while the lookup still hangs."""
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+    lookups: list[str] = []
+    slow_at = {1}  # which lookup (1: the check's, 2: the connection's) hangs
+
+    def hanging_getaddrinfo(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "slow-dns.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        lookups.append(host)
+        if len(lookups) in slow_at:
+            release.wait(60)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("93.184.216.34", int(port)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_getaddrinfo)
+    try:
+        for hanging in (1, 2):
+            lookups.clear()
+            slow_at = {hanging}
+            result = deliver("https://slow-dns.test/hook", {}, secret=SECRET, deadline_seconds=1.0)
+            assert not release.is_set() and len(lookups) == hanging  # the hanging lookup is not over
+            assert not result.delivered and not result.refused and "deadline" in (result.error or ""), result
+    finally:
+        release.set()
