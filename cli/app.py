@@ -256,7 +256,7 @@ def cmd_teardown(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
-    from cli.watch import cluster_status_line
+    from cli.watch import cluster_idle_line, cluster_status_line
 
     clusters = ApiClient(settings).clusters()
     if not clusters:
@@ -268,6 +268,7 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
             f"provisioning {cluster.get('provisioning_state') or '?'}; active runs: {users})"
         )
         print(f"  {cluster_status_line(cluster)}")
+        print(f"  {cluster_idle_line(cluster)}")
     return 0
 
 

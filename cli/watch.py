@@ -48,6 +48,17 @@ def cluster_status_line(cluster: dict[str, Any]) -> str:
     )
 
 
+def cluster_idle_line(cluster: dict[str, Any]) -> str:
+    """How long the cluster has been idle and its node time, as GET /api/clusters reports them."""
+    minutes = cluster.get("node_minutes")
+    node_time = f"; node time {minutes:g} node-min" if isinstance(minutes, int | float) else ""
+    idle = cluster.get("idle_minutes")
+    if idle is None:
+        return f"In use{node_time}"
+    released = cluster.get("nodes_released_at")
+    return f"Idle for {idle:g} min{f' (nodes released at {released})' if released else ''}{node_time}"
+
+
 class LogFollower:
     """Prints only the stdout lines not printed yet, from successive `tail` windows of the log."""
 

@@ -79,7 +79,8 @@ def advance(
     writes: dict[str, dict[str, Any]] = {}
 
     busy_until = parse_time(ledger.busy_until)
-    for run_id in [r for r in ledger.active_marks if r not in active]:
+    just_ended = [r for r in ledger.active_marks if r not in active]
+    for run_id in just_ended:
         mark = ledger.active_marks.pop(run_id)
         writes[run_id] = {"cluster": cluster.name, "active": _round(total - mark), "after": 0.0}
         ledger.after_marks[run_id] = total
@@ -90,7 +91,9 @@ def advance(
             # First seen now: it became active some time since the last pass.
             ledger.active_marks[run_id] = previous_total
 
-    in_use = bool(active) or cluster.running_nodes > 0
+    # A running node means a job we may not know of, except in the pass that saw runs end: the
+    # clusters are listed before the jobs, so the listing may still show their jobs' nodes running.
+    in_use = bool(active) or (cluster.running_nodes > 0 and not just_ended)
     if in_use:
         busy_until = now
     stop_after = in_use or cluster.allocated_nodes == 0

@@ -83,3 +83,14 @@ def test_overlapping_runs_each_get_the_cluster_time_of_their_own_activity() -> N
     assert step.ledger.after_marks == {}  # r2 still runs: r1's "after" is none of its own
     step = advance(step.ledger, cluster(2), [], {"r2": T0 + 3 * MIN}, T0 + 3 * MIN)
     assert step.run_node_minutes["r2"]["active"] == 6.0  # counted from the pass before it was first seen
+
+
+def test_the_pass_that_sees_a_run_end_does_not_take_its_still_running_node_for_another_job() -> None:
+    """The cluster listing comes before the job listing in a pass: it may show the node of the job
+    that ended in between as running. The run's idle time starts at its end all the same."""
+    ledger = new_ledger(cluster(1), T0)
+    step = advance(ledger, cluster(1, running=1), ["r1"], {}, T0)
+    step = advance(step.ledger, cluster(1, running=1), [], {"r1": T0 + 0.5 * MIN}, T0 + MIN)
+    assert step.idle_for == 0.5 * MIN and step.ledger.after_marks == {"r1": 1.0}
+    step = advance(step.ledger, cluster(1), [], {}, T0 + 2 * MIN)
+    assert step.run_node_minutes == {"r1": {"cluster": "c1", "after": 1.0}}

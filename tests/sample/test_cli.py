@@ -148,6 +148,19 @@ def test_cluster_status_line_is_the_quickstarts() -> None:
     )
 
 
+def test_cluster_idle_line_says_how_long_it_has_been_idle() -> None:
+    from cli.watch import cluster_idle_line
+
+    assert cluster_idle_line({"idle_minutes": None, "node_minutes": 3.5}) == "In use; node time 3.5 node-min"
+    assert (
+        cluster_idle_line(
+            {"idle_minutes": 42.25, "node_minutes": 60, "nodes_released_at": "2026-01-01T03:30:00.000Z"}
+        )
+        == "Idle for 42.25 min (nodes released at 2026-01-01T03:30:00.000Z); node time 60 node-min"
+    )
+    assert cluster_idle_line({"idle_minutes": 1.5, "node_minutes": None}) == "Idle for 1.5 min"
+
+
 def test_watch_prints_each_new_epochs_metrics_once() -> None:
     out = io.StringIO()
     printer = MetricsPrinter(out)
