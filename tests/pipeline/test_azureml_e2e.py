@@ -7,7 +7,10 @@ start with an idempotency key, teardown and cleanup work as on Batch AI."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -18,7 +21,7 @@ from shared.cleanup import Cleanup
 from shared.ingest import cancel_run, ingest_blob, start_run
 from shared.registry import TERMINAL_STATES
 from shared.runspec import RunSpecError, parse_run_spec
-from tests.pipeline.conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline
+from tests.pipeline.conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, TRAIN_SCRIPT, Pipeline
 from tests.pipeline.test_pipeline import dataset_name, monitor_until_done
 
 pytestmark = pytest.mark.e2e
@@ -148,3 +151,28 @@ def test_arm_faults_on_azureml_every_run_ends_in_the_right_state(azureml_pipelin
     p.arm("/_emulator/faults", "DELETE")
     for rec in records.values():
         assert len(p.services.cloud.list_jobs(rec.experiment)) == 1
+
+
+@pytest.fixture
+def hosted_azureml(local_stack: Any, tmp_path: Path) -> Iterator[tuple[Pipeline, Any]]:
+    from tests.pipeline.test_host_e2e import host_pipeline
+
+    yield from host_pipeline(local_stack, tmp_path, COMPUTE_BACKEND="azureml")
+
+
+def test_drop_through_the_host_on_azureml_survives_the_host_killed_mid_run(hosted_azureml: Any) -> None:
+    """Through the local Functions host (blob events, timer): the host is killed while the job runs
+    and started again; the run finishes once, with one job."""
+    from tests.pipeline.test_host_e2e import done, wait_runs
+
+    p, make_host = hosted_azureml
+    host = make_host().start()
+    slow = {**QUICKSTART_FILES, "ConvNet_MNIST.py": b"import time\ntime.sleep(6)\n" + TRAIN_SCRIPT}
+    p.upload("mnist", slow, QUICKSTART_MANIFEST)
+    wait_runs(p, "mnist", lambda runs: any(r.state == "running" for r in runs), timeout=90)
+    host.kill()
+    make_host().start()
+    (rec,) = wait_runs(p, "mnist", done)
+    assert rec.state == "succeeded", rec.errors
+    assert "test accuracy" in (rec.stdout_tail or "")
+    assert len(p.services.cloud.list_jobs(rec.experiment)) == 1

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -176,6 +177,12 @@ class Hosted:
 
 @pytest.fixture
 def hosted(local_stack, tmp_path: Path) -> Iterator[tuple[Pipeline, Hosted]]:
+    yield from host_pipeline(local_stack, tmp_path)
+
+
+def host_pipeline(local_stack: Any, tmp_path: Path, **overrides: str) -> Iterator[tuple[Pipeline, Hosted]]:
+    """An isolated pipeline served by local Functions hosts (``overrides``: app settings, e.g.
+    COMPUTE_BACKEND)."""
     local_stack.ensure("azurite", "files", "arm")
     tag = os.urandom(4).hex()
     p = Pipeline(
@@ -184,6 +191,7 @@ def hosted(local_stack, tmp_path: Path) -> Iterator[tuple[Pipeline, Hosted]]:
         MONITOR_SCHEDULE="*/2 * * * * *",
         CALLBACK_SIGNING_SECRET=SIGNING_SECRET,
         CALLBACK_ALLOW_LOOPBACK_HTTP="true",
+        **overrides,
     )
     p.container.create_container()
     saved = p.arm("/_emulator/settings")
