@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", type=Path, metavar="DIR", help="download into DIR/<directory id>/<name>")
 
     p = commands.add_parser(
+        "callback-secret",
+        help="the callback signing secret of a run started by an upload (given once)",
+        description="POST /api/runs/RUN_ID/callback-secret: print the run's callback signing secret. "
+        "The API gives it once; an HTTP start (`start`) prints it instead.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+
+    p = commands.add_parser(
         "teardown",
         help="cancel a run: terminate and delete its job",
         description="Terminate and delete the run's job (run becomes cancelled).",
@@ -146,6 +154,8 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
         body["stage_from_prefix"] = args.stage_from_prefix
     run = api.start_run(body, args.idempotency_key)
     print(f"run {run['id']} on dataset {run.get('dataset')}: {run.get('state')}")
+    if run.get("callback_secret"):  # given in this answer only: the receiver verifies with it
+        print(f"callback secret (keep it for the receiver; not shown again): {run['callback_secret']}")
     if args.watch:
         return finish(watch_run(api, run["id"]))
     print(f"follow it with `{PROG} watch {run['id']}`")
@@ -246,6 +256,12 @@ def download_output(api: ApiClient, output: dict[str, Any], directory: Path) -> 
     return target
 
 
+def cmd_callback_secret(args: argparse.Namespace, settings: Settings) -> int:
+    """The signing secret of a run started by an upload; the API gives it once."""
+    print(ApiClient(settings).callback_secret(args.run_id))
+    return 0
+
+
 def cmd_teardown(args: argparse.Namespace, settings: Settings) -> int:
     """Print the run's state and the API's own account of what it did (its `message`: a cluster
     being deleted is `deleting`, never claimed deleted)."""
@@ -297,7 +313,7 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "upload": cmd_upload, "start": cmd_start, "watch": cmd_watch, "runs": cmd_runs, "outputs": cmd_outputs,
     "teardown": cmd_teardown, "clusters": cmd_clusters, "delete-cluster": cmd_delete_cluster,
-    "health": cmd_health,
+    "health": cmd_health, "callback-secret": cmd_callback_secret,
 }  # fmt: skip
 
 

@@ -141,6 +141,10 @@ class ApiClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.json("POST", "runs", json=body, headers=headers)
 
+    def callback_secret(self, run_id: str) -> str:
+        """The run's callback signing secret (the API issues it once)."""
+        return str(self.json("POST", f"runs/{quote(run_id)}/callback-secret")["callback_secret"])
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self.json("GET", f"runs/{quote(run_id)}")
 

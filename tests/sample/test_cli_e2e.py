@@ -133,3 +133,25 @@ def test_start_idempotent_then_teardown(
     assert gone.returncode == 0, gone.stderr
     assert gone.stdout.startswith(f"cluster {cluster}: deleting"), gone.stdout
     assert "deleted" not in gone.stdout
+
+
+def test_callback_secrets_from_the_cli(
+    function_app: Settings, uploaded: tuple[str, str], tmp_path: Path
+) -> None:
+    """`start` prints the run's callback secret (the only answer that carries it); `callback-secret`
+    says plainly when a run has none to give."""
+    run_id, _ = uploaded
+    refused = cli(function_app, "callback-secret", run_id)
+    assert refused.returncode == 1 and "NoCallbackSecret" in refused.stderr, refused.stderr
+    spec = tmp_path / "spec.json"
+    manifest = json.loads((REPO_ROOT / "samples" / "mnist" / "run.json").read_text())
+    manifest["callback_url"] = "http://127.0.0.1:9/hook?token=t0ken"
+    spec.write_text(json.dumps(manifest))
+    started = cli(function_app, "start", DATASET, "--spec", str(spec))
+    assert started.returncode == 0, started.stderr
+    secret_line = next(line for line in started.stdout.splitlines() if line.startswith("callback secret"))
+    assert len(secret_line.rsplit(" ", 1)[1]) == 64 and "t0ken" not in started.stdout
+    new_run = started.stdout.split()[1]
+    again = cli(function_app, "callback-secret", new_run)
+    assert again.returncode == 1 and "CallbackSecretIssued" in again.stderr, again.stderr
+    assert cli(function_app, "teardown", new_run).returncode == 0
