@@ -112,6 +112,7 @@ def stack_env(stack: LocalStack, **overrides: str) -> dict[str, str]:
         AzureWebJobsStorage=stack.connection_string,
         STORAGE_CONNECTION_STRING=stack.connection_string,
         ARM_ENDPOINT=stack.arm_endpoint,
+        LOCAL_ARM_TOKEN=stack.arm_token,
     )
     values.update(overrides)
     return values

@@ -44,22 +44,27 @@ __all__ = [
     "training_container",
 ]
 
-# The bearer token sent to the local ARM emulator (which accepts any non-empty token). Not a secret.
+# What a LocalDevTokenCredential sends when LOCAL_ARM_TOKEN is not set: a stack's ARM emulator refuses
+# it (each stack has a random token), so a missing LOCAL_ARM_TOKEN is a 401 naming the setting.
 LOCAL_DEV_TOKEN = "local-dev-token"
 
 
 class LocalDevTokenCredential:
-    """A TokenCredential that always returns the same static token: for the local ARM emulator only."""
+    """A TokenCredential that always returns the same static token (LOCAL_ARM_TOKEN): for the local ARM
+    emulator only, which accepts its stack's token and nothing else."""
+
+    def __init__(self, token: str = LOCAL_DEV_TOKEN) -> None:
+        self._token = token
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         from azure.core.credentials import AccessToken
 
-        return AccessToken(LOCAL_DEV_TOKEN, int(time.time()) + 3600)
+        return AccessToken(self._token, int(time.time()) + 3600)
 
     def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
         from azure.core.credentials import AccessTokenInfo
 
-        return AccessTokenInfo(LOCAL_DEV_TOKEN, int(time.time()) + 3600)
+        return AccessTokenInfo(self._token, int(time.time()) + 3600)
 
     def close(self) -> None:
         """Nothing to release (TokenCredential protocol)."""
@@ -92,7 +97,8 @@ def _settings(settings: Settings | None) -> Settings:
 @functools.lru_cache(maxsize=8)
 def _credential(settings: Settings) -> TokenCredential:
     if settings.credential is CredentialKind.LOCAL_DEV_TOKEN:
-        return LocalDevTokenCredential()
+        token = settings.local_arm_token
+        return LocalDevTokenCredential(token.get_secret_value() if token else LOCAL_DEV_TOKEN)
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()

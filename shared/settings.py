@@ -81,7 +81,7 @@ class CredentialKind(StrEnum):
 
     # azure-identity's DefaultAzureCredential: managed identity in Azure, developer login locally.
     DEFAULT = "default"
-    # A static bearer token for the local ARM emulator (which accepts any non-empty token).
+    # The local ARM emulator's per-stack bearer token (LOCAL_ARM_TOKEN; `make up` generates it).
     LOCAL_DEV_TOKEN = "local-dev-token"
 
 
@@ -245,6 +245,7 @@ class Settings(BaseModel):
     arm_endpoint: Endpoint = Field(default="https://management.azure.com", alias="ARM_ENDPOINT")
     subscription_id: str = Field(alias="AZURE_SUBSCRIPTION_ID")
     credential: CredentialKind = Field(default=CredentialKind.DEFAULT, alias="AZURE_CREDENTIAL")
+    local_arm_token: SecretStr | None = Field(default=None, alias="LOCAL_ARM_TOKEN")
     resource_group: str = Field(alias="BATCHAI_RESOURCE_GROUP")
     location: str = Field(alias="BATCHAI_LOCATION")
     workspace: str = Field(default="batchai-workspace", alias="BATCHAI_WORKSPACE")
@@ -293,6 +294,7 @@ class Settings(BaseModel):
     @field_validator(
         "storage_connection_string",
         "host_storage",
+        "local_arm_token",
         "cluster_admin_password",
         "container_registry_password",
         "callback_signing_secret",
@@ -462,6 +464,10 @@ class Settings(BaseModel):
                     "'local-dev-token' is only for the local ARM emulator (a loopback ARM_ENDPOINT); "
                     "use 'default' for Azure",
                 )
+            )
+        if self.local_arm_token is not None and self.credential is not CredentialKind.LOCAL_DEV_TOKEN:
+            problems.append(
+                ("LOCAL_ARM_TOKEN", "is only for AZURE_CREDENTIAL=local-dev-token (the local ARM emulator)")
             )
         registry = (self.container_registry_server, self.container_registry_username)
         if any(registry) and not all(registry):

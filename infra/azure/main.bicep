@@ -523,6 +523,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     ARM_ENDPOINT: environment().resourceManager
     AZURE_SUBSCRIPTION_ID: subscription().subscriptionId
     AZURE_CREDENTIAL: 'default'
+    LOCAL_ARM_TOKEN: '' // the local ARM emulator's token: never in Azure
     BATCHAI_RESOURCE_GROUP: batchAiResourceGroupName
     BATCHAI_LOCATION: batchAiLocation
     BATCHAI_WORKSPACE: batchAiWorkspaceName

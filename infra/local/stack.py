@@ -9,9 +9,11 @@ stack and the test suite never collide.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,9 +26,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".local"
 
-# Azurite's published development account: public, documented, not a secret.
+# Azurite's published development account: public, documented, not a secret. A stack serves this
+# name with a random key of its own (AZURITE_ACCOUNTS), so the published key opens nothing there.
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# The second account every storage service of a stack serves (blob, queue, table, file): a plain
+# account name, for clients that refuse devstoreaccount1 (the quickstart's azure-storage-file).
+NAMED_ACCOUNT = "batchailocal"
 DEV_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 HOST = "127.0.0.1"
 
@@ -61,16 +67,60 @@ class Ports:
                 s.close()
 
 
+@dataclass(frozen=True)
+class StackSecrets:
+    """Every key and token of one stack, random per stack: the storage accounts the storage services
+    serve (name -> base64 key), the ARM emulator's bearer token and the function key. The one place
+    the accounts live: Azurite and the Files emulator (and the ARM emulator, for ARM's view of the
+    accounts) are all given `azurite_accounts`."""
+
+    account_keys: Mapping[str, str]
+    arm_token: str
+    functions_key: str
+    blobs_extension_key: str  # the Functions host's blobs_extension system key (Event Grid webhook)
+
+    @classmethod
+    def generate(cls) -> StackSecrets:
+        return cls(
+            account_keys={
+                name: base64.b64encode(secrets.token_bytes(64)).decode()
+                for name in (DEV_ACCOUNT, NAMED_ACCOUNT)
+            },
+            arm_token=secrets.token_urlsafe(32),
+            functions_key=secrets.token_urlsafe(32),
+            blobs_extension_key=secrets.token_urlsafe(32),
+        )
+
+    @property
+    def azurite_accounts(self) -> str:
+        """Azurite's `AZURITE_ACCOUNTS` format: `name:key;name:key`."""
+        return ";".join(f"{name}:{key}" for name, key in self.account_keys.items())
+
+    def __repr__(self) -> str:
+        return f"StackSecrets(accounts={list(self.account_keys)}, ...)"
+
+
 @dataclass
 class LocalStack:
-    """One local stack: which ports, which data directory, which processes it started."""
+    """One local stack: which ports, which data directory, which keys, which processes it started."""
 
     data_dir: Path = DEFAULT_DATA_DIR
     ports: Ports = field(default_factory=Ports)
-    functions_key: str = "local-functions-key"
-    blobs_extension_key: str = "local-blobs-extension-key"  # the host's blobs_extension system key
+    secrets: StackSecrets = field(default_factory=StackSecrets.generate)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def functions_key(self) -> str:
+        return self.secrets.functions_key
+
+    @property
+    def blobs_extension_key(self) -> str:
+        return self.secrets.blobs_extension_key
+
+    @property
+    def arm_token(self) -> str:
+        return self.secrets.arm_token
 
     # --- endpoints -------------------------------------------------------------------------------
     @property
@@ -89,6 +139,17 @@ class LocalStack:
     def file_endpoint(self) -> str:
         return f"http://{HOST}:{self.ports.files}/{DEV_ACCOUNT}"
 
+    def account_connection_string(self, account: str = DEV_ACCOUNT) -> str:
+        """A full connection string (blob, queue, table and file endpoints) of one of the stack's
+        storage accounts, with its key."""
+        key = self.secrets.account_keys[account]
+        p = self.ports
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+            f"BlobEndpoint=http://{HOST}:{p.blob}/{account};QueueEndpoint=http://{HOST}:{p.queue}/{account};"
+            f"TableEndpoint=http://{HOST}:{p.table}/{account};FileEndpoint=http://{HOST}:{p.files}/{account};"
+        )
+
     @property
     def arm_endpoint(self) -> str:
         return f"http://{HOST}:{self.ports.arm}"
@@ -99,11 +160,13 @@ class LocalStack:
 
     @property
     def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-            f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
-            f"TableEndpoint={self.table_endpoint};FileEndpoint={self.file_endpoint};"
-        )
+        """devstoreaccount1 with this stack's key."""
+        return self.account_connection_string(DEV_ACCOUNT)
+
+    @property
+    def named_connection_string(self) -> str:
+        """The named second account (NAMED_ACCOUNT) with its key."""
+        return self.account_connection_string(NAMED_ACCOUNT)
 
     @property
     def files_root(self) -> Path:
@@ -115,11 +178,16 @@ class LocalStack:
         return self.data_dir / "logs"
 
     def env(self) -> dict[str, str]:
-        """What `.local/stack.env` holds: how a client reaches this stack."""
+        """What `.local/stack.env` holds: how a client reaches this stack, keys included."""
         return {
             "AZURE_STORAGE_CONNECTION_STRING": self.connection_string,
+            "NAMED_STORAGE_ACCOUNT": NAMED_ACCOUNT,
+            "NAMED_STORAGE_ACCOUNT_KEY": self.secrets.account_keys[NAMED_ACCOUNT],
+            "NAMED_STORAGE_CONNECTION_STRING": self.named_connection_string,
+            "AZURITE_ACCOUNTS": self.secrets.azurite_accounts,
             "ARM_ENDPOINT": self.arm_endpoint,
             "AZURE_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
+            "LOCAL_ARM_TOKEN": self.arm_token,
             "FUNCTIONS_URL": self.functions_url,
             "FUNCTIONS_KEY": self.functions_key,
             "BLOBS_EXTENSION_KEY": self.blobs_extension_key,
@@ -156,6 +224,8 @@ class LocalStack:
             "STORAGE_CONNECTION_STRING": self.connection_string,
             "ARM_ENDPOINT": self.arm_endpoint,
             "AZURE_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
+            "AZURE_CREDENTIAL": "local-dev-token",
+            "LOCAL_ARM_TOKEN": self.arm_token,
             "FUNCTIONS_KEY": self.functions_key,
             "FUNCTIONS_BLOBS_EXTENSION_KEY": self.blobs_extension_key,
         }
@@ -195,18 +265,23 @@ class LocalStack:
         if name == "eventgrid":
             subscriptions = self.data_dir / "eventgrid-subscriptions.json"
             subscriptions.parent.mkdir(parents=True, exist_ok=True)
-            subscriptions.write_text(json.dumps(self.event_subscriptions()))
+            private_dir(subscriptions.parent)
+            write_private(subscriptions, json.dumps(self.event_subscriptions()))  # webhook keys inside
             cmd = [py, "-m", "infra.local.eventgrid", "--host", HOST, "--port", str(p.eventgrid),
                    "--subscriptions", str(subscriptions)]  # fmt: skip
             return cmd, [p.eventgrid]
         raise StackError(f"unknown service {name!r}; known: {', '.join(SERVICE_ORDER)}")
 
     def service_env(self, name: str) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in STACK_SECRET_VARIABLES}
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
+        if name in ("azurite", "files", "arm"):
+            env["AZURITE_ACCOUNTS"] = self.secrets.azurite_accounts
+        if name == "arm":
+            env["ARM_EMULATOR_TOKEN"] = self.arm_token
         if name == "functions":
-            env.update(self.env())
+            env.update({k: v for k, v in self.env().items() if k not in STACK_SECRET_VARIABLES})
             env.update(self.app_settings())
         if name == "eventgrid":
             env["EVENTGRID_STORAGE_CONNECTION_STRING"] = self.connection_string
@@ -215,6 +290,7 @@ class LocalStack:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, services: Iterable[str] = SERVICE_ORDER, timeout: float = 60.0) -> None:
+        private_dir(self.data_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for name in services:
             cmd, ports = self.command(name)
@@ -230,14 +306,40 @@ class LocalStack:
             stop_process(self.processes.pop(name), SHUTDOWN_TIMEOUTS.get(name, timeout))
 
     def write_state(self) -> None:
-        """Record pids and the env file so that `down` (another process) stops exactly these."""
-        (self.data_dir / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+        """Record pids and the env file so that `down` (another process) stops exactly these. The env
+        file holds the stack's keys: only the user can read it, in a directory only the user can
+        enter."""
+        private_dir(self.data_dir)
+        write_private(self.data_dir / "stack.env", "".join(f"{k}={v}\n" for k, v in self.env().items()))
         pids = {name: proc.pid for name, proc in self.processes.items()}
         (self.data_dir / "stack.pids.json").write_text(json.dumps(pids))
 
 
+# Stack keys that only the service that needs them is given (the function app gets connection strings
+# and its own key, not every account's key nor the ARM emulator's configuration).
+STACK_SECRET_VARIABLES = frozenset(
+    {"AZURITE_ACCOUNTS", "ARM_EMULATOR_TOKEN", "NAMED_STORAGE_ACCOUNT_KEY", "NAMED_STORAGE_CONNECTION_STRING"}
+)
+
+
 class StackError(RuntimeError):
     pass
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700: the stack's keys and state live under it."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only the user can read, never readable by others even for a moment."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def port_open(port: int, host: str = HOST) -> bool:
@@ -347,8 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         return up(args.data_dir)
     if args.action == "down":
         return down(args.data_dir)
-    for key, value in LocalStack(data_dir=args.data_dir).env().items():
-        print(f"{key}={value}")
+    env_file = args.data_dir / "stack.env"
+    if not env_file.exists():  # the keys are the running stack's: there is nothing to print without one
+        print(f"local stack is not up (no {env_file}); run `make up`", file=sys.stderr)
+        return 1
+    print(env_file.read_text(), end="")
     return 0
 
 

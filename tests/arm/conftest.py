@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -35,11 +36,23 @@ SUB = DEV_SUBSCRIPTION
 FAST = {"provisioning_delay": 0.5, "operation_delay": 0.1, "retry_after": 0}
 
 
+# The bearer token of the private emulators these tests start (the session stack has a random one).
+PRIVATE_ARM_TOKEN = "private-arm-test-token"
+
+
+@dataclass
 class StaticCredential:
-    """Any non-empty bearer token is accepted by the emulator."""
+    """The emulator's token (it accepts its stack's token and nothing else)."""
+
+    token: str
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("local-test-token", int(time.time()) + 3600)
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+def auth(stack: Any) -> dict[str, str]:
+    """The Authorization header of the session stack's ARM emulator."""
+    return {"Authorization": f"Bearer {stack.arm_token}"}
 
 
 class AllowHttp(SansIOHTTPPolicy):
@@ -114,12 +127,12 @@ class Clients:
     endpoint: str
 
 
-def make_clients(endpoint: str, **extra: Any) -> Clients:
+def make_clients(endpoint: str, token: str, **extra: Any) -> Clients:
     spec = SpecCheck()
     kwargs = sdk_kwargs(endpoint, spec, **extra)
     return Clients(
-        ResourceManagementClient(StaticCredential(), SUB, **kwargs),
-        BatchAI(StaticCredential(), SUB, **kwargs),
+        ResourceManagementClient(StaticCredential(token), SUB, **kwargs),
+        BatchAI(StaticCredential(token), SUB, **kwargs),
         spec,
         endpoint,
     )
@@ -137,7 +150,7 @@ def arm_stack(local_stack):
 
 @pytest.fixture(scope="module")
 def clients(arm_stack) -> Clients:
-    return make_clients(arm_stack.arm_endpoint)
+    return make_clients(arm_stack.arm_endpoint, arm_stack.arm_token)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +233,9 @@ class PrivateArm:
             "--files-endpoint", f"http://{HOST}:{self.files_port}/devstoreaccount1",
             "--provisioning-delay", "0.3", "--operation-delay", "0.1", "--retry-after", "0",
         ]  # fmt: skip
-        self.process = launch("ARM emulator", cmd, [self.port], self.data_dir.parent / f"arm-{self.port}.log")
+        env = {**os.environ, "ARM_EMULATOR_TOKEN": PRIVATE_ARM_TOKEN}
+        log = self.data_dir.parent / f"arm-{self.port}.log"
+        self.process = launch("ARM emulator", cmd, [self.port], log, env=env)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -8,7 +8,7 @@ import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 
-from tests.arm.conftest import Clients, unique, wait_for
+from tests.arm.conftest import Clients, auth, unique, wait_for
 from tests.arm.quickstart import cluster_parameters, cntk_job
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +56,7 @@ def test_sdk_without_token_is_refused(arm_stack) -> None:
 
 
 def test_api_version_is_required_and_checked(arm_stack) -> None:
-    headers = {"Authorization": "Bearer t"}
+    headers = auth(arm_stack)
     ws = f"{arm_stack.arm_endpoint}/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.BatchAI"
     ws += "/workspaces"
     missing = requests.get(ws, headers=headers, timeout=10)
@@ -76,7 +76,7 @@ def test_bodies_the_spec_rejects_name_the_field(arm_stack, clients: Clients, wor
         f"{arm_stack.arm_endpoint}/subscriptions/{SUB}/resourceGroups/{workspace}/providers/Microsoft.BatchAI"
         "/workspaces/ws/clusters/bad?api-version=2018-05-01"
     )
-    headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+    headers = {**auth(arm_stack), "Content-Type": "application/json"}
     body = {
         "properties": {
             "vmSize": "STANDARD_NC6",

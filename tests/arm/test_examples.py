@@ -13,14 +13,14 @@ import pytest
 import requests
 
 from infra.local.arm.specvalidator import SPEC_DIR, load_spec, validate
-from tests.arm.conftest import RESPONSE_DEFINITIONS, wait_for
+from tests.arm.conftest import RESPONSE_DEFINITIONS, auth, wait_for
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = SPEC_DIR / "examples"
 RG_API = "2025-04-01"
 TYPOS = {"demo_experimnet": "demo_experiment"}
-HEADERS = {"Authorization": "Bearer example-replay", "Content-Type": "application/json"}
+HEADERS = {"Content-Type": "application/json"}
 
 # Dependency order: each example's prerequisites come from the ones before it.
 ORDER = [
@@ -121,7 +121,7 @@ def test_replay_official_examples(arm_stack) -> None:
     base = arm_stack.arm_endpoint
     operations = _operations()
     session = requests.Session()
-    session.headers.update(HEADERS)
+    session.headers.update({**HEADERS, **auth(arm_stack)})
 
     def call(method: str, url: str, body: Any = None) -> requests.Response:
         return session.request(method, url, data=None if body is None else json.dumps(body), timeout=30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.arm.conftest import make_clients, unique
+from tests.arm.conftest import auth, make_clients, unique
 from tests.arm.quickstart import SAMPLE_FILES, Names, walk
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +35,7 @@ def test_walk_survives_twenty_percent_faults(arm_stack, make_share, faults) -> N
     # Generous retry counts: with 20% faults a request sometimes fails several times in a row.
     clients = make_clients(
         arm_stack.arm_endpoint,
+        arm_stack.arm_token,
         retry_total=30,
         retry_connect=30,
         retry_read=30,
@@ -63,7 +64,7 @@ def test_fault_settings_are_validated_and_replayable(arm_stack, faults) -> None:
         settings = {"rate_429": 0.3, "rate_500": 0.3, "seed": 7, "retry_after": 3}
         requests.post(faults, json=settings, timeout=10).raise_for_status()
         url = f"{arm_stack.arm_endpoint}/providers/Microsoft.BatchAI/operations?api-version=2018-05-01"
-        answers = [requests.get(url, headers={"Authorization": "Bearer t"}, timeout=10) for _ in range(12)]
+        answers = [requests.get(url, headers=auth(arm_stack), timeout=10) for _ in range(12)]
         throttled = [a for a in answers if a.status_code == 429]
         assert throttled and all(a.headers["Retry-After"] == "3" for a in throttled)
         return [a.status_code for a in answers]

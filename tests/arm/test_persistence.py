@@ -10,7 +10,7 @@ import azure.mgmt.batchai.models as bai
 import pytest
 import requests
 
-from tests.arm.conftest import PrivateArm, make_clients, wait_for
+from tests.arm.conftest import PRIVATE_ARM_TOKEN, PrivateArm, make_clients, wait_for
 from tests.arm.quickstart import MOUNT, Names, alive, cluster_parameters, download, list_outputs, wait_job
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ def test_state_survives_restart_and_running_jobs_fail_clearly(private_arm: Priva
     # The https://<account>.file.core.windows.net/<share> form maps to <files-root>/<account>/<share>.
     (private_arm.files_root / "devstoreaccount1" / "persist").mkdir(parents=True)
     share_url = "https://devstoreaccount1.file.core.windows.net/persist"
-    c = make_clients(private_arm.endpoint)
+    c = make_clients(private_arm.endpoint, PRIVATE_ARM_TOKEN)
     n = Names(group="persist")
     c.resources.resource_groups.create_or_update(n.group, {"location": "westeurope", "tags": {"k": "v"}})
     c.batchai.workspaces.begin_create(
@@ -89,3 +89,43 @@ def test_state_survives_restart_and_running_jobs_fail_clearly(private_arm: Priva
     c.resources.resource_groups.begin_delete(n.group).result()
     assert not c.resources.resource_groups.check_existence(n.group)
     assert c.spec.errors == []
+
+
+def test_inline_secrets_reach_the_job_but_never_the_state_file(private_arm: PrivateArm) -> None:
+    """Issue 19 item 10: secret environment variables, mount keys and admin passwords stay in memory."""
+    (private_arm.files_root / "devstoreaccount1" / "sealed").mkdir(parents=True)
+    share_url = "https://devstoreaccount1.file.core.windows.net/sealed"
+    c = make_clients(private_arm.endpoint, PRIVATE_ARM_TOKEN)
+    n = Names(group="sealed")
+    c.resources.resource_groups.create_or_update(n.group, {"location": "westeurope"})
+    c.batchai.workspaces.begin_create(
+        n.group, n.workspace, bai.WorkspaceCreateParameters(location="eastus")
+    ).result()
+    c.batchai.experiments.begin_create(n.group, n.workspace, n.experiment).result()
+    parameters = cluster_parameters(share_url)
+    parameters.node_setup.mount_volumes.azure_file_shares[0].credentials.account_key = "MOUNT-KEY-4f1d9a"
+    parameters.user_account_settings.admin_user_password = "ADMIN-PASSWORD-77c2"
+    cluster = c.batchai.clusters.begin_create(n.group, n.workspace, n.cluster, parameters).result()
+    job = custom_job(cluster.id, 'echo "token=$API_TOKEN"')
+    job.secrets = [bai.EnvironmentVariableWithSecretValue(name="API_TOKEN", value="JOB-SECRET-9e3b")]
+    c.batchai.jobs.begin_create(n.group, n.workspace, n.experiment, "secret", job).result()
+    assert wait_job(c, n, "secret", ("succeeded", "failed")).execution_state == "succeeded"
+    stdout = list_outputs(c, n, "secret", "stdouterr")["stdout.txt"].download_url
+    assert download(stdout) == b"token=JOB-SECRET-9e3b\n"  # the job got its secret
+
+    # A second job queued behind a busy node, then a restart: its secret is gone, so it fails clearly.
+    c.batchai.jobs.begin_create(
+        n.group, n.workspace, n.experiment, "busy", custom_job(cluster.id, "sleep 30")
+    ).result()
+    wait_job(c, n, "busy", ("running",))
+    c.batchai.jobs.begin_create(n.group, n.workspace, n.experiment, "waiting", job).result()
+    private_arm.stop()
+    state = (private_arm.data_dir / "state.json").read_text()
+    for secret in ("MOUNT-KEY-4f1d9a", "ADMIN-PASSWORD-77c2", "JOB-SECRET-9e3b"):
+        assert secret not in state, secret
+    private_arm.start()
+    waiting = c.batchai.jobs.get(n.group, n.workspace, n.experiment, "waiting")
+    assert waiting.execution_state == "failed"
+    assert [e.code for e in waiting.execution_info.errors] == ["EmulatorRestarted"]
+    assert "in memory only" in waiting.execution_info.errors[0].message
+    c.resources.resource_groups.begin_delete(n.group).result()

@@ -23,7 +23,7 @@ from azure.storage.fileshare import (
     generate_file_sas,
 )
 
-from infra.local.stack import DEV_ACCOUNT, DEV_KEY
+from infra.local.stack import DEV_ACCOUNT
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
@@ -104,7 +104,7 @@ def test_copy_blob_from_azurite_by_sas_url(stack, share: ShareClient, blob_servi
         DEV_ACCOUNT,
         container.container_name,
         blob.blob_name,
-        account_key=DEV_KEY,
+        account_key=stack.secrets.account_keys[DEV_ACCOUNT],
         permission=BlobSasPermissions(read=True),
         expiry=datetime.now(UTC) + timedelta(hours=1),
     )
@@ -152,7 +152,7 @@ def test_abort_pending_copy(stack, blob_service, private_emulator) -> None:
         DEV_ACCOUNT,
         container.container_name,
         blob.blob_name,
-        account_key=DEV_KEY,
+        account_key=stack.secrets.account_keys[DEV_ACCOUNT],
         permission=BlobSasPermissions(read=True),
         expiry=datetime.now(UTC) + timedelta(hours=1),
     )

@@ -28,14 +28,14 @@ from azure.storage.fileshare import (
 )
 from azure.storage.fileshare._shared.authentication import SharedKeyCredentialPolicy
 
-from infra.local.stack import DEV_ACCOUNT, DEV_KEY
+from infra.local.stack import DEV_ACCOUNT
 
 pytestmark = pytest.mark.e2e
 WRONG_KEY = base64.b64encode(b"not the key" * 6).decode()
 
 
 def signed_request(
-    stack, method: str, raw_path: str, headers: dict[str, str] | None = None, key: str = DEV_KEY
+    stack, method: str, raw_path: str, headers: dict[str, str] | None = None, key: str | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     """Send `raw_path` byte for byte (no client-side normalisation), signed by the SDK's own
     SharedKey policy, and return status, headers and body."""
@@ -44,6 +44,7 @@ def signed_request(
     request.headers.update(
         {"x-ms-version": "2025-05-05", "x-ms-date": formatdate(usegmt=True), **(headers or {})}
     )
+    key = key if key is not None else stack.secrets.account_keys[DEV_ACCOUNT]
     SharedKeyCredentialPolicy(DEV_ACCOUNT, key).on_request(PipelineRequest(request, PipelineContext(None)))
     connection = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
     try:
@@ -96,7 +97,7 @@ def test_sas_tokens_grant_reads_and_nothing_more(stack, share: ShareClient) -> N
         DEV_ACCOUNT,
         share.share_name,
         ["d", "model.bin"],
-        account_key=DEV_KEY,
+        account_key=stack.secrets.account_keys[DEV_ACCOUNT],
         permission=FileSasPermissions(read=True),
         expiry=expiry,
     )
@@ -119,7 +120,7 @@ def test_sas_tokens_grant_reads_and_nothing_more(stack, share: ShareClient) -> N
         DEV_ACCOUNT,
         share.share_name,
         ["d", "model.bin"],
-        account_key=DEV_KEY,
+        account_key=stack.secrets.account_keys[DEV_ACCOUNT],
         permission=FileSasPermissions(read=True),
         expiry=datetime.now(UTC) - timedelta(minutes=1),
     )
@@ -129,7 +130,7 @@ def test_sas_tokens_grant_reads_and_nothing_more(stack, share: ShareClient) -> N
     share_sas = generate_share_sas(
         DEV_ACCOUNT,
         share.share_name,
-        account_key=DEV_KEY,
+        account_key=stack.secrets.account_keys[DEV_ACCOUNT],
         permission=ShareSasPermissions(read=True, list=True),
         expiry=expiry,
     )
@@ -142,7 +143,7 @@ def test_sas_tokens_grant_reads_and_nothing_more(stack, share: ShareClient) -> N
 
     account_sas = generate_account_sas(
         DEV_ACCOUNT,
-        DEV_KEY,
+        stack.secrets.account_keys[DEV_ACCOUNT],
         ResourceTypes(service=True, container=True, object=True),
         AccountSasPermissions(read=True, list=True),
         expiry,

@@ -30,6 +30,7 @@ def compute(local_stack) -> Iterator[Compute]:
         local_stack_values(
             STORAGE_CONNECTION_STRING=stack.connection_string,
             ARM_ENDPOINT=stack.arm_endpoint,
+            LOCAL_ARM_TOKEN=stack.arm_token,
             BATCHAI_RESOURCE_GROUP="foundation-rg",
             BATCHAI_WORKSPACE="foundation-ws",
             FILE_SHARE_NAME="foundation-share",

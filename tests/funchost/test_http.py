@@ -131,12 +131,14 @@ def _raw_request(host: HostProcess, head: bytes, body_chunks: int = 0) -> bytes:
 def test_body_over_the_limit_is_413_before_the_handler(host: HostProcess) -> None:
     executed = host.log().count("Executing 'Functions.echo'")
     declared = _raw_request(
-        host, b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (BODY_LIMIT + 1)
+        host, b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % (BODY_LIMIT + 1)
     )
     assert declared.startswith(b"HTTP/1.1 413")
     # A chunked body has no Content-Length: the host counts while it reads and stops at the limit.
     chunked = _raw_request(
-        host, b"POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", body_chunks=20
+        host,
+        b"POST /api/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+        body_chunks=20,
     )
     assert chunked.startswith(b"HTTP/1.1 413")
     assert host.log().count("Executing 'Functions.echo'") == executed

@@ -54,6 +54,7 @@ def settings_values(local_stack: Any, **overrides: str) -> dict[str, str]:
         AzureWebJobsStorage=local_stack.connection_string,
         STORAGE_CONNECTION_STRING=local_stack.connection_string,
         ARM_ENDPOINT=local_stack.arm_endpoint,
+        LOCAL_ARM_TOKEN=local_stack.arm_token,
         # A container of its own: a Functions host another test area runs on this session's Azurite
         # watches training-data, and must not ingest this pipeline's blobs.
         TRAINING_CONTAINER=f"training-{tag}",

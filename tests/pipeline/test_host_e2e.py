@@ -23,7 +23,7 @@ from azure.storage.blob import BlobServiceClient
 
 from infra.local.eventgrid import EventGridStandIn, Subscription
 from infra.local.eventgrid.models import blob_created_event
-from infra.local.stack import DEV_KEY, DEV_SUBSCRIPTION, REPO_ROOT
+from infra.local.stack import DEV_SUBSCRIPTION, REPO_ROOT
 from shared import callbacks, monitor
 from shared.callbacks import SIGNATURE_HEADER, verify
 from shared.registry import SNAPSHOT_ROOT, TERMINAL_STATES, RunRecord
@@ -292,7 +292,13 @@ def test_quickstart_through_the_functions_host(hosted) -> None:
     # No secret in the logs or the record.
     host.stop()
     text = host.log()
-    for secret in (DEV_KEY, SIGNING_SECRET, RUN_SECRET, "sig="):
+    for secret in (
+        *p.stack.secrets.account_keys.values(),
+        p.stack.arm_token,
+        SIGNING_SECRET,
+        RUN_SECRET,
+        "sig=",
+    ):
         assert secret not in text, secret
     assert RUN_SECRET not in json.dumps(rec.to_dict())
 

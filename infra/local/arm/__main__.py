@@ -13,6 +13,10 @@ tune it without changing the command line:
   --fault-retry-after   ARM_EMULATOR_FAULT_RETRY_AFTER   Retry-After on injected 429s (1)
   --fault-seed          ARM_EMULATOR_FAULT_SEED          (also seeds node failures)
   --node-failure-rate   ARM_EMULATOR_NODE_FAILURE_RATE   fraction of new nodes left unusable (0)
+
+The one bearer token it accepts is ARM_EMULATOR_TOKEN (environment only, never a flag: command lines
+are visible to every user); without it a random token is made and written to <data-dir>/token (0600).
+Requests whose Host is not a loopback name are refused (infra/local/loopback.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -31,10 +36,27 @@ from infra.local.arm.faults import FaultInjector, FaultSettings
 from infra.local.arm.models import Backend, Config
 from infra.local.arm.server import ArmEmulator
 from infra.local.arm.storage import accounts_from_env
+from infra.local.loopback import LoopbackHostOnly
 
 
 def _env(name: str, default: str | None) -> str | None:
     return os.environ.get(f"ARM_EMULATOR_{name}", default)
+
+
+def _token(data_dir: Path) -> str:
+    """ARM_EMULATOR_TOKEN, else a fresh random token written where only this user can read it."""
+    token = os.environ.get("ARM_EMULATOR_TOKEN", "").strip()
+    if token:
+        return token
+    token = secrets.token_urlsafe(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "token"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    print(f"ARM_EMULATOR_TOKEN is not set: the bearer token is in {path}", flush=True)
+    return token
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
     backend = Backend(config)
-    app = ArmEmulator(backend, FaultInjector(faults))
-    server = make_server(args.host, args.port, app, threaded=True)
+    app = ArmEmulator(backend, FaultInjector(faults), token=_token(config.data_dir))
+    server = make_server(args.host, args.port, LoopbackHostOnly(app, "The ARM emulator"), threaded=True)
     backend.start()
     app.azureml.start()
 

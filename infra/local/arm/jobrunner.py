@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 KILL_GRACE_SECONDS = 2.0
 
+# Environment of the emulator process that its jobs do not inherit.
+EMULATOR_SECRET_VARIABLES = frozenset({"AZURITE_ACCOUNTS", "ARM_EMULATOR_TOKEN"})
+
 
 def _free_port() -> int:
     with contextlib.closing(socket.socket()) as s:
@@ -326,7 +329,9 @@ class JobRunner:
                     errors.append(exc.error)
                     return
             mounted = True
-            base_env = {**os.environ, **env}
+            # The stack's keys and token are the emulator's, not the job's (in Azure a job sees none).
+            inherited = {k: v for k, v in os.environ.items() if k not in EMULATOR_SECRET_VARIABLES}
+            base_env = {**inherited, **env}
             (cwd / "hostfile").write_text(f"localhost slots={max(1, len(plan))}\n")
             if preparation:
                 with (

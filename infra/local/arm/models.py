@@ -235,6 +235,24 @@ class Backend:
                     node["state"] = "idle"
                 node.pop("mounting", None)  # a node setup cut short by the stop is done again
             self._update_node_counts(cluster)
+        # Inline secrets live in memory only: a job that has not started loses them with the restart.
+        for key, job in self.state["jobs"].items():
+            props = job["body"]["properties"]
+            if (
+                props.get("executionState") == "queued"
+                and SECRET_PLACEHOLDER in job["meta"].get("secrets", {}).values()
+            ):
+                self._finish_job(
+                    key,
+                    exit_code=None,
+                    errors=[
+                        {
+                            "code": "EmulatorRestarted",
+                            "message": "The ARM emulator restarted before this job started; its inline "
+                            "secrets are kept in memory only (never in the state file). Submit it again.",
+                        }
+                    ],
+                )
 
     def save(self) -> None:
         with self._save_lock:
@@ -254,7 +272,9 @@ class Backend:
         written outside it; callers hold `_save_lock`, so an older snapshot never replaces a newer one."""
         with self.lock:
             data = json.dumps(
-                {"state": self.state, "secret": self.secret}, separators=(",", ":"), check_circular=False
+                {"state": without_secret_values(self.state), "secret": self.secret},
+                separators=(",", ":"),
+                check_circular=False,
             )
             self.dirty = False
             self._last_save = time.monotonic()
@@ -1409,6 +1429,35 @@ class Backend:
                 usage("Total Cluster Dedicated Regional vCPUs", dedicated, 600),
                 usage("Total Cluster LowPriority Regional vCPUs", low, 150),
             ]
+
+
+# Inline secret values of requests (EnvironmentVariableWithSecretValue.value, storage account keys of
+# mounts, registry passwords, admin passwords) stay in memory; the state file holds this instead.
+SECRET_PLACEHOLDER = "<secret: kept in memory only>"
+SECRET_FIELDS = frozenset({"accountKey", "password", "adminUserPassword"})
+
+
+def without_secret_values(value: Any, field: str = "") -> Any:
+    """A copy of `value` (the emulator's JSON state) with every inline secret value replaced by
+    SECRET_PLACEHOLDER: the `value` of each entry of a `secrets` list, each value of a job's
+    `secrets` map, and SECRET_FIELDS strings."""
+    if isinstance(value, dict):
+        if field == "secrets":  # a job's meta: name -> value
+            return {name: SECRET_PLACEHOLDER for name in value}
+        return {
+            k: SECRET_PLACEHOLDER
+            if k in SECRET_FIELDS and isinstance(v, str)
+            else without_secret_values(v, k)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        if field == "secrets":
+            return [
+                {**item, "value": SECRET_PLACEHOLDER} if isinstance(item, dict) and "value" in item else item
+                for item in value
+            ]
+        return [without_secret_values(item) for item in value]
+    return value
 
 
 def _clone(value: Any) -> Any:

@@ -17,6 +17,7 @@ Admin endpoints (no authentication; loopback tooling, never faulted, never count
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import socket
 import traceback
@@ -74,8 +75,14 @@ DROPPABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
 class ArmEmulator:
-    def __init__(self, backend: Backend, faults: FaultInjector | None = None) -> None:
+    """`token`: the one bearer token accepted (the stack's `ARM_EMULATOR_TOKEN`); None accepts any
+    non-empty token (in-process tests only: `python -m infra.local.arm` always sets one)."""
+
+    def __init__(
+        self, backend: Backend, faults: FaultInjector | None = None, token: str | None = None
+    ) -> None:
         self.backend = backend
+        self.token = token
         self.responses = ArmResponses(backend)
         self.azureml = AzureMLBackend(backend)  # Microsoft.MachineLearningServices, in its own folder
         self.azureml_responses = AzureMLResponses(self.azureml)
@@ -160,6 +167,15 @@ class ArmEmulator:
                     "Authentication failed. The 'Authorization' header is missing."
                     if not auth
                     else "Authentication failed. The 'Authorization' header must be 'Bearer <token>'.",
+                )
+            if self.token is not None and not hmac.compare_digest(
+                token.strip().encode(), self.token.encode()
+            ):
+                raise ArmError(
+                    401,
+                    "InvalidAuthenticationToken",
+                    "The access token is invalid: the local ARM emulator accepts only its stack's token "
+                    "(LOCAL_ARM_TOKEN in .local/stack.env).",
                 )
             if azureml_urls.owns(request.path):
                 return self._azureml_response(request, route, not_allowed)

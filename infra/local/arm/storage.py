@@ -32,17 +32,18 @@ API_VERSIONS = frozenset(
 
 
 def accounts_from_env(environ: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """Account name -> its keys (base64, as ARM shows them): devstoreaccount1 and `AZURITE_ACCOUNTS`
-    (`name:key1[:key2];...`), the same accounts the Files emulator and Azurite serve."""
+    """Account name -> its keys (base64, as ARM shows them): the same accounts the Files emulator and
+    Azurite serve, i.e. those of `AZURITE_ACCOUNTS` (`name:key1[:key2];...`) when it is set (a stack
+    sets it, with random keys), else devstoreaccount1 with Azurite's published key."""
     from infra.local.stack import DEV_ACCOUNT, DEV_KEY
 
     environ = os.environ if environ is None else environ
-    accounts = {DEV_ACCOUNT: [DEV_KEY]}
+    accounts: dict[str, list[str]] = {}
     for entry in environ.get("AZURITE_ACCOUNTS", "").split(";"):
         name, _, keys = entry.strip().partition(":")
         if name and keys:
             accounts[name] = [key for key in keys.split(":") if key]
-    return accounts
+    return accounts or {DEV_ACCOUNT: [DEV_KEY]}
 
 
 class StorageAccounts:

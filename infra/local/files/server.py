@@ -9,6 +9,7 @@ from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from infra.local.loopback import LoopbackHostOnly
 from infra.local.stack import DEV_ACCOUNT, DEV_KEY
 
 from .models import FilesBackend
@@ -26,14 +27,16 @@ class RawHeadersRequestHandler(WSGIRequestHandler):
 
 
 def accounts_from_env(environ: dict[str, str] | None = None) -> dict[str, bytes]:
-    """devstoreaccount1 plus Azurite's `AZURITE_ACCOUNTS` (`name:key1[:key2];...`), keys decoded."""
+    """The accounts Azurite serves: `AZURITE_ACCOUNTS` (`name:key1[:key2];...`, keys decoded) when
+    set, and then only those (a stack's random keys replace the published one), else devstoreaccount1
+    with Azurite's published key. The first key of each account signs."""
     environ = os.environ if environ is None else environ
-    accounts = {DEV_ACCOUNT: base64.b64decode(DEV_KEY)}
+    accounts: dict[str, bytes] = {}
     for entry in environ.get("AZURITE_ACCOUNTS", "").split(";"):
         name, _, keys = entry.strip().partition(":")
         if name and keys:
             accounts[name] = base64.b64decode(keys.split(":")[0])
-    return accounts
+    return accounts or {DEV_ACCOUNT: base64.b64decode(DEV_KEY)}
 
 
 def create_server(host: str, port: int, data_dir: Path, copy_chunk_delay: float = 0.0) -> BaseWSGIServer:
@@ -41,7 +44,8 @@ def create_server(host: str, port: int, data_dir: Path, copy_chunk_delay: float 
     backend = FilesBackend(data_dir, copy_chunk_delay=copy_chunk_delay)
     local = {f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
     app = FilesResponses(backend, accounts_from_env(), local_netlocs=local)
-    server = make_server(host, port, app, threaded=True, request_handler=RawHeadersRequestHandler)
+    guarded = LoopbackHostOnly(app, "The Files emulator")
+    server = make_server(host, port, guarded, threaded=True, request_handler=RawHeadersRequestHandler)
     server.backend = backend  # type: ignore[attr-defined]
     logging.getLogger(__name__).info("Files emulator on http://%s:%s, data in %s", host, port, data_dir)
     return server

@@ -12,6 +12,8 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
+from infra.local.loopback import LoopbackHostOnly
+
 from . import webhooks
 from .app import FunctionSpec, disabled, load_functions
 from .blobs import BlobTriggers
@@ -128,8 +130,10 @@ class FunctionHost:
         self.load()
         assert self.http and self.blobs and self.timers
         if self.port is not None:
+            # Only requests addressed to a loopback name reach the triggers (DNS rebinding).
+            app = LoopbackHostOnly(self.http, "The Functions host")
             self._server = make_server(
-                self.bind_host, self.port, self.http, threaded=True, request_handler=_QuietHandler
+                self.bind_host, self.port, app, threaded=True, request_handler=_QuietHandler
             )
             self.port = self._server.server_port
             self._server_thread = threading.Thread(
