@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PY, BenchOptions, Figure, local_stack, median, mib, repo_env
-from infra.local.stack import DEV_KEY, REPO_ROOT
+from infra.local.stack import REPO_ROOT
 
 CONTAINER = "benchstaging"  # not training-data: a function app watching that would ingest it
 SHARE = "batchaiquickstart"
@@ -67,9 +67,9 @@ def child(argv: list[str]) -> int:
         share = ShareClient.from_connection_string(conn, SHARE)
         ready = _rss()
         started = time.perf_counter()
-        staged = stage_blob(
-            container, blob_name, share, dest_path=dest, copy_timeout=3600, account_key=DEV_KEY
-        )
+        # The key of the stack's account, from its connection string (random per stack).
+        key = dict(part.split("=", 1) for part in conn.split(";") if "=" in part)["AccountKey"]
+        staged = stage_blob(container, blob_name, share, dest_path=dest, copy_timeout=3600, account_key=key)
         seconds = time.perf_counter() - started
         size = staged.size
     elif action == "download":
