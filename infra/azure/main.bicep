@@ -46,7 +46,7 @@ param runsTableName string = 'runs'
 @description('Blob container for cleanup reports.')
 param reportsContainerName string = 'reports'
 
-@description('Resource group that holds the Batch AI workspace, clusters and jobs. It must exist before this deployment (az group create); the app gets Contributor on it and nothing wider.')
+@description('Resource group that holds the Batch AI workspace, clusters and jobs. It must exist before this deployment (az group create); the app gets a custom role there listing only the operations it calls (modules/batchai-access.bicep), and nothing wider.')
 param batchAiResourceGroupName string = '${resourceGroup().name}-batchai'
 
 @description('Region of the Batch AI workspace and clusters.')
@@ -170,8 +170,10 @@ param ingestFunctionName string = 'ingest'
 @description('Second pass, after the code is deployed: create the Event Grid subscription to the ingest function. Its endpoint needs the blobs_extension system key, which exists only once the host has loaded the blob trigger.')
 param enableIngestEventSubscription bool = false
 
-@description('Key Vault purge protection (recommended in production; once on it cannot be turned off).')
-param keyVaultPurgeProtection bool = false
+@description('Days a deleted Key Vault (or secret) stays recoverable; purge protection is always on, so nobody can shorten this by purging.')
+@minValue(30)
+@maxValue(90)
+param keyVaultSoftDeleteRetentionDays int = 90
 
 @description('Log Analytics retention in days.')
 @minValue(30)
@@ -379,9 +381,11 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       name: 'standard'
     }
     enableRbacAuthorization: true
+    // A deleted vault or secret is recoverable for the retention period, and purge protection (which
+    // cannot be turned off again) means nobody, not even an owner, can purge it sooner.
     enableSoftDelete: true
-    softDeleteRetentionInDays: 7
-    enablePurgeProtection: keyVaultPurgeProtection ? true : null
+    softDeleteRetentionInDays: keyVaultSoftDeleteRetentionDays
+    enablePurgeProtection: true
     publicNetworkAccess: 'Enabled'
     networkAcls: {
       defaultAction: 'Allow'
@@ -664,8 +668,9 @@ resource appInsightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
-// Batch AI workspace, clusters and jobs live in their own resource group: Contributor there, and only there
-// (Contributor on this group would let the app read storage keys and rewrite its own settings).
+// Batch AI workspace, clusters and jobs live in their own resource group: a custom role there listing only
+// the Batch AI and resource group operations the app calls, and nothing elsewhere (Contributor, even on
+// that group alone, would let the app create any resource there and read any key in it).
 module batchAiAccess 'modules/batchai-access.bicep' = {
   name: 'batchai-access-${token}'
   scope: resourceGroup(batchAiResourceGroupName)

@@ -19,7 +19,16 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared.settings import Settings
-from tests.deploy.bicep import AZURE_DIR, MAIN, FunctionResult, ResourceRef, Template, parse, parse_expression
+from tests.deploy.bicep import (
+    AZURE_DIR,
+    MAIN,
+    ROOT,
+    FunctionResult,
+    ResourceRef,
+    Template,
+    parse,
+    parse_expression,
+)
 
 SECRETS = {
     "clusterSshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest test",
@@ -30,7 +39,7 @@ SECRETS = {
 # assignment to a GUID outside this table fails the tests: a typo would otherwise surface only as a
 # RoleDefinitionDoesNotExist error at deployment time.
 BUILT_IN_ROLES = {
-    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",  # granted by no template (see below)
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
@@ -211,12 +220,20 @@ def test_key_vault_in_rbac_mode_holds_the_secrets() -> None:
     assert names == {f"{vault_name}/{s}" for s in always | optional}
 
 
-def test_purge_protection_is_true_or_absent() -> None:
-    """ARM rejects enablePurgeProtection=false; the template sends true or nothing."""
-    assert _one(_main(), "Microsoft.KeyVault/vaults")[1]["properties"]["enablePurgeProtection"] is None
-    assert _one(_main(keyVaultPurgeProtection=True), "Microsoft.KeyVault/vaults")[1]["properties"][
-        "enablePurgeProtection"
-    ]
+def test_key_vault_cannot_be_purged_and_stays_recoverable() -> None:
+    """Issue 19 item 11: purge protection on (whatever the parameters), soft delete long enough to
+    notice and recover (at least 30 days; 90 by default)."""
+    template = _main()
+    properties = _one(template, "Microsoft.KeyVault/vaults")[1]["properties"]
+    assert properties["enablePurgeProtection"] is True
+    assert properties["enableSoftDelete"] is True
+    assert properties["softDeleteRetentionInDays"] == 90
+    retention = template.parameters["keyVaultSoftDeleteRetentionDays"]
+    bounds = {d["type"]: d for d in retention.get("decorators", [])}
+    assert bounds["min_value"]["argument"] >= 30, bounds
+    shortest = _one(_main(keyVaultSoftDeleteRetentionDays=30), "Microsoft.KeyVault/vaults")[1]["properties"]
+    assert shortest["enablePurgeProtection"] is True and shortest["softDeleteRetentionInDays"] == 30
+    assert "keyVaultPurgeProtection" not in template.parameters  # no way to deploy without it
 
 
 # --- role assignments -----------------------------------------------------------------------------------
@@ -276,17 +293,97 @@ def test_role_assignments_are_least_privilege_built_in_roles() -> None:
     assert len(names) == len(set(names))
 
 
-def test_contributor_only_on_the_batch_ai_resource_group() -> None:
-    template = _main(batchAiResourceGroupName="rg-training-batchai")
+# What each SDK call of the compute backends needs in the Batch AI resource group (Azure's operation
+# names for Microsoft.BatchAI and Microsoft.Resources), and the calls deliberately not granted there.
+SDK_CALL_ACTIONS = {
+    ("resource_groups", "get"): "Microsoft.Resources/subscriptions/resourceGroups/read",
+    ("workspaces", "get"): "Microsoft.BatchAI/workspaces/read",
+    ("workspaces", "begin_create"): "Microsoft.BatchAI/workspaces/write",
+    ("clusters", "get"): "Microsoft.BatchAI/workspaces/clusters/read",
+    ("clusters", "list_by_workspace"): "Microsoft.BatchAI/workspaces/clusters/read",
+    ("clusters", "begin_create"): "Microsoft.BatchAI/workspaces/clusters/write",
+    ("clusters", "update"): "Microsoft.BatchAI/workspaces/clusters/write",
+    ("clusters", "begin_delete"): "Microsoft.BatchAI/workspaces/clusters/delete",
+    ("experiments", "get"): "Microsoft.BatchAI/workspaces/experiments/read",
+    ("experiments", "list_by_workspace"): "Microsoft.BatchAI/workspaces/experiments/read",
+    ("experiments", "begin_create"): "Microsoft.BatchAI/workspaces/experiments/write",
+    ("experiments", "begin_delete"): "Microsoft.BatchAI/workspaces/experiments/delete",
+    ("jobs", "get"): "Microsoft.BatchAI/workspaces/experiments/jobs/read",
+    ("jobs", "list_by_experiment"): "Microsoft.BatchAI/workspaces/experiments/jobs/read",
+    ("jobs", "begin_create"): "Microsoft.BatchAI/workspaces/experiments/jobs/write",
+    ("jobs", "begin_delete"): "Microsoft.BatchAI/workspaces/experiments/jobs/delete",
+    ("jobs", "begin_terminate"): "Microsoft.BatchAI/workspaces/experiments/jobs/terminate/action",
+    ("jobs", "list_output_files"): "Microsoft.BatchAI/workspaces/experiments/jobs/listoutputfiles/action",
+}
+NOT_GRANTED = {
+    # The group exists before the deployment; the app GETs it and creates it only when missing, which
+    # needs subscription scope: an operator's step (docs/deploy.md).
+    ("resource_groups", "create_or_update"): "the group is created before deployment",
+    # Deleting the whole group (the quickstart's last step) is reachable in code but no function calls it.
+    ("resource_groups", "begin_delete"): "an operator's step",
+    # Subscription-scoped (/subscriptions/<id>/providers/Microsoft.BatchAI/locations/<region>/usages):
+    # a role in the resource group cannot grant it; the deep health check reports it unreachable.
+    ("usages", "list"): "subscription scope",
+}
+SDK_CALL = re.compile(r"\b(workspaces|clusters|experiments|jobs|resource_groups|groups|usages)\.([a-z_]+)\b")
+PAGER_METHODS = {"by_page"}
+
+
+def _sdk_calls() -> set[tuple[str, str]]:
+    """(operation group, method) of every Batch AI / resource group SDK call in the modules of shared/
+    that talk to ARM."""
+    calls = set()
+    for path in sorted((ROOT / "shared").glob("*.py")):
+        code = path.read_text()
+        if not re.search(r"batchai_client|resource_client|self\.batchai|self\.resources", code):
+            continue
+        for group, method in SDK_CALL.findall(code):
+            if method not in PAGER_METHODS:
+                calls.add(("resource_groups" if group == "groups" else group, method))
+    return calls
+
+
+def _batch_ai_access(template: Template) -> tuple[Template, dict[str, Any]]:
     module = template.modules["batchAiAccess"]
     body = template.body(module)
-    scope = template.value(body["scope"])
-    assert isinstance(scope, FunctionResult) and scope.properties["name"] == "rg-training-batchai"
     params = template.value(body["params"])
+    return Template(AZURE_DIR / module["detail"]["path"], params), {
+        "scope": template.value(body["scope"]),
+        **params,
+    }
+
+
+def test_the_app_has_a_custom_role_with_exactly_the_operations_it_calls_on_the_batch_ai_group() -> None:
+    """Issue 19 item 11: not Contributor; a custom role listing the Microsoft.BatchAI and
+    Microsoft.Resources actions the code calls, assignable to the Batch AI resource group only."""
+    calls = _sdk_calls()
+    unknown = calls - set(SDK_CALL_ACTIONS) - set(NOT_GRANTED)
+    assert not unknown, (
+        f"SDK calls with no known action (add them to SDK_CALL_ACTIONS or NOT_GRANTED): {unknown}"
+    )
+    needed = {SDK_CALL_ACTIONS[call] for call in calls if call in SDK_CALL_ACTIONS}
+
+    template = _main(batchAiResourceGroupName="rg-training-batchai")
+    access, params = _batch_ai_access(template)
+    scope = params["scope"]
+    assert isinstance(scope, FunctionResult) and scope.properties["name"] == "rg-training-batchai"
     assert params["principalId"] == _expr(template, "functionApp.identity.principalId")
-    access = Template(AZURE_DIR / module["detail"]["path"], params)
+    (role_symbol,) = access.resources_of_type("Microsoft.Authorization/roleDefinitions")
+    role = access.value(access.body(access.resources[role_symbol]))
+    properties = role["properties"]
+    assert properties["type"] == "CustomRole"
+    (permissions,) = properties["permissions"]
+    assert set(permissions["actions"]) == needed
+    assert len(permissions["actions"]) == len(needed)
+    assert not any("*" in action for action in permissions["actions"])
+    assert permissions["notActions"] == [] and permissions["dataActions"] == []
+    module_group = _expr(access, "resourceGroup().id")
+    assert properties["assignableScopes"] == [module_group]
+    uuid.UUID(role["name"])
+
     (assignment,) = _assignments(access)
-    assert BUILT_IN_ROLES[assignment["role"]] == "Contributor"
+    assert assignment["roleDefinitionId"] == _expr(access, f"{role_symbol}.id")
+    assert assignment["role"] not in BUILT_IN_ROLES  # not Contributor, nor any other built-in role
     assert assignment["scope"] is None  # the module's own scope: the Batch AI resource group
     assert assignment["principalId"] == params["principalId"]
     assert assignment["principalType"] == "ServicePrincipal"
@@ -310,6 +407,11 @@ def test_azure_ml_workspace_with_least_privilege_roles_by_default() -> None:
         assert isinstance(assignment["scope"], ResourceRef) and assignment["scope"].symbol == "workspace"
         assert assignment["principalId"] == params["principalId"]
     assert set(workspace.resources_of_type("Microsoft.MachineLearningServices/workspaces/datastores"))
+
+
+def test_no_template_grants_contributor() -> None:
+    for path in sorted(AZURE_DIR.rglob("*.bicep")):
+        assert "b24988ac-6180-42a0-ab88-20f7382dd24c" not in path.read_text().lower(), path.name
 
 
 def test_no_template_grants_a_role_that_could_widen_itself() -> None:
