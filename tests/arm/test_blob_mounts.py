@@ -10,7 +10,7 @@ import azure.mgmt.batchai.models as bai
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from infra.local.stack import DEV_ACCOUNT, DEV_KEY
+from infra.local.stack import DEV_ACCOUNT
 from tests.arm.conftest import Clients, unique, wait_for
 from tests.arm.quickstart import MOUNT, Names, cluster_parameters, download, list_outputs, wait_job
 
@@ -30,11 +30,15 @@ rm $AZ_BATCHAI_JOB_MOUNT_ROOT/jbfs/data/stale.txt
 """
 
 
-def blob_volume(container: str, path: str, key: str = DEV_KEY) -> bai.AzureBlobFileSystemReference:
+# The session stack's key of devstoreaccount1 (random per stack), set by the `blobs` fixture.
+STACK_KEY: dict[str, str] = {}
+
+
+def blob_volume(container: str, path: str, key: str | None = None) -> bai.AzureBlobFileSystemReference:
     return bai.AzureBlobFileSystemReference(
         account_name=DEV_ACCOUNT,
         container_name=container,
-        credentials=bai.AzureStorageCredentialsInfo(account_key=key),
+        credentials=bai.AzureStorageCredentialsInfo(account_key=key or STACK_KEY["key"]),
         relative_mount_path=path,
     )
 
@@ -42,6 +46,7 @@ def blob_volume(container: str, path: str, key: str = DEV_KEY) -> bai.AzureBlobF
 @pytest.fixture(scope="module")
 def blobs(local_stack):
     local_stack.ensure("azurite")
+    STACK_KEY["key"] = local_stack.secrets.account_keys[DEV_ACCOUNT]
     with BlobServiceClient.from_connection_string(local_stack.connection_string) as service:
         yield service
 
