@@ -331,7 +331,7 @@ def wait_copied(file: Any) -> Any:
     return props
 
 
-def test_copy_from_a_file_url_inside_the_share_as_azure_authorizes_it(share: ShareClient) -> None:
+def test_copy_from_a_file_url_inside_the_share_as_azure_authorizes_it(stack, share: ShareClient) -> None:
     """Issue 18.1: snapshots carry files inside the share with Copy File from a file URL. Azure takes
     a file of the destination's own account as source on the copy request's Shared Key, or any file
     by a SAS granting read on it; anything else is 403 CannotVerifyCopySource, and nothing is written."""
@@ -349,9 +349,11 @@ def test_copy_from_a_file_url_inside_the_share_as_azure_authorizes_it(share: Sha
     assert props.size == len(payload) and bytes(props.content_settings.content_md5) == md5
     assert by_key.download_file().readall() == payload
 
+    key = stack.secrets.account_keys[DEV_ACCOUNT]
+
     def file_sas(path: str, **permission: bool) -> str:
         return generate_file_sas(
-            DEV_ACCOUNT, share.share_name, path.split("/"), account_key=DEV_KEY,
+            DEV_ACCOUNT, share.share_name, path.split("/"), account_key=key,
             permission=FileSasPermissions(**permission), expiry=datetime.now(UTC) + timedelta(hours=1),
         )  # fmt: skip
 
