@@ -181,6 +181,21 @@ def test_functions_host_refuses_a_rebound_host_and_invokes_nothing(local_stack) 
 
 
 @e2e
+def test_event_grid_stand_in_refuses_a_rebound_host_and_subscribes_nothing(local_stack) -> None:
+    stack = local_stack.ensure("azurite", "eventgrid")
+    port = stack.ports.eventgrid
+    name = f"rebind-{uuid.uuid4().hex[:8]}"
+    body = b'{"container": "x", "endpoint": "https://attacker.example/hook"}'
+    path = f"/_emulator/subscriptions/{name}"
+    status, answer = raw(
+        port, "PUT", path, {"Host": f"{REBIND}:{port}", "Content-Type": "application/json"}, body
+    )
+    assert status == 421 and b"loopback" in answer
+    status, listed = raw(port, "GET", "/_emulator/subscriptions", {"Host": f"127.0.0.1:{port}"})
+    assert status == 200 and name.encode() not in listed
+
+
+@e2e
 def test_azurite_refuses_the_published_key(local_stack) -> None:
     """Azurite cannot check Host; what keeps a rebinding page out is the stack's random keys."""
     stack = local_stack.ensure("azurite")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
+from infra.local.loopback import LoopbackHostOnly
+
 from .models import Subscription
 from .publisher import EventGridStandIn
 from .server import AdminApp
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: subscriptions file {args.subscriptions}: {exc}", file=sys.stderr)
         return 1
     grid = EventGridStandIn(connection, subscriptions, poll_interval=args.poll_interval).start()
-    server = make_server(args.host, args.port, AdminApp(grid), threaded=True)
+    # Only requests addressed to a loopback name reach the admin API (DNS rebinding).
+    app = LoopbackHostOnly(AdminApp(grid), "The Event Grid stand-in")
+    server = make_server(args.host, args.port, app, threaded=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
