@@ -13,10 +13,11 @@ import pytest
 import requests
 
 from infra.local.arm.azureml.responses import SPEC_DIR, spec_set
+from tests.arm.conftest import auth
 
 pytestmark = pytest.mark.e2e
 
-HEADERS = {"Authorization": "Bearer example-replay", "Content-Type": "application/json"}
+HEADERS = {"Content-Type": "application/json"}
 RG_API = "2025-04-01"
 PROVIDER = "Microsoft.MachineLearningServices"
 # Dependency order: each example's prerequisites come from the ones before it.
@@ -80,7 +81,7 @@ def test_replay_official_azureml_examples(arm_stack: Any) -> None:
     known = examples()
     groups: set[tuple[str, str]] = set()
     session = requests.Session()
-    session.headers.update(HEADERS)
+    session.headers.update({**HEADERS, **auth(arm_stack)})
     for name in ORDER:
         method, template, op, doc = known[name]
         params = dict(doc["parameters"])

@@ -56,7 +56,7 @@ def test_dataset_drop_trains_a_model_on_azureml(azureml_pipeline: Pipeline) -> N
     # The job is a Command job whose command sets the Batch AI variables from Azure ML's inputs.
     job = requests.get(
         f"{p.stack.arm_endpoint}{svc.cloud.workspace_id}/jobs/{rec.job_name}?api-version=2024-10-01",
-        headers={"Authorization": "Bearer test"},
+        headers={"Authorization": f"Bearer {p.stack.arm_token}"},
         timeout=10,
     ).json()
     command = job["properties"]["command"]
