@@ -69,6 +69,19 @@ def text(browser: Any, selector: str) -> str:
     return browser.find_element(By.CSS_SELECTOR, selector).text
 
 
+UNLABELLED_JS = """
+return [...document.querySelectorAll('input, select, button, a[href], pre[tabindex]')]
+  .filter((e) => e.offsetParent !== null)
+  .filter((e) => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.textContent.trim()))
+  .map((e) => e.outerHTML.slice(0, 120));
+"""
+
+
+def unlabelled(browser: Any) -> list[str]:
+    """Visible controls a screen reader could not name (no label, aria-label or text)."""
+    return browser.execute_script(UNLABELLED_JS)
+
+
 def run_of(browser: Any, dataset: str) -> str | None:
     from selenium.webdriver.common.by import By
 
@@ -98,6 +111,8 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     browser.get(f"{api.base}/ui")
     key_input = wait("the key form", lambda: browser.find_element(By.ID, "key-input").is_displayed())
     assert key_input
+    assert browser.switch_to.active_element.get_attribute("id") == "key-input"  # focus is where to type
+    assert unlabelled(browser) == []
     shot(browser, screenshots, "01-key")
     browser.find_element(By.ID, "key-input").send_keys(api.key)
     browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
@@ -108,6 +123,7 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     run_id = wait("the run of the dataset", lambda: run_of(browser, dataset))
     assert row is not None
     assert "refreshing every" in text(browser, "#refresh-note")  # an active run: the list refreshes itself
+    assert unlabelled(browser) == []
     shot(browser, screenshots, "02-runs-active")
 
     # The run's page: the curve is drawn while the job runs, and grows.
@@ -138,6 +154,7 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     assert "succeeded" in text(browser, "#run-facts")  # the state in words, not only a colour
     assert "Epoch 3/3" in wait("the log", lambda: text(browser, "#stdout"))
     assert not browser.find_element(By.ID, "cancel-run").is_displayed()  # nothing to cancel any more
+    assert unlabelled(browser) == []
 
     # Its outputs: download links that work.
     link = wait(
@@ -196,6 +213,7 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
         lambda: browser.find_element(By.CSS_SELECTOR, "#compare-charts figure[data-metric='test_accuracy']"),
     )
     assert figure.get_attribute("data-series") == "2"
+    assert unlabelled(browser) == []
     rows = browser.find_elements(By.CSS_SELECTOR, "#final-metrics tbody tr")
     assert {r.get_attribute("data-run") for r in rows} == {run_id, second.json()["id"]}
     assert "test_accuracy" in text(browser, "#final-metrics thead")
