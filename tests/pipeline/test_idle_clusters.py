@@ -159,3 +159,20 @@ def test_with_the_delete_action_an_idle_cluster_is_deleted_and_made_again_for_th
     run2 = start_run(p, dataset, {**MANIFEST, "arguments": "again"})
     run_to_the_end(p, run2)
     assert p.registry.get(run2).state == "succeeded"
+
+
+def test_a_queued_job_whose_cluster_was_scaled_to_zero_under_it_gets_its_node_back(
+    scale_to_zero: Pipeline,
+) -> None:
+    """A release that raced a submission (the cluster resized to zero just as the job was queued):
+    the monitor asks for the node again, and the run succeeds."""
+    p = scale_to_zero
+    run_id = start_run(p, f"race-{uuid.uuid4().hex[:8]}", MANIFEST)
+    name = p.registry.get(run_id).cluster
+    p.services.cloud.compute.scale_cluster(name, 0)
+    assert p.services.cloud.get_cluster(name).manual_target == 0
+    report = run_monitor(p.services)
+    assert report.nodes_requested == [name] and report.released == []
+    assert p.services.cloud.get_cluster(name).manual_target == 1
+    run_to_the_end(p, run_id)
+    assert p.registry.get(run_id).state == "succeeded"
