@@ -404,24 +404,29 @@ def _post_once(
         lines += ["Connection: close", "", ""]
         sock.settimeout(left())
         sock.sendall("\r\n".join(lines).encode("latin-1") + body)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            if len(head) > MAX_RESPONSE_HEAD_BYTES:
+        received = b""  # every head counts towards the cap, interim (1xx) ones included
+        start = 0
+        while True:
+            while b"\r\n\r\n" not in received[start:]:
+                if len(received) > MAX_RESPONSE_HEAD_BYTES:
+                    raise OSError(f"response headers exceed {MAX_RESPONSE_HEAD_BYTES} bytes")
+                sock.settimeout(left())
+                chunk = sock.recv(4096)
+                if not chunk:
+                    left()  # a socket the watchdog shut down reads as closed: say it was the deadline
+                    raise OSError("connection closed before the response headers")
+                received += chunk
+            end = received.index(b"\r\n\r\n", start)
+            if end > MAX_RESPONSE_HEAD_BYTES:
                 raise OSError(f"response headers exceed {MAX_RESPONSE_HEAD_BYTES} bytes")
-            sock.settimeout(left())
-            chunk = sock.recv(4096)
-            if not chunk:
-                left()  # a socket the watchdog shut down reads as closed: say it was the deadline
-                raise OSError("connection closed before the response headers")
-            head += chunk
-        head = head.split(b"\r\n\r\n", 1)[0]
-        if len(head) > MAX_RESPONSE_HEAD_BYTES:
-            raise OSError(f"response headers exceed {MAX_RESPONSE_HEAD_BYTES} bytes")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/") or not code.isdigit():
-            raise OSError("malformed response status line")
+            status_line, *header_lines = received[start:end].decode("latin-1").split("\r\n")
+            version, _, rest = status_line.partition(" ")
+            code = rest[:3]
+            if not version.startswith("HTTP/") or not code.isdigit():
+                raise OSError("malformed response status line")
+            if not code.startswith("1"):
+                break
+            start = end + 4  # an interim answer (100 Continue, 103 Early Hints): the final one follows
         response_headers = {}
         for line in header_lines:
             name, _, value = line.partition(":")

@@ -516,3 +516,25 @@ def test_a_slow_name_lookup_is_cut_at_the_delivery_deadline(monkeypatch: pytest.
             assert not result.delivered and not result.refused and "deadline" in (result.error or ""), result
     finally:
         release.set()
+
+
+def test_an_interim_answer_is_followed_by_the_final_one() -> None:
+    """A receiver that first answers `100 Continue` (or 103) is judged by its final answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+                )
+
+        threading.Thread(target=answer, daemon=True).start()
+        result = deliver(
+            f"http://127.0.0.1:{port}/hook", {}, secret=SECRET, allow_loopback_http=True, attempts=1
+        )
+    assert result.delivered and result.status == 204, result
