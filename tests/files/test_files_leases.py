@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.fileshare import ShareClient, ShareServiceClient
+from azure.storage.fileshare import ShareClient, ShareLeaseClient, ShareServiceClient
 
 from infra.local.files import leases
 from infra.local.files.errors import StorageError
@@ -54,6 +54,13 @@ def test_file_lease_guards_writes_until_released(share: ShareClient) -> None:
     assert error_code(lambda: file.set_file_metadata({"a": "b"}, lease=new_id)) == (
         "LeaseNotPresentWithFileOperation"
     )
+
+    # A leased file is renamed only with its lease (the lease moves with it).
+    lease = file.acquire_lease()
+    assert error_code(lambda: file.rename_file("moved.bin")) == "LeaseIdMissing"
+    file = file.rename_file("moved.bin", source_lease=lease)
+    assert file.get_file_properties().lease.state == "leased"
+    ShareLeaseClient(file, lease_id=lease.id).release()  # the old client still names the old path
 
     # Break ends a file lease at once; the file can be leased again.
     lease = file.acquire_lease()

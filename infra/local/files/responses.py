@@ -924,6 +924,12 @@ class FilesResponses:
             source_path = unquote(parts.path).lstrip("/")
         kind = "directory" if ctx.args.get("restype") == "directory" else "file"
         replace = (ctx.header("x-ms-file-rename-replace-if-exists") or "").lower() == "true"
+        if kind == "file":  # a leased source or destination moves only with its lease's id
+            for path, header in (
+                (source_path, "x-ms-source-lease-id"),
+                (ctx.path, "x-ms-destination-lease-id"),
+            ):
+                self.backend.check_file_lease(ctx.account, ctx.share, path, ctx.header(header), True)
         info = self.backend.rename(ctx.account, ctx.share, source_path, ctx.path, kind, replace)
         return empty(200, write_headers(info))
 
