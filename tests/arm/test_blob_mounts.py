@@ -109,6 +109,31 @@ def test_jobs_read_the_container_and_write_back(clients: Clients, setup) -> None
     assert volume.credentials.account_key is None and volume.container_name == container.container_name
 
 
+def test_blobs_that_cannot_be_files_fail_the_mount_with_the_reason(clients: Clients, setup, blobs) -> None:
+    """`a` and `a/b` are both blobs: no directory tree holds both. The job fails naming it, nothing is
+    written outside the mount, and the emulator goes on serving."""
+    names, cluster, _ = setup
+    clash = blobs.get_container_client(f"clash-{uuid.uuid4().hex[:8]}")
+    clash.create_container()
+    try:
+        clash.upload_blob("a", b"file")
+        clash.upload_blob("a/b", b"under a file")
+        name = unique("clash")
+        clients.batchai.jobs.begin_create(
+            names.group,
+            "ws",
+            names.experiment,
+            name,
+            job(cluster.id, "true", [blob_volume(clash.container_name, "x")]),
+        ).result()
+        done = wait_job(clients, names, name, ("succeeded", "failed"))
+        error = done.execution_info.errors[0]
+        assert done.execution_state == "failed" and error.code == "AzureBlobFileSystemMountFailed"
+        assert "cannot be laid out as files" in error.message
+    finally:
+        clash.delete_container()
+
+
 @pytest.mark.parametrize(
     ("volume", "reason"),
     [

@@ -119,6 +119,8 @@ def pull(mount: BlobMount) -> None:
         raise MountError(mount, f"{code}: {str(exc.message).splitlines()[0]}") from None
     except AzureError as exc:
         raise MountError(mount, f"the blob service could not be reached: {exc}") from None
+    except OSError as exc:  # a blob that cannot be a file here: "a" and "a/b", a name too long, ...
+        raise MountError(mount, f"the container's blobs cannot be laid out as files: {exc}") from None
 
 
 def push(mount: BlobMount) -> list[dict[str, Any]]:

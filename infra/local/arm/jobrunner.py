@@ -328,6 +328,9 @@ class JobRunner:
                 except blobfs.MountError as exc:
                     errors.append(exc.error)
                     return
+                except Exception as exc:  # the job fails with the reason, never hangs
+                    errors.append(blobfs.MountError(mount, f"unexpected failure: {exc!r}").error)
+                    return
             mounted = True
             # The stack's keys and token are the emulator's, not the job's (in Azure a job sees none).
             inherited = {k: v for k, v in os.environ.items() if k not in EMULATOR_SECRET_VARIABLES}

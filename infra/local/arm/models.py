@@ -939,6 +939,8 @@ class Backend:
                 blobfs.pull(mount)
             except blobfs.MountError as exc:
                 errors.append(exc.error)
+            except Exception as exc:  # never leave the node preparing for good
+                errors.append(blobfs.MountError(mount, f"unexpected failure: {exc!r}").error)
         with self.lock:
             record = self.state["clusters"].get(resource_key(cluster_id))
             node = next(
