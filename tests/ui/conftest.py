@@ -41,6 +41,7 @@ def browser(request: pytest.FixtureRequest, screenshots: Path, local_stack: Any)
     )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):  # fmt: skip
         options.add_argument(argument)

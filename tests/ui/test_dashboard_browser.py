@@ -82,6 +82,16 @@ def unlabelled(browser: Any) -> list[str]:
     return browser.execute_script(UNLABELLED_JS)
 
 
+def console_errors(browser: Any) -> list[str]:
+    """Errors the page logged since the last call (script errors, CSP violations, failed loads), but
+    the browser's own request for /favicon.ico, which the app does not serve."""
+    return [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]
+    ]
+
+
 def run_of(browser: Any, dataset: str) -> str | None:
     from selenium.webdriver.common.by import By
 
@@ -228,3 +238,4 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     assert "code=" not in browser.current_url
     browser.set_window_size(390, 844)
     shot(browser, screenshots, "09-runs-phone")
+    assert console_errors(browser) == []
