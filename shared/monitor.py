@@ -133,7 +133,7 @@ def run_monitor(svc: Services | None = None, *, now: datetime | None = None) -> 
     now = now or datetime.now(UTC)
     report = MonitorReport()
     _check_staging(svc, now, report)
-    clusters = _list_clusters(svc, report)
+    clusters = _list_clusters(svc, report) if _clusters_to_watch(svc) else {}
     if clusters is not None:
         _reconcile_submitted(svc, clusters, now, report)
         _account_clusters(svc, clusters, now, report)
@@ -212,6 +212,21 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
 
 
 # --- submitted runs ---------------------------------------------------------------------------------------
+def _clusters_to_watch(svc: Services) -> bool:
+    """Whether this pass needs the clusters: some run is active, or a cluster the monitor saw still
+    held nodes or owes a run its node time. A quiet app makes no ARM request (and, against Azure,
+    where Batch AI is retired, logs no failed listing every minute)."""
+    try:
+        if svc.registry.list_runs(state=sorted(ACTIVE_STATES), page_size=1)[0]:
+            return True
+        return any(
+            ledger.nodes or ledger.active_marks or ledger.after_marks
+            for ledger in svc.registry.cluster_ledgers().values()
+        )
+    except (RegistryError, HttpResponseError):
+        return True
+
+
 def _list_clusters(svc: Services, report: MonitorReport) -> dict[str, ClusterStatus] | None:
     """The workspace's clusters, with one call (None when it failed: the next pass retries)."""
     try:
@@ -461,19 +476,18 @@ def _account_clusters(
 ) -> None:
     """Sample each cluster's node time, record runs' node-minutes, and release idle clusters' nodes
     (see the module doc and ``shared.node_time``). A failure is that cluster's alone."""
-    if not clusters:
-        return
     try:
         ledgers = svc.registry.cluster_ledgers()
-        users = _active_users(svc)
+        users = _active_users(svc) if clusters else {}
     except (RegistryError, HttpResponseError) as exc:
         report.errors.append(f"node time: {exc}")
         log.warning("monitor: node time not recorded this pass: %s", exc)
         return
     idle_limit = timedelta(minutes=svc.settings.cluster_idle_minutes)
+    for name, ledger in ledgers.items():
+        if name not in clusters:
+            _close_ledger(svc, ledger, now, report)
     for name, cluster in clusters.items():
-        if cluster.provisioning_state == "deleting":
-            continue
         try:
             ledger = ledgers.get(name) or node_time.new_ledger(cluster, now)
             ended = {
@@ -499,6 +513,21 @@ def _account_clusters(
             log.exception("monitor: cluster %s: node time or release failed", name)
 
 
+def _close_ledger(svc: Services, ledger: Any, now: datetime, report: MonitorReport) -> None:
+    """A cluster that is gone (deleted): its runs get their final node time, and its ledger goes."""
+    gone = ClusterStatus(name=ledger.name, id="", current_node_count=0)
+    try:
+        ended = {run_id: _ended_at(svc, run_id) for run_id in ledger.active_marks}
+        step = node_time.advance(ledger, gone, (), ended, now)
+        if not svc.registry.delete_cluster_ledger(step.ledger):
+            return  # an overlapping pass closed it (or counted it once more)
+        for run_id, minutes in step.run_node_minutes.items():
+            _record_node_minutes(svc, run_id, minutes)
+    except (RegistryError, HttpResponseError) as exc:
+        report.errors.append(f"cluster {ledger.name}: {exc}")
+        log.warning("monitor: closing the node time of cluster %s failed: %s", ledger.name, exc)
+
+
 def _active_users(svc: Services) -> dict[str, list[str]]:
     """Active runs (read now) by the cluster they use."""
     users: dict[str, list[str]] = defaultdict(list)
@@ -519,7 +548,7 @@ def _ended_at(svc: Services, run_id: str) -> datetime | None:
 def _holds_nodes(svc: Services, cluster: ClusterStatus) -> bool:
     """Whether releasing the cluster changes anything: an auto-scale cluster is the service's; a
     manual one held at zero nodes has nothing left to give (delete: anything not deleting yet)."""
-    if cluster.auto_scale:
+    if cluster.auto_scale or cluster.provisioning_state == "deleting":
         return False
     if svc.settings.cluster_idle_action == "delete":
         return True

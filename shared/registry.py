@@ -958,6 +958,24 @@ class RunRegistry:
         ledger.etag = meta.get("etag")
         return True
 
+    def delete_cluster_ledger(self, ledger: ClusterLedger) -> bool:
+        """Remove the ledger of a cluster that is gone, if it is still the one read (``etag``)."""
+        self._ensure_table()
+        try:
+            self.table.delete_entity(
+                CLUSTER_PARTITION,
+                _key_hash(ledger.name),
+                etag=ledger.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        except HttpResponseError as exc:
+            if exc.status_code in (404, 409, 412):
+                return False
+            raise
+        return True
+
     # --- the dataset's current staging run -------------------------------------------------------
     def current_run_id(self, dataset: str) -> tuple[str | None, str | None]:
         """(run id, pointer ETag) of the dataset's latest ingest run, or (None, None)."""

@@ -108,8 +108,16 @@ def test_an_idle_cluster_drops_to_zero_nodes_one_pass_after_the_idle_time_and_sc
         run_monitor(p.services)
         cluster = p.services.cloud.get_cluster(name)
     assert cluster.allocation_state == "steady"
-    # A pass later nothing more is done to it.
+    # A pass later nothing more is done to it, and then a quiet app asks ARM nothing.
     assert run_monitor(p.services).released == []
+    since = p.arm("/_emulator/requests?since=999999999999")["last_seq"]
+    run_monitor(p.services)
+    ours = [
+        r
+        for r in p.arm(f"/_emulator/requests?since={since}")["requests"]
+        if p.settings.resource_group in r["path"]
+    ]
+    assert ours == [], ours
     # The emulator's own account of the allocation: one node held, then none.
     emulated = next(c for c in p.arm("/_emulator/clusters")["clusters"] if c["name"] == name)
     assert emulated["nodes"] == 0 and [h["nodes"] for h in emulated["history"]][-2:] == [1, 0]
@@ -156,6 +164,11 @@ def test_with_the_delete_action_an_idle_cluster_is_deleted_and_made_again_for_th
     while (cluster := p.services.cloud.get_cluster(name)) is not None:
         assert cluster.provisioning_state == "deleting" and time.monotonic() < deadline + 10
         time.sleep(0.3)
+        assert run_monitor(p.services).released == []  # deleting: not released again
+    # The pass after it is gone closes its node time: the run keeps its figures, the ledger goes.
+    run_monitor(p.services)
+    assert name not in p.registry.cluster_ledgers()
+    assert p.registry.get(run1).node_minutes["after"] > 0
     run2 = start_run(p, dataset, {**MANIFEST, "arguments": "again"})
     run_to_the_end(p, run2)
     assert p.registry.get(run2).state == "succeeded"
