@@ -176,3 +176,22 @@ def test_drop_through_the_host_on_azureml_survives_the_host_killed_mid_run(hoste
     assert rec.state == "succeeded", rec.errors
     assert "test accuracy" in (rec.stdout_tail or "")
     assert len(p.services.cloud.list_jobs(rec.experiment)) == 1
+
+
+def test_metrics_are_read_while_an_azureml_job_runs(azureml_pipeline: Pipeline) -> None:
+    """Azure ML streams std_log.txt while the job runs: the monitor reads a JSON metrics line from
+    it before the job ends (read_stdout: a Range read of the blob, no ARM request)."""
+    p = azureml_pipeline
+    script = b'import json, time\nprint(json.dumps({"epoch": 1, "loss": 0.5}), flush=True)\ntime.sleep(8)\n'
+    ds = dataset_name("metrics")
+    files = {**QUICKSTART_FILES, "ConvNet_MNIST.py": script}
+    run_id = [ingest_blob(n, p.services) for n in p.upload(ds, files, QUICKSTART_MANIFEST)][-1].run_id
+    deadline = time.monotonic() + 60
+    while True:
+        monitor.run_monitor(p.services)
+        rec = p.registry.get(run_id)
+        if rec.state == "running" and rec.metrics:
+            break
+        assert rec.state not in TERMINAL_STATES and time.monotonic() < deadline, (rec.state, rec.metrics)
+        time.sleep(0.5)
+    assert rec.metrics["loss"]["value"] == 0.5, rec.metrics

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from infra.local.arm.azureml.models import AzureMLBackend
 
 log = logging.getLogger(__name__)
+
+STREAM_SECONDS = 1.0
 
 
 class _NodeHost:
@@ -62,6 +65,7 @@ class AzureMLJobs:
         self.host = _NodeHost(self)
         self.runner = JobRunner(self.host)  # type: ignore[arg-type]
         self.by_key: dict[str, Job] = {}
+        self.uploads = threading.Lock()
 
     @property
     def root(self) -> Path:
@@ -132,6 +136,25 @@ class AzureMLJobs:
             self.host.state["jobs"][job.key] = record
         self.runner.start(job.key, record, job_dir / "mounts", job_dir / "node")
         job.paths["stdouterr"] = record["meta"]["paths"]["stdouterr"]
+        threading.Thread(target=self._stream, args=(job,), name=f"log-{job.name}", daemon=True).start()
+
+    def _stream(self, job: Job) -> None:
+        """While the job runs, its stdout so far goes to std_log.txt every STREAM_SECONDS, as Azure ML
+        streams it (stderr follows at the end: the file only grows, so readers' offsets hold)."""
+        workspace = self.backend.workspaces.get(job.workspace_key)
+        stdout = Path(job.paths["stdouterr"]) / "stdout.txt"
+        sent = -1
+        while self.running(job) and workspace is not None:
+            time.sleep(STREAM_SECONDS)
+            try:
+                with self.uploads:  # never after the final upload of the whole log
+                    data = stdout.read_bytes()
+                    if len(data) != sent and self.running(job):
+                        container = self._container(workspace.storage_account, ARTIFACT_CONTAINER)
+                        container.upload_blob(log_blob_name(job.name), data, overwrite=True)
+                        sent = len(data)
+            except Exception:  # the final upload at Finalizing still happens
+                log.debug("azureml job %s: streaming its log failed", job.name, exc_info=True)
 
     def kill(self, job: Job) -> None:
         self.runner.kill(job.key)
@@ -163,6 +186,10 @@ class AzureMLJobs:
         workspace = self.backend.workspaces.get(job.workspace_key)
         if workspace is None or not job.paths:
             return
+        with self.uploads:
+            self._upload(job, workspace)
+
+    def _upload(self, job: Job, workspace: Any) -> None:
         try:
             for name, local in (job.paths.get("outputs") or {}).items():
                 spec = (job.props.get("outputs") or {}).get(name) or {}
