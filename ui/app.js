@@ -352,7 +352,7 @@ async function showRun(runId) {
     compareLink.hidden = false;
     compareLink.href = `#/compare/${encodeURIComponent(run.dataset)}?runs=${encodeURIComponent(run.id)}`;
     compareLink.textContent = `Compare with other runs of ${run.dataset}`;
-    renderErrors(errors, run.errors || []);
+    renderErrors(errors, run.errors || [], run.state);
     renderTimeline(timeline, run);
     renderOutputs(outputs, run);
     const updates = [];
@@ -382,10 +382,11 @@ function renderFacts(facts, run) {
   facts.dataset.state = run.state;
 }
 
-function renderErrors(box, errors) {
+function renderErrors(box, errors, state) {
   box.hidden = !errors.length;
   if (!errors.length) return;
-  box.replaceChildren(el("h2", { text: "What went wrong" }), el("ul", {}, errors.map((e) => el("li", {},
+  const title = state === "cancelled" ? "Why the run stopped" : "What went wrong";
+  box.replaceChildren(el("h2", { text: title }), el("ul", {}, errors.map((e) => el("li", {},
     el("strong", { text: PLAIN_ERRORS[e.code] || "The run reported an error." }), " ",
     e.message || "", " ", el("small", { text: `(${e.code || "error"})` })))));
 }

@@ -181,7 +181,7 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     # A second run of the same dataset (started over HTTP), and a long run to cancel.
     spec = {
         **json.loads((SAMPLE / "run.json").read_text()),
-        "arguments": SAMPLE_ARGUMENTS.replace("3", "1", 1),
+        "arguments": SAMPLE_ARGUMENTS.replace("--epochs 3", "--epochs 1"),
     }
     second = api.post("/runs", json={"dataset": dataset, "spec": spec})
     assert second.status_code == 202, second.text
@@ -191,6 +191,10 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     long_run = api.post("/runs", json={"dataset": long_dataset, "spec": long_spec}).json()
 
     browser.get(f"{api.base}/ui#/run/{long_run['id']}")
+    wait(
+        "the long run's job to run",
+        lambda: browser.find_element(By.ID, "run-facts").get_attribute("data-state") == "running",
+    )
     cancel = wait(
         "the cancel button", lambda: (b := browser.find_element(By.ID, "cancel-run")).is_displayed() and b
     )
