@@ -164,3 +164,14 @@ def test_blob_names_that_cannot_be_paths_stay_out_of_a_blob_mount(tmp_path: Path
     assert _local_path(tmp_path, "dir/") == tmp_path / "dir"
     for name in ("../escape", "a/../../b", "a//b", "/abs", "./x", ""):
         assert _local_path(tmp_path, name) is None, name
+
+
+def test_a_node_blob_mount_key_never_reaches_the_state_file() -> None:
+    from infra.local.arm.blobfs import BlobMount
+    from infra.local.arm.models import SECRET_PLACEHOLDER, without_secret_values
+
+    mount = BlobMount("acct", "data", "bfs", "/cache", "http://127.0.0.1:1/acct", "s3cr3tKey==")
+    kept = {"nodes": [{"id": "n1", "blobfs": [mount.to_json()]}]}
+    assert "s3cr3tKey" not in str(without_secret_values(kept))
+    assert without_secret_values(kept)["nodes"][0]["blobfs"][0]["accountKey"] == SECRET_PLACEHOLDER
+    assert BlobMount.from_json(mount.to_json()) == mount

@@ -1,10 +1,9 @@
-"""Fixtures for client code of the older SDK generation: a local stack of its own that also serves a
+"""Fixtures for client code of the older SDK generation: a local stack of its own, used through its
 named storage account (the older azure-storage-file refuses `devstoreaccount1` for the file service),
 and the cached virtual environments of tests/legacy/venvs.py."""
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 from collections.abc import Iterator
@@ -14,19 +13,27 @@ from pathlib import Path
 import pytest
 import requests
 
-from infra.local.stack import LocalStack, Ports
+from infra.local.stack import NAMED_ACCOUNT, LocalStack, Ports
 from tests.legacy import venvs
 
-ACCOUNT = "quickstartstore"
-KEY = base64.b64encode(b"local key of the quickstart's storage account, 32+ bytes").decode()
 FAST = {"provisioning_delay": 0.3, "operation_delay": 0.1, "retry_after": 0}
 
 
 @dataclass
 class NamedStack:
+    """A stack of its own, used through its named storage account (NAMED_ACCOUNT, with the stack's
+    random key) and its ARM token."""
+
     stack: LocalStack
-    account: str = ACCOUNT
-    key: str = KEY
+    account: str = NAMED_ACCOUNT
+
+    @property
+    def key(self) -> str:
+        return self.stack.secrets.account_keys[self.account]
+
+    @property
+    def arm_token(self) -> str:
+        return self.stack.arm_token
 
     @property
     def file_host(self) -> str:
@@ -44,11 +51,7 @@ class NamedStack:
 
 @pytest.fixture(scope="session")
 def named_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamedStack]:
-    stack = LocalStack(
-        data_dir=tmp_path_factory.mktemp("legacy-stack"),
-        ports=Ports.free(),
-        extra_env={"AZURITE_ACCOUNTS": f"{ACCOUNT}:{KEY}"},
-    )
+    stack = LocalStack(data_dir=tmp_path_factory.mktemp("legacy-stack"), ports=Ports.free())
     try:
         stack.start(["azurite", "files", "arm"])
         requests.post(f"{stack.arm_endpoint}/_emulator/settings", json=FAST, timeout=10).raise_for_status()

@@ -35,6 +35,7 @@ def test_quickstart_runs_unchanged(named_stack, quickstart_python, tmp_path: Pat
             "QUICKSTART_STORAGE_ACCOUNT": named_stack.account,
             "QUICKSTART_STORAGE_KEY": named_stack.key,
             "QUICKSTART_ARM_ENDPOINT": named_stack.stack.arm_endpoint,
+            "QUICKSTART_ARM_TOKEN": named_stack.arm_token,
             "QUICKSTART_FILE_ENDPOINT": f"http://{named_stack.file_host}",
         },
     )

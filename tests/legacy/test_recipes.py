@@ -27,6 +27,7 @@ def test_recipes_utilities_against_the_local_stack(named_stack, recipes_python, 
         {
             "RECIPES_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
             "RECIPES_ARM_ENDPOINT": named_stack.stack.arm_endpoint,
+            "RECIPES_ARM_TOKEN": named_stack.arm_token,
             "RECIPES_STORAGE_ACCOUNT": named_stack.account,
             "RECIPES_STORAGE_KEY": named_stack.key,
             "RECIPES_STORAGE_CONNECTION_STRING": named_stack.connection_string,

@@ -42,11 +42,17 @@ class BlobMount:
     manifest: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The mount as kept with its node; the key as `accountKey`, which the emulator's state file
+        never holds (models.without_secret_values)."""
+        data = asdict(self)
+        data["accountKey"] = data.pop("key")
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BlobMount:
-        return cls(**data)
+        fields = dict(data)
+        fields["key"] = fields.pop("accountKey", None)
+        return cls(**fields)
 
 
 class MountError(Exception):

@@ -234,6 +234,11 @@ class Backend:
                 if node["state"] == "running" and not node.get("job"):
                     node["state"] = "idle"
                 node.pop("mounting", None)  # a node setup cut short by the stop is done again
+                for mount in node.get("blobfs") or []:
+                    # Keys are not in the state file: the stack's own accounts' keys are known again.
+                    if mount.get("accountKey") == SECRET_PLACEHOLDER:
+                        keys = self.config.storage_accounts.get(mount.get("account", ""))
+                        mount["accountKey"] = keys[0] if keys else None
             self._update_node_counts(cluster)
         # Inline secrets live in memory only: a job that has not started loses them with the restart.
         for key, job in self.state["jobs"].items():

@@ -30,7 +30,7 @@ from msrest.authentication import BasicTokenAuthentication  # LOCAL: for Service
 import azure.mgmt.batchai as batchai
 import azure.mgmt.batchai.models as models
 
-creds = BasicTokenAuthentication({'access_token': 'local-token'})  # LOCAL
+creds = BasicTokenAuthentication({'access_token': os.environ['QUICKSTART_ARM_TOKEN']})  # LOCAL
 
 batchai_client = batchai.BatchAIManagementClient(
     credentials=creds, subscription_id=subscription_id, base_url=arm_endpoint)  # LOCAL: base_url

@@ -35,7 +35,7 @@ connection_string = env["RECIPES_STORAGE_CONNECTION_STRING"]
 file_endpoint = env["RECIPES_FILE_ENDPOINT"]  # http://host:port/<account>
 resource_group, workspace, location = env["RECIPES_RESOURCE_GROUP"], "recipes", "eastus"
 
-creds = BasicTokenAuthentication({"access_token": "local-token"})
+creds = BasicTokenAuthentication({"access_token": env["RECIPES_ARM_TOKEN"]})
 client = training.BatchAIManagementClient(credentials=creds, subscription_id=subscription_id, base_url=arm)
 ResourceManagementClient(credentials=creds, subscription_id=subscription_id, base_url=arm) \
     .resource_groups.create_or_update(resource_group, {"location": location})
