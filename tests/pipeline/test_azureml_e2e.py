@@ -195,3 +195,39 @@ def test_metrics_are_read_while_an_azureml_job_runs(azureml_pipeline: Pipeline) 
         assert rec.state not in TERMINAL_STATES and time.monotonic() < deadline, (rec.state, rec.metrics)
         time.sleep(0.5)
     assert rec.metrics["loss"]["value"] == 0.5, rec.metrics
+
+
+def test_http_api_on_azureml(hosted_azureml: Any) -> None:
+    """Over HTTP through the host: POST /api/runs with an Idempotency-Key (the replay gets the same
+    run), its logs and outputs read back, DELETE with cluster=true, and the deep health check named
+    after the backend."""
+    p, make_host = hosted_azureml
+    make_host().start()
+    base = f"http://127.0.0.1:{make_host.port}/api"
+    key = {"x-functions-key": "pipeline-test-key"}
+    ds = dataset_name("http")
+    p.upload(ds, QUICKSTART_FILES)
+    body = {"dataset": ds, "stage_from_prefix": ds, "spec": {"files": sorted(QUICKSTART_FILES)}}
+    headers = {**key, "Idempotency-Key": f"k-{ds}"}
+    first = requests.post(f"{base}/runs", json=body, headers=headers, timeout=60)
+    assert first.status_code == 202, first.text
+    again = requests.post(f"{base}/runs", json=body, headers=headers, timeout=60)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    run_id = first.json()["id"]
+    deadline = time.monotonic() + 120
+    while (state := requests.get(f"{base}/runs/{run_id}", headers=key, timeout=30).json()["state"]) not in (
+        TERMINAL_STATES
+    ):
+        assert time.monotonic() < deadline, state
+        time.sleep(1)
+    assert state == "succeeded"
+    record = requests.get(f"{base}/runs/{run_id}", headers=key, timeout=30).json()
+    assert record["output_urls_fresh"] is True
+    model = next(o for o in record["output_files"] if o["name"] == "ConvNet_MNIST.model")
+    assert requests.get(model["download_url"], timeout=10).status_code == 200
+    logs = requests.get(f"{base}/runs/{run_id}/logs", headers=key, timeout=30).json()
+    assert logs["source"] == "job" and "test accuracy" in logs["stdout"]
+    deleted = requests.delete(f"{base}/runs/{run_id}", params={"cluster": "true"}, headers=key, timeout=60)
+    assert deleted.status_code == 200 and deleted.json()["cluster_deleted"] is True, deleted.text
+    health = requests.get(f"{base}/health/deep", headers=key, timeout=60).json()
+    assert health["checks"]["azureml"]["ok"] is True and "batchai" not in health["checks"], health
