@@ -89,9 +89,13 @@ def report_outputs(api: ApiClient, record: dict[str, Any], download_dir: Path) -
 
 
 def dashboard_url(stack: LocalStack, run_id: str) -> str:
-    """The run's page on the stack's dashboard; the key in it is the local stack's fixed function key
-    (``?code=``: the page keeps it in the tab's session and drops it from the address bar)."""
-    return f"{stack.functions_url}/api/ui?code={stack.functions_key}#/run/{run_id}"
+    """The run's page on the stack's dashboard. The function key is not in it (a printed key is a
+    leaked key): the page asks for it once, and it is FUNCTIONS_KEY in the stack's stack.env."""
+    return f"{stack.functions_url}/api/ui#/run/{run_id}"
+
+
+def key_hint(stack: LocalStack) -> str:
+    return f"(the page asks for the function key: FUNCTIONS_KEY in {shown(stack.data_dir / 'stack.env')})"
 
 
 def keep_up(stack: LocalStack) -> None:
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         step("starting the local stack: Azurite, Files emulator, ARM emulator, Functions host", started)
         stack.start(timeout=90)
+        stack.write_state()  # stack.env: the function key the dashboard asks for (readable by you only)
         print(f"Functions host at {stack.functions_url}; logs in {stack.logs_dir}")
 
         dataset_dir = args.data_dir / "dataset"
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id = wait_for_dataset_run(api, DATASET, timeout=120)
         dashboard = dashboard_url(stack, run_id)
         step(f"following run {run_id}; watch it in a browser: {dashboard}", started)
+        print(key_hint(stack))
         record = watch_run(api, run_id, interval=1.0, timeout=args.timeout)
         if record.get("state") != "succeeded":
             errors = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         step("output files", started)
         accuracy = report_outputs(api, record, args.data_dir / "outputs")
         print(f"\nfinal test accuracy: {accuracy:.2%}")
-        print(f"\ndashboard of this run: {dashboard}")
+        print(f"\ndashboard of this run: {dashboard}\n{key_hint(stack)}")
         if args.keep_up:
             keep_up(stack)
         if accuracy < args.min_accuracy:

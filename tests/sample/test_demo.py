@@ -29,4 +29,8 @@ def test_demo_runs_end_to_end_and_fails_below_the_accuracy_target(tmp_path: Path
     assert "error: test accuracy " in result.stderr and "is below the 101% target" in result.stderr
     assert (tmp_path / "demo" / "outputs" / "MODEL" / "metrics.json").is_file()
     url = out.split("dashboard of this run: ", 1)[1].split()[0]
-    assert "/api/ui?code=" in url and url.endswith("#/run/" + out.split("following run ", 1)[1].split(";")[0])
+    assert url.endswith("/api/ui#/run/" + out.split("following run ", 1)[1].split(";")[0])
+    assert "the page asks for the function key: FUNCTIONS_KEY in " in out
+    assert "code=" not in out  # the key itself is never printed
+    env = dict(line.split("=", 1) for line in (tmp_path / "demo" / "stack.env").read_text().splitlines())
+    assert env["FUNCTIONS_KEY"] and env["FUNCTIONS_KEY"] not in out
