@@ -175,3 +175,17 @@ def test_a_node_blob_mount_key_never_reaches_the_state_file() -> None:
     assert "s3cr3tKey" not in str(without_secret_values(kept))
     assert without_secret_values(kept)["nodes"][0]["blobfs"][0]["accountKey"] == SECRET_PLACEHOLDER
     assert BlobMount.from_json(mount.to_json()) == mount
+
+
+def test_blob_mount_keys_come_from_the_request_else_the_stack(tmp_path: Path) -> None:
+    from infra.local.arm.models import SECRET_PLACEHOLDER
+
+    backend = Backend(
+        Config(data_dir=tmp_path / "arm", files_root=tmp_path / "shares", storage_accounts={"acct": ["k1"]})
+    )
+    assert backend._mount_key("acct", {"accountKey": "given"}) == "given"
+    # A key the state file did not keep (restart), or a Key Vault reference: the stack's own key.
+    assert backend._mount_key("acct", {"accountKey": SECRET_PLACEHOLDER}) == "k1"
+    assert backend._mount_key("acct", {"accountKeySecretReference": {"secretUrl": "x"}}) == "k1"
+    assert backend._mount_key("other", {"accountKey": SECRET_PLACEHOLDER}) is None
+    assert backend._mount_key("acct", {}) is None

@@ -1043,7 +1043,7 @@ class Backend:
                 relative_mount_path=blob["relativeMountPath"],
                 cache=str(target),
                 endpoint=account_endpoint(self.config.storage_endpoints.get("blob"), blob["accountName"]),
-                key=credentials.get("accountKey") or self._stack_key(blob["accountName"], credentials),
+                key=self._mount_key(blob["accountName"], credentials),
             )
             if blob_mounts is not None:
                 blob_mounts.append(mount)
@@ -1073,10 +1073,14 @@ class Backend:
             link(fs["relativeMountPath"], target)
         return errors
 
-    def _stack_key(self, account: str, credentials: dict[str, Any]) -> str | None:
-        """A Key Vault secret reference stands for the account's key: the local stack has no Key Vault,
-        so the key is the stack's own for that account (none for an account it does not serve)."""
-        if not credentials.get("accountKeySecretReference"):
+    def _mount_key(self, account: str, credentials: dict[str, Any]) -> str | None:
+        """The key a blob mount signs with: the one given; for a Key Vault secret reference (the local
+        stack has no Key Vault), or a key the state file did not keep across a restart, the stack's own
+        key for that account (none for an account it does not serve)."""
+        given = credentials.get("accountKey")
+        if given and given != SECRET_PLACEHOLDER:
+            return given
+        if not credentials.get("accountKeySecretReference") and given != SECRET_PLACEHOLDER:
             return None
         keys = self.config.storage_accounts.get(account)
         return keys[0] if keys else None
