@@ -132,11 +132,18 @@ def run_monitor(svc: Services | None = None, *, now: datetime | None = None) -> 
     svc = svc or services()
     now = now or datetime.now(UTC)
     report = MonitorReport()
-    _check_staging(svc, now, report)
+    staging = _check_staging(svc, now, report)
     clusters = _list_clusters(svc, report) if _clusters_to_watch(svc) else {}
     if clusters is not None:
-        _reconcile_submitted(svc, clusters, now, report)
-        _account_clusters(svc, clusters, now, report)
+        submitted = _reconcile_submitted(svc, clusters, now, report)
+        # The active runs this pass read, less those it finished: who uses each cluster (the
+        # release itself reads the registry again).
+        finished = {run_id for run_id, _, to in report.transitions if to in TERMINAL_STATES}
+        users: dict[str, list[str]] = defaultdict(list)
+        for rec in [*staging, *submitted]:
+            if rec.cluster and rec.run_id not in finished:
+                users[rec.cluster].append(rec.run_id)
+        _account_clusters(svc, clusters, users, now, report)
     _deliver_callbacks(svc, report)
     log.info(
         "monitor pass: %d run(s) checked, %d transition(s), %d resubmitted, %d callback(s)",
@@ -167,8 +174,11 @@ def _move(
 
 
 # --- staging -----------------------------------------------------------------------------------------
-def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
+def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> list[RunRecord]:
+    """Check every staging run; the runs read."""
+    seen: list[RunRecord] = []
     for rec in svc.registry.iter_runs(state=STAGING):
+        seen.append(rec)
         report.checked += 1
         deadline = parse_time(rec.staging_deadline)
         if deadline is None:
@@ -209,6 +219,7 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> None:
             log.warning("run %s: staging check failed: %s", rec.run_id, exc, extra=rec.log_extra())
         except Exception as exc:  # one run's surprise must not stop the pass for the others
             _run_failed_unexpectedly(svc, rec, exc, report)
+    return seen
 
 
 # --- submitted runs ---------------------------------------------------------------------------------------
@@ -239,10 +250,11 @@ def _list_clusters(svc: Services, report: MonitorReport) -> dict[str, ClusterSta
 
 def _reconcile_submitted(
     svc: Services, clusters: dict[str, ClusterStatus], now: datetime, report: MonitorReport
-) -> None:
+) -> list[RunRecord]:
+    """Reconcile every submitted run with its job; the runs read."""
     runs = list(svc.registry.iter_runs(state=sorted(SUBMITTED_STATES)))
     if not runs:
-        return
+        return runs
     by_experiment: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
     for rec in runs:
         names = svc.cloud.job_names(rec.run_id, rec.dataset)
@@ -278,6 +290,7 @@ def _reconcile_submitted(
             except Exception as exc:  # one run's surprise must not stop the pass for the others
                 _run_failed_unexpectedly(svc, rec, exc, report)
     _read_running_metrics(svc, running, report)
+    return runs
 
 
 def _run_failed_unexpectedly(svc: Services, rec: RunRecord, exc: Exception, report: MonitorReport) -> None:
@@ -472,13 +485,16 @@ def _finish(svc: Services, rec: RunRecord, job: JobStatus, state: str, report: M
 
 # --- node time and idle clusters ---------------------------------------------------------------------
 def _account_clusters(
-    svc: Services, clusters: dict[str, ClusterStatus], now: datetime, report: MonitorReport
+    svc: Services,
+    clusters: dict[str, ClusterStatus],
+    users: dict[str, list[str]],
+    now: datetime,
+    report: MonitorReport,
 ) -> None:
     """Sample each cluster's node time, record runs' node-minutes, and release idle clusters' nodes
     (see the module doc and ``shared.node_time``). A failure is that cluster's alone."""
     try:
         ledgers = svc.registry.cluster_ledgers()
-        users = _active_users(svc) if clusters else {}
     except (RegistryError, HttpResponseError) as exc:
         report.errors.append(f"node time: {exc}")
         log.warning("monitor: node time not recorded this pass: %s", exc)
