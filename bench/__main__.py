@@ -25,13 +25,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cold_import, demo_overhead, idle_nodes, ingest_latency, monitor_cycle, staging
+from bench import cold_import, demo_overhead, idle_nodes, ingest_latency, monitor_cycle, rerun, staging
 from bench.common import BenchOptions, Figure
 from infra.local.stack import REPO_ROOT, LocalStack, Ports
 
 BENCHMARKS: dict[str, Callable[[BenchOptions], list[Figure]]] = {
     "ingest": ingest_latency.run,
     "staging": staging.run,
+    "rerun": rerun.run,
     "monitor": monitor_cycle.run,
     "idle": idle_nodes.run,
     "import": cold_import.run,
@@ -46,6 +47,7 @@ FIGURE_KEYS = {
         "staging.rss_growth_mib",
         "staging.files_emulator_rss_growth_mib",
     ),
+    "rerun": ("rerun.changed_small_file_s", "rerun.bytes_from_blob"),
     "monitor": (
         "monitor.arm_requests",
         "monitor.pass_s",

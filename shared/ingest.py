@@ -53,11 +53,13 @@ from shared.registry import (
     STAGING,
     TERMINAL_STATES,
     ConcurrencyError,
+    FileListTooLarge,
     RunNotFound,
     RunRecord,
     RunRegistry,
     StagedFile,
     TransitionRejected,
+    check_file_list,
     new_run_id,
     parse_time,
     utcnow,
@@ -95,6 +97,20 @@ class NothingToStage(StagingError):
 class MissingFiles(StagingError):
     def __init__(self, message: str) -> None:
         super().__init__(message, code="MissingFiles")
+
+
+class TooManyFiles(StagingError):
+    """A run's file list over the registry's documented limit (``shared.registry.check_file_list``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="FileListTooLarge")
+
+
+def _check_file_list(names: list[str], what: str) -> None:
+    try:
+        check_file_list(names, what)
+    except FileListTooLarge as exc:
+        raise TooManyFiles(str(exc)) from None
 
 
 @dataclass
@@ -215,6 +231,14 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
         if replay and latest.state == STAGING:
             submitted = check_ready(latest.run_id, svc)
             return IngestResult("replay", latest.run_id, latest.state, submitted=submitted)
+        if ref.path != MANIFEST_NAME and _failed_by_current_manifest(svc, latest):
+            log.info(
+                "blob %s: run %s failed on the dataset's current run.json; a new run.json starts over",
+                blob_name,
+                latest.run_id,
+                extra=latest.log_extra(),
+            )
+            return IngestResult("ignored", latest.run_id, latest.state, message="the manifest failed")
 
     rec, created = svc.registry.claim_staging_run(
         ref.dataset, staging_deadline=_staging_deadline(svc), source="blob", seen=pointer
@@ -238,6 +262,10 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
             try:
                 spec, rec = _take_manifest(svc, rec, manifest_props, prepare=False)
                 spec_etag = etag_of(manifest_props)
+            except TooManyFiles as exc:
+                manifest_etag = etag_of(manifest_props)
+                _fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset, manifest_etag=manifest_etag)
+                return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
             except RunSpecError as exc:
                 message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
                 _fail_staging(
@@ -253,6 +281,9 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
     if ref.path == MANIFEST_NAME:
         try:
             spec, rec = _take_manifest(svc, rec, props, prepare=False)
+        except TooManyFiles as exc:
+            _fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset, manifest_etag=etag)
+            return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         except RunSpecError as exc:
             _fail_staging(
                 svc, rec, "InvalidManifest", f"{blob_name}: {exc}", folder=ref.dataset, manifest_etag=etag
@@ -324,6 +355,23 @@ def _arrived_after_submission(svc: Services, run_id: str, path: str) -> bool:
         extra=rec.log_extra(),
     )
     return True
+
+
+# Errors of a dataset's manifest itself: every run taking that run.json would fail the same way.
+MANIFEST_FAILURES = frozenset({"InvalidManifest", "FileListTooLarge"})
+
+
+def _failed_by_current_manifest(svc: Services, latest: RunRecord) -> bool:
+    """Whether the dataset's latest run failed on its run.json as it still is: a data blob arriving
+    then would only make another run that fails the same way (12,000 of them for a dataset too large
+    to list), so it starts none; uploading a new run.json starts over."""
+    if latest.state != FAILED or not latest.errors or latest.errors[-1].get("code") not in MANIFEST_FAILURES:
+        return False
+    try:
+        props = svc.container.get_blob_client(f"{latest.dataset}/{MANIFEST_NAME}").get_blob_properties()
+    except ResourceNotFoundError:
+        return False
+    return latest.manifest_etag is not None and etag_of(props) == latest.manifest_etag
 
 
 def _started_from_folder(rec: RunRecord, folder: str) -> bool:
@@ -474,6 +522,7 @@ def _take_manifest(
             if name != MANIFEST_NAME and not name.endswith("/")
         ]
         expected = sorted(set(expected) | set(present))
+    _check_file_list(expected, f"{rec.dataset}/{MANIFEST_NAME}'s dataset (no 'files' list: every blob)")
     spec_json = spec.to_json_dict()
     callback = callback_fields(svc, spec, issued=False)
 
@@ -805,6 +854,7 @@ def start_run(
         available = {rel for _, rel, _ in to_stage}
     else:
         available = {f.name for _, f in _already_staged(svc, dataset, spec)}
+    _check_file_list(sorted(available | set(spec.required_files())), "the run's list of files")
     missing = [name for name in spec.required_files() if name not in available]
     if missing:
         where = f"prefix {prefix!r}" if prefix is not None else f"dataset {dataset!r} on the file share"
@@ -1174,6 +1224,7 @@ __all__ = [
     "MissingFiles",
     "NothingToStage",
     "Services",
+    "TooManyFiles",
     "build_services",
     "cancel_run",
     "check_ready",

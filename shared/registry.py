@@ -101,15 +101,20 @@ MAX_ERROR_MESSAGE_CHARS = 4_000
 RUN_ROW = "run"
 METRICS_ROW = "metrics"
 FILE_PREFIX = "file~"
+WANT_PREFIX = "want~"
 OUTPUT_PREFIX = "out~"
 DATASET_PARTITION = "~dataset"
 IDEMPOTENCY_PARTITION = "~idem"
 CLUSTER_PARTITION = "~cluster"
 MAX_LEDGER_RUNS = 200  # runs whose node time one cluster's ledger follows at once
 CAS_ATTEMPTS = 20
+# A run's file lists (what it requires, what it staged) are one entity per file; their names together
+# may hold at most this many UTF-8 bytes, and a run over it fails at once with FileListTooLarge.
+MAX_FILE_LIST_BYTES = 8 * 1024 * 1024
+MAX_FILE_LIST_FILES = 100_000
 
 # Fields of RunRecord stored as chunked JSON, and plain scalar fields stored as they are.
-_JSON_FIELDS = ("spec", "errors", "expected_files", "callback", "metrics", "callback_seal", "node_minutes")
+_JSON_FIELDS = ("spec", "errors", "callback", "metrics", "callback_seal", "node_minutes")
 _SCALAR_FIELDS = (
     "dataset",
     "state",
@@ -133,6 +138,8 @@ _SCALAR_FIELDS = (
     "submitted_at",
     "callback_pending",
     "metrics_offset",
+    "want_version",
+    "want_count",
     "snapshot",
 )
 
@@ -157,6 +164,27 @@ class TransitionRejected(RegistryError):
     def __init__(self, message: str, current: RunRecord) -> None:
         super().__init__(message)
         self.current = current
+
+
+class FileListTooLarge(RegistryError):
+    """A run's file list is over the documented limit (MAX_FILE_LIST_BYTES of names, or
+    MAX_FILE_LIST_FILES files): the run fails at once with this error (code ``FileListTooLarge``)."""
+
+    code = "FileListTooLarge"
+
+
+def check_file_list(names: Iterable[str], what: str = "the run's file list") -> None:
+    """FileListTooLarge when ``names`` exceed the limits a run's file lists are stored under."""
+    count = total = 0
+    for name in names:
+        count += 1
+        total += len(name.encode("utf-8"))
+    if count > MAX_FILE_LIST_FILES or total > MAX_FILE_LIST_BYTES:
+        raise FileListTooLarge(
+            f"{what} has {count} files whose names take {total} bytes; a run takes at most "
+            f"{MAX_FILE_LIST_FILES} files and {MAX_FILE_LIST_BYTES} bytes of names: split the dataset, "
+            "or list the files it needs in run.json's 'files'"
+        )
 
 
 class ConcurrencyError(RegistryError):
@@ -229,6 +257,10 @@ class RunRecord:
     # nothing changes once the job is submitted); None for runs recorded before snapshots, which
     # read the dataset's shared directory.
     snapshot: str | None = None
+    # Where expected_files is stored: the version of its entities (``want~<version>~...``) and their
+    # count. Bookkeeping of the registry, not shown by the API.
+    want_version: str | None = None
+    want_count: int | None = None
     # Node-minutes its cluster was allocated while the run was active (``active``) and after it
     # ended until the nodes were released or another run started (``after``), from the node counts
     # the monitor reads each pass (shared.monitor, "node time"); ``cluster`` names the cluster.
@@ -264,6 +296,8 @@ class RunRecord:
         out = dataclasses.asdict(self)
         out["id"] = out.pop("run_id")
         out.pop("callback_seal", None)
+        out.pop("want_version", None)
+        out.pop("want_count", None)
         out["callback_url"] = redact_url(out.get("callback_url"))
         if isinstance(out.get("spec"), dict) and out["spec"].get("callback_url"):
             out["spec"]["callback_url"] = redact_url(out["spec"]["callback_url"])
@@ -445,8 +479,11 @@ def _from_entity(entity: dict[str, Any]) -> RunRecord:
     kwargs: dict[str, Any] = {name: entity.get(name) for name in _SCALAR_FIELDS}
     for name in _JSON_FIELDS:
         kwargs[name] = _unchunk(entity, name)
+    # Records written before file lists were entities hold expected_files inline: read it; the next
+    # write moves it to entities (no want_version yet).
+    kwargs["expected_files"] = _unchunk(entity, "expected_files") if kwargs["want_version"] is None else None
     kwargs["errors"] = kwargs["errors"] or []
-    for name in ("exit_code", "metrics_offset"):
+    for name in ("exit_code", "metrics_offset", "want_count"):
         if kwargs[name] is not None:  # an Int64 property comes back as an EntityProperty
             kwargs[name] = int(getattr(kwargs[name], "value", kwargs[name]))
     times = {k[2:]: v for k, v in entity.items() if k.startswith("t_") and k[2:] in STATES}
@@ -454,6 +491,13 @@ def _from_entity(entity: dict[str, Any]) -> RunRecord:
     rec = RunRecord(run_id=entity["PartitionKey"], times=times, **kwargs)
     rec.etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
     return rec
+
+
+def _want_entities(run_id: str, version: str, names: list[str]) -> list[dict[str, Any]]:
+    return [
+        {"PartitionKey": run_id, "RowKey": f"{WANT_PREFIX}{version}~{_key_hash(name)}", "name": name, "i": i}
+        for i, name in enumerate(names)
+    ]
 
 
 def _file_entity(run_id: str, f: StagedFile) -> dict[str, Any]:
@@ -531,11 +575,15 @@ class RunRegistry:
         rec: RunRecord | None = None
         staged: list[StagedFile] = []
         outputs: list[OutputFile] = []
+        wanted: dict[str, list[tuple[int, str]]] = {}
         query = f"PartitionKey eq {_odata_str(run_id)} and RowKey ne {_odata_str(METRICS_ROW)}"
         for entity in self.table.query_entities(query):
             row = entity["RowKey"]
             if row == RUN_ROW:
                 rec = _from_entity(entity)
+            elif row.startswith(WANT_PREFIX):
+                version = row[len(WANT_PREFIX) :].split("~", 1)[0]
+                wanted.setdefault(version, []).append((int(entity.get("i", 0)), entity["name"]))
             elif row.startswith(FILE_PREFIX):
                 staged.append(
                     StagedFile(
@@ -558,6 +606,8 @@ class RunRegistry:
                 )
         if rec is None:
             raise RunNotFound(run_id)
+        if rec.want_version is not None:
+            rec.expected_files = [name for _, name in sorted(wanted.get(rec.want_version, []))]
         rec.staged_files = sorted(staged, key=lambda f: f.name)
         rec.output_files = sorted(outputs, key=lambda o: (o.directory_id, o.name))
         return rec
@@ -674,6 +724,8 @@ class RunRegistry:
             if key not in {f.name for f in dataclasses.fields(RunRecord)} or key in {"etag", "run_id"}:
                 raise RegistryError(f"unknown run field {key!r}")
             setattr(rec, key, value)
+        if rec.expected_files is not None:
+            self._write_wanted(rec)
         entity = _to_entity(rec)
         try:
             meta = self.table.create_entity(entity)
@@ -832,6 +884,7 @@ class RunRegistry:
                 rec = copy.deepcopy(known)
                 etag = known.etag
                 known = None
+                before = copy.copy(rec.expected_files)
                 try:
                     mutate(rec)
                 except Exception:
@@ -840,7 +893,10 @@ class RunRegistry:
                 entity = self._get_run_entity(run_id)
                 rec = _from_entity(entity)
                 etag = entity.metadata["etag"]
+                before = copy.copy(rec.expected_files)
                 mutate(rec)
+            if rec.expected_files is not None and (rec.expected_files != before or rec.want_version is None):
+                self._write_wanted(rec)  # its entities first: the row then names their version
             rec.updated_at = utcnow()
             try:
                 meta = self.table.update_entity(
@@ -863,6 +919,20 @@ class RunRegistry:
             rec.etag = meta.get("etag")
             return rec
         raise ConcurrencyError(f"run {run_id}: gave up after {CAS_ATTEMPTS} concurrent-update conflicts")
+
+    def _write_wanted(self, rec: RunRecord) -> None:
+        """Store ``rec.expected_files`` as entities of a new version and point ``rec`` at it (the
+        caller writes the run row). Entities of a version no row names are never read."""
+        names = list(rec.expected_files or [])
+        check_file_list(names, "the run's list of required files")
+        self._ensure_table()
+        version = secrets.token_hex(6)
+        batch = [
+            ("upsert", e, {"mode": UpdateMode.REPLACE}) for e in _want_entities(rec.run_id, version, names)
+        ]
+        for i in range(0, len(batch), 100):  # a transaction holds at most 100 operations
+            self.table.submit_transaction(batch[i : i + 100])
+        rec.want_version, rec.want_count = version, len(names)
 
     def add_staged_files(self, run_id: str, files: Iterable[StagedFile]) -> None:
         """Record staged files (upsert by name: staging a changed file again replaces its entry)."""

@@ -364,7 +364,7 @@ def _replay_or_conflict(
 
 # Staging refusals of ingest.start_run: the request names something that cannot run as it is (422, as
 # a run that failed before its job existed), a bad name (400), or the copy itself failed (502).
-_UNPROCESSABLE_STAGING = frozenset({"DatasetNotStaged", "NothingToStage", "MissingFiles"})
+_UNPROCESSABLE_STAGING = frozenset({"DatasetNotStaged", "NothingToStage", "MissingFiles", "FileListTooLarge"})
 _INVALID_STAGING = frozenset({"InvalidDatasetName", "InvalidBlobName"})
 
 

@@ -459,24 +459,33 @@ def carry_file(
     source_url = file_read_url(source, lifetime_seconds=copy_timeout, account_key=account_key)
     started = time.monotonic()
     try:
-        copy = _same_copy(file, source.url) or _start_copy(file, source_url)
+        copy = _same_copy(file, source.url)
+        if copy is None:
+            try:
+                copy = file.start_copy_from_url(source_url)
+            except HttpResponseError as exc:
+                if exc.status_code != 409 or getattr(exc, "error_code", None) != "PendingCopyOperation":
+                    raise
+                # Another invocation started this very copy a moment ago: join it. A stale copy
+                # from elsewhere (its stager died) is aborted and started afresh.
+                copy = _same_copy(file, source.url) or _start_copy(file, source_url)
+        status, fprops = copy.get("copy_status"), None
+        delay = 0.05
+        while status == "pending":
+            if time.monotonic() - started > copy_timeout:
+                with contextlib.suppress(HttpResponseError):
+                    file.abort_copy(copy.get("copy_id"))
+                _remove(file)
+                raise StagingError(f"copy of {source_path!r} inside the share timed out", code="CarryFailed")
+            time.sleep(delay)
+            delay = min(delay * 2, poll_interval)
+            fprops = file.get_file_properties()
+            status = fprops.copy.status
     except HttpResponseError as exc:
         raise StagingError(
-            f"copy of {source_path!r} inside the share could not start: {exc.reason or exc.status_code}",
+            f"copy of {source_path!r} inside the share failed: {exc.reason or exc.status_code}",
             code="CarryFailed",
         ) from None
-    status, fprops = copy.get("copy_status"), None
-    delay = 0.05
-    while status == "pending":
-        if time.monotonic() - started > copy_timeout:
-            with contextlib.suppress(HttpResponseError):
-                file.abort_copy(copy.get("copy_id"))
-            _remove(file)
-            raise StagingError(f"copy of {source_path!r} inside the share timed out", code="CarryFailed")
-        time.sleep(delay)
-        delay = min(delay * 2, poll_interval)
-        fprops = file.get_file_properties()
-        status = fprops.copy.status
     fprops = fprops or file.get_file_properties()
     problem = None
     if status != "success":

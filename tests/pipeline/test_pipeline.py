@@ -775,3 +775,26 @@ def test_the_operators_narrowing_settings_fail_uploaded_manifests_naming_the_fie
         assert rec.job_name is None and not rec.submitted_at
     logged = narrow.arm(f"/_emulator/requests?since={since}")["requests"]
     assert not [r for r in logged if r["operation"] in ("Clusters_Create", "Jobs_Create")]
+
+
+def test_a_dataset_over_the_file_list_limit_fails_at_once_with_a_named_error(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19.9: a manifest with no `files` list over a dataset larger than the documented limit
+    fails its run when the manifest is taken, with FileListTooLarge naming the limit: no retry into
+    the poison queue, no wait for the staging timeout. (The limit is lowered to keep the test small;
+    the 12,000-file list itself is stored by test_registry.)"""
+    from shared import registry as reg
+
+    monkeypatch.setattr(reg, "MAX_FILE_LIST_FILES", 3)
+    p = pipeline
+    ds = dataset_name("huge")
+    names = p.upload(ds, {f"part-{i}.txt": b"x" for i in range(5)}, {"script": "part-0.txt"})
+    results = [ingest_blob(name, p.services) for name in names]
+    failed = [r for r in results if r.action == "failed"]
+    assert failed, results
+    rec = p.registry.get(failed[0].run_id)
+    assert rec.state == "failed" and rec.errors[-1]["code"] == "FileListTooLarge", rec.errors
+    assert "at most 3 files" in rec.errors[-1]["message"]
+    assert ingest_blob(f"{ds}/run.json", p.services).action == "replay"  # the trigger's retry: nothing new
+    assert len(list(p.registry.iter_runs(dataset=ds))) == 1

@@ -305,3 +305,35 @@ def test_a_claim_that_meets_its_idempotency_keys_run_points_the_pointer_back(reg
     )
     assert (rec.run_id, created) == (earlier.run_id, False)
     assert registry.current_run_id("uploads")[0] == earlier.run_id
+
+
+def test_a_twelve_thousand_file_list_is_stored_one_entity_per_file(registry: RunRegistry) -> None:
+    """Issue 19.9: a manifest with no `files` list over ~12,000 blobs used to overflow the run's JSON
+    field (256,000 characters). The list is entities now: stored, read back in order, replaced."""
+    names = [f"images/class-{i % 10}/sample-{i:06d}.png" for i in range(12_000)]
+    assert len(",".join(names)) > reg.MAX_JSON_CHARS
+    rec = registry.create("many", source="blob")
+    registry.update(rec.run_id, expected_files=names)
+    got = registry.get(rec.run_id)
+    assert got.expected_files == names
+    assert "want_version" not in got.to_dict() and got.to_dict()["expected_files"] == names
+    # A state change (a compare-and-swap reading the run row only) keeps the list.
+    registry.transition(rec.run_id, "failed", "staging")
+    assert registry.get(rec.run_id).expected_files == names
+    # Replaced by a shorter list: only the new version is read.
+    registry.update(rec.run_id, expected_files=names[:3])
+    assert registry.get(rec.run_id).expected_files == names[:3]
+
+
+def test_a_file_list_over_the_documented_limit_is_a_named_error(registry: RunRegistry) -> None:
+    too_many = [f"f{i}" for i in range(reg.MAX_FILE_LIST_FILES + 1)]
+    with pytest.raises(reg.FileListTooLarge, match=f"at most {reg.MAX_FILE_LIST_FILES} files") as caught:
+        reg.check_file_list(too_many)
+    assert caught.value.code == "FileListTooLarge"
+    long_names = ["x" * 2000 + str(i) for i in range(reg.MAX_FILE_LIST_BYTES // 2000 + 1)]
+    with pytest.raises(reg.FileListTooLarge, match="bytes of names"):
+        reg.check_file_list(long_names)
+    rec = registry.create("capped", source="blob")
+    with pytest.raises(reg.FileListTooLarge):
+        registry.update(rec.run_id, expected_files=too_many)
+    assert registry.get(rec.run_id).expected_files is None  # nothing recorded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import hashlib
 import os
 import uuid
@@ -9,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.fileshare import ContentSettings as FileContentSettings
 from azure.storage.fileshare import ShareServiceClient
 
-from infra.local.stack import DEV_ACCOUNT
-from shared.staging import StagingError, check_relative_path, parse_blob_name, stage_blob
+from infra.local.stack import DEV_ACCOUNT, DEV_KEY
+from shared.registry import StagedFile
+from shared.staging import StagingError, carry_file, check_relative_path, parse_blob_name, stage_blob
 
 pytestmark = pytest.mark.e2e
 
@@ -126,3 +130,31 @@ def test_name_checks() -> None:
         check_relative_path("/etc/passwd")
     with pytest.raises(StagingError, match="2048"):
         check_relative_path("a/" * 1100)
+
+
+def test_two_invocations_carrying_one_file_join_one_copy(stores) -> None:
+    """Two checks of one run carry the same file from an earlier snapshot at once (two blob events of
+    the run): the second joins the first's copy inside the share instead of aborting it, and both
+    get the verified file. The source is never read from blob storage."""
+    _, share, root = stores
+    share.get_directory_client("_snapshots").create_directory()
+    share.get_directory_client("_snapshots/run1").create_directory()
+    data = os.urandom(64 * 1024 * 1024 + 7)
+    md5 = hashlib.md5(data).digest()
+    share.get_file_client("_snapshots/run1/big.bin").upload_file(
+        data, max_concurrency=2, content_settings=FileContentSettings(content_md5=bytearray(md5))
+    )
+    old = StagedFile("big.bin", len(data), base64.b64encode(md5).decode(), "0x1")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda _: carry_file(
+                    share, "_snapshots/run1/big.bin", "_snapshots/run2/big.bin", old, account_key=DEV_KEY
+                ),
+                range(2),
+            )
+        )
+    assert [(r.name, r.size, r.md5, r.etag) for r in results] == [("big.bin", len(data), old.md5, "0x1")] * 2
+    assert (root / "_snapshots/run2/big.bin").read_bytes() == data
+    props = share.get_file_client("_snapshots/run2/big.bin").get_file_properties()
+    assert props.copy.status == "success" and "/_snapshots/run1/big.bin" in props.copy.source
