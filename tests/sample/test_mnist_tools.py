@@ -161,3 +161,94 @@ def test_training_script_parses_as_python_3_7() -> None:
     import ast
 
     ast.parse((SAMPLE_DIR / "ConvNet_MNIST.py").read_text(), feature_version=(3, 7))
+
+
+def run_ranks(
+    tmp_path: Path, data: Path, out: Path, world: int, rank_env: dict[str, str], extra: list[str]
+) -> list[subprocess.CompletedProcess[str]]:
+    """Start `world` copies of the script as a service starts ranks (each with its own variables)."""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(SAMPLE_DIR / "ConvNet_MNIST.py"),
+                str(data),
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--seed",
+                "2",
+                "--width",
+                "0.5",
+                "--threads",
+                "1",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", **{k: v.format(rank=rank) for k, v in rank_env.items()}},
+        )
+        for rank in range(world)
+    ]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.parametrize(
+    "service",
+    ["azureml", "batchai"],
+)
+def test_convnet_trains_data_parallel_from_the_services_variables(tmp_path: Path, service: str) -> None:
+    """Azure ML's PyTorch distribution (RANK, WORLD_SIZE, MASTER_ADDR/PORT, env://) and Batch AI's
+    PyTorch toolkit (AZ_BATCHAI_TASK_INDEX, OMPI_COMM_WORLD_SIZE, AZ_BATCHAI_PYTORCH_INIT_METHOD)."""
+    import socket
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_dataset.main([str(data), "--train", "61", "--test", "20"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if service == "azureml":
+        env = {"RANK": "{rank}", "LOCAL_RANK": "{rank}", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "NODE_RANK": "0"}  # fmt: skip
+    else:
+        env = {
+            "AZ_BATCHAI_TASK_INDEX": "{rank}",
+            "OMPI_COMM_WORLD_RANK": "{rank}",
+            "OMPI_COMM_WORLD_SIZE": "2",
+            "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+            "AZ_BATCHAI_PYTORCH_INIT_METHOD": f"tcp://127.0.0.1:{port}",
+        }
+    rank0, rank1 = run_ranks(tmp_path, data, out, 2, env, [])
+    assert rank0.returncode == 0 and rank1.returncode == 0, rank0.stderr + rank1.stderr
+    # Each rank trained on its half (61 samples: the odd one out is dropped so both take equal steps).
+    assert "rank 0/2: shard of 30 training samples" in rank0.stdout
+    assert "rank 1/2: shard of 30 training samples" in rank1.stdout
+    # Rank 0 alone reports and writes; the epoch's figures cover both shards.
+    assert "Epoch 1/1" in rank0.stdout and "Epoch 1/1" not in rank1.stdout
+    assert not [line for line in rank1.stdout.splitlines() if line.startswith("{")]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["backend"] == "gloo"
+    assert (out / metrics["model_file"]).stat().st_size > 1000
+
+
+def test_convnet_names_a_missing_rendezvous(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_dataset.main([str(data), "--train", "4", "--test", "2"])
+    (result,) = run_ranks(tmp_path, data, tmp_path / "out", 1, {"WORLD_SIZE": "2", "RANK": "0"}, [])
+    assert result.returncode == 2
+    assert "no rendezvous" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_distributed_manifest_is_a_valid_run_spec_for_two_ranks() -> None:
+    from shared.runspec import SpecContext, parse_run_spec_json
+
+    spec = parse_run_spec_json((SAMPLE_DIR / "run-distributed.json").read_text(), SpecContext())
+    assert spec.toolkit == "pytorch" and spec.node_count == 1 and spec.process_count == 2
