@@ -66,6 +66,7 @@ def client(isolated: None, tmp_path: Path) -> TestClient:
         ("r/{s:regex(^v[0-9]+$)}", "r/v12", {"s": "v12"}),
         ("d/{x=5}", "d", {"x": "5"}),
         ("files/{*rest}", "files/a/b/c.txt", {"rest": "a/b/c.txt"}),
+        ("files/{*rest}", "files/a\nb", {"rest": "a\nb"}),  # an encoded newline is a character too
         ("files/{name}.{ext}", "files/model.tar.gz", {"name": "model.tar", "ext": "gz"}),
         ("runs", "RUNS", {}),
         ("runs", "runs/x", None),

@@ -221,4 +221,4 @@ def compile_route(template: str) -> RouteTemplate:
     names = [p.name.lower() for p in params]
     if len(set(names)) != len(names):
         raise ConfigError(f"route template {template!r} names a parameter twice")
-    return RouteTemplate(template, re.compile(pattern, re.IGNORECASE), params, literals)
+    return RouteTemplate(template, re.compile(pattern, re.IGNORECASE | re.DOTALL), params, literals)
