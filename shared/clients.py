@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover - type names only; the SDKs are imported l
     from azure.mgmt.resource.resources import ResourceManagementClient
     from azure.storage.blob import BlobServiceClient, ContainerClient
     from azure.storage.fileshare import ShareClient, ShareServiceClient
+    from azure.storage.queue import QueueClient
 
 __all__ = [
     "LOCAL_DEV_TOKEN",
@@ -224,6 +225,14 @@ def runs_table(settings: Settings | None = None) -> TableClient:
     """The RUNS_TABLE table client."""
     settings = _settings(settings)
     return table_service(settings).get_table_client(settings.runs_table)
+
+
+def staging_queue(settings: Settings | None = None) -> QueueClient:
+    """The STAGING_QUEUE queue client (data account): HTTP starts staged out of band."""
+    from azure.storage.queue import QueueClient
+
+    settings = _settings(settings)
+    return QueueClient.from_connection_string(_connection_string(settings), settings.staging_queue)
 
 
 def reset_clients() -> None:

@@ -829,6 +829,7 @@ def start_run(
     stage_from_prefix: str | None = None,
     idempotency_key: str | None = None,
     svc: Services | None = None,
+    background: bool = False,
 ) -> RunRecord:
     """Start a run on ``dataset`` with ``spec``: stage every blob under ``stage_from_prefix`` of the
     training container into the run's snapshot first, or carry in the dataset's latest snapshot on
@@ -838,7 +839,10 @@ def start_run(
 
     What the request needs is checked before anything is created: a dataset not on the share
     (DatasetNotStaged), an empty prefix (NothingToStage) or a required file that is in neither
-    (MissingFiles) raises, and no run record, cluster or directory is made for it."""
+    (MissingFiles) raises, and no run record, cluster or directory is made for it.
+
+    ``background`` (the HTTP API): a start from a prefix queues its staging for the stage function
+    and returns the run in staging at once (see shared.staging_queue)."""
     svc = svc or services()
     check_dataset_name(dataset)
     if not isinstance(spec, RunSpec):
@@ -888,10 +892,27 @@ def start_run(
         mine = rec.run_id == run_id
     if not mine or rec.state != STAGING:
         return rec  # the key's run, made by another request: it stages the run, not this one
+    if background and prefix is not None and not _inline_secrets(spec):
+        # The HTTP API: staging a folder can outlast Azure's 230 s HTTP limit, so the queue-triggered
+        # stage function does it (shared.staging_queue) and the request answers with the run in
+        # staging. A spec with inline secret values is staged here: only this request holds them.
+        _queue_staging(svc, rec)
+        return rec
     final = stage_run(rec, svc, spec)
     if _inline_secrets(spec) and final.state in ACTIVE_STATES and not final.submitted_at:
         final = _submit_while_secrets_are_held(svc, final, spec)
     return final
+
+
+def _queue_staging(svc: Services, rec: RunRecord) -> None:
+    """Queue the run's staging; a run whose message cannot be queued is failed, saying why."""
+    from shared import staging_queue
+
+    try:
+        staging_queue.enqueue(svc, rec)
+    except Exception as exc:
+        _fail(svc, rec, "StagingNotQueued", f"the staging of this run could not be queued: {exc}"[:1000])
+        raise
 
 
 # Submission attempts a request makes itself when its spec carries inline secret values: the

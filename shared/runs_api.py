@@ -305,7 +305,9 @@ def start_run(request: ApiRequest) -> ApiResponse:
     from shared import ingest
 
     try:
-        record = ingest.start_run(dataset, spec, stage_from_prefix=prefix, idempotency_key=key)
+        record = ingest.start_run(
+            dataset, spec, stage_from_prefix=prefix, idempotency_key=key, background=True
+        )
     except Exception as exc:
         raise _start_error(exc) from None
     if key and record.idempotency_key == key and not _same_request(record, dataset, spec, prefix):

@@ -240,6 +240,7 @@ class Settings(BaseModel):
     file_share_name: ShareName = Field(default="batchaiquickstart", alias="FILE_SHARE_NAME")
     runs_table: str = Field(default="runs", alias="RUNS_TABLE")
     reports_container: StorageName = Field(default="reports", alias="REPORTS_CONTAINER")
+    staging_queue: StorageName = Field(default="staging-requests", alias="STAGING_QUEUE")
 
     # Azure Resource Manager and Batch AI
     arm_endpoint: Endpoint = Field(default="https://management.azure.com", alias="ARM_ENDPOINT")

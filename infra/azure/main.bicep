@@ -46,6 +46,9 @@ param runsTableName string = 'runs'
 @description('Blob container for cleanup reports.')
 param reportsContainerName string = 'reports'
 
+@description('Queue (data account) of HTTP starts staged out of band by the queue-triggered stage function.')
+param stagingQueueName string = 'staging-requests'
+
 @description('Resource group that holds the Batch AI workspace, clusters and jobs. It must exist before this deployment (az group create); the app gets a custom role there listing only the operations it calls (modules/batchai-access.bicep), and nothing wider.')
 param batchAiResourceGroupName string = '${resourceGroup().name}-batchai'
 
@@ -299,6 +302,18 @@ resource runsTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-
   name: runsTableName
 }
 
+resource dataQueueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: dataStorage
+  name: 'default'
+}
+
+// POST /api/runs with stage_from_prefix queues its staging here (an HTTP response must come within
+// 230 s); the stage function (queue trigger, connection STORAGE_CONNECTION_STRING) does it.
+resource stagingQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: dataQueueService
+  name: stagingQueueName
+}
+
 // --- host storage account -------------------------------------------------------------------------------
 // The Functions host's own state (keys, leases, timer status, blob receipts) and the deployment package.
 // The app reaches it with its managed identity only (AzureWebJobsStorage__accountName).
@@ -524,6 +539,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     FILE_SHARE_NAME: fileShareName
     RUNS_TABLE: runsTableName
     REPORTS_CONTAINER: reportsContainerName
+    STAGING_QUEUE: stagingQueueName
     ARM_ENDPOINT: environment().resourceManager
     AZURE_SUBSCRIPTION_ID: subscription().subscriptionId
     AZURE_CREDENTIAL: 'default'
@@ -632,6 +648,17 @@ resource dataFilePrivilegedContributor 'Microsoft.Authorization/roleAssignments@
     principalId: functionApp.identity.principalId
     principalType: 'ServicePrincipal'
     description: 'Staging datasets into the cluster file share over the Files REST API'
+  }
+}
+
+resource dataQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataStorage.id, functionApp.id, roles.storageQueueDataContributor)
+  scope: dataStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Staging queue: HTTP starts queue their staging, the stage function reads it'
   }
 }
 

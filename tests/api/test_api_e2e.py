@@ -295,23 +295,21 @@ def test_run_staged_from_a_blob_prefix(api: Api) -> None:
         "/runs", json={"dataset": dataset, "stage_from_prefix": uploads + "/", "spec": TRAIN_SPEC}
     )
     assert response.status_code == 202, response.text
-    run = response.json()
-    assert run["state"] != "staging" and run["stage_from_prefix"] == uploads
+    assert response.json()["stage_from_prefix"] == uploads  # staged out of band (the stage function)
+    wait_for("the run to be staged", lambda: run_state(api, response.json()["id"]) != "staging", 60)
+    run = api.get(f"/runs/{response.json()['id']}").json()
     assert {f["name"] for f in run["staged_files"]} == {"train.py", "data/part-0.txt"}
     state = wait_for("the run to finish", lambda: (s := run_state(api, run["id"])) in TERMINAL and s, 90)
     assert state == "succeeded"
-    # The blob trigger also saw the uploads, as a dataset of their own: its invocations joined the
-    # run (or replayed it) and made no run for the folder.
-    hosts = ContainerClient.from_connection_string(api.stack.connection_string, "azure-webjobs-hosts")
+    # The blob trigger also saw the uploads (Event Grid delivered them), as a dataset of their own:
+    # its invocations joined the run (or replayed it) and made no run for the folder.
+    deliveries = f"http://127.0.0.1:{api.stack.ports.eventgrid}/_emulator/deliveries"
 
-    def done_receipts() -> int:
-        return sum(
-            1
-            for b in hosts.list_blobs(name_starts_with="blobreceipts/", include=["metadata"])
-            if f"/{uploads}/" in b.name and "Incomplete" not in (b.metadata or {})
-        )
+    def delivered() -> int:
+        attempts = requests.get(deliveries, timeout=10).json()["attempts"]
+        return sum(1 for a in attempts if f"/blobs/{uploads}/" in a["subject"] and a["status"] == 202)
 
-    wait_for("the trigger's invocations for the uploads", lambda: done_receipts() == 2, 30)
+    wait_for("the trigger's invocations for the uploads", lambda: delivered() == 2, 30)
     assert api.get("/runs", params={"dataset": uploads}).json()["runs"] == []
 
 

@@ -150,6 +150,8 @@ def test_data_account_holds_the_containers_share_and_table_the_app_uses() -> Non
     assert share["shareQuota"] >= 1
     tables = _children(template, "Microsoft.Storage/storageAccounts/tableServices/tables")
     assert f"{data}/default/{defaults['RUNS_TABLE']}" in tables
+    queues = _children(template, "Microsoft.Storage/storageAccounts/queueServices/queues")
+    assert f"{data}/default/{defaults['STAGING_QUEUE']}" in queues, sorted(queues)
 
 
 def test_names_stay_valid_for_the_longest_base_name() -> None:
@@ -284,6 +286,7 @@ def test_role_assignments_are_least_privilege_built_in_roles() -> None:
         ("hostStorage", "Storage Table Data Contributor", "app"),  # the host's diagnostic events
         ("dataStorage", "Storage Blob Data Contributor", "app"),
         ("dataStorage", "Storage File Data Privileged Contributor", "app"),
+        ("dataStorage", "Storage Queue Data Contributor", "app"),  # the staging queue
         ("dataStorage", "Storage Table Data Contributor", "app"),
         ("vault", "Key Vault Secrets User", "app"),
         ("appInsights", "Monitoring Metrics Publisher", "app"),

@@ -62,6 +62,7 @@ def settings_values(local_stack: Any, **overrides: str) -> dict[str, str]:
         RUNS_TABLE=f"runs{tag}",
         BATCHAI_RESOURCE_GROUP=f"rg-{tag}",
         REPORTS_CONTAINER=f"reports-{tag}",
+        STAGING_QUEUE=f"staging-{tag}",
         STAGING_TIMEOUT_MINUTES="60",
         COPY_TIMEOUT_SECONDS="60",
     )

@@ -467,3 +467,30 @@ def test_blobs_present_before_the_subscription_are_started_over_http(hosted) -> 
     assert response.status_code == 202, response.text
     (rec,) = wait_runs(p, "early", done)
     assert rec.state == "succeeded" and rec.source == "api", rec.errors
+
+
+def test_http_start_of_a_dataset_too_large_for_the_http_cutoff_answers_at_once(hosted) -> None:
+    """Azure's front end cuts an HTTP response off after 230 s (here 2 s): staging a folder inside
+    the request would be cut off for a large dataset. The start answers at once with the run in
+    staging; the queue-triggered stage function stages it, and it trains."""
+    p, make_host = hosted
+    make_host.values["FUNCHOST_HTTP_RESPONSE_LIMIT"] = "2"
+    host = make_host().start()
+    files = {**QUICKSTART_FILES, **{f"shards/part-{i:03d}.bin": os.urandom(4096) for i in range(120)}}
+    make_host.grid.unsubscribe(make_host.subscription.name)  # only the HTTP start stages it
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: p.container.upload_blob(f"big/{item[0]}", item[1]), files.items()))
+    started = time.monotonic()
+    response = requests.post(
+        f"http://127.0.0.1:{host.port}/api/runs",
+        json={"dataset": "big", "stage_from_prefix": "big", "spec": QUICKSTART_MANIFEST},
+        headers={"x-functions-key": "pipeline-test-key"},
+        timeout=60,
+    )
+    answered = time.monotonic() - started
+    assert response.status_code == 202, (response.status_code, response.text[:300])
+    assert response.json()["state"] == "staging" and answered < 2
+    (rec,) = wait_runs(p, "big", done, timeout=180)
+    assert rec.state == "succeeded", rec.errors
+    assert {f.name for f in rec.staged_files} == set(files)
+    assert "Executed 'Functions.stage' (Succeeded" in host.log()
