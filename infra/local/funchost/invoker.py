@@ -104,8 +104,10 @@ class Invoker:
             except BaseException as exc:
                 outcome["error"] = exc
             finally:
-                done.set()
-                self._finished(spec, invocation_id, started, outcome, abandoned.is_set())
+                try:  # logged before the caller resumes: its "Executed" line precedes the answer
+                    self._finished(spec, invocation_id, started, outcome, abandoned.is_set())
+                finally:
+                    done.set()
 
         with self._idle:
             self._running += 1
