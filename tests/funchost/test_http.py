@@ -159,12 +159,13 @@ def test_time_limits_function_timeout_and_the_http_cutoff(host_factory) -> None:
     assert requests.get(f"{host.url}/api/sleep/0.1", timeout=10).status_code == 200
     cut = requests.get(f"{host.url}/api/sleep/2", timeout=10)
     assert (cut.status_code, cut.text) == (502, "Bad Gateway")
-    host.wait_for(lambda: any(r["seconds"] == 2 for r in host.records("sleepy")), what="the cut-off call")
-    assert host.log().count("Executed 'Functions.sleepy' (Succeeded") == 2  # it ran on to its end
+    host.wait_for(  # it ran on to its end
+        lambda: host.log().count("Executed 'Functions.sleepy' (Succeeded") == 2, what="the cut-off call's end"
+    )
 
     started = time.monotonic()
     late = requests.get(f"{host.url}/api/sleep/6", timeout=20)
-    assert late.status_code == 502 and time.monotonic() - started < 3
+    assert late.status_code == 502 and time.monotonic() - started < 5
     host.wait_for(lambda: "Timeout value of 00:00:03 exceeded by function 'Functions.sleepy'" in host.log())
     assert "Executed 'Functions.sleepy' (Failed" in host.log()
     assert host.stop() == 1  # the abandoned invocation still sleeps past the shutdown timeout
