@@ -479,8 +479,22 @@ class AzureMLBackend:
             self._environments.add(path)
         return path
 
+    def check_spec(self, spec: RunSpec) -> None:
+        """Refuse, before anything is created, what this backend cannot map (RunSpecError naming the
+        field and the backend): the same checks submission makes, without a request."""
+        self.cluster_name(spec, "dataset")
+        self._scale(spec)
+        self.job_body(self.job_ref("experiment", "job"), spec, "dataset", "cluster", environment_id="check")
+
     def job_body(
-        self, names: JobNames, spec: RunSpec, dataset: str, cluster_id: str, *, data_dir: str | None = None
+        self,
+        names: JobNames,
+        spec: RunSpec,
+        dataset: str,
+        cluster_id: str,
+        *,
+        data_dir: str | None = None,
+        environment_id: str | None = None,
     ) -> dict[str, Any]:
         """The Command job of a run: every run spec field mapped, or refused naming the field."""
         if spec.scheduling_priority is not None:
@@ -538,7 +552,7 @@ class AzureMLBackend:
             "displayName": names.job,
             "description": f"run of dataset {dataset}",
             "computeId": cluster_id,
-            "environmentId": self._environment_id(spec),
+            "environmentId": environment_id or self._environment_id(spec),
             "command": command,
             "inputs": inputs,
             "outputs": outputs,

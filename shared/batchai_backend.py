@@ -155,6 +155,9 @@ class BatchAIBackend:
             self.ensure_workspace()
             return self.compute.ensure_cluster(name, params)
 
+    def check_spec(self, spec: RunSpec) -> None:
+        """Every run spec field maps onto Batch AI (the run spec is Batch AI's shape)."""
+
     @staticmethod
     def is_steady(cluster: ClusterRef) -> bool:
         return (cluster.allocation_state or "").lower() == "steady" and not cluster.created

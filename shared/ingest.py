@@ -570,7 +570,9 @@ def read_manifest(svc: Services, dataset: str, props: Any = None) -> RunSpec:
         raise RunSpecError([{"field": "(root)", "message": f"larger than {MAX_MANIFEST_BYTES} bytes"}])
     text = blob.download_blob(offset=0, length=MAX_MANIFEST_BYTES + 1).readall()
     # An uploaded manifest: what MANIFEST_COMMANDS_ALLOWED refuses applies (not to HTTP starts).
-    return parse_run_spec_json(text, dataclasses.replace(svc.spec_context, from_manifest=True))
+    spec = parse_run_spec_json(text, dataclasses.replace(svc.spec_context, from_manifest=True))
+    svc.cloud.check_spec(spec)  # what the compute backend cannot map fails the manifest, naming it
+    return spec
 
 
 def _dataset_blobs(svc: Services, dataset: str) -> dict[str, Any]:
@@ -847,6 +849,7 @@ def start_run(
     check_dataset_name(dataset)
     if not isinstance(spec, RunSpec):
         spec = parse_run_spec(spec, svc.spec_context)
+    svc.cloud.check_spec(spec)  # refused before anything is created, naming the field and backend
     prefix = None if stage_from_prefix is None else check_stage_prefix(stage_from_prefix)
     replayed = svc.registry.find_by_idempotency_key(idempotency_key) if idempotency_key else None
     if replayed is not None and replayed.state != STAGING:

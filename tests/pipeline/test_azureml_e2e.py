@@ -231,3 +231,30 @@ def test_http_api_on_azureml(hosted_azureml: Any) -> None:
     assert deleted.status_code == 200 and deleted.json()["cluster_deleted"] is True, deleted.text
     health = requests.get(f"{base}/health/deep", headers=key, timeout=60).json()
     assert health["checks"]["azureml"]["ok"] is True and "batchai" not in health["checks"], health
+
+
+def test_a_dropped_spec_azureml_cannot_map_fails_its_run_at_once(azureml_pipeline: Pipeline) -> None:
+    """Bad input on azureml: a manifest asking for what Azure ML cannot do fails its run when the
+    manifest arrives, naming the field and the backend; nothing is created, no invocation crashes;
+    an HTTP start with such a spec is refused before any run exists."""
+    p = azureml_pipeline
+    for field, extra in [
+        ("scheduling_priority", {"scheduling_priority": "high"}),
+        ("cluster_name", {"cluster_name": "far-too-long-a-name-for-aml"}),
+    ]:
+        ds = dataset_name("bad")
+        results = [
+            ingest_blob(n, p.services)
+            for n in p.upload(ds, QUICKSTART_FILES, {**QUICKSTART_MANIFEST, **extra})
+        ]
+        runs = list(p.registry.iter_runs(dataset=ds))  # as any invalid manifest: each event's run fails
+        assert runs
+        for rec in runs:
+            assert rec.state == "failed" and rec.job_name is None, (rec.state, rec.errors)
+            assert rec.errors[0]["code"] == "InvalidManifest", rec.errors
+            assert field in rec.errors[0]["message"] and "azureml" in rec.errors[0]["message"]
+        assert any(r.action == "failed" for r in results)
+        with pytest.raises(RunSpecError, match=field):
+            start_run(f"{ds}-http", {"files": sorted(QUICKSTART_FILES), **extra}, svc=p.services)
+        assert list(p.registry.iter_runs(dataset=f"{ds}-http")) == []
+    assert p.services.cloud.list_clusters() == {}
