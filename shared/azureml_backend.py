@@ -230,16 +230,17 @@ class AzureMLBackend:
             if self._workspace_ready:
                 return
             s = self.settings
-            group = f"/subscriptions/{s.subscription_id}/resourcegroups/{s.resource_group}"
-            if self._get("get resource group", group + f"?api-version={RESOURCES_API_VERSION}") is None:
-                self._call(
-                    "create resource group",
-                    "PUT",
-                    group,
-                    {"location": s.location},
-                    api_version=RESOURCES_API_VERSION,
-                )
             if self._get("get workspace", self.workspace_id) is None:
+                # Only then the resource group: in Azure the app's roles are on the workspace alone.
+                group = f"/subscriptions/{s.subscription_id}/resourcegroups/{s.resource_group}"
+                if self._get("get resource group", group + f"?api-version={RESOURCES_API_VERSION}") is None:
+                    self._call(
+                        "create resource group",
+                        "PUT",
+                        group,
+                        {"location": s.location},
+                        api_version=RESOURCES_API_VERSION,
+                    )
                 # In Azure, infra/azure/main.bicep makes the workspace with its storage account, Key
                 # Vault and Application Insights; this minimal body is what the local stack accepts.
                 self._call(
@@ -248,6 +249,10 @@ class AzureMLBackend:
                     self.workspace_id,
                     {"location": s.location, "properties": {"friendlyName": s.azureml_workspace}},
                 )
+            datastore = f"{self.workspace_id}/datastores/{self.datastore_name}"
+            if self._get("get the share's datastore", datastore) is not None:  # Bicep registers it
+                self._workspace_ready = True
+                return
             storage = s.storage
             key = storage.account_key.get_secret_value() if storage.account_key is not None else None
             credentials: dict[str, Any] = (
@@ -258,7 +263,7 @@ class AzureMLBackend:
             self._call(
                 "register the share's datastore",
                 "PUT",
-                f"{self.workspace_id}/datastores/{self.datastore_name}",
+                datastore,
                 {
                     "properties": {
                         "datastoreType": "AzureFile",

@@ -697,8 +697,9 @@ resource appInsightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-0
 
 // Batch AI workspace, clusters and jobs live in their own resource group: a custom role there listing only
 // the Batch AI and resource group operations the app calls, and nothing elsewhere (Contributor, even on
-// that group alone, would let the app create any resource there and read any key in it).
-module batchAiAccess 'modules/batchai-access.bicep' = {
+// that group alone, would let the app create any resource there and read any key in it). With Azure ML
+// (computeBackend azureml) the app needs only its two roles on the workspace, so this is not granted.
+module batchAiAccess 'modules/batchai-access.bicep' = if (computeBackend == 'batchai') {
   name: 'batchai-access-${token}'
   scope: resourceGroup(batchAiResourceGroupName)
   params: {

@@ -268,6 +268,9 @@ class Template:
             return self.value(operands[branch])
         if name == "not":
             return not self.value(operands["bool_value"])
+        if name in ("equals", "not_equals"):  # Bicep's == and != (strings compare case-sensitively)
+            same = self.value(operands["operand_1"]) == self.value(operands["operand_2"])
+            return same if name == "equals" else not same
         if name in ("property_accessor", "function_accessor", "index_accessor"):
             base, steps = _flatten({"operator": {"type": name, "operands": operands}})
             current = self.value(base)

@@ -366,7 +366,8 @@ def test_the_app_has_a_custom_role_with_exactly_the_operations_it_calls_on_the_b
     )
     needed = {SDK_CALL_ACTIONS[call] for call in calls if call in SDK_CALL_ACTIONS}
 
-    template = _main(batchAiResourceGroupName="rg-training-batchai")
+    template = _main(batchAiResourceGroupName="rg-training-batchai", computeBackend="batchai")
+    assert template.is_deployed("batchAiAccess")
     access, params = _batch_ai_access(template)
     scope = params["scope"]
     assert isinstance(scope, FunctionResult) and scope.properties["name"] == "rg-training-batchai"
@@ -410,6 +411,8 @@ def test_azure_ml_workspace_with_least_privilege_roles_by_default() -> None:
         assert isinstance(assignment["scope"], ResourceRef) and assignment["scope"].symbol == "workspace"
         assert assignment["principalId"] == params["principalId"]
     assert set(workspace.resources_of_type("Microsoft.MachineLearningServices/workspaces/datastores"))
+    # No Batch AI role on the training resource group: Azure ML needs the workspace roles only.
+    assert template.is_deployed("azureMlWorkspace") and not template.is_deployed("batchAiAccess")
 
 
 def test_no_template_grants_contributor() -> None:
