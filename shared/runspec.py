@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from shared.settings import check_key_vault_secret_url, is_loopback_url
+from shared.sweep import SweepSpec, placeholders
 
 __all__ = [
     "QUICKSTART_ARGUMENTS",
@@ -128,6 +129,10 @@ class SpecContext:
     # KEY_VAULT_RESOURCE_ID: the vault of a Key Vault secret that names none. Checked when the spec is
     # parsed, so a spec the submission cannot build is refused before a run exists.
     key_vault_resource_id: str | None = None
+    # A `sweep` section is validated in full, but the pipeline does not yet run a sweep as a parent
+    # of trial runs (issue 15, part 2): until it does, a spec with one is refused rather than run as
+    # one plain job with `${{search_space.*}}` left unsubstituted. Parsing alone can allow it.
+    sweeps_runnable: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any = None) -> SpecContext:
@@ -404,6 +409,9 @@ class RunSpec(_Strict):
     files: Annotated[list[Annotated[StrictStr, AfterValidator(_dataset_file)]], Field(max_length=10_000)] = (
         Field(default_factory=list)
     )
+    sweep: SweepSpec | None = Field(
+        default=None, description="a hyperparameter sweep: this run becomes the parent of trial runs"
+    )
 
     # --- defaults that depend on other fields ------------------------------------------------------
     @model_validator(mode="before")
@@ -568,6 +576,7 @@ class RunSpec(_Strict):
             raise SpecFieldError(
                 "secret_environment_variables", f"{sorted(clashing)} also in environment_variables"
             )
+        self._sweep_consistent()
         cluster = self.cluster
         if cluster.manual is not None and cluster.manual.target_node_count < self.node_count:
             raise SpecFieldError(
@@ -578,6 +587,24 @@ class RunSpec(_Strict):
                 "cluster.auto_scale.maximum_node_count", f"must be at least node_count ({self.node_count})"
             )
         return self
+
+    def _sweep_consistent(self) -> None:
+        """`${{search_space.<name>}}` only names a parameter of the sweep; SWEEP_<NAME> is the sweep's."""
+        names = set(self.sweep.parameters) if self.sweep is not None else set()
+        for field in ("arguments", "command_line"):
+            for name in placeholders(getattr(self, field)):
+                if self.sweep is None:
+                    raise SpecFieldError(field, f"${{{{search_space.{name}}}}} needs a sweep section")
+                if name not in names:
+                    raise SpecFieldError(
+                        field, f"${{{{search_space.{name}}}}}: no such parameter in sweep.parameters"
+                    )
+        if self.sweep is not None:
+            taken = {f"SWEEP_{name.upper()}" for name in names}
+            for field in ("environment_variables", "secret_environment_variables"):
+                clash = sorted(taken & {n.upper() for n in getattr(self, field)})
+                if clash:
+                    raise SpecFieldError(field, f"{clash} are set by the sweep for each trial")
 
     @model_validator(mode="after")
     def _operator_limits(self, info: ValidationInfo) -> RunSpec:
@@ -604,6 +631,12 @@ class RunSpec(_Strict):
         for name, count in counts:
             if count > cap:
                 raise SpecFieldError(name, f"{count} nodes is more than MAX_NODES_PER_RUN ({cap})")
+        if self.sweep is not None and not context.sweeps_runnable:
+            raise SpecFieldError(
+                "sweep",
+                "valid, but this version does not run sweeps yet (no parent and trial runs): "
+                "remove the sweep section to train one run",
+            )
         if self.cluster_name is not None and context.clusters_by_derived_name_only:
             raise SpecFieldError(
                 "cluster_name",
