@@ -378,3 +378,27 @@ def test_copy_from_a_file_url_inside_the_share_as_azure_authorizes_it(stack, sha
         via_sas.start_copy_from_url(source.url)
     assert caught.value.status_code == 403 and caught.value.error_code == "CannotVerifyCopySource"
     assert not refused.exists()
+
+
+def test_names_are_case_preserving_but_case_insensitive_as_on_azure_files(stack, share: ShareClient) -> None:
+    """Issue 19.3: on Azure Files `MNIST` and `mnist` are one directory. The emulator keeps the
+    spelling an entry was created with and finds it by any spelling, so tests see what Azure does."""
+    share.get_directory_client("mnist").create_directory()
+    share.get_file_client("mnist/Train.txt").upload_file(b"version 1")
+    with pytest.raises(ResourceExistsError):
+        share.get_directory_client("MNIST").create_directory()
+    assert share.get_file_client("MNIST/TRAIN.TXT").download_file().readall() == b"version 1"
+    assert share.get_directory_client("Mnist").get_directory_properties() is not None
+    # Writing through another spelling writes the one entry, which keeps its first spelling.
+    share.get_file_client("MNIST/train.txt").upload_file(b"version 2")
+    assert [i["name"] for i in share.list_directories_and_files()] == ["mnist"]
+    assert [i["name"] for i in share.get_directory_client("MNIST").list_directories_and_files()] == [
+        "Train.txt"
+    ]
+    root = on_disk(stack, share, "mnist")
+    assert sorted(p.name for p in root.parent.iterdir()) == ["mnist"]
+    assert (root / "Train.txt").read_bytes() == b"version 2"
+    # Deleting by another spelling deletes it.
+    share.get_file_client("Mnist/TRAIN.txt").delete_file()
+    share.get_directory_client("MNIST").delete_directory()
+    assert not root.exists()

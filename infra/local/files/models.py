@@ -422,9 +422,15 @@ class FilesBackend:
         return directory
 
     def locate(self, account: str, share: str, path: str) -> tuple[Path, list[str]]:
-        """The on-disk path for `path` in the share, checked to stay inside the share directory."""
+        """The on-disk path for `path` in the share, checked to stay inside the share directory.
+
+        Azure Files is case-preserving but case-insensitive: `MNIST/x` names the entry created as
+        `mnist/x`. Each component is matched to an existing entry of its directory ignoring case, so
+        the returned path and components (the metadata key) are the entry's own spelling; a name that
+        matches nothing keeps the caller's spelling (a create preserves it)."""
         components = split_path(path)
         root = self.share_dir(account, share)
+        components = _existing_spelling(root, components)
         target = root.joinpath(*components)
         real_root = root.resolve()
         real = target.resolve()
@@ -433,6 +439,10 @@ class FilesBackend:
                 "InvalidResourceName", message="The specified path resolves outside of its share."
             )
         return target, components
+
+    def key_of(self, account: str, share: str, path: str) -> str:
+        """The metadata key of `path`: its components as the existing entry spells them."""
+        return "/".join(self.locate(account, share, path)[1])
 
     # --- shares ----------------------------------------------------------------------------------
     def create_share(
@@ -872,7 +882,7 @@ class FilesBackend:
 
     def write_range(self, account: str, share: str, path: str, start: int, data: bytes) -> EntryInfo:
         target, info = self.file_path(account, share, path)
-        key = "/".join(split_path(path))
+        key = self.key_of(account, share, path)
         self._refuse_while_copying(account, share, key)
         if start + len(data) > info.size:
             raise StorageError("InvalidRange")
@@ -885,7 +895,7 @@ class FilesBackend:
 
     def clear_range(self, account: str, share: str, path: str, start: int, end: int) -> EntryInfo:
         target, info = self.file_path(account, share, path)
-        key = "/".join(split_path(path))
+        key = self.key_of(account, share, path)
         self._refuse_while_copying(account, share, key)
         if end >= info.size:
             raise StorageError("InvalidRange")
@@ -923,7 +933,7 @@ class FilesBackend:
 
     def delete_file(self, account: str, share: str, path: str) -> None:
         target, _ = self.file_path(account, share, path)
-        key = "/".join(split_path(path))
+        key = self.key_of(account, share, path)
         with self._lock:
             job = self.copies.get((account, share, key))
             if job is not None:
@@ -1001,7 +1011,7 @@ class FilesBackend:
 
     def abort_copy(self, account: str, share: str, path: str, copy_id: str) -> None:
         info = self.get_entry(account, share, path, "file")
-        key = "/".join(split_path(path))
+        key = self.key_of(account, share, path)
         job = self.copies.get((account, share, key))
         if job is None or not info.copy or info.copy.get("status") != "pending":
             raise StorageError("NoPendingCopyOperation")
@@ -1016,6 +1026,24 @@ class FilesBackend:
         return CopySource(
             url=url, length=info.size, stream=open(target, "rb"), content=info.content, metadata=info.metadata
         )
+
+
+def _existing_spelling(root: Path, components: list[str]) -> list[str]:
+    """`components` with each one replaced by the spelling of the entry of its directory that equals
+    it ignoring case (Azure Files compares names case-insensitively), as far as such entries exist."""
+    resolved: list[str] = []
+    directory = root
+    for i, name in enumerate(components):
+        if not (directory / name).exists() and directory.is_dir():
+            folded = name.casefold()
+            with os.scandir(directory) as entries:
+                match = next((e.name for e in entries if e.name.casefold() == folded), None)
+            if match is None:
+                return resolved + components[i:]
+            name = match
+        resolved.append(name)
+        directory = directory / name
+    return resolved
 
 
 def read_chunks(
