@@ -116,6 +116,20 @@ def check_disk(work: Path, size: int) -> None:
 
 
 def run(options: BenchOptions) -> list[Figure]:
+    size = options.blob_size
+    work = Path(options.work_dir) / "rerun"
+    work.mkdir(parents=True, exist_ok=True)
+    check_disk(work, size)
+    services = ["azurite", "files", "arm", "functions", "eventgrid"]
+    copy_timeout = 120 + size / (20 * 1024 * 1024)  # at least 20 MiB/s on a loaded machine
+    try:
+        figures = _measure(options, work, services, copy_timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+def _measure(options: BenchOptions, work: Path, services: list[str], copy_timeout: float) -> list[Figure]:
     from azure.data.tables import TableClient
     from azure.storage.fileshare import ShareClient
 
@@ -123,13 +137,8 @@ def run(options: BenchOptions) -> list[Figure]:
     from shared.settings import Settings
 
     size = options.blob_size
-    work = Path(options.work_dir) / "rerun"
-    work.mkdir(parents=True, exist_ok=True)
-    check_disk(work, size)
-    services = ["azurite", "files", "arm", "functions", "eventgrid"]
     tag = f"{int(time.time()) % 100000:05d}"  # a shared --quick stack may hold earlier datasets
     big, tiny = f"rerun-big-{tag}", f"rerun-tiny-{tag}"
-    copy_timeout = 120 + size / (20 * 1024 * 1024)  # at least 20 MiB/s on a loaded machine
     with local_stack(work / "stack", services, shared=options.shared_stack) as stack:
         settings = Settings.from_env(stack_env(stack))
         registry = RunRegistry(

@@ -14,7 +14,7 @@ from azure.storage.blob import BlobServiceClient, ContentSettings
 from azure.storage.fileshare import ContentSettings as FileContentSettings
 from azure.storage.fileshare import ShareServiceClient
 
-from infra.local.stack import DEV_ACCOUNT, DEV_KEY
+from infra.local.stack import DEV_ACCOUNT
 from shared.registry import StagedFile
 from shared.staging import StagingError, carry_file, check_relative_path, parse_blob_name, stage_blob
 
@@ -149,7 +149,11 @@ def test_two_invocations_carrying_one_file_join_one_copy(stores) -> None:
         results = list(
             pool.map(
                 lambda _: carry_file(
-                    share, "_snapshots/run1/big.bin", "_snapshots/run2/big.bin", old, account_key=DEV_KEY
+                    share,
+                    "_snapshots/run1/big.bin",
+                    "_snapshots/run2/big.bin",
+                    old,
+                    account_key=share.credential.account_key,
                 ),
                 range(2),
             )
