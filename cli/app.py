@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         "is complete.",
     )
     p.add_argument("directory", type=Path, metavar="DIR", help="the dataset folder")
-    p.add_argument("--dataset", required=True, help="dataset name (the blob prefix and share directory)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="dataset name (the blob prefix; each run gets its own snapshot on the share)",
+    )
     p.add_argument("--watch", action="store_true", help="then follow the run the upload starts")
 
     p = commands.add_parser(

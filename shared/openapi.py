@@ -247,12 +247,13 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "dataset": {
                     "type": "string",
-                    "description": "Dataset name: its directory on the file share (and blob prefix)",
+                    "description": "Dataset name (its blob prefix); each run trains on its own snapshot of "
+                    "it on the file share",
                 },
                 "stage_from_prefix": {
                     "type": "string",
-                    "description": "Blob prefix in the training container to stage into the dataset's "
-                    "directory first; omit when the dataset is already staged",
+                    "description": "Blob prefix in the training container to stage into the run's "
+                    "snapshot first; omit to snapshot the dataset's latest snapshot on the share",
                 },
                 "spec": {
                     **_ref("RunSpec"),

@@ -6,11 +6,11 @@ up in a job's command line), and every error must name the field. Unknown fields
 
 An empty manifest (`{}`) is Microsoft's quickstart: CNTK running `ConvNet_MNIST.py` with arguments
 `$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL` in `microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0`
-on one `STANDARD_NC6` node, input directory `SAMPLE` = the dataset's directory on the share, output
+on one `STANDARD_NC6` node, input directory `SAMPLE` = the run's snapshot of the dataset on the share, output
 directory `MODEL` with suffix `Models`.
 
 Paths in a spec are relative: `files`, `script`, input directory paths and `job_preparation_files`
-to the dataset's directory on the share, output directory prefixes to the share root. None may
+to the run's snapshot of the dataset on the share, output directory prefixes to the share root. None may
 escape them (no `..`, no absolute paths, no shell metacharacters).
 
 Use `parse_run_spec(data)` (a dict) or `parse_run_spec_json(text)`: both raise `RunSpecError`, whose
@@ -269,7 +269,7 @@ class InputDirectorySpec(_Strict):
 
     id: DirectoryId
     path: DirPath = Field(
-        default=".", description="relative to the dataset's directory; '.' is the dataset itself"
+        default=".", description="relative to the run's snapshot of the dataset; '.' is the whole snapshot"
     )
 
 
