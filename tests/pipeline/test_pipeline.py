@@ -798,3 +798,25 @@ def test_a_dataset_over_the_file_list_limit_fails_at_once_with_a_named_error(
     assert "at most 3 files" in rec.errors[-1]["message"]
     assert ingest_blob(f"{ds}/run.json", p.services).action == "replay"  # the trigger's retry: nothing new
     assert len(list(p.registry.iter_runs(dataset=ds))) == 1
+
+
+def test_datasets_differing_only_in_case_never_share_their_input(pipeline: Pipeline) -> None:
+    """Issue 19.3: on Azure Files (and the Files emulator, case-insensitive like it) `Mnist-x` and
+    `mnist-x` would be one directory. Each run's input is its own snapshot, so staging one dataset never
+    overwrites what a submitted run of the other reads."""
+    p = pipeline
+    lower = dataset_name("case")
+    upper = lower.upper()
+    first = [ingest_blob(n, p.services) for n in p.upload(lower, QUICKSTART_FILES, QUICKSTART_MANIFEST)]
+    run_lower = p.registry.get(first[0].run_id)
+    assert run_lower.state in ("provisioning", "queued"), run_lower.errors
+    changed = {**QUICKSTART_FILES, "Train-28x28_cntk_text.txt": b"the upper-case dataset's data\n"}
+    second = [ingest_blob(n, p.services) for n in p.upload(upper, changed, QUICKSTART_MANIFEST)]
+    run_upper = p.registry.get(second[0].run_id)
+    assert run_upper.run_id != run_lower.run_id and run_upper.dataset == upper
+    assert run_upper.state in ("provisioning", "queued"), run_upper.errors
+    for rec, files in ((run_lower, QUICKSTART_FILES), (run_upper, changed)):
+        for name, data in files.items():
+            assert (p.share_root / rec.snapshot / name).read_bytes() == data, (rec.dataset, name)
+    for rec in (run_lower, run_upper):
+        cancel_run(rec.run_id, svc=p.services)
