@@ -253,7 +253,7 @@ class AzureMLBackend:
             if self._get("get the share's datastore", datastore) is not None:  # Bicep registers it
                 self._workspace_ready = True
                 return
-            storage = s.storage
+            storage = s.file_share_storage  # the share's own account (FILE_SHARE_CONNECTION_STRING)
             key = storage.account_key.get_secret_value() if storage.account_key is not None else None
             credentials: dict[str, Any] = (
                 {"credentialsType": "AccountKey", "secrets": {"secretsType": "AccountKey", "key": key}}

@@ -153,14 +153,15 @@ def workspace_parameters(
 
 
 def file_share_mount(settings: Settings) -> models.AzureFileShareReference:
-    """The data account's file share, mounted at $AZ_BATCHAI_MOUNT_ROOT/azurefileshare.
+    """The file share, mounted at $AZ_BATCHAI_MOUNT_ROOT/azurefileshare: its own account's (never the
+    data account's: every node holds the key it mounts with).
 
     Credentials: a Key Vault secret reference when FILE_SHARE_KEY_VAULT_SECRET_URL is set (the key never
-    passes through the app), else the account key from the connection string.
+    passes through the app), else the share account's key from its connection string.
     """
     from azure.mgmt.batchai import models
 
-    storage = settings.storage
+    storage = settings.file_share_storage
     if settings.file_share_key_vault_secret_url and settings.key_vault_resource_id:
         credentials = models.AzureStorageCredentialsInfo(
             account_key_secret_reference=models.KeyVaultSecretReference(

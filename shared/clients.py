@@ -169,19 +169,36 @@ def arm_pipeline_client(settings: Settings | None = None) -> ARMPipelineClient:
     return _arm_pipeline(_settings(settings))
 
 
-def _connection_string(settings: Settings) -> str:
-    return settings.storage_connection_string.get_secret_value()
+@functools.lru_cache(maxsize=8)
+def _data_identity(settings: Settings) -> TokenCredential:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def _data_credential(settings: Settings, named: bool = False) -> Any:
+    """How the app signs data account requests: its key where the settings give one (the local stack:
+    Azurite needs a key), else the app's managed identity (Azure: the account's shared keys are off)."""
+    storage = settings.storage
+    if storage.account_key is None:
+        return _data_identity(settings)
+    key = storage.account_key.get_secret_value()
+    if named:
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        return AzureNamedKeyCredential(storage.account_name, key)
+    return {"account_name": storage.account_name, "account_key": key}
 
 
 @functools.lru_cache(maxsize=8)
 def _blob_service(settings: Settings) -> BlobServiceClient:
     from azure.storage.blob import BlobServiceClient
 
-    return BlobServiceClient.from_connection_string(_connection_string(settings))
+    return BlobServiceClient(settings.storage.blob_endpoint, credential=_data_credential(settings))
 
 
 def blob_service(settings: Settings | None = None) -> BlobServiceClient:
-    """Blob service of the data account (STORAGE_CONNECTION_STRING)."""
+    """Blob service of the data account (STORAGE_CONNECTION_STRING, or its identity-based form)."""
     return _blob_service(_settings(settings))
 
 
@@ -195,11 +212,19 @@ def training_container(settings: Settings | None = None) -> ContainerClient:
 def _share_service(settings: Settings) -> ShareServiceClient:
     from azure.storage.fileshare import ShareServiceClient
 
-    return ShareServiceClient.from_connection_string(_connection_string(settings))
+    share_account = settings.file_share_storage
+    assert share_account.account_key is not None  # validated: the share is always reached by key
+    return ShareServiceClient(
+        share_account.file_endpoint,
+        credential={
+            "account_name": share_account.account_name,
+            "account_key": share_account.account_key.get_secret_value(),
+        },
+    )
 
 
 def share_service(settings: Settings | None = None) -> ShareServiceClient:
-    """File share service of the data account (its FileEndpoint)."""
+    """File service of the share's account (FILE_SHARE_CONNECTION_STRING, else the data account)."""
     return _share_service(_settings(settings))
 
 
@@ -213,7 +238,9 @@ def share_client(settings: Settings | None = None) -> ShareClient:
 def _table_service(settings: Settings) -> TableServiceClient:
     from azure.data.tables import TableServiceClient
 
-    return TableServiceClient.from_connection_string(_connection_string(settings))
+    return TableServiceClient(
+        settings.storage.table_endpoint, credential=_data_credential(settings, named=True)
+    )
 
 
 def table_service(settings: Settings | None = None) -> TableServiceClient:
@@ -232,13 +259,16 @@ def staging_queue(settings: Settings | None = None) -> QueueClient:
     from azure.storage.queue import QueueClient
 
     settings = _settings(settings)
-    return QueueClient.from_connection_string(_connection_string(settings), settings.staging_queue)
+    return QueueClient(
+        settings.storage.queue_endpoint, settings.staging_queue, credential=_data_credential(settings)
+    )
 
 
 def reset_clients() -> None:
     """Forget every cached client and credential (tests that change settings)."""
     for cached in (
         _credential,
+        _data_identity,
         _batchai,
         _resources,
         _arm_pipeline,

@@ -183,6 +183,18 @@ class StorageAccount(BaseModel):
     queue_endpoint: str
 
     @classmethod
+    def identity_based(cls, account_name: str) -> StorageAccount:
+        """An account the app reaches with its managed identity (no key): Azure's public endpoints."""
+        return cls(
+            account_name=account_name,
+            account_key=None,
+            **{
+                f"{s}_endpoint": f"https://{account_name}.{s}.core.windows.net"
+                for s in ("blob", "file", "table", "queue")
+            },
+        )
+
+    @classmethod
     def parse(cls, connection_string: str) -> StorageAccount:
         parts: dict[str, str] = {}
         for position, segment in enumerate(connection_string.strip().split(";"), start=1):
@@ -205,8 +217,9 @@ class StorageAccount(BaseModel):
         key = parts.get("accountkey")
         if not key:
             raise ValueError(
-                "expected an AccountKey in the connection string (the Azure File mount and "
-                "server-side copies need the account key)"
+                "expected an AccountKey in the connection string (Batch AI mounts the share with the key; "
+                "for a data account reached by the app's identity, give only its name in "
+                "STORAGE_CONNECTION_STRING__accountName)"
             )
         protocol = parts.get("defaultendpointsprotocol", "https")
         suffix = parts.get("endpointsuffix", "core.windows.net")
@@ -235,7 +248,12 @@ class Settings(BaseModel):
 
     # Storage
     host_storage: SecretStr | None = Field(default=None, alias="AzureWebJobsStorage")
-    storage_connection_string: SecretStr = Field(alias="STORAGE_CONNECTION_STRING")
+    # The data account (training blobs, run registry, reports): a connection string with its key (the
+    # local stack: Azurite needs one), or, in Azure, only its name: the app's managed identity.
+    storage_connection_string: SecretStr | None = Field(default=None, alias="STORAGE_CONNECTION_STRING")
+    storage_account_name: str | None = Field(default=None, alias="STORAGE_CONNECTION_STRING__accountName")
+    # The account of the file share the clusters mount with its key: its own account in Azure.
+    file_share_connection_string: SecretStr | None = Field(default=None, alias="FILE_SHARE_CONNECTION_STRING")
     training_container: StorageName = Field(default="training-data", alias="TRAINING_CONTAINER")
     file_share_name: ShareName = Field(default="batchaiquickstart", alias="FILE_SHARE_NAME")
     runs_table: str = Field(default="runs", alias="RUNS_TABLE")
@@ -294,6 +312,7 @@ class Settings(BaseModel):
     # --- field checks -------------------------------------------------------------------------------
     @field_validator(
         "storage_connection_string",
+        "file_share_connection_string",
         "host_storage",
         "local_arm_token",
         "cluster_admin_password",
@@ -310,13 +329,22 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("storage_connection_string")
+    @field_validator("storage_connection_string", "file_share_connection_string")
     @classmethod
-    def _parsable_connection_string(cls, value: SecretStr) -> SecretStr:
+    def _parsable_connection_string(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
         try:
             StorageAccount.parse(value.get_secret_value())
         except ValueError as exc:  # the message never repeats the secret
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("storage_account_name")
+    @classmethod
+    def _account_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z0-9]{3,24}$", value):
+            raise ValueError("expected a storage account name: 3-24 lowercase letters and digits")
         return value
 
     @field_validator("runs_table")
@@ -435,6 +463,7 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         problems: list[tuple[str, str]] = []
+        problems.extend(self._storage_problems())
         if self.default_vm_size not in self.allowed_vm_sizes:
             problems.append(
                 (
@@ -486,16 +515,62 @@ class Settings(BaseModel):
             raise SettingsError(problems)
         return self
 
+    def _storage_problems(self) -> list[tuple[str, str]]:
+        """The data account is given one way; the share's account has the key Batch AI mounts with."""
+        if (self.storage_connection_string is None) == (self.storage_account_name is None):
+            return [
+                (
+                    "STORAGE_CONNECTION_STRING",
+                    "missing: the data account's connection string with its key (local stack), or only "
+                    "its name in STORAGE_CONNECTION_STRING__accountName (Azure: the app's managed identity)"
+                    if self.storage_connection_string is None
+                    else "and STORAGE_CONNECTION_STRING__accountName are exclusive: give one",
+                )
+            ]
+        name = "FILE_SHARE_CONNECTION_STRING"
+        if self.file_share_connection_string is None:
+            if self.storage.account_key is None:
+                return [
+                    (
+                        name,
+                        "missing: the file share's account (with its key: Batch AI mounts the share with "
+                        "it) is needed when the data account is reached by identity",
+                    )
+                ]
+            return []
+        share = self.file_share_storage
+        if self.storage_account_name is not None and share.account_name == self.storage_account_name:
+            return [
+                (
+                    name,
+                    "names the data account: the share's account holds a key every cluster node gets, "
+                    "so it must be another account than STORAGE_CONNECTION_STRING__accountName",
+                )
+            ]
+        return []
+
     # --- derived values ------------------------------------------------------------------------------
     @property
     def storage(self) -> StorageAccount:
-        """The data account's name, key and endpoints, parsed from STORAGE_CONNECTION_STRING."""
-        return StorageAccount.parse(self.storage_connection_string.get_secret_value())
+        """The data account (training blobs, run registry, reports): name, endpoints and, when it is
+        reached by key (the local stack), its key; None as key means the app's managed identity."""
+        if self.storage_connection_string is not None:
+            return StorageAccount.parse(self.storage_connection_string.get_secret_value())
+        assert self.storage_account_name is not None  # validated
+        return StorageAccount.identity_based(self.storage_account_name)
+
+    @property
+    def file_share_storage(self) -> StorageAccount:
+        """The account of the file share the clusters mount (always with its key):
+        FILE_SHARE_CONNECTION_STRING, else the data account (single-account setups: the local stack)."""
+        if self.file_share_connection_string is not None:
+            return StorageAccount.parse(self.file_share_connection_string.get_secret_value())
+        return self.storage
 
     @property
     def file_share_url(self) -> str:
         """`<file endpoint>/<share>`: the azureFileUrl a Batch AI cluster mounts."""
-        return f"{self.storage.file_endpoint}/{self.file_share_name}"
+        return f"{self.file_share_storage.file_endpoint}/{self.file_share_name}"
 
     @property
     def arm_is_loopback(self) -> bool:
@@ -536,9 +611,6 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 
 _MISSING_HINTS = {
-    "STORAGE_CONNECTION_STRING": (
-        "the data storage account's connection string (a Key Vault reference in Azure)"
-    ),
     "AZURE_SUBSCRIPTION_ID": "the Azure subscription id (a GUID) that holds the Batch AI resources",
     "BATCHAI_RESOURCE_GROUP": "the resource group name for the Batch AI workspace and clusters",
     "BATCHAI_LOCATION": "the Azure region for the Batch AI resources, e.g. 'eastus'",

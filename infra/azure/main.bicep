@@ -1,6 +1,8 @@
 // Puts the Batch AI training automation into one resource group of a subscription:
-//   - a data storage account (training-data container, the batchaiquickstart file share the clusters
-//     mount, the runs table of the run registry, the reports container),
+//   - a data storage account (training-data container, the runs table of the run registry, the reports
+//     container) that the app reaches with its managed identity only (shared keys off),
+//   - a file share account holding only the batchaiquickstart share the clusters mount with its key
+//     (every node holds that key, so the account holds nothing else),
 //   - a separate host storage account (Functions host state and the Flex Consumption deployment
 //     package; identity only, shared keys off),
 //   - a Python 3.11 function app on the Flex Consumption plan with a system-assigned identity,
@@ -25,7 +27,7 @@ param location string = resourceGroup().location
 @maxLength(10)
 param baseName string = 'batchai'
 
-@description('Data account SKU: redundancy of the training data, the file share and the run registry.')
+@description('Data and file share account SKU: redundancy of the training data, the run registry and the share.')
 @allowed(['Standard_LRS', 'Standard_ZRS', 'Standard_GRS'])
 param dataStorageSku string = 'Standard_LRS'
 
@@ -192,6 +194,7 @@ var token = toLower(uniqueString(subscription().id, resourceGroup().id, baseName
 var prefix = toLower(baseName)
 var dataStorageAccountName = take('st${prefix}d${token}', 24)
 var hostStorageAccountName = take('st${prefix}h${token}', 24)
+var shareStorageAccountName = take('st${prefix}s${token}', 24)
 var functionAppName = 'func-${prefix}-${token}'
 var planName = 'plan-${prefix}-${token}'
 var keyVaultName = take('kv-${prefix}-${token}', 24)
@@ -208,15 +211,17 @@ var roles = {
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-  storageFileDataPrivilegedContributor: '69566ab7-960f-475b-8e7c-b3118f30c6bd'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
 // --- data storage account -------------------------------------------------------------------------------
-// Shared-key access stays on here, and only here: Batch AI mounts the Azure File share with the account
-// key (or a Key Vault secret holding it), and the app's server-side blob-to-share copies are authorized
-// with it. That is why the data account is not also the host account, whose keys are off.
+// Training data, the run registry and the cleanup reports. Shared keys are off: the app reaches it with its
+// managed identity (Entra ID) only, and its server-side copies into the share read the source blob through a
+// user delegation SAS. No cluster node ever holds a credential of this account.
+// Network: the public endpoint stays reachable (uploaders, Event Grid, and the file service reading copy
+// sources use it, and a Flex Consumption app without VNet integration has no fixed outbound address to
+// allow), but only Entra ID identities with a role here, or a user delegation SAS they issue, get in.
 
 resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: dataStorageAccountName
@@ -231,9 +236,9 @@ resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
     allowBlobPublicAccess: false
-    allowSharedKeyAccess: true
+    allowSharedKeyAccess: false
     allowCrossTenantReplication: false
-    defaultToOAuthAuthentication: false
+    defaultToOAuthAuthentication: true
     publicNetworkAccess: 'Enabled'
     networkAcls: {
       defaultAction: 'Allow'
@@ -277,13 +282,42 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
-resource dataFileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
-  parent: dataStorage
+// --- file share account ---------------------------------------------------------------------------------
+// Only the share the clusters mount. Batch AI mounts it with the account key (or a Key Vault secret holding
+// it), so every cluster node, and every job on it, holds this key: with it a job can read and write the
+// share (every staged dataset) and nothing else of this deployment. Hence an account of its own.
+
+resource shareStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: shareStorageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: dataStorageSku
+  }
+  properties: {
+    accessTier: 'Hot'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: true
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource shareFileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
+  parent: shareStorage
   name: 'default'
 }
 
 resource fileShare 'Microsoft.Storage/storageAccounts/fileServices/shares@2023-05-01' = {
-  parent: dataFileService
+  parent: shareFileService
   name: fileShareName
   properties: {
     shareQuota: fileShareQuotaGiB
@@ -409,12 +443,12 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource storageConnectionSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+resource fileShareConnectionSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   parent: vault
-  name: 'storage-connection-string'
+  name: 'file-share-connection-string'
   properties: {
-    contentType: 'Azure Storage connection string of the data account'
-    value: 'DefaultEndpointsProtocol=https;AccountName=${dataStorage.name};AccountKey=${dataStorage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
+    contentType: 'Azure Storage connection string of the file share account'
+    value: 'DefaultEndpointsProtocol=https;AccountName=${shareStorage.name};AccountKey=${shareStorage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
   }
 }
 
@@ -458,8 +492,8 @@ resource shareKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (mou
   parent: vault
   name: 'file-share-account-key'
   properties: {
-    contentType: 'Data account key for the Batch AI Azure File mount'
-    value: dataStorage.listKeys().keys[0].value
+    contentType: 'File share account key for the Batch AI Azure File mount'
+    value: shareStorage.listKeys().keys[0].value
   }
 }
 
@@ -534,7 +568,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureWebJobsStorage__accountName: hostStorage.name
     APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
-    STORAGE_CONNECTION_STRING: '${kvRef}${storageConnectionSecret.properties.secretUri})'
+    // The data account by identity (the Functions host's identity-based connection form, which the blob
+    // trigger's connection uses too); the share's account by key, from Key Vault.
+    STORAGE_CONNECTION_STRING__accountName: dataStorage.name
+    FILE_SHARE_CONNECTION_STRING: '${kvRef}${fileShareConnectionSecret.properties.secretUri})'
     TRAINING_CONTAINER: trainingContainerName
     FILE_SHARE_NAME: fileShareName
     RUNS_TABLE: runsTableName
@@ -624,11 +661,9 @@ resource hostTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
-// Data account: blobs (training data, reports), the file share over REST (OAuth access to Azure Files
-// REST needs the privileged role; the SMB share roles only cover SMB mounts, which the app does not make)
-// and the runs table. The app's STORAGE_CONNECTION_STRING carries the account key today (Batch AI needs the
-// key to mount the share), so these grant nothing the key does not; they are what the identity needs for
-// Entra ID data access and they keep that path open without widening anything.
+// Data account: the app's only way in (shared keys are off there): blobs (training data, reports; and the
+// user delegation key that signs copy sources) and the runs table. The share's account needs no role: the
+// app reaches it with the key Batch AI mounts it with.
 resource dataBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(dataStorage.id, functionApp.id, roles.storageBlobDataContributor)
   scope: dataStorage
@@ -637,17 +672,6 @@ resource dataBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01
     principalId: functionApp.identity.principalId
     principalType: 'ServicePrincipal'
     description: 'Training data and reports containers'
-  }
-}
-
-resource dataFilePrivilegedContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(dataStorage.id, functionApp.id, roles.storageFileDataPrivilegedContributor)
-  scope: dataStorage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageFileDataPrivilegedContributor)
-    principalId: functionApp.identity.principalId
-    principalType: 'ServicePrincipal'
-    description: 'Staging datasets into the cluster file share over the Files REST API'
   }
 }
 
@@ -718,7 +742,7 @@ module azureMlWorkspace 'modules/azureml-workspace.bicep' = if (computeBackend =
     storageAccountId: dataStorage.id
     keyVaultId: vault.id
     applicationInsightsId: appInsights.id
-    storageAccountName: dataStorage.name
+    shareStorageAccountName: shareStorage.name
     fileShareName: fileShareName
     principalId: functionApp.identity.principalId
   }
@@ -776,6 +800,7 @@ output functionAppHostName string = functionApp.properties.defaultHostName
 output functionAppPrincipalId string = functionApp.identity.principalId
 output dataStorageAccountName string = dataStorage.name
 output hostStorageAccountName string = hostStorage.name
+output shareStorageAccountName string = shareStorage.name
 output keyVaultName string = vault.name
 output systemTopicName string = systemTopic.name
 output batchAiResourceGroupName string = batchAiResourceGroupName

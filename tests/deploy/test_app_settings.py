@@ -33,7 +33,12 @@ LOCAL_ONLY = {"FUNCTIONS_WORKER_RUNTIME"}
 # Settings the app reads under one name locally and that Azure gets in identity-based form: the host
 # storage account is reached with the managed identity (shared keys are off on that account), so
 # AzureWebJobsStorage (a connection string locally, Azurite) becomes AzureWebJobsStorage__accountName.
-IDENTITY_FORM = {"AzureWebJobsStorage": "AzureWebJobsStorage__accountName"}
+# The data account likewise (its shared keys are off): STORAGE_CONNECTION_STRING (a connection string with
+# the key locally, Azurite) becomes STORAGE_CONNECTION_STRING__accountName, which the app reads too.
+IDENTITY_FORM = {
+    "AzureWebJobsStorage": "AzureWebJobsStorage__accountName",
+    "STORAGE_CONNECTION_STRING": "STORAGE_CONNECTION_STRING__accountName",
+}
 
 # Host settings that exist only in Azure: telemetry to Application Insights with Entra ID
 # authentication (its local auth is off). The local stack has no Application Insights.
@@ -169,7 +174,7 @@ def test_every_secret_setting_is_a_key_vault_reference_or_empty() -> None:
             assert value == "" or key_vault_secret_uri(value), (
                 f"{label}: {name} is neither empty nor a reference"
             )
-        for name in ("STORAGE_CONNECTION_STRING", "CALLBACK_SIGNING_SECRET", "CLUSTER_SSH_PUBLIC_KEY"):
+        for name in ("FILE_SHARE_CONNECTION_STRING", "CALLBACK_SIGNING_SECRET", "CLUSTER_SSH_PUBLIC_KEY"):
             assert key_vault_secret_uri(app_settings[name]), f"{label}: {name} must come from Key Vault"
     given = _bicep_app_settings(deployments["all secrets given"])
     assert key_vault_secret_uri(given["CLUSTER_ADMIN_PASSWORD"])
@@ -188,14 +193,19 @@ def test_deployed_settings_validate_with_the_app_settings_module() -> None:
     template = _deployment()
     settings = _azure_settings(template)
     data_account = template.resource_name("dataStorage")
+    share_account = template.resource_name("shareStorage")
     assert settings.credential is CredentialKind.DEFAULT
     assert settings.arm_endpoint == "https://management.azure.com"
     assert settings.subscription_id == SUBSCRIPTION_ID
     assert settings.resource_group == _example_parameters()["batchAiResourceGroupName"]
+    # The data account by the app's identity (no key anywhere); the share's account by its key.
     assert settings.storage.account_name == data_account
-    assert settings.storage.account_key is not None
-    assert settings.file_share_url == f"https://{data_account}.file.core.windows.net/batchaiquickstart"
+    assert settings.storage.account_key is None
     assert settings.storage.table_endpoint == f"https://{data_account}.table.core.windows.net"
+    assert settings.storage.blob_endpoint == f"https://{data_account}.blob.core.windows.net"
+    assert settings.file_share_storage.account_name == share_account != data_account
+    assert settings.file_share_storage.account_key is not None
+    assert settings.file_share_url == f"https://{share_account}.file.core.windows.net/batchaiquickstart"
     assert settings.callback_signing_secret is not None
     assert settings.callback_signing_secret.get_secret_value() == CALLBACK_SECRET
     assert settings.cluster_ssh_public_key == _example_parameters()["clusterSshPublicKey"]

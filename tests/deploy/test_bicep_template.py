@@ -119,7 +119,7 @@ def test_module_calls_match_their_modules() -> None:
 def test_data_and_host_storage_accounts() -> None:
     template = _main()
     accounts = template.resources_of_type("Microsoft.Storage/storageAccounts")
-    assert set(accounts) == {"dataStorage", "hostStorage"}
+    assert set(accounts) == {"dataStorage", "hostStorage", "shareStorage"}
     for symbol in accounts:
         body = template.value(template.body(accounts[symbol]))
         assert body["kind"] == "StorageV2", f"{symbol} is general-purpose v2"
@@ -130,21 +130,28 @@ def test_data_and_host_storage_accounts() -> None:
         assert properties["allowBlobPublicAccess"] is False
     data = template.value(template.body(accounts["dataStorage"]))["properties"]
     host = template.value(template.body(accounts["hostStorage"]))["properties"]
-    # The data account needs its key (Batch AI mounts the share with it); the host account does not.
-    assert data["allowSharedKeyAccess"] is True
+    share = template.value(template.body(accounts["shareStorage"]))["properties"]
+    # Only the share's account has keys (Batch AI mounts the share with one); the data and host accounts
+    # are reached with the app's managed identity alone.
+    assert data["allowSharedKeyAccess"] is False and data["defaultToOAuthAuthentication"] is True
     assert host["allowSharedKeyAccess"] is False
-    assert template.resource_name("dataStorage") != template.resource_name("hostStorage")
+    assert share["allowSharedKeyAccess"] is True
+    names = {template.resource_name(symbol) for symbol in accounts}
+    assert len(names) == 3
 
 
-def test_data_account_holds_the_containers_share_and_table_the_app_uses() -> None:
+def test_data_account_holds_the_containers_and_table_and_the_share_account_only_the_share() -> None:
+    """Issue 19 item 4: the key every cluster node holds opens the share and nothing else."""
     template = _main()
     data = template.resource_name("dataStorage")
+    share_account = template.resource_name("shareStorage")
     defaults = {field.alias: field.default for field in Settings.model_fields.values()}
     containers = _children(template, "Microsoft.Storage/storageAccounts/blobServices/containers")
     for container in (defaults["TRAINING_CONTAINER"], defaults["REPORTS_CONTAINER"], "eventgrid-deadletter"):
         assert f"{data}/default/{container}" in containers, sorted(containers)
     shares = _children(template, "Microsoft.Storage/storageAccounts/fileServices/shares")
-    share_symbol = shares[f"{data}/default/{defaults['FILE_SHARE_NAME']}"]
+    assert list(shares) == [f"{share_account}/default/{defaults['FILE_SHARE_NAME']}"]
+    share_symbol = shares[f"{share_account}/default/{defaults['FILE_SHARE_NAME']}"]
     share = template.value(template.body(template.resources[share_symbol]))["properties"]
     assert share["enabledProtocols"] == "SMB"  # Batch AI mounts Azure File shares over SMB
     assert share["shareQuota"] >= 1
@@ -152,12 +159,24 @@ def test_data_account_holds_the_containers_share_and_table_the_app_uses() -> Non
     assert f"{data}/default/{defaults['RUNS_TABLE']}" in tables
     queues = _children(template, "Microsoft.Storage/storageAccounts/queueServices/queues")
     assert f"{data}/default/{defaults['STAGING_QUEUE']}" in queues, sorted(queues)
+    # Nothing but the share lives in the share's account.
+    for child_type in ("blobServices/containers", "tableServices/tables", "queueServices/queues"):
+        children = _children(template, f"Microsoft.Storage/storageAccounts/{child_type}")
+        assert not [name for name in children if name.startswith(f"{share_account}/")], child_type
+
+
+def test_no_key_of_the_data_account_is_read_anywhere() -> None:
+    """Shared keys are off on the data account; no template lists its keys (they would end up in a
+    secret or a setting)."""
+    for path in sorted(AZURE_DIR.rglob("*.bicep")):
+        code = path.read_text()
+        assert set(re.findall(r"(\w+)\.listKeys\(", code)) <= {"shareStorage"}, path.name
 
 
 def test_names_stay_valid_for_the_longest_base_name() -> None:
     for base_name in ("batchai", "abcdefghij", "ab"):
         template = _main(baseName=base_name)
-        for symbol in ("dataStorage", "hostStorage"):
+        for symbol in ("dataStorage", "hostStorage", "shareStorage"):
             assert STORAGE_ACCOUNT_NAME.match(template.resource_name(symbol))
         assert KEY_VAULT_NAME.match(template.resource_name("vault"))
         assert APP_NAME.match(template.resource_name("functionApp"))
@@ -208,7 +227,7 @@ def test_key_vault_in_rbac_mode_holds_the_secrets() -> None:
     assert vault["properties"]["enableRbacAuthorization"] is True
     assert "accessPolicies" not in vault["properties"]
     vault_name = template.resource_name("vault")
-    always = {"storage-connection-string", "cluster-ssh-public-key", "callback-signing-secret"}
+    always = {"file-share-connection-string", "cluster-ssh-public-key", "callback-signing-secret"}
     assert set(_children(template, "Microsoft.KeyVault/vaults/secrets")) == {
         f"{vault_name}/{s}" for s in always
     }
@@ -285,7 +304,6 @@ def test_role_assignments_are_least_privilege_built_in_roles() -> None:
         ("hostStorage", "Storage Queue Data Contributor", "app"),
         ("hostStorage", "Storage Table Data Contributor", "app"),  # the host's diagnostic events
         ("dataStorage", "Storage Blob Data Contributor", "app"),
-        ("dataStorage", "Storage File Data Privileged Contributor", "app"),
         ("dataStorage", "Storage Queue Data Contributor", "app"),  # the staging queue
         ("dataStorage", "Storage Table Data Contributor", "app"),
         ("vault", "Key Vault Secrets User", "app"),
@@ -521,7 +539,9 @@ def test_ingest_function_matches_the_webhook() -> None:
     (binding,) = matching
     # Flex Consumption runs blob triggers only with the Event Grid source.
     assert binding.get("source") == "EventGrid", binding
-    assert binding["connection"] in app_settings
+    # A connection string, or the identity-based form the host reads as `<connection>__accountName`.
+    connection = binding["connection"]
+    assert connection in app_settings or f"{connection}__accountName" in app_settings
     container = re.sub(r"%(\w+)%", lambda m: app_settings[m.group(1)], binding["path"]).split("/")[0]
     assert container == app_settings["TRAINING_CONTAINER"]
 

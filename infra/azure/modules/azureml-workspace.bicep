@@ -1,7 +1,8 @@
 // The Azure Machine Learning workspace the app trains in (COMPUTE_BACKEND=azureml), in the training
 // resource group, with what Azure ML requires: the data storage account (also where jobs' outputs and
 // logs go, which the app reads back), the Key Vault and Application Insights of main.bicep. The file
-// share ingest stages datasets into is registered as a datastore, identity-based (no key in it).
+// share ingest stages datasets into (in the file share account of its own) is registered as a
+// datastore, identity-based (no key in it).
 // The function identity gets two built-in roles on the workspace only: AzureML Data Scientist (jobs,
 // environments, datastores) and AzureML Compute Operator (AmlCompute clusters).
 
@@ -22,8 +23,8 @@ param keyVaultId string
 @description('Resource id of the Application Insights component.')
 param applicationInsightsId string
 
-@description('Name of the data storage account.')
-param storageAccountName string
+@description('Name of the storage account that holds the file share (its own account: main.bicep shareStorage).')
+param shareStorageAccountName string
 
 @description('The file share ingest stages datasets into (FILE_SHARE_NAME).')
 param fileShareName string
@@ -60,7 +61,7 @@ resource shareDatastore 'Microsoft.MachineLearningServices/workspaces/datastores
   name: 'share_${replace(fileShareName, '-', '_')}'
   properties: {
     datastoreType: 'AzureFile'
-    accountName: storageAccountName
+    accountName: shareStorageAccountName
     fileShareName: fileShareName
     credentials: {
       credentialsType: 'None'
