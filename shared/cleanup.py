@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from shared.registry import SNAPSHOT_ROOT, TERMINAL_STATES, parse_time
+from shared.registry import SNAPSHOT_ROOT, TERMINAL_STATES, dataset_key, parse_time
 
 __all__ = [
     "TERMINAL_RUN_STATES",
@@ -132,11 +132,6 @@ class Inventory:
     experiments: Sequence[ExperimentInfo] = ()
     staged_datasets: Sequence[str] = ()
     snapshots: Sequence[str] = ()  # run ids that have a snapshot directory on the share
-
-
-def dataset_key(dataset: str) -> str:
-    """A dataset's identity where it meets the share: Azure Files compares names case-insensitively."""
-    return dataset.casefold()
 
 
 @dataclass(frozen=True)

@@ -1144,7 +1144,8 @@ def _already_staged(svc: Services, dataset: str, spec: RunSpec) -> list[tuple[st
     (filled by hand or by runs from before snapshots), as (path on the share, file); only the
     spec's required files when it lists them. DatasetNotStaged when there is neither."""
     wanted = set(spec.required_files())
-    runs = sorted(svc.registry.iter_runs(dataset=dataset), key=lambda r: r.run_id, reverse=True)
+    # Any spelling of the name: on the share, `MNIST` and `mnist` are one dataset.
+    runs = sorted(svc.registry.iter_runs_of_dataset(dataset), key=lambda r: r.run_id, reverse=True)
     for run in runs[:CARRY_OVER_RUNS]:
         if run.snapshot is None:
             continue

@@ -140,6 +140,7 @@ _SCALAR_FIELDS = (
     "metrics_offset",
     "want_version",
     "want_count",
+    "dataset_key",
     "snapshot",
 )
 
@@ -261,6 +262,8 @@ class RunRecord:
     # count. Bookkeeping of the registry, not shown by the API.
     want_version: str | None = None
     want_count: int | None = None
+    # The dataset's identity where it meets the share (Azure Files ignores case): ``dataset_key()``.
+    dataset_key: str | None = None
     # Node-minutes its cluster was allocated while the run was active (``active``) and after it
     # ended until the nodes were released or another run started (``after``), from the node counts
     # the monitor reads each pass (shared.monitor, "node time"); ``cluster`` names the cluster.
@@ -298,6 +301,7 @@ class RunRecord:
         out.pop("callback_seal", None)
         out.pop("want_version", None)
         out.pop("want_count", None)
+        out.pop("dataset_key", None)
         out["callback_url"] = redact_url(out.get("callback_url"))
         if isinstance(out.get("spec"), dict) and out["spec"].get("callback_url"):
             out["spec"]["callback_url"] = redact_url(out["spec"]["callback_url"])
@@ -383,6 +387,11 @@ def parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def dataset_key(dataset: str) -> str:
+    """A dataset's identity where it meets the file share: Azure Files compares names ignoring case."""
+    return dataset.casefold()
 
 
 def new_run_id() -> str:
@@ -647,6 +656,20 @@ class RunRegistry:
                 break
         return records, _encode_token(token)
 
+    def iter_runs_of_dataset(self, dataset: str) -> Iterator[RunRecord]:
+        """Every run of ``dataset`` under any spelling of its name that differs only in case (as the
+        share sees it), plus runs recorded before ``dataset_key`` existed under this exact spelling."""
+        seen: set[str] = set()
+        query = f"RowKey eq {_odata_str(RUN_ROW)} and dataset_key eq {_odata_str(dataset_key(dataset))}"
+        self._ensure_table()
+        for entity in self.table.query_entities(query, results_per_page=500):
+            rec = _from_entity(entity)
+            seen.add(rec.run_id)
+            yield rec
+        for rec in self.iter_runs(dataset=dataset):
+            if rec.run_id not in seen:
+                yield rec
+
     def iter_runs(
         self, state: str | Iterable[str] | None = None, dataset: str | None = None, page_size: int = 500
     ) -> Iterator[RunRecord]:
@@ -719,6 +742,7 @@ class RunRegistry:
             idempotency_key=idempotency_key,
             source=source,
             snapshot=snapshot_dir(run_id),
+            dataset_key=dataset_key(dataset),
         )
         for key, value in fields.items():
             if key not in {f.name for f in dataclasses.fields(RunRecord)} or key in {"etag", "run_id"}:

@@ -820,3 +820,20 @@ def test_datasets_differing_only_in_case_never_share_their_input(pipeline: Pipel
             assert (p.share_root / rec.snapshot / name).read_bytes() == data, (rec.dataset, name)
     for rec in (run_lower, run_upper):
         cancel_run(rec.run_id, svc=p.services)
+
+
+def test_a_start_on_a_staged_dataset_finds_it_under_any_case(pipeline: Pipeline) -> None:
+    """Issue 19.3: `POST /api/runs` without a prefix snapshots the dataset's latest snapshot; the name
+    is matched as the share matches it, ignoring case."""
+    p = pipeline
+    ds = dataset_name("anycase")
+    p.upload(ds, QUICKSTART_FILES)
+    first = start_run(ds, FOLDER_SPEC, stage_from_prefix=ds, svc=p.services)
+    assert first.state in ("provisioning", "queued"), first.errors
+    again = start_run(ds.upper(), FOLDER_SPEC, svc=p.services)
+    assert again.state in ("provisioning", "queued"), again.errors
+    assert {f.name for f in again.staged_files} == set(QUICKSTART_FILES)
+    for name, data in QUICKSTART_FILES.items():
+        assert (p.share_root / again.snapshot / name).read_bytes() == data
+    for rec in (first, again):
+        cancel_run(rec.run_id, svc=p.services)
