@@ -133,7 +133,7 @@ def run_monitor(svc: Services | None = None, *, now: datetime | None = None) -> 
     now = now or datetime.now(UTC)
     report = MonitorReport()
     staging = _check_staging(svc, now, report)
-    clusters = _list_clusters(svc, report) if _clusters_to_watch(svc) else {}
+    clusters = _list_clusters(svc, report) if _clusters_to_watch(svc, now) else {}
     if clusters is not None:
         submitted = _reconcile_submitted(svc, clusters, now, report)
         # The active runs this pass read, less those it finished: who uses each cluster (the
@@ -223,19 +223,25 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> list[
 
 
 # --- submitted runs ---------------------------------------------------------------------------------------
-def _clusters_to_watch(svc: Services) -> bool:
-    """Whether this pass needs the clusters: some run is active, or a cluster the monitor saw still
-    held nodes or owes a run its node time. A quiet app makes no ARM request (and, against Azure,
-    where Batch AI is retired, logs no failed listing every minute)."""
+def _clusters_to_watch(svc: Services, now: datetime) -> bool:
+    """Whether this pass needs the clusters: some run is active, a cluster the monitor saw still
+    held nodes or owes a run its node time, or CLUSTER_IDLE_MINUTES passed since the clusters were
+    last listed (a cluster no pass saw in use: created by an upload whose run failed at once, or by
+    hand). A quiet app asks ARM once per CLUSTER_IDLE_MINUTES, not every pass (against Azure, where
+    Batch AI is retired, that is also how often the failed listing is logged)."""
     try:
-        if svc.registry.list_runs(state=sorted(ACTIVE_STATES), page_size=1)[0]:
-            return True
-        return any(
+        busy = svc.registry.list_runs(state=sorted(ACTIVE_STATES), page_size=1)[0] or any(
             ledger.nodes or ledger.active_marks or ledger.after_marks
             for ledger in svc.registry.cluster_ledgers().values()
         )
+        if not busy:
+            last = parse_time(svc.registry.clusters_listed_at())
+            if last is not None and now - last < timedelta(minutes=svc.settings.cluster_idle_minutes):
+                return False
+        svc.registry.set_clusters_listed_at(node_time.iso(now))
     except (RegistryError, HttpResponseError):
-        return True
+        pass
+    return True
 
 
 def _list_clusters(svc: Services, report: MonitorReport) -> dict[str, ClusterStatus] | None:

@@ -25,6 +25,7 @@ Layout (one table, default name ``runs``):
   (``claim_staging_run``): created with ``create_entity`` / swapped with an ETag match, so twenty
   blobs of one dataset arriving at once make exactly one run.
 - ``PartitionKey="~idem", RowKey=<sha256 of key>``: idempotency keys of started runs.
+- ``PartitionKey="~monitor", RowKey="clusters"``: when a monitor pass last listed the clusters.
 - ``PartitionKey="~cluster", RowKey=<sha256 of cluster name>``: the cluster's node-time ledger
   (``ClusterLedger``), written by the monitor with an ETag match once per pass: overlapping passes
   never count the same minutes twice, and exactly one releases an idle cluster's nodes.
@@ -106,6 +107,7 @@ OUTPUT_PREFIX = "out~"
 DATASET_PARTITION = "~dataset"
 IDEMPOTENCY_PARTITION = "~idem"
 CLUSTER_PARTITION = "~cluster"
+MONITOR_PARTITION = "~monitor"  # RowKey "clusters": when a monitor pass last listed the clusters
 MAX_LEDGER_RUNS = 200  # runs whose node time one cluster's ledger follows at once
 CAS_ATTEMPTS = 20
 # A run's file lists (what it requires, what it staged) are one entity per file; their names together
@@ -1051,6 +1053,18 @@ class RunRegistry:
             raise
         ledger.etag = meta.get("etag")
         return True
+
+    def clusters_listed_at(self) -> str | None:
+        """When a monitor pass last listed the workspace's clusters (None: never)."""
+        self._ensure_table()
+        try:
+            return self.table.get_entity(MONITOR_PARTITION, "clusters").get("at")
+        except ResourceNotFoundError:
+            return None
+
+    def set_clusters_listed_at(self, when: str) -> None:
+        self._ensure_table()
+        self.table.upsert_entity({"PartitionKey": MONITOR_PARTITION, "RowKey": "clusters", "at": when})
 
     def delete_cluster_ledger(self, ledger: ClusterLedger) -> bool:
         """Remove the ledger of a cluster that is gone, if it is still the one read (``etag``)."""

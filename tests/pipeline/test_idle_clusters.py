@@ -189,3 +189,25 @@ def test_a_queued_job_whose_cluster_was_scaled_to_zero_under_it_gets_its_node_ba
     assert p.services.cloud.get_cluster(name).manual_target == 1
     run_to_the_end(p, run_id)
     assert p.registry.get(run_id).state == "succeeded"
+
+
+def test_a_cluster_no_pass_saw_in_use_is_found_and_released(scale_to_zero: Pipeline) -> None:
+    """A cluster with a node that no run uses (made by an upload whose run failed before any pass,
+    or by hand): a quiet monitor still lists the clusters once per CLUSTER_IDLE_MINUTES, finds it and
+    releases it."""
+    from shared.runspec import parse_run_spec
+
+    p = scale_to_zero
+    cloud = p.services.cloud
+    spec = parse_run_spec({}, p.services.spec_context)
+    name = cloud.ensure_cluster(spec, f"orphan-{uuid.uuid4().hex[:8]}").name
+    deadline = time.monotonic() + 30
+    while not (cluster := cloud.get_cluster(name)) or cluster.allocated_nodes < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    released: list[str] = []
+    while not released:
+        assert time.monotonic() < deadline, cloud.get_cluster(name)
+        released = run_monitor(p.services).released
+        time.sleep(0.5)
+    assert released == [name] and cloud.get_cluster(name).manual_target == 0
