@@ -92,6 +92,7 @@ class RunInfo:
     experiment: str | None = None
     job: str | None = None
     finished_at: datetime | None = None
+    parent_id: str | None = None  # a sweep trial: it reads its parent's snapshot
 
     @property
     def active(self) -> bool:
@@ -296,21 +297,29 @@ def plan(inventory: Inventory, now: datetime, policy: CleanupPolicy) -> list[Act
                 )
             )
 
-    # Snapshots of runs finished past the retention.
+    # Snapshots of runs finished past the retention (a sweep's: its parent's and every trial's).
     runs_by_id = {r.id: r for r in inventory.runs}
+    trials_of: dict[str, list[RunInfo]] = {}
+    for r in inventory.runs:
+        if r.parent_id is not None:
+            trials_of.setdefault(r.parent_id, []).append(r)
     for run_id in inventory.snapshots:
         run = runs_by_id.get(run_id)
         if run is None or run.active or dataset_key(run.dataset) in carrying_datasets:
             continue
-        if run.finished_at is not None and now - run.finished_at >= policy.data_retention:
+        readers = [run, *trials_of.get(run_id, [])]
+        if any(r.active or r.finished_at is None for r in readers):
+            continue
+        last = max(r.finished_at for r in readers if r.finished_at is not None)
+        if now - last >= policy.data_retention:
             actions.append(
                 Action(
                     "delete_snapshot",
                     f"{SNAPSHOT_ROOT}/{run_id}",
-                    f"run {run.state} {_age(now, run.finished_at)} ago, past the staged data retention "
+                    f"run {run.state} {_age(now, last)} ago, past the staged data retention "
                     f"of {_age(now, now - policy.data_retention)}",
                     dataset=run.dataset,
-                    run_ids=(run_id,),
+                    run_ids=tuple(r.id for r in readers),
                 )
             )
 
@@ -438,6 +447,7 @@ def run_info(record: Any, compute: Any) -> RunInfo:
         experiment=experiment,
         job=record.job_name,
         finished_at=finished,
+        parent_id=getattr(record, "parent_id", None),
     )
 
 

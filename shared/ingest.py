@@ -628,7 +628,16 @@ def check_ready(
 def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
     """The spec to create a run's job with, secrets included: the manifest the run took (read again:
     the registry keeps secret values masked), or the recorded spec when it holds no secret value.
-    None when not possible now; a run whose spec cannot be had again is failed with the reason."""
+    None when not possible now; a run whose spec cannot be had again is failed with the reason.
+    A sweep's trial: its parent's spec with the trial's parameters (shared.sweep.trial_spec)."""
+    if rec.parent_id is not None and isinstance(rec.sweep, dict):
+        from shared import sweep as sweeps
+
+        parent_spec = submission_spec(svc, svc.registry.get(rec.parent_id, with_files=False))
+        if parent_spec is None or parent_spec.sweep is None:
+            return None
+        trial = sweeps.Trial(int(rec.sweep["index"]), dict(rec.sweep["parameters"]))
+        return sweeps.trial_spec(parent_spec, trial)
     if rec.source == "blob":
         blob = svc.container.get_blob_client(f"{rec.dataset}/{MANIFEST_NAME}")
         try:
@@ -764,7 +773,12 @@ PERMANENT_SUBMIT_ERRORS = frozenset({"ClusterMismatch", "BatchAIUnavailable"})
 
 
 def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
-    """Move the run out of staging (compare-and-swap: one winner) and create its experiment and job."""
+    """Move the run out of staging (compare-and-swap: one winner) and create its experiment and job.
+    A sweep's parent has no job: it starts running and starts its trials (shared.sweep_runs)."""
+    if spec.sweep is not None:
+        from shared import sweep_runs
+
+        return sweep_runs.start_parent(svc, rec, spec)
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
     try:
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
@@ -801,6 +815,8 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
 def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     """Create the run's experiment and job (idempotent: the names are deterministic). Errors are
     recorded on the run; the monitor retries runs whose job does not exist yet."""
+    if spec.sweep is not None:
+        return False  # a sweep's parent has no job; its trials do
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
     try:
         cluster_id = rec.cluster_id or svc.cloud.ensure_cluster(spec, rec.dataset).id
@@ -949,7 +965,11 @@ def _submit_while_secrets_are_held(svc: Services, rec: RunRecord, spec: RunSpec)
         else:
             create_job(svc, rec, spec)
         rec = svc.registry.get(rec.run_id)
-        if rec.state not in ACTIVE_STATES or rec.submitted_at:
+        if (
+            rec.state not in ACTIVE_STATES
+            or rec.submitted_at
+            or (spec.sweep is not None and rec.state != STAGING)
+        ):
             return rec
     last = rec.errors[-1]["message"] if rec.errors else "the cluster was not ready"
     _fail(
@@ -1224,6 +1244,10 @@ def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | Non
                 raise
     if rec.job_name:
         svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
+    from shared import sweep_runs
+
+    if sweep_runs.is_parent(rec):
+        sweep_runs.cancel_trials(svc, rec)  # a sweep's parent: its trials go with it
     if delete_cluster and rec.cluster:
         users = [
             r.run_id

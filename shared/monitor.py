@@ -56,7 +56,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
-from shared import callbacks, logtail, node_time
+from shared import callbacks, logtail, node_time, sweep_runs
 from shared import metrics as run_metrics
 from shared.compute_port import ClusterStatus, ComputeError, JobStatus
 from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
@@ -261,8 +261,11 @@ def _reconcile_submitted(
     runs = list(svc.registry.iter_runs(state=sorted(SUBMITTED_STATES)))
     if not runs:
         return runs
+    parents = [rec for rec in runs if sweep_runs.is_parent(rec)]  # no job: advanced below
     by_experiment: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
     for rec in runs:
+        if sweep_runs.is_parent(rec):
+            continue
         names = svc.cloud.job_names(rec.run_id, rec.dataset)
         key = (
             rec.resource_group or names.resource_group,
@@ -296,6 +299,19 @@ def _reconcile_submitted(
             except Exception as exc:  # one run's surprise must not stop the pass for the others
                 _run_failed_unexpectedly(svc, rec, exc, report)
     _read_running_metrics(svc, running, report)
+    for parent in parents:  # after its trials moved and their metrics were read
+        report.checked += 1
+        try:
+            moved = sweep_runs.advance(svc, parent)
+            if moved.state != parent.state:
+                report.transitions.append((parent.run_id, parent.state, moved.state))
+        except (ComputeError, HttpResponseError, RegistryError, OSError) as exc:
+            report.errors.append(f"{parent.run_id}: {exc}")
+            log.warning(
+                "sweep %s: step failed (next pass retries): %s", parent.run_id, exc, extra=parent.log_extra()
+            )
+        except Exception as exc:  # one run's surprise must not stop the pass for the others
+            _run_failed_unexpectedly(svc, parent, exc, report)
     return runs
 
 
@@ -759,10 +775,11 @@ def stdout_tail(outputs: list[OutputFile], max_bytes: int) -> str | None:
 
 
 # --- callbacks ------------------------------------------------------------------------------------------
-def summary(rec: RunRecord) -> dict[str, Any]:
+def summary(rec: RunRecord, registry: Any = None) -> dict[str, Any]:
     """The run summary a callback carries (no spec, no staged-file list, no idempotency key; the
-    snapshot's path, file count and total bytes)."""
-    return {
+    snapshot's path, file count and total bytes). A sweep's parent (with ``registry``) adds its
+    result (``sweep``: the best trial) and its trials' ``leaderboard``; its trials send none."""
+    out = {
         "id": rec.run_id,
         "dataset": rec.dataset,
         "state": rec.state,
@@ -776,6 +793,10 @@ def summary(rec: RunRecord) -> dict[str, Any]:
         "metrics": rec.metrics or {},
         "snapshot": rec.snapshot_summary(),
     }
+    if registry is not None and sweep_runs.is_parent(rec):
+        out["sweep"] = rec.sweep
+        out["leaderboard"] = sweep_runs.leaderboard(registry, rec)
+    return out
 
 
 def _deliver_callbacks(svc: Services, report: MonitorReport) -> None:
@@ -875,7 +896,7 @@ def _deliver_one(
         else:
             result = callbacks.deliver(
                 url,
-                summary(rec),
+                summary(rec, svc.registry),
                 # Runs recorded before per-run secrets (no seal) get one salted with their id.
                 secret=callbacks.run_secret(key, str(seal.get("salt") or rec.run_id)) if key else None,
                 allow_loopback_http=settings.callback_allow_loopback_http,

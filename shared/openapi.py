@@ -153,6 +153,16 @@ def _schemas() -> dict[str, Any]:
                 "the series); null before the first",
                 "additionalProperties": _ref("MetricPoint"),
             },
+            "parent_id": {
+                "type": ["string", "null"],
+                "description": "A sweep's trial: its parent run (GET /runs?parent= lists them)",
+            },
+            "sweep": {
+                "type": ["object", "null"],
+                "description": "A sweep's parent: role 'parent', trials, primary_metric, goal and, once "
+                "it succeeded, best {trial, parameters, metric {name, value}}; a trial: role 'trial', "
+                "index, parameters",
+            },
         },
     }
     run = copy.deepcopy(run_summary)
@@ -199,6 +209,11 @@ def _schemas() -> dict[str, Any]:
             "metrics_offset": {
                 "type": ["integer", "null"],
                 "description": "How many bytes of the job's stdout have been read for metrics",
+            },
+            "leaderboard": {
+                "type": "array",
+                "description": "A sweep's parent only: its trials, best final primary metric first",
+                "items": _ref("LeaderboardRow"),
             },
         }
     )
@@ -266,6 +281,19 @@ def _schemas() -> dict[str, Any]:
         "StagedFile": file_schema,
         "OutputFile": output_schema,
         "RunSummary": run_summary,
+        "LeaderboardRow": {
+            "type": "object",
+            "required": ["id", "index", "parameters", "state", "early_terminated", "metric"],
+            "properties": {
+                "id": {"type": "string"},
+                "index": {"type": "integer"},
+                "parameters": {"type": "object"},
+                "state": {"type": "string", "enum": RUN_STATES},
+                "early_terminated": {"type": "boolean", "description": "Stopped by the sweep's policy"},
+                "metric": {"type": ["number", "null"], "description": "The primary metric's final value"},
+                "duration_seconds": {"type": ["number", "null"]},
+            },
+        },
         "Run": run,
         "StartedRun": started,
         "Teardown": teardown,
@@ -408,6 +436,13 @@ def _operations() -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": _STATE_LIST},
                     },
                     {"name": "dataset", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "parent",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only the trials of this sweep (its parent run's id)",
+                        "schema": {"type": "string"},
+                    },
                     {
                         "name": "limit",
                         "in": "query",

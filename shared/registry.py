@@ -116,7 +116,7 @@ MAX_FILE_LIST_BYTES = 8 * 1024 * 1024
 MAX_FILE_LIST_FILES = 100_000
 
 # Fields of RunRecord stored as chunked JSON, and plain scalar fields stored as they are.
-_JSON_FIELDS = ("spec", "errors", "callback", "metrics", "callback_seal", "node_minutes")
+_JSON_FIELDS = ("spec", "errors", "callback", "metrics", "callback_seal", "node_minutes", "sweep")
 _SCALAR_FIELDS = (
     "dataset",
     "state",
@@ -144,6 +144,7 @@ _SCALAR_FIELDS = (
     "want_count",
     "dataset_key",
     "snapshot",
+    "parent_id",
 )
 
 
@@ -270,6 +271,10 @@ class RunRecord:
     # ended until the nodes were released or another run started (``after``), from the node counts
     # the monitor reads each pass (shared.monitor, "node time"); ``cluster`` names the cluster.
     node_minutes: dict[str, Any] | None = None
+    # Sweeps (shared.sweep_runs): a trial names its parent run; ``sweep`` is, on a parent, its trial
+    # count and, once finished, the best trial; on a trial, its index and parameters.
+    parent_id: str | None = None
+    sweep: dict[str, Any] | None = None
     staged_files: list[StagedFile] = field(default_factory=list)
     output_files: list[OutputFile] = field(default_factory=list)
     etag: str | None = None
@@ -629,8 +634,10 @@ class RunRegistry:
         dataset: str | None = None,
         page_size: int = 100,
         continuation: str | None = None,
+        parent: str | None = None,
     ) -> tuple[list[RunRecord], str | None]:
-        """One page of runs (oldest first), filtered by state(s) and dataset; records come without
+        """One page of runs (oldest first), filtered by state(s), dataset and parent run (a sweep's
+        trials); records come without
         their staged/output file lists (use ``get`` for those). Returns ``(records, next_token)``;
         ``next_token`` is None on the last page."""
         if not 1 <= page_size <= 1000:
@@ -645,6 +652,8 @@ class RunRegistry:
             query += " and (" + " or ".join(f"state eq {_odata_str(s)}" for s in states) + ")"
         if dataset is not None:
             query += f" and dataset eq {_odata_str(dataset)}"
+        if parent is not None:
+            query += f" and parent_id eq {_odata_str(parent)}"
         pages = self.table.query_entities(query, results_per_page=page_size).by_page(
             continuation_token=_decode_token(continuation)
         )

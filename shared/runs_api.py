@@ -197,6 +197,8 @@ def _summary(record: Any, request: ApiRequest) -> dict[str, Any]:
         "source": record.source,
         "url": _run_url(request, record.run_id),
         "metrics": record.metrics,
+        "parent_id": record.parent_id,
+        "sweep": record.sweep,
     }
 
 
@@ -401,10 +403,11 @@ def list_runs(request: ApiRequest) -> ApiResponse:
         if unknown:
             raise _invalid("state", f"unknown state {unknown[0]!r}; states are {', '.join(RUN_STATES)}")
     dataset = request.params.get("dataset") or None
+    parent = request.params.get("parent") or None
     limit = _int_param(request, "limit", DEFAULT_PAGE, 1, 1000)
     continuation = request.params.get("continuation") or None
     try:
-        records, token = _registry().list_runs(states or None, dataset, limit, continuation)
+        records, token = _registry().list_runs(states or None, dataset, limit, continuation, parent=parent)
     except RegistryError as exc:
         field = "continuation" if "continuation" in str(exc) else "query"
         raise _invalid(field, str(exc)) from None
@@ -423,6 +426,10 @@ def get_run(request: ApiRequest) -> ApiResponse:
         data["output_urls_fresh"] = True
     else:
         data["output_urls_fresh"] = False
+    from shared import sweep_runs
+
+    if sweep_runs.is_parent(record):
+        data["leaderboard"] = sweep_runs.leaderboard(_registry(), record)
     return ApiResponse(200, data)
 
 

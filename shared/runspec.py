@@ -129,10 +129,6 @@ class SpecContext:
     # KEY_VAULT_RESOURCE_ID: the vault of a Key Vault secret that names none. Checked when the spec is
     # parsed, so a spec the submission cannot build is refused before a run exists.
     key_vault_resource_id: str | None = None
-    # A `sweep` section is validated in full, but the pipeline does not yet run a sweep as a parent
-    # of trial runs (issue 15, part 2): until it does, a spec with one is refused rather than run as
-    # one plain job with `${{search_space.*}}` left unsubstituted. Parsing alone can allow it.
-    sweeps_runnable: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any = None) -> SpecContext:
@@ -631,12 +627,6 @@ class RunSpec(_Strict):
         for name, count in counts:
             if count > cap:
                 raise SpecFieldError(name, f"{count} nodes is more than MAX_NODES_PER_RUN ({cap})")
-        if self.sweep is not None and not context.sweeps_runnable:
-            raise SpecFieldError(
-                "sweep",
-                "valid, but this version does not run sweeps yet (no parent and trial runs): "
-                "remove the sweep section to train one run",
-            )
         if self.cluster_name is not None and context.clusters_by_derived_name_only:
             raise SpecFieldError(
                 "cluster_name",

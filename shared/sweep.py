@@ -454,10 +454,12 @@ def sweep_environment(parameters: dict[str, Any]) -> dict[str, str]:
 
 def trial_spec(spec: Any, trial: Trial) -> Any:
     """The RunSpec of one trial: the parent's spec without its sweep section, parameters substituted
-    into `arguments`/`command_line` and set as SWEEP_<NAME> environment variables."""
+    into `arguments`/`command_line` and set as SWEEP_<NAME> environment variables. No callback: the
+    parent's fires once for the whole sweep."""
     return spec.model_copy(
         update={
             "sweep": None,
+            "callback_url": None,
             "arguments": substitute(spec.arguments, trial.parameters),
             "command_line": substitute(spec.command_line, trial.parameters),
             "environment_variables": {**spec.environment_variables, **sweep_environment(trial.parameters)},

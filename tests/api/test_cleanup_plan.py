@@ -301,3 +301,22 @@ def test_nothing_a_live_run_or_active_job_uses_is_ever_deleted(inventory: Invent
             # No run of its dataset is staging (it may be carrying files from this snapshot).
             assert all(r.dataset.casefold() != run.dataset.casefold() for r in live if r.state == "staging")
     assert plan(inventory, NOW, POLICY) == actions  # pure: same inputs, same plan
+
+
+def test_a_sweeps_snapshot_is_kept_until_its_last_trial_is_past_retention() -> None:
+    def inventory(trial_state: str, trial_finished: datetime | None) -> Inventory:
+        return Inventory(
+            runs=[
+                RunInfo("sweep", "mnist", "succeeded", finished_at=NOW - 100 * H),
+                RunInfo("sweep-t000", "mnist", "succeeded", finished_at=NOW - 120 * H, parent_id="sweep"),
+                RunInfo("sweep-t001", "mnist", trial_state, finished_at=trial_finished, parent_id="sweep"),
+            ],
+            snapshots=["sweep"],
+        )
+
+    # A trial finished within the retention (or still active, say resubmitted) keeps the parent's snapshot.
+    assert plan(inventory("succeeded", NOW - 10 * H), NOW, POLICY) == []
+    assert plan(inventory("running", None), NOW, POLICY) == []
+    actions = plan(inventory("cancelled", NOW - 80 * H), NOW, POLICY)
+    assert kinds(actions) == [("delete_snapshot", "_snapshots/sweep")]
+    assert actions[0].run_ids == ("sweep", "sweep-t000", "sweep-t001")

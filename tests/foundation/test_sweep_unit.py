@@ -20,7 +20,7 @@ from shared.sweep import (
     trials_to_stop,
 )
 
-CTX = SpecContext(sweeps_runnable=True)
+CTX = SpecContext()
 ARGS = "$AZ_BATCHAI_INPUT_SAMPLE --lr ${{search_space.lr}} --batch-size ${{ search_space.batch_size }}"
 
 
@@ -110,15 +110,6 @@ def test_a_bad_sweep_names_the_field(sweep: dict[str, Any], field: str, words: s
     errors = errors_of(spec_with(sweep))
     assert field in errors, errors
     assert words in errors[field]
-
-
-def test_a_sweep_is_refused_where_sweeps_do_not_run_yet() -> None:
-    # Until the pipeline runs parents and trials, a sweep must not train as one job with
-    # ${{search_space.*}} left in its command line.
-    with pytest.raises(RunSpecError) as info:
-        parse_run_spec(spec_with({}), SpecContext())
-    assert [e["field"] for e in info.value.errors] == ["sweep"]
-    assert "does not run sweeps yet" in info.value.errors[0]["message"]
 
 
 def test_required_sweep_fields_are_named() -> None:

@@ -1,0 +1,291 @@
+"""Sweeps as runs: a parent run whose trials are ordinary runs on the parent's one snapshot.
+
+A run whose spec has a `sweep` section is a *parent*: when its snapshot is complete it moves from
+staging to running without a job of its own (its cluster is ensured for the trials), and every
+monitor pass calls ``advance`` for it:
+
+1. stop running trials the early-termination policy stops (state ``cancelled``, error code
+   ``early_terminated``, job terminated), from the primary metric's series the monitor recorded;
+2. start trials (``shared.sweep.generate_trials``: deterministic from the spec and seed) until
+   ``max_concurrent_trials`` are active; a trial's id is ``<parent id>-tNNN`` and ``RunRegistry.create``
+   with an existing id returns that run, and the job is submitted by ``ingest.submit``'s
+   compare-and-swap: a replayed trigger or overlapping pass never starts a trial twice;
+3. when every trial has ended, finish the parent: ``succeeded`` naming the best trial (best final
+   value of the primary metric among succeeded trials), its parameters and metric, or ``failed``
+   when no trial succeeded with that metric.
+
+A trial is an ordinary run (its own record, job, metrics, logs and outputs) with ``parent_id`` set and
+``snapshot`` the parent's: no data is copied per trial. Its spec is derived from the parent's
+(``shared.sweep.trial_spec``), so secrets the parent's manifest holds reach the trial's job the way
+they reach an ordinary run's (``ingest.submission_spec`` derives it again when needed). Cancelling
+the parent cancels its trials (``cancel_trials``; the next pass also cancels any a race started).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from shared import sweep as sweeps
+from shared.compute_port import ComputeError
+from shared.metrics import MetricsState
+from shared.registry import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    RUNNING,
+    STAGING,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    RunNotFound,
+    RunRecord,
+    TransitionRejected,
+    utcnow,
+)
+from shared.runspec import RunSpec
+
+log = logging.getLogger(__name__)
+
+EARLY_TERMINATED = "early_terminated"
+
+
+def is_parent(rec: RunRecord) -> bool:
+    """A sweep's parent run (it has no job of its own)."""
+    return rec.parent_id is None and isinstance(rec.sweep, dict) and rec.sweep.get("role") == "parent"
+
+
+def start_parent(svc: Any, rec: RunRecord, spec: RunSpec) -> bool:
+    """Move a complete sweep parent from staging to running (compare-and-swap: one winner) and start
+    its first trials. False when the cluster is not ready yet or another caller won."""
+    assert spec.sweep is not None
+    from shared.ingest import PERMANENT_SUBMIT_ERRORS, _fail_staging
+
+    try:
+        cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
+    except ComputeError as exc:
+        if exc.code in PERMANENT_SUBMIT_ERRORS:
+            _fail_staging(svc, rec, exc.code, str(exc))
+        return False
+    trials = sweeps.generate_trials(spec.sweep)
+    try:
+        moved = svc.registry.transition(
+            rec.run_id,
+            RUNNING,
+            STAGING,
+            current=rec,
+            cluster=cluster.name,
+            cluster_id=cluster.id,
+            sweep={
+                "role": "parent",
+                "trials": len(trials),
+                "digest": sweeps.parameters_digest(trials),
+                "primary_metric": spec.sweep.primary_metric,
+                "goal": spec.sweep.goal,
+            },
+        )
+    except TransitionRejected:
+        return False
+    log.info("sweep %s: running, %d trial(s)", rec.run_id, len(trials), extra=rec.log_extra())
+    advance(svc, moved, spec)
+    return True
+
+
+def trial_records(registry: Any, parent: RunRecord, count: int) -> dict[int, RunRecord]:
+    """The parent's trials that exist, by index (ids are derived, so no query is needed)."""
+    found: dict[int, RunRecord] = {}
+    for index in range(count):
+        with contextlib.suppress(RunNotFound):
+            found[index] = registry.get(sweeps.trial_id(parent.run_id, index), with_files=False)
+    return found
+
+
+def series_of(registry: Any, run_id: str, metric: str) -> list[list[float]]:
+    """The stored series of one metric of a run (empty before the monitor read any)."""
+    text, _ = registry.get_metrics(run_id)
+    return list(MetricsState.from_json(text).series.get(metric, []))
+
+
+def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunRecord:
+    """One step of a sweep (see module doc); returns the parent as it now is."""
+    if spec is None:
+        from shared.ingest import submission_spec
+
+        spec = submission_spec(svc, parent)
+        if spec is None:
+            return parent
+    assert spec.sweep is not None
+    sweep = spec.sweep
+    trials = sweeps.generate_trials(sweep)
+    existing = trial_records(svc.registry, parent, len(trials))
+    if parent.state in TERMINAL_STATES:
+        cancel_trials(svc, parent, existing.values())
+        return parent
+    # 1. early termination
+    series = {
+        rec.run_id: series_of(svc.registry, rec.run_id, sweep.primary_metric) for rec in existing.values()
+    }
+    running = {rec.run_id: series[rec.run_id] for rec in existing.values() if rec.state == RUNNING}
+    ended = {rec.run_id: series[rec.run_id] for rec in existing.values() if rec.state in TERMINAL_STATES}
+    for run_id, why in sweeps.trials_to_stop(sweep, running, ended).items():
+        index = next(i for i, r in existing.items() if r.run_id == run_id)
+        existing[index] = stop_trial(svc, existing[index], why)
+    # 2. start trials up to the concurrency limit
+    active = sum(1 for rec in existing.values() if rec.state in ACTIVE_STATES)
+    for trial in trials:
+        if active >= sweep.max_concurrent_trials:
+            break
+        if trial.index in existing:
+            continue
+        existing[trial.index] = start_trial(svc, parent, spec, trial)
+        active += 1
+    # Trials created but never submitted (a pass that died in between) are submitted again.
+    for index, rec in existing.items():
+        if rec.state == STAGING:
+            from shared.ingest import submit
+
+            submit(svc, rec, sweeps.trial_spec(spec, trials[index]))
+    # 3. finish
+    if len(existing) == len(trials) and all(rec.state in TERMINAL_STATES for rec in existing.values()):
+        return finish_parent(svc, parent, sweep, trials, existing)
+    return parent
+
+
+def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial) -> RunRecord:
+    """Create the trial's run (idempotent per derived id) and submit its job (one winner)."""
+    from shared.ingest import submit
+
+    child = sweeps.trial_spec(spec, trial)
+    rec = svc.registry.create(
+        parent.dataset,
+        run_id=sweeps.trial_id(parent.run_id, trial.index),
+        spec=child.to_json_dict(),
+        source="sweep",
+        parent_id=parent.run_id,
+        snapshot=parent.snapshot,
+        expected_files=[],
+        sweep={"role": "trial", "index": trial.index, "parameters": trial.parameters},
+    )
+    if rec.state == STAGING:
+        submit(svc, rec, child)
+        rec = svc.registry.get(rec.run_id, with_files=False)
+    log.info(
+        "sweep %s: trial %s (%s) %s",
+        parent.run_id,
+        rec.run_id,
+        trial.parameters,
+        rec.state,
+        extra=rec.log_extra(),
+    )
+    return rec
+
+
+def stop_trial(svc: Any, rec: RunRecord, why: str) -> RunRecord:
+    """Cancel a trial the policy stopped, with the reason, and terminate its job."""
+    try:
+        rec = svc.registry.transition(
+            rec.run_id,
+            CANCELLED,
+            ACTIVE_STATES,
+            add_error={"code": EARLY_TERMINATED, "message": f"stopped early: {why}", "time": utcnow()},
+        )
+    except TransitionRejected as rejected:
+        return rejected.current
+    log.info("sweep trial %s stopped early: %s", rec.run_id, why, extra=rec.log_extra())
+    if rec.job_name:
+        with contextlib.suppress(ComputeError):
+            svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
+    return rec
+
+
+def cancel_trials(svc: Any, parent: RunRecord, trials: Any = None) -> None:
+    """Cancel every active trial of a parent (when the parent was cancelled or ended)."""
+    if trials is None:
+        count = int((parent.sweep or {}).get("trials") or 0)
+        trials = trial_records(svc.registry, parent, count).values()
+    from shared.ingest import cancel_run
+
+    for rec in trials:
+        if rec.state not in TERMINAL_STATES:
+            with contextlib.suppress(ComputeError, RunNotFound):
+                cancel_run(rec.run_id, svc=svc)
+
+
+def leaderboard(registry: Any, parent: RunRecord) -> list[dict[str, Any]]:
+    """The parent's trials, best first: parameters, state, primary metric's final value, duration."""
+    info = parent.sweep or {}
+    metric = info.get("primary_metric")
+    goal = info.get("goal", "minimize")
+    rows: list[dict[str, Any]] = []
+    for index, rec in sorted(trial_records(registry, parent, int(info.get("trials") or 0)).items()):
+        final = sweeps.final_value(series_of(registry, rec.run_id, metric)) if metric else None
+        rows.append(
+            {
+                "id": rec.run_id,
+                "index": index,
+                "parameters": (rec.sweep or {}).get("parameters", {}),
+                "state": rec.state,
+                "early_terminated": any(e.get("code") == EARLY_TERMINATED for e in rec.errors),
+                "metric": final,
+                "duration_seconds": _duration(rec),
+            }
+        )
+    sign = 1 if goal == "minimize" else -1
+    rows.sort(key=lambda r: (r["metric"] is None, sign * (r["metric"] or 0.0), r["index"]))
+    return rows
+
+
+def _duration(rec: RunRecord) -> float | None:
+    from shared.registry import parse_time
+
+    start = parse_time(rec.times.get(RUNNING))
+    end = next((parse_time(rec.times[s]) for s in (SUCCEEDED, FAILED, CANCELLED) if s in rec.times), None)
+    return (end - start).total_seconds() if start and end else None
+
+
+def finish_parent(
+    svc: Any,
+    parent: RunRecord,
+    sweep: sweeps.SweepSpec,
+    trials: list[sweeps.Trial],
+    existing: dict[int, RunRecord],
+) -> RunRecord:
+    """Every trial has ended: the parent succeeds naming its best trial, or fails without one."""
+    finals = {
+        rec.run_id: sweeps.final_value(series_of(svc.registry, rec.run_id, sweep.primary_metric))
+        for rec in existing.values()
+        if rec.state == SUCCEEDED
+    }
+    best = sweeps.best_trial(sweep, finals)
+    info = dict(parent.sweep or {})
+    if best is None:
+        state = FAILED
+        error = {
+            "code": "NoSuccessfulTrial",
+            "message": f"no trial succeeded with a value of {sweep.primary_metric!r}",
+            "time": utcnow(),
+        }
+        changes: dict[str, Any] = {"add_error": error}
+    else:
+        index = next(i for i, r in existing.items() if r.run_id == best)
+        info["best"] = {
+            "trial": best,
+            "parameters": trials[index].parameters,
+            "metric": {"name": sweep.primary_metric, "value": finals[best]},
+        }
+        state = SUCCEEDED
+        changes = {}
+    try:
+        done = svc.registry.transition(
+            parent.run_id,
+            state,
+            RUNNING,
+            current=parent,
+            sweep=info,
+            callback_pending=bool(parent.callback_url),
+            **changes,
+        )
+    except TransitionRejected as rejected:
+        return rejected.current
+    log.info("sweep %s %s: best %s", parent.run_id, state, info.get("best"), extra=parent.log_extra())
+    return done
