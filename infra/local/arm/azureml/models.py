@@ -18,11 +18,12 @@ and before every read):
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,6 +291,68 @@ class AzureMLBackend:
         from infra.local.arm.azureml.runner import AzureMLJobs
 
         self.runner = AzureMLJobs(self)
+        self.state_file = Path(self.config.data_dir) / "azureml-state.json"
+        self._save_lock = threading.Lock()
+        self._load()
+
+    # --- persistence -------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the provider's resources (no secret value: datastore secrets keep their type only),
+        so an accepted request survives an emulator restart as Batch AI's state does."""
+        with self.lock:
+
+            def store(items: dict[str, Any]) -> dict[str, Any]:
+                return {key: asdict(item) for key, item in items.items()}
+
+            datastores = store(self.datastores)
+            for item in datastores.values():
+                secrets = ((item["body"].get("properties") or {}).get("credentials") or {}).get("secrets")
+                if isinstance(secrets, dict):
+                    for name in list(secrets):
+                        if name != "secretsType":
+                            secrets[name] = None
+            data = json.dumps(
+                {
+                    "workspaces": store(self.workspaces),
+                    "computes": store(self.computes),
+                    "datastores": datastores,
+                    "environments": store(self.environments),
+                    "jobs": store(self.jobs),
+                }
+            )
+        with self._save_lock:
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(data)
+            tmp.replace(self.state_file)
+
+    def _load(self) -> None:
+        """Read the saved resources. A job that was preparing, running or finalizing when the emulator
+        stopped has lost its processes: it fails, saying so, and its nodes are idle again; deletions
+        that were in progress are done."""
+        if not self.state_file.exists():
+            return
+        saved = json.loads(self.state_file.read_text())
+        self.workspaces = {k: Workspace(**v) for k, v in saved.get("workspaces", {}).items()}
+        self.computes = {
+            k: Compute(**{**v, "nodes": [Node(**n) for n in v.get("nodes", [])]})
+            for k, v in saved.get("computes", {}).items()
+            if not v.get("deleting")
+        }
+        self.datastores = {k: Datastore(**v) for k, v in saved.get("datastores", {}).items()}
+        self.environments = {k: EnvironmentVersion(**v) for k, v in saved.get("environments", {}).items()}
+        self.jobs = {k: Job(**v) for k, v in saved.get("jobs", {}).items() if not v.get("deleting")}
+        for compute in self.computes.values():
+            for node in compute.nodes:
+                if node.state == "running":
+                    node.state, node.job = "idle", None
+        for job in self.jobs.values():
+            if job.status in ("Preparing", "Running", "Finalizing", "CancelRequested"):
+                cancelled = job.status == "CancelRequested"
+                if not cancelled:
+                    job.errors.append(
+                        {"code": "EmulatorRestarted", "message": "the emulator restarted while the job ran"}
+                    )
+                self._set_status(job, "Canceled" if cancelled else "Failed")
 
     # --- clock -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -299,6 +362,8 @@ class AzureMLBackend:
     def stop(self) -> None:
         self._stop.set()
         self.runner.shutdown()
+        with contextlib.suppress(OSError):
+            self.save()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.tick_interval * 2):
@@ -688,6 +753,8 @@ class AzureMLBackend:
                 "Canceled" if cancelled else ("Completed" if exit_code == 0 and not job.errors else "Failed")
             )
             self._set_status(job, final)
+        with contextlib.suppress(OSError):
+            self.save()
 
     # --- data --------------------------------------------------------------------------------------
     def resolve_uri(self, workspace: Workspace, uri: str) -> Path | None:

@@ -62,6 +62,8 @@ class AzureMLResponses:
             )
         self.backend.advance()
         status, body, headers = getattr(self, handler)(req, **params)
+        if req.method != "GET":
+            self.backend.save()  # what a request changed is on disk before it is answered
         if operation not in UNVALIDATED:
             unchecked, keys = self._unchecked(operation, body)
             errors = spec_set().validate_response(operation, status, unchecked)
