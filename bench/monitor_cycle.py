@@ -202,7 +202,9 @@ class RunningJobs:
         listing = self._backend.list_jobs_of(experiments)
         listing.jobs = {
             experiment: [
-                dataclasses.replace(job, state="running", log_location=f"bench-logs/{job.name}")
+                dataclasses.replace(
+                    job, state="running", log_location=f"bench-logs/{job.name}/stdouterr/stdout.txt"
+                )
                 for job in jobs
             ]
             for experiment, jobs in listing.jobs.items()

@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 __all__ = ["BatchAIBackend"]
 
 TERMINATE_WAIT_SECONDS = 30.0
-STDOUT_FILE = "stdouterr/stdout.txt"
+# Where Batch AI writes the lead process's stdout, by toolkit (others: stdout.txt for all processes):
+# a file per rank for PyTorch (the PyTorch-GPU-Distributed-Gloo recipe streams stdout-0.txt), per role
+# for TensorFlow (the TensorFlow-GPU recipes stream stdout-wk-0.txt, one node or several).
+LEAD_STDOUT_BY_TOOL = {"pytorch": "stdout-0.txt", "tensorflow": "stdout-wk-0.txt"}
 
 
 def _text(value: Any) -> str | None:
@@ -71,8 +74,17 @@ def job_status(job: Any, experiment: str) -> JobStatus:
         exit_code=getattr(info, "exit_code", None),
         errors=_errors(getattr(info, "errors", None)),
         max_wall_clock=limit if isinstance(limit, timedelta) else None,
-        log_location=getattr(job, "job_output_directory_path_segment", None),
+        log_location=_lead_stdout(job),
     )
+
+
+def _lead_stdout(job: Any) -> str | None:
+    """The share path of the job's lead stdout: its output segment, `stdouterr/` and the file name."""
+    segment = getattr(job, "job_output_directory_path_segment", None)
+    if not segment:
+        return None
+    name = LEAD_STDOUT_BY_TOOL.get(_text(getattr(job, "tool_type", None)) or "", "stdout.txt")
+    return f"{segment.strip('/')}/stdouterr/{name}"
 
 
 def cluster_status(cluster: Any) -> ClusterStatus:
@@ -307,18 +319,19 @@ class BatchAIBackend:
 
     def read_stdout(self, job: JobStatus, offset: int, length: int) -> bytes:
         """Batch AI writes a job's stdout, while it runs, to
-        ``<stdOutErrPathPrefix>/<jobOutputDirectoryPathSegment>/stdouterr/stdout.txt``, and our jobs'
-        prefix is the root of the file share they mount: one Range GET on the share, no ARM request."""
+        ``<stdOutErrPathPrefix>/<jobOutputDirectoryPathSegment>/stdouterr/stdout.txt`` (the lead
+        process's, for PyTorch and TensorFlow: ``LEAD_STDOUT_BY_TOOL``), and our jobs' prefix is the
+        root of the file share they mount: one Range GET on the share, no ARM request."""
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-        segment = job.log_location
-        if not segment or length <= 0:
+        path = job.log_location
+        if not path or length <= 0:
             return b""
         if self._share is None:
             from shared import clients
 
             self._share = clients.share_client(self.settings)
-        file = self._share.get_file_client(f"{segment.strip('/')}/{STDOUT_FILE}")
+        file = self._share.get_file_client(path)
         try:
             return file.download_file(offset=offset, length=length).readall()
         except ResourceNotFoundError:

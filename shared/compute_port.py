@@ -199,6 +199,18 @@ class ExperimentStatus:
     created_at: datetime | None = None
 
 
+# The lead process's log files in a job's `stdouterr` listing, in order of preference: one log for all
+# processes (`stdout.txt`), a log per rank (Batch AI's PyTorch toolkit: `stdout-0.txt`) or per role
+# (its TensorFlow toolkit: worker 0, `stdout-wk-0.txt`). The same suffix names the stderr file.
+LEAD_LOG_SUFFIXES = ("", "-0", "-wk-0")
+
+
+def lead_log_name(names: Iterable[str], stream: str = "stdout") -> str | None:
+    """The lead process's `stream` ('stdout' or 'stderr') file among a job's stdouterr file names."""
+    present = set(names)
+    return next((f"{stream}{s}.txt" for s in LEAD_LOG_SUFFIXES if f"{stream}{s}.txt" in present), None)
+
+
 @dataclass(frozen=True)
 class OutputItem:
     """One entry of a job's output directory ('stdouterr' or an output directory id)."""

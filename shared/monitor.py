@@ -58,7 +58,7 @@ from azure.core.exceptions import HttpResponseError
 
 from shared import callbacks, logtail, node_time, sweep_runs
 from shared import metrics as run_metrics
-from shared.compute_port import ClusterStatus, ComputeError, JobStatus
+from shared.compute_port import LEAD_LOG_SUFFIXES, ClusterStatus, ComputeError, JobStatus
 from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
 from shared.registry import (
     ACTIVE_STATES,
@@ -93,7 +93,7 @@ CALLBACK_PASS_BUDGET_SECONDS = 30.0  # all deliveries of one pass: no new one st
 CALLBACK_WORKERS = 4
 # A pass's claim on a delivery: longer than its hard deadline.
 CALLBACK_CLAIM_SECONDS = 120
-STDOUT_NAMES = ("stdout.txt",)
+STDOUT_NAMES = tuple(f"stdout{suffix}.txt" for suffix in LEAD_LOG_SUFFIXES)
 METRICS_WORKERS = 8  # running jobs whose stdout is read at once
 METRICS_PASS_DEADLINE_SECONDS = 2.0  # into the pass: no metrics read starts later (the rest: next pass)
 METRICS_MIN_READS_PER_PASS = 8  # read even past the deadline: a slow pass never starves every curve

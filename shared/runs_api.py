@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.compute_port import lead_log_name
 from shared.http import ApiError, ApiRequest, ApiResponse, json_body
 from shared.openapi import CLUSTER_NAME_PATTERN, ROUTES, RUN_ID_PATTERN, RUN_STATES
 
@@ -533,8 +534,8 @@ def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
         files = {f.name: f for f in _compute().list_output_files(ref, "stdouterr")}
         if files:
             try:
-                out = _tail_of_file(files.get("stdout.txt"), tail)
-                err = _tail_of_file(files.get("stderr.txt"), tail)
+                out = _tail_of_file(files.get(lead_log_name(files, "stdout") or ""), tail)
+                err = _tail_of_file(files.get(lead_log_name(files, "stderr") or ""), tail)
             except OSError as exc:  # urllib's URLError/HTTPError, timeouts
                 raise ApiError(
                     502, "LogDownloadFailed", f"reading the job's log failed: {_short(exc)}"

@@ -83,7 +83,7 @@ def test_upload_then_watch_a_run_to_success(function_app: Settings, uploaded: tu
     metrics = json.loads(next(download.rglob("metrics.json")).read_text())
     assert metrics["epochs"] == 1 and metrics["train_samples"] == 60
     assert any(p.name == "ConvNet_MNIST.pt" for p in download.rglob("*"))
-    assert any(p.name == "stdout.txt" for p in download.rglob("*"))
+    assert any(p.name == "stdout-0.txt" for p in download.rglob("*"))  # Batch AI PyTorch: per rank
 
 
 def test_start_idempotent_then_teardown(

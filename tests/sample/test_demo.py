@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end_and_fails_below_the_accuracy_target(tmp_path: Path
     out = result.stdout
     assert result.returncode == 1, out[-3000:] + result.stderr[-3000:]
     for expected in ("starting the local stack", "uploading", "  running\n", "  succeeded\n", "Epoch 1/1",
-                     "MODEL      ConvNet_MNIST.pt", "stdouterr  stdout.txt", "final test accuracy: ",
+                     "MODEL      ConvNet_MNIST.pt", "stdouterr  stdout-0.txt", "final test accuracy: ",
                      "stopping the local stack", "demo finished in ", "  metrics 1: accuracy ",
                      "watch it in a browser: http", "dashboard of this run: http"):  # fmt: skip
         assert expected in out, (expected, out[-3000:])

@@ -19,11 +19,14 @@ Environment of every process (beyond the emulator's own environment):
 - Rank variables for each of the N processes (N = processCount, default nodeCount; TensorFlow: parameter
   servers + workers): AZ_BATCHAI_TASK_INDEX, OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE,
   PMI_RANK/PMI_SIZE, RANK/WORLD_SIZE/LOCAL_RANK, MASTER_ADDR/MASTER_PORT (PyTorch-style rendezvous);
-  TensorFlow also AZ_BATCHAI_PS_HOSTS, AZ_BATCHAI_WORKER_HOSTS and TF_CONFIG.
+  TensorFlow also AZ_BATCHAI_PS_HOSTS, AZ_BATCHAI_WORKER_HOSTS and TF_CONFIG; PyTorch also
+  AZ_BATCHAI_PYTORCH_INIT_METHOD (a `file://` rendezvous in the job's shared temp directory).
 - The job's environmentVariables and secrets ($VARS in their values expanded).
-`$VAR`/`${VAR}` in paths, script paths and arguments are expanded with that environment before launch.
-stdout/stderr of all the job's processes go to `stdout.txt`/`stderr.txt` in the stdouterr directory;
-the preparation task's to `stdout-job_prep.txt`/`stderr-job_prep.txt`.
+`$VAR`/`${VAR}` in paths are expanded with that environment; a Python toolkit's script path and
+arguments with each process's own (rank variables included) at its launch.
+stdout/stderr go where Batch AI wrote them: PyTorch `stdout-<rank>.txt`, TensorFlow `stdout-wk-<i>.txt`
+and `stdout-ps-<i>.txt`, every other toolkit `stdout.txt` for all its processes (likewise stderr); the
+preparation task's to `stdout-job_prep.txt`/`stderr-job_prep.txt`. A job whose process fails names it.
 """
 
 from __future__ import annotations
@@ -179,20 +182,28 @@ class JobRunner:
         node_count = int(props.get("nodeCount", 1))
 
         def python_argv(settings: dict[str, Any], args_key: str = "commandLineArgs") -> list[str]:
+            """Interpreter, script and arguments, `$VARS` left for `_argv` to expand per process."""
             interpreter = settings.get("pythonInterpreterPath")
             if not interpreter or not Path(interpreter).is_file():
                 interpreter = self.python
-            script = expand_vars(settings["pythonScriptFilePath"], env)
-            args = shlex.split(expand_vars(settings.get(args_key) or "", env))
-            return [interpreter, script, *args]
+            return [interpreter, settings["pythonScriptFilePath"], settings.get(args_key) or ""]
 
         def bash(command: str) -> list[str]:
             return ["bash", "-c", command]
 
-        def ranks(argv: list[str], count: int) -> list[dict[str, Any]]:
+        def ranks(argv: list[str], count: int, per_rank_logs: bool = False) -> list[dict[str, Any]]:
+            python = argv[0] != "bash"
             port = _free_port()
             return [
-                {"argv": argv, "env": _rank_env(rank, count, port), "waited": True} for rank in range(count)
+                {
+                    "argv": argv,
+                    "python": python,
+                    "env": _rank_env(rank, count, port),
+                    "waited": True,
+                    "label": f"rank {rank}",
+                    "logs": str(rank) if per_rank_logs else "",
+                }
+                for rank in range(count)
             ]
 
         if tool == "cntk":
@@ -221,13 +232,22 @@ class JobRunner:
                 }[tool]
             ]
             count = int(s.get("processCount") or (1 if tool == "caffe2" else node_count))
-            return ranks(python_argv(s), count)
+            if tool != "pytorch":
+                return ranks(python_argv(s), count)
+            # Batch AI's PyTorch toolkit: one stdout-<rank>.txt per process (the PyTorch-GPU-Distributed-
+            # Gloo recipe streams stdout-0.txt) and a shared file-system rendezvous for init_process_group.
+            plan = ranks(python_argv(s), count, per_rank_logs=True)
+            init = Path(env["AZ_BATCHAI_SHARED_JOB_TEMP"]) / f"pytorch_init_{time.time_ns()}"
+            for step in plan:
+                step["env"]["AZ_BATCHAI_PYTORCH_INIT_METHOD"] = init.as_uri()
+            return plan
         if tool == "tensorflow":
             s = props["tensorFlowSettings"]
             workers = int(s.get("workerCount") or node_count)
             distributed = workers > 1 or node_count > 1 or bool(s.get("parameterServerCount"))
-            if not distributed:
-                return ranks(python_argv(s, "masterCommandLineArgs"), 1)
+            if not distributed:  # the recipes stream stdout-wk-0.txt of a one-node job too
+                (step,) = ranks(python_argv(s, "masterCommandLineArgs"), 1)
+                return [{**step, "label": "worker 0 (master)", "logs": "wk-0"}]
             ps_count = int(s.get("parameterServerCount") or 1)
             ps_hosts = [f"127.0.0.1:{_free_port()}" for _ in range(ps_count)]
             worker_hosts = [f"127.0.0.1:{_free_port()}" for _ in range(workers)]
@@ -245,12 +265,15 @@ class JobRunner:
                 plan.append(
                     {
                         "argv": python_argv(s, "parameterServerCommandLineArgs"),
+                        "python": True,
                         "env": {
                             **common,
                             "AZ_BATCHAI_TASK_INDEX": str(index),
                             "TF_CONFIG": json.dumps(tf_config),
                         },
                         "waited": False,
+                        "label": f"parameter server {index}",
+                        "logs": f"ps-{index}",
                     }
                 )
             for index in range(workers):
@@ -265,12 +288,15 @@ class JobRunner:
                 plan.append(
                     {
                         "argv": python_argv(s, args_key),
+                        "python": True,
                         "env": {
                             **common,
                             "AZ_BATCHAI_TASK_INDEX": str(index),
                             "TF_CONFIG": json.dumps(tf_config),
                         },
                         "waited": True,
+                        "label": f"worker {index}" + (" (master)" if index == 0 else ""),
+                        "logs": f"wk-{index}",
                     }
                 )
             return plan
@@ -354,15 +380,33 @@ class JobRunner:
                         }
                     )
                     return
-            with open(stdouterr / "stdout.txt", "ab") as out, open(stdouterr / "stderr.txt", "ab") as err:
-                procs = [
-                    (
-                        self._spawn(key, step["argv"], {**base_env, **step["env"]}, cwd, out, err),
-                        step["waited"],
+            with contextlib.ExitStack() as files:
+                streams: dict[str, tuple[Any, Any]] = {}
+                procs = []
+                for step in plan:
+                    suffix = f"-{step['logs']}" if step.get("logs") else ""
+                    if suffix not in streams:
+                        streams[suffix] = (
+                            files.enter_context(open(stdouterr / f"stdout{suffix}.txt", "ab")),
+                            files.enter_context(open(stdouterr / f"stderr{suffix}.txt", "ab")),
+                        )
+                    out, err = streams[suffix]
+                    step_env = {**base_env, **step["env"]}
+                    argv = _argv(step, step_env)
+                    procs.append((self._spawn(key, argv, step_env, cwd, out, err), step))
+                exit_code, failed = self._wait(key, procs)
+                if failed is not None:
+                    count = sum(1 for _, step in procs if step["waited"])
+                    suffix = f"-{failed['logs']}" if failed.get("logs") else ""
+                    errors.append(
+                        {
+                            "code": "JobFailed",
+                            "message": f"The job exited with non-zero exit code {exit_code}: "
+                            f"{failed['label']} of {count} exited with code {exit_code} (its output: "
+                            f"stdout{suffix}.txt, stderr{suffix}.txt); the job's other processes were "
+                            "stopped.",
+                        }
                     )
-                    for step in plan
-                ]
-                exit_code = self._wait(key, procs)
         except _Killed:
             exit_code = exit_code if exit_code is not None else 137
         except OSError as exc:
@@ -389,25 +433,34 @@ class JobRunner:
                 self.backend.dirty = True
         return errors
 
-    def _wait(self, key: str, procs: list[tuple[subprocess.Popen, bool]]) -> int:
-        """Wait for the waited processes; the first non-zero exit stops the rest (as mpirun does)."""
-        result = 0
+    def _wait(
+        self, key: str, procs: list[tuple[subprocess.Popen, dict[str, Any]]]
+    ) -> tuple[int, dict[str, Any] | None]:
+        """Wait for the waited processes; the first non-zero exit stops the rest (as mpirun does).
+        Returns the exit code and the step that failed first (None when all exited 0, or with more
+        than one process none to name)."""
+        result, first = 0, None
         while True:
-            waited = [p for p, w in procs if w]
-            codes = [p.poll() for p in waited]
-            failed = [c for c in codes if c not in (None, 0)]
+            waited = [(p, step) for p, step in procs if step["waited"]]
+            codes = [p.poll() for p, _ in waited]
+            failed = [(c, step) for c, (_, step) in zip(codes, waited, strict=True) if c not in (None, 0)]
             if failed and result == 0:
-                result = _exit_code(failed[0])
+                # Seen exiting in the same poll, a process killed by a signal is named before those
+                # that then exited with an error (a lost peer fails every rank's collective).
+                code, first = min(failed, key=lambda item: item[0] >= 0)
+                result = _exit_code(code)
                 self._signal_all([p for p, _ in procs], signal.SIGTERM)
             if all(c is not None for c in codes):
                 break
             time.sleep(0.05)
-        self._signal_all([p for p, w in procs if not w], signal.SIGTERM)
+        self._signal_all([p for p, step in procs if not step["waited"]], signal.SIGTERM)
         for proc, _ in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(KILL_GRACE_SECONDS)
         self._signal_all([p for p, _ in procs], signal.SIGKILL)
-        return result
+        if key in self.killed or len(procs) < 2:
+            first = None  # a cancelled job, or a job of one process: nothing more to say than its code
+        return result, first
 
     # --- stopping --------------------------------------------------------------------------------
     @staticmethod
@@ -457,6 +510,16 @@ class JobRunner:
 
 class _Killed(Exception):
     pass
+
+
+def _argv(step: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """A step's command line: a Python toolkit's script path and arguments expanded with the process's
+    own environment (so `--rank $AZ_BATCHAI_TASK_INDEX` is each process's rank), as the node's shell
+    did; bash command lines expand themselves."""
+    if not step.get("python"):
+        return list(step["argv"])
+    interpreter, script, args = step["argv"]
+    return [interpreter, expand_vars(script, env), *shlex.split(expand_vars(args, env))]
 
 
 def _rank_env(rank: int, size: int, port: int) -> dict[str, str]:
