@@ -99,8 +99,7 @@ def test_a_sweep_trains_its_trials_stops_the_bad_one_and_names_the_best(
         assert t.metrics is not None and t.metrics["rows"]["value"] == 5
         if t.state != "succeeded":
             continue  # a stopped trial's job is deleted
-        segment = p.services.cloud.compute.get_job(t.experiment, t.job_name).job_output_directory_path_segment
-        stdout = (p.share_root / segment / "stdouterr" / "stdout.txt").read_text()
+        stdout = p.registry.get(t.run_id).stdout_tail or ""
         assert stdout.count("starting") == 1  # each trial's job ran once
 
     # The bad learning rate was stopped early by median stopping; the others succeeded.
@@ -148,8 +147,9 @@ def test_a_sweep_trains_its_trials_stops_the_bad_one_and_names_the_best(
     assert p.registry.get(parent_id, with_files=False).sweep == parent.sweep
 
 
-def test_cancelling_a_sweep_cancels_its_trials(pipeline: Pipeline) -> None:
-    p = pipeline
+@pytest.mark.parametrize("backend", ["pipeline", "azureml_pipeline"])  # Batch AI, Azure ML
+def test_cancelling_a_sweep_cancels_its_trials(backend: str, request: pytest.FixtureRequest) -> None:
+    p: Pipeline = request.getfixturevalue(backend)
     dataset = f"sweepc-{uuid.uuid4().hex[:8]}"
     slow = dict(MANIFEST, sweep=dict(MANIFEST["sweep"], early_termination={"policy": "none"}))
     names = p.upload(dataset, {**FILES, "train.py": TRAIN_PY.replace(b"0.2)", b"5.0)")}, slow)
