@@ -83,7 +83,15 @@ def _lead_stdout(job: Any) -> str | None:
     segment = getattr(job, "job_output_directory_path_segment", None)
     if not segment:
         return None
-    name = LEAD_STDOUT_BY_TOOL.get(_text(getattr(job, "tool_type", None)) or "", "stdout.txt")
+    # The settings say which toolkit (the 2018-05-01 ToolType enum has no 'pytorch', though the
+    # service reported it): the lead's file follows from them.
+    if getattr(job, "py_torch_settings", None) is not None:
+        tool = "pytorch"
+    elif getattr(job, "tensor_flow_settings", None) is not None:
+        tool = "tensorflow"
+    else:
+        tool = _text(getattr(job, "tool_type", None)) or ""
+    name = LEAD_STDOUT_BY_TOOL.get(tool, "stdout.txt")
     return f"{segment.strip('/')}/stdouterr/{name}"
 
 

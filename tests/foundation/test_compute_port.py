@@ -89,3 +89,29 @@ def test_usable_nodes_counts_idle_running_and_preparing() -> None:
     }
     assert ClusterStatus("c", "id", node_state_counts=counts).usable_nodes == 6
     assert ClusterStatus("c", "id").usable_nodes is None
+
+
+def test_the_lead_process_log_is_found_per_toolkit() -> None:
+    """Batch AI wrote one stdout.txt for most toolkits, stdout-<rank>.txt for PyTorch and
+    stdout-wk-<i>.txt for TensorFlow: the app reads the lead process's (listing and Range reads)."""
+    from azure.mgmt.batchai import models
+
+    from shared.batchai_backend import job_status
+    from shared.compute_port import lead_log_name
+
+    assert lead_log_name(["stderr.txt", "stdout.txt", "stdout-job_prep.txt"]) == "stdout.txt"
+    assert lead_log_name(["stdout-1.txt", "stdout-0.txt", "stderr-0.txt"], "stderr") == "stderr-0.txt"
+    assert lead_log_name(["stdout-ps-0.txt", "stdout-wk-0.txt", "stdout-wk-1.txt"]) == "stdout-wk-0.txt"
+    assert lead_log_name(["stdout-job_prep.txt"]) is None
+
+    def job(**settings: object) -> models.Job:
+        found = models.Job.deserialize({"name": "j", "properties": {"jobOutputDirectoryPathSegment": "s/j/"}})
+        for key, value in settings.items():
+            setattr(found, key, value)
+        return found
+
+    py = models.PyTorchSettings(python_script_file_path="t.py")
+    tf = models.TensorFlowSettings(python_script_file_path="t.py")
+    assert job_status(job(py_torch_settings=py), "e").log_location == "s/j/stdouterr/stdout-0.txt"
+    assert job_status(job(tensor_flow_settings=tf), "e").log_location == "s/j/stdouterr/stdout-wk-0.txt"
+    assert job_status(job(tool_type="cntk"), "e").log_location == "s/j/stdouterr/stdout.txt"
