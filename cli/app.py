@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="then follow the run to its end")
 
     p = commands.add_parser(
+        "resubmit",
+        help="start a finished run again on the same snapshot",
+        description="Start a new run with a finished run's spec on the same snapshot (nothing is "
+        "copied); --spec gives run spec fields that replace the run's. Refused once cleanup "
+        "deleted the snapshot.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the finished run")
+    p.add_argument("--spec", type=Path, help="JSON file of run spec fields to override")
+    p.add_argument("--idempotency-key", help="the same key gives the same run")
+    p.add_argument("--watch", action="store_true", help="then follow the new run to its end")
+
+    p = commands.add_parser(
         "watch",
         help="follow a run: states, cluster status, live stdout",
         description="Print state transitions with times, the cluster's status and the "
@@ -160,6 +172,24 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     print(f"run {run['id']} on dataset {run.get('dataset')}: {run.get('state')}")
     if run.get("callback_secret"):  # given in this answer only: the receiver verifies with it
         print(f"callback secret (keep it for the receiver; not shown again): {run['callback_secret']}")
+    if args.watch:
+        return finish(watch_run(api, run["id"]))
+    print(f"follow it with `{PROG} watch {run['id']}`")
+    return 0
+
+
+def cmd_resubmit(args: argparse.Namespace, settings: Settings) -> int:
+    api = ApiClient(settings)
+    body: dict[str, Any] = {}
+    if args.spec:
+        try:
+            body["overrides"] = json.loads(args.spec.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CliError(f"cannot read {args.spec}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise CliError(f"{args.spec} is not valid JSON: {exc}") from None
+    run = api.resubmit(args.run_id, body, args.idempotency_key)
+    print(f"run {args.run_id} resubmitted as {run['id']}: {run.get('state')}")
     if args.watch:
         return finish(watch_run(api, run["id"]))
     print(f"follow it with `{PROG} watch {run['id']}`")
@@ -317,7 +347,7 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "upload": cmd_upload, "start": cmd_start, "watch": cmd_watch, "runs": cmd_runs, "outputs": cmd_outputs,
     "teardown": cmd_teardown, "clusters": cmd_clusters, "delete-cluster": cmd_delete_cluster,
-    "health": cmd_health, "callback-secret": cmd_callback_secret,
+    "health": cmd_health, "callback-secret": cmd_callback_secret, "resubmit": cmd_resubmit,
 }  # fmt: skip
 
 

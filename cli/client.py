@@ -141,6 +141,13 @@ class ApiClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.json("POST", "runs", json=body, headers=headers)
 
+    def resubmit(
+        self, run_id: str, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """POST /api/runs/{id}/resubmit: a new run on the same snapshot."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.json("POST", f"runs/{quote(run_id)}/resubmit", json=body, headers=headers)
+
     def callback_secret(self, run_id: str) -> str:
         """The run's callback signing secret (the API issues it once)."""
         return str(self.json("POST", f"runs/{quote(run_id)}/callback-secret")["callback_secret"])

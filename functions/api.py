@@ -52,6 +52,13 @@ def run(req: func.HttpRequest) -> func.HttpResponse:
     return _call("runs/{id}", req)
 
 
+@bp.function_name("run_resubmit")
+@bp.route(route="runs/{id}/resubmit", methods=METHODS, auth_level=FUNCTION)
+def run_resubmit(req: func.HttpRequest) -> func.HttpResponse:
+    """POST: a new run with the same spec (and overrides) on the same snapshot."""
+    return _call("runs/{id}/resubmit", req)
+
+
 @bp.function_name("run_logs")
 @bp.route(route="runs/{id}/logs", methods=METHODS, auth_level=FUNCTION)
 def run_logs(req: func.HttpRequest) -> func.HttpResponse:

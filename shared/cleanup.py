@@ -92,7 +92,9 @@ class RunInfo:
     experiment: str | None = None
     job: str | None = None
     finished_at: datetime | None = None
-    parent_id: str | None = None  # a sweep trial: it reads its parent's snapshot
+    # The run whose snapshot this run reads when not its own: a sweep trial reads its parent's, a
+    # resubmitted run the snapshot of the run it repeats.
+    snapshot_owner: str | None = None
 
     @property
     def active(self) -> bool:
@@ -297,12 +299,13 @@ def plan(inventory: Inventory, now: datetime, policy: CleanupPolicy) -> list[Act
                 )
             )
 
-    # Snapshots of runs finished past the retention (a sweep's: its parent's and every trial's).
+    # Snapshots of runs finished past the retention, with every run that reads them (a sweep's trials,
+    # resubmitted runs): kept until the last of them is.
     runs_by_id = {r.id: r for r in inventory.runs}
     trials_of: dict[str, list[RunInfo]] = {}
     for r in inventory.runs:
-        if r.parent_id is not None:
-            trials_of.setdefault(r.parent_id, []).append(r)
+        if r.snapshot_owner is not None:
+            trials_of.setdefault(r.snapshot_owner, []).append(r)
     for run_id in inventory.snapshots:
         run = runs_by_id.get(run_id)
         if run is None or run.active or dataset_key(run.dataset) in carrying_datasets:
@@ -447,8 +450,22 @@ def run_info(record: Any, compute: Any) -> RunInfo:
         experiment=experiment,
         job=record.job_name,
         finished_at=finished,
-        parent_id=getattr(record, "parent_id", None),
+        snapshot_owner=_snapshot_owner(record),
     )
+
+
+def _snapshot_owner(record: Any) -> str | None:
+    """The run id of the snapshot directory a record reads, when it is another run's."""
+    from shared.registry import RegistryError, snapshot_dir
+
+    snapshot = getattr(record, "snapshot", None)
+    owner = (snapshot or "").rpartition("/")[2]
+    if not snapshot or owner == record.run_id:
+        return None
+    try:
+        return owner if snapshot == snapshot_dir(owner) else None
+    except RegistryError:
+        return None
 
 
 def job_info(job: Any) -> JobInfo:

@@ -1222,6 +1222,99 @@ def _staged_from_props(name: str, props: Any) -> StagedFile:
     return StagedFile(name, int(props.size), md5 or None, None, utcnow())
 
 
+class ResubmitRefused(ValueError):
+    """A run that cannot be resubmitted as asked (``code``: SnapshotCleanedUp, SecretsNotKept,
+    SweepResubmitUnsupported, RunNotFinished)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+MASKED_SECRET = "**********"
+
+
+def resubmit_run(
+    run_id: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    svc: Services | None = None,
+) -> RunRecord:
+    """A new run with the finished run's spec (top-level fields replaced by ``overrides``) on the same
+    snapshot: the new run reads that directory, nothing is copied (cleanup keeps it while the new
+    run needs it). Refused (``ResubmitRefused``) when the snapshot was cleaned up, when the run's
+    inline secret values are needed (the registry never kept them: give them in ``overrides``), for
+    a sweep's parent, and for a run still active. The same ``idempotency_key`` returns the same run."""
+    svc = svc or services()
+    source = svc.registry.get(run_id)
+    if idempotency_key:
+        replayed = svc.registry.find_by_idempotency_key(idempotency_key)
+        if replayed is not None:
+            return replayed
+    if source.state not in TERMINAL_STATES:
+        raise ResubmitRefused("RunNotFinished", f"run {run_id} is {source.state}; resubmit a finished run")
+    from shared import sweep_runs
+
+    if sweep_runs.is_parent(source) or source.parent_id is not None:
+        raise ResubmitRefused(
+            "SweepResubmitUnsupported",
+            f"run {run_id} is part of a sweep: resubmitting a sweep or its trials is not supported yet",
+        )
+    data = dict(source.spec or {})
+    data.update(overrides or {})
+    masked = [
+        name for name, v in (data.get("secret_environment_variables") or {}).items() if v == MASKED_SECRET
+    ]
+    if masked:
+        raise ResubmitRefused(
+            "SecretsNotKept",
+            f"run {run_id}'s secret environment variables ({', '.join(sorted(masked))}) were given inline "
+            "and are not kept: give them again in the overrides' secret_environment_variables",
+        )
+    spec = parse_run_spec(data, svc.spec_context)
+    svc.cloud.check_spec(spec)
+    data_dir = _data_dir(source)
+    try:
+        present = svc.share.get_directory_client(data_dir).exists()
+    except HttpResponseError:
+        present = False
+    staged = list(source.staged_files)
+    wanted = spec.required_files() or [f.name for f in staged]
+    missing = [name for name in wanted if name not in {f.name for f in staged}]
+    if not present or not staged:
+        raise ResubmitRefused(
+            "SnapshotCleanedUp",
+            f"run {run_id}'s snapshot {data_dir} is gone (the nightly cleanup deletes a finished run's "
+            "snapshot after STAGED_DATA_RETENTION_HOURS): start a new run from the dataset instead",
+        )
+    if missing:
+        raise MissingFiles(f"required file(s) not in run {run_id}'s snapshot: {', '.join(missing[:20])}")
+    fields: dict[str, Any] = {
+        "spec": spec.to_json_dict(),
+        **callback_fields(svc, spec, issued=True),
+        "source": "api",
+        "staging_deadline": _staging_deadline(svc),
+        "snapshot": source.snapshot,
+        "staged_files": staged,
+        "expected_files": wanted,
+    }
+    new_id = new_run_id()
+    if idempotency_key:
+        holder = svc.registry.reserve_idempotency_key(idempotency_key, new_id)
+        if holder is not None:
+            return holder
+    rec = svc.registry.create(
+        source.dataset, run_id=new_id, idempotency_key=idempotency_key, key_reserved=True, **fields
+    )
+    log.info("run %s: resubmitted as %s", run_id, rec.run_id, extra=rec.log_extra())
+    if rec.state == STAGING:
+        if needs_preparation(svc, rec, spec):
+            _prepare_infrastructure(svc, rec, spec)
+        check_ready(rec.run_id, svc, spec)
+    return svc.registry.get(rec.run_id)
+
+
 def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | None = None) -> RunRecord:
     """Tear a run down: mark it cancelled (from any non-terminal state; a compare-and-swap, so the
     monitor cannot finish it meanwhile), terminate and delete its job, and with ``delete_cluster``

@@ -25,6 +25,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "runs/{id}/logs": {"GET": "getRunLogs"},
     "runs/{id}/callback-secret": {"POST": "issueCallbackSecret"},
     "runs/{id}/metrics": {"GET": "getRunMetrics"},
+    "runs/{id}/resubmit": {"POST": "resubmitRun"},
     "clusters": {"GET": "listClusters"},
     "clusters/{name}": {"DELETE": "deleteCluster"},
     "health": {"GET": "health"},
@@ -571,6 +572,51 @@ def _operations() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("RunMetrics"), "The series"),
                     **_errors(401, 404, 405, 500),
+                },
+            },
+        },
+        "/runs/{id}/resubmit": {
+            "parameters": [_ID_PARAM],
+            "post": {
+                "operationId": "resubmitRun",
+                "summary": "Start a new run with a finished run's spec (top-level fields replaced by "
+                "overrides) on the same snapshot; 409 when the snapshot was cleaned up, the run is "
+                "not finished, its inline secrets are needed, or it is part of a sweep",
+                "description": security_note
+                + " With an Idempotency-Key header, the same key gives the same run.",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "overrides": {
+                                        "type": "object",
+                                        "description": "Run spec fields that replace the run's",
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {
+                        **_json(_ref("StartedRun"), "Accepted: the new run; poll its Location"),
+                        "headers": {
+                            "Location": {"description": "The new run's URL", "schema": {"type": "string"}}
+                        },
+                    },
+                    **_errors(400, 401, 404, 405, 409, 413, 415, 422, 500, 502, 503),
                 },
             },
         },

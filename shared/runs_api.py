@@ -320,6 +320,39 @@ def start_run(request: ApiRequest) -> ApiResponse:
     return _accepted(request, record)
 
 
+def resubmit_run(request: ApiRequest) -> ApiResponse:
+    """POST /api/runs/{id}/resubmit: body `{"overrides": {<run spec fields>}}` (optional)."""
+    run_id = _run_id(request)
+    key = request.header("idempotency-key")
+    if key is not None and not (0 < len(key.strip()) <= MAX_IDEMPOTENCY_KEY):
+        raise ApiError(
+            400,
+            "InvalidIdempotencyKey",
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
+            details=[{"field": "Idempotency-Key", "message": f"1-{MAX_IDEMPOTENCY_KEY} characters"}],
+        )
+    key = key.strip() if key else None
+    body = json_body(request) if request.body.strip() else {}
+    if not isinstance(body, dict):
+        raise _invalid("(root)", "expected a JSON object")
+    unknown = sorted(set(body) - {"overrides"})
+    if unknown:
+        raise _invalid(unknown[0], "unknown field")
+    overrides = body.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise _invalid("overrides", "expected an object of run spec fields")
+    from shared import ingest
+
+    try:
+        record = ingest.resubmit_run(run_id, overrides, idempotency_key=key)
+    except ingest.ResubmitRefused as exc:
+        raise ApiError(409, exc.code, str(exc)) from None
+    except Exception as exc:
+        raise _start_error(exc) from None
+    log.info("run %s resubmitted as %s over HTTP", run_id, record.run_id, extra=record.log_extra())
+    return _accepted(request, record)
+
+
 def _accepted(request: ApiRequest, record: Any, headers: dict[str, str] | None = None) -> ApiResponse:
     """202 with the run, or 422 when it failed before its job was created (the dataset lacks files
     it needs, nothing under the prefix, SubmitFailed...): the client's request cannot run as it is.
@@ -841,6 +874,7 @@ def openapi(request: ApiRequest) -> ApiResponse:
 _OPERATIONS: dict[str, Callable[[ApiRequest], ApiResponse]] = {
     "listRuns": list_runs,
     "startRun": start_run,
+    "resubmitRun": resubmit_run,
     "getRun": get_run,
     "deleteRun": delete_run,
     "getRunLogs": get_logs,

@@ -308,13 +308,18 @@ def test_a_sweeps_snapshot_is_kept_until_its_last_trial_is_past_retention() -> N
         return Inventory(
             runs=[
                 RunInfo("sweep", "mnist", "succeeded", finished_at=NOW - 100 * H),
-                RunInfo("sweep-t000", "mnist", "succeeded", finished_at=NOW - 120 * H, parent_id="sweep"),
-                RunInfo("sweep-t001", "mnist", trial_state, finished_at=trial_finished, parent_id="sweep"),
+                RunInfo(
+                    "sweep-t000", "mnist", "succeeded", finished_at=NOW - 120 * H, snapshot_owner="sweep"
+                ),
+                RunInfo(
+                    "sweep-t001", "mnist", trial_state, finished_at=trial_finished, snapshot_owner="sweep"
+                ),
             ],
             snapshots=["sweep"],
         )
 
-    # A trial finished within the retention (or still active, say resubmitted) keeps the parent's snapshot.
+    # A trial (or a resubmitted run reading the snapshot) finished within the retention, or still
+    # active, keeps the parent's snapshot.
     assert plan(inventory("succeeded", NOW - 10 * H), NOW, POLICY) == []
     assert plan(inventory("running", None), NOW, POLICY) == []
     actions = plan(inventory("cancelled", NOW - 80 * H), NOW, POLICY)

@@ -31,7 +31,12 @@ def cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.Compl
 
 
 def test_unknown_run_is_a_one_line_404(function_app: Settings) -> None:
-    for args in (["watch", "no-such-run"], ["outputs", "no-such-run"], ["teardown", "no-such-run"]):
+    for args in (
+        ["watch", "no-such-run"],
+        ["outputs", "no-such-run"],
+        ["teardown", "no-such-run"],
+        ["resubmit", "no-such-run"],
+    ):
         result = cli(function_app, *args)
         assert result.returncode == 1, result
         lines = result.stderr.splitlines()
@@ -84,6 +89,17 @@ def test_upload_then_watch_a_run_to_success(function_app: Settings, uploaded: tu
     assert metrics["epochs"] == 1 and metrics["train_samples"] == 60
     assert any(p.name == "ConvNet_MNIST.pt" for p in download.rglob("*"))
     assert any(p.name == "stdout-0.txt" for p in download.rglob("*"))  # Batch AI PyTorch: per rank
+
+
+def test_resubmit_the_uploaded_run_idempotently(function_app: Settings, uploaded: tuple[str, str]) -> None:
+    """`resubmit`: a new run on the uploaded run's snapshot; the same key gives the same run."""
+    first = cli(function_app, "resubmit", uploaded[0], "--idempotency-key", "resubmit-e2e-1")
+    again = cli(function_app, "resubmit", uploaded[0], "--idempotency-key", "resubmit-e2e-1")
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    new_id = first.stdout.split()[4].rstrip(":")
+    assert again.stdout.split()[4].rstrip(":") == new_id != uploaded[0]
+    watched = cli(function_app, "watch", new_id, "--no-logs", timeout=240)
+    assert watched.returncode == 0, watched.stdout[-2000:] + watched.stderr
 
 
 def test_start_idempotent_then_teardown(
