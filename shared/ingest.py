@@ -1094,11 +1094,22 @@ def _adoptable(rec: RunRecord) -> bool:
 
 
 def _supersede(svc: Services, rec: RunRecord, why: str) -> None:
-    """Cancel a staging run that a run started over HTTP replaces (no-op if it left staging)."""
+    """Cancel a staging run of the blob trigger that a run started over HTTP replaces (no-op if it
+    left staging, or if another HTTP start adopted it meanwhile: that run is another request's)."""
     error = {"code": "Superseded", "message": why, "time": utcnow()}
+
+    def still_the_triggers(r: RunRecord) -> None:
+        if r.source == "api":
+            raise TransitionRejected(f"run {r.run_id} was adopted by an HTTP start", r)
+
     with contextlib.suppress(TransitionRejected):
         svc.registry.transition(
-            rec.run_id, CANCELLED, STAGING, add_error=error, callback_pending=bool(rec.callback_url)
+            rec.run_id,
+            CANCELLED,
+            STAGING,
+            guard=still_the_triggers,
+            add_error=error,
+            callback_pending=bool(rec.callback_url),
         )
         log.info("run %s superseded: %s", rec.run_id, why, extra=rec.log_extra())
 

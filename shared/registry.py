@@ -823,7 +823,8 @@ class RunRegistry:
                     if not (isinstance(exc, ResourceModifiedError) or exc.status_code == 412):
                         raise
                     continue  # another request took it over first: wait for its run
-            time.sleep(0.1)
+            # A burst of requests repeating one key all wait here: poll gently, out of step.
+            time.sleep(0.2 + secrets.randbelow(200) / 1000)
 
     def transition(
         self,
