@@ -25,7 +25,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cold_import, demo_overhead, idle_nodes, ingest_latency, monitor_cycle, rerun, staging
+from bench import (
+    cold_import,
+    ddp_scaling,
+    demo_overhead,
+    idle_nodes,
+    ingest_latency,
+    monitor_cycle,
+    rerun,
+    staging,
+)
 from bench.common import BenchOptions, Figure
 from infra.local.stack import REPO_ROOT, LocalStack, Ports
 
@@ -37,6 +46,7 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], list[Figure]]] = {
     "idle": idle_nodes.run,
     "import": cold_import.run,
     "demo": demo_overhead.run,
+    "ddp": ddp_scaling.run,
 }
 DEFAULT_OUT = REPO_ROOT / "bench" / "results.json"
 # Every figure's key, by benchmark (the smoke test checks that a run produces all of them).
@@ -59,6 +69,7 @@ FIGURE_KEYS = {
     "idle": ("idle.after_node_minutes", "idle.emulated_after_node_minutes"),
     "import": ("import.ratio", "import.process_wall_ratio"),
     "demo": ("demo.overhead_s", "demo.overhead_inside_run_s"),
+    "ddp": ("ddp.scaling_ratio",),
 }
 # Sizes that override the defaults (or --quick's); the smoke test shrinks every one of them.
 SIZE_OPTIONS = {
@@ -71,8 +82,8 @@ SIZE_OPTIONS = {
     "idle_seconds": "CLUSTER_IDLE_MINUTES of the idle benchmark, in seconds (default 15)",
     "idle_repeats": "runs whose idle node time is measured (default 3)",
     "import_runs": "fresh interpreters per import kind (default 7)",
-    "demo_repeats": "direct/pipeline pairs of the demo benchmark (default 3)",
-    "demo_train": "demo training samples (default 6000, the demo's)",
+    "demo_repeats": "direct/pipeline pairs of the demo benchmark, 1-rank/2-rank pairs of ddp (default 3)",
+    "demo_train": "demo (and ddp) training samples (default 6000, the demo's)",
     "demo_test": "demo test samples (default 1000, the demo's)",
     "demo_epochs": "demo training epochs (default 3, the demo's)",
 }
