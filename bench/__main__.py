@@ -34,6 +34,7 @@ from bench import (
     monitor_cycle,
     rerun,
     staging,
+    sweep_overhead,
 )
 from bench.common import BenchOptions, Figure
 from infra.local.stack import REPO_ROOT, LocalStack, Ports
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], list[Figure]]] = {
     "import": cold_import.run,
     "demo": demo_overhead.run,
     "ddp": ddp_scaling.run,
+    "sweep": sweep_overhead.run,
 }
 DEFAULT_OUT = REPO_ROOT / "bench" / "results.json"
 # Every figure's key, by benchmark (the smoke test checks that a run produces all of them).
@@ -70,6 +72,7 @@ FIGURE_KEYS = {
     "import": ("import.ratio", "import.process_wall_ratio"),
     "demo": ("demo.overhead_s", "demo.overhead_inside_run_s"),
     "ddp": ("ddp.scaling_ratio",),
+    "sweep": ("sweep.overhead_ratio",),
 }
 # Sizes that override the defaults (or --quick's); the smoke test shrinks every one of them.
 SIZE_OPTIONS = {
@@ -86,6 +89,9 @@ SIZE_OPTIONS = {
     "demo_train": "demo (and ddp) training samples (default 6000, the demo's)",
     "demo_test": "demo test samples (default 1000, the demo's)",
     "demo_epochs": "demo training epochs (default 3, the demo's)",
+    "sweep_trials": "trials of the sweep benchmark (default 4; it uses the demo's data sizes)",
+    "sweep_concurrency": "its max_concurrent_trials (default 2)",
+    "sweep_repeats": "sweeps timed (default 1)",
 }
 
 
@@ -132,6 +138,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
             demo_test=50,
             demo_epochs=1,
             staging_repeats=1,
+            sweep_trials=2,
         )
     for name in SIZE_OPTIONS:
         value = getattr(args, name)

@@ -72,6 +72,9 @@ class BenchOptions:
     demo_test: int = 1000
     demo_epochs: int = 3
     staging_repeats: int = 3
+    sweep_trials: int = 4
+    sweep_concurrency: int = 2
+    sweep_repeats: int = 1
     # --quick: one stack with every service serves all benchmarks (a smoke test pays one start-up).
     shared_stack: LocalStack | None = None
 

@@ -30,6 +30,9 @@ TINY = [
     "--demo-train", "40",
     "--demo-test", "20",
     "--demo-epochs", "1",
+    "--sweep-trials", "2",
+    "--sweep-concurrency", "2",
+    "--sweep-repeats", "1",
 ]  # fmt: skip
 
 
