@@ -105,6 +105,36 @@ class MetricsPrinter:
             self.printed.add(x)
 
 
+class TrialPrinter:
+    """A sweep's parent: one line per trial each time its state or primary metric changes, and the
+    best trial once the sweep ends (the parent has no job, so no log of its own)."""
+
+    def __init__(self, out: TextIO, prefix: str = "  trial ") -> None:
+        self.out = out
+        self.prefix = prefix
+        self.seen: dict[str, tuple[Any, Any]] = {}
+        self.best_printed = False
+
+    def feed(self, record: dict[str, Any]) -> None:
+        sweep = record.get("sweep") or {}
+        metric_name = sweep.get("primary_metric", "metric")
+        for row in sorted(record.get("leaderboard") or [], key=lambda r: r.get("index", 0)):
+            key = (row.get("state"), row.get("metric"))
+            if self.seen.get(row.get("id", "")) == key:
+                continue
+            self.seen[row.get("id", "")] = key
+            params = " ".join(f"{k}={_number(v)}" for k, v in sorted((row.get("parameters") or {}).items()))
+            state = str(row.get("state")) + (" (stopped early)" if row.get("early_terminated") else "")
+            metric = f"  {metric_name} {_number(row['metric'])}" if row.get("metric") is not None else ""
+            self.out.write(f"{self.prefix}{row.get('index', '?')} {params}: {state}{metric}\n")
+        best = sweep.get("best")
+        if best and not self.best_printed:
+            params = " ".join(f"{k}={_number(v)}" for k, v in sorted((best.get("parameters") or {}).items()))
+            value = (best.get("metric") or {}).get("value")
+            self.out.write(f"  best: {best.get('trial')} {params}  {metric_name} {_number(value)}\n")
+            self.best_printed = True
+
+
 def _number(value: Any) -> str:
     if isinstance(value, float) and not value.is_integer():
         return f"{value:.4g}"
@@ -120,6 +150,7 @@ def watch_run(api: ApiClient, run_id: str, out: TextIO = sys.stdout, interval: f
     last_cluster_line = ""
     follower = LogFollower(out)
     metrics_printer = MetricsPrinter(out)
+    trial_printer = TrialPrinter(out)
     unreachable_since: float | None = None
     header_done = False
     while True:
@@ -168,7 +199,10 @@ def watch_run(api: ApiClient, run_id: str, out: TextIO = sys.stdout, interval: f
             if line and line != last_cluster_line:
                 out.write(f"         {line}\n")
                 last_cluster_line = line
-        if logs and (state == "running" or state in TERMINAL_STATES):
+        is_sweep = (record.get("sweep") or {}).get("role") == "parent"
+        if is_sweep:
+            trial_printer.feed(record)
+        if logs and not is_sweep and (state == "running" or state in TERMINAL_STATES):
             with contextlib.suppress(CliError):  # logs are best effort while the job runs
                 follower.feed(api.logs(run_id).get("stdout") or "", final=state in TERMINAL_STATES)
         latest = record.get("metrics")

@@ -6,11 +6,13 @@ Triggers and monitor passes are replayed and overlapped throughout: no trial sta
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import time
 import uuid
 
 import pytest
 
+from cli.watch import watch_run
 from shared import ingest, monitor, runs_api
 from shared import sweep as sweeps
 from shared.http import ApiRequest
@@ -133,6 +135,20 @@ def test_a_sweep_trains_its_trials_stops_the_bad_one_and_names_the_best(
     assert all(r["parent_id"] == parent_id for r in listed.body["runs"])
     trial = runs_api.handle("runs/{id}", ApiRequest.build("GET", route_params={"id": trials[2].run_id}))
     assert trial.status == 200 and "leaderboard" not in trial.body
+
+    # `cli watch` on the parent prints its trials and the best one (the API's handlers answer it).
+    class HandlerApi:
+        def get_run(self, run_id: str) -> dict:
+            return runs_api.handle("runs/{id}", ApiRequest.build("GET", route_params={"id": run_id})).body
+
+        def clusters(self) -> list:
+            return []
+
+    out = io.StringIO()
+    assert watch_run(HandlerApi(), parent_id, out=out, interval=0)["state"] == "succeeded"  # type: ignore[arg-type]
+    shown = out.getvalue()
+    assert f"best: {best['trial']} batch_size=32 lr=0.1  loss" in shown, shown
+    assert shown.count("(stopped early)") == sum(r["early_terminated"] for r in board), shown
 
     # The parent's callback summary carries the result and the leaderboard; trials have no callback.
     carried = monitor.summary(p.registry.get(parent_id), p.registry)

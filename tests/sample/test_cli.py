@@ -14,7 +14,7 @@ import pytest
 from cli.app import COMMANDS, main
 from cli.client import Settings
 from cli.upload import plan_upload, upload_dataset
-from cli.watch import LogFollower, MetricsPrinter, cluster_status_line
+from cli.watch import LogFollower, MetricsPrinter, TrialPrinter, cluster_status_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,4 +174,35 @@ def test_watch_prints_each_new_epochs_metrics_once() -> None:
     assert out.getvalue().splitlines() == [
         "  metrics 1: accuracy 0.475  loss 1.44",
         "  metrics 2: accuracy 0.9  loss 0.5",
+    ]
+
+
+def test_watch_follows_a_sweeps_trials_and_names_the_best() -> None:
+    out = io.StringIO()
+    printer = TrialPrinter(out)
+
+    def row(
+        index: int, lr: float, state: str, metric: float | None, stopped: bool = False
+    ) -> dict[str, object]:
+        return {
+            "id": f"p-t00{index}",
+            "index": index,
+            "parameters": {"lr": lr},
+            "state": state,
+            "metric": metric,
+            "early_terminated": stopped,
+        }
+
+    sweep = {"role": "parent", "primary_metric": "loss"}
+    printer.feed({"sweep": sweep, "leaderboard": [row(0, 0.01, "running", None)]})
+    printer.feed({"sweep": sweep, "leaderboard": [row(0, 0.01, "running", None)]})  # unchanged: silent
+    done = {**sweep, "best": {"trial": "p-t000", "parameters": {"lr": 0.01}, "metric": {"value": 0.25}}}
+    board = [row(0, 0.01, "succeeded", 0.25), row(1, 3.0, "cancelled", 9.5, stopped=True)]
+    printer.feed({"sweep": done, "leaderboard": board})
+    printer.feed({"sweep": done, "leaderboard": board})
+    assert out.getvalue().splitlines() == [
+        "  trial 0 lr=0.01: running",
+        "  trial 0 lr=0.01: succeeded  loss 0.25",
+        "  trial 1 lr=3: cancelled (stopped early)  loss 9.5",
+        "  best: p-t000 lr=0.01  loss 0.25",
     ]
