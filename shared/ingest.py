@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -303,6 +304,11 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
     if (created or spec is not None) and needs_preparation(svc, rec, spec):
         preparing = _start_preparing(svc, rec, spec)
     try:
+        if not _copy_claimed(svc, rec, ref.path, etag):
+            # A duplicate delivery of this blob version copied it (or is copying it): this one joins
+            # and writes nothing, so no second copy can reach a snapshot whose job already started.
+            submitted = check_ready(rec.run_id, svc)
+            return IngestResult("replay", rec.run_id, rec.state, submitted=submitted, message="joined a copy")
         try:
             staged = stage_blob(
                 svc.container,
@@ -313,7 +319,10 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
                 account_key=svc.account_key,
                 props=props,
             )
-        except StagingError as exc:
+        except BaseException as exc:
+            svc.registry.release_file_copy(rec.run_id, ref.path, etag)  # a retry or a waiter copies
+            if not isinstance(exc, StagingError):
+                raise
             if exc.code in ("BlobNotFound",):
                 return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
             if exc.code in ("CopyTimeout", "CopyFailed"):
@@ -332,6 +341,31 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
 
 
+COPY_CLAIM_MARGIN_SECONDS = 60.0  # past COPY_TIMEOUT_SECONDS, a copy claim's holder is taken as dead
+
+
+def _copy_claimed(svc: Services, rec: RunRecord, path: str, etag: str | None) -> bool:
+    """Whether this delivery copies blob version ``etag`` of ``path`` into the run's snapshot: it holds
+    the registry's create-only claim on it. Else it waits until the holder recorded the file, or the
+    run left staging (False: nothing to write), or the holder gave the claim up or died (its claim
+    is older than COPY_TIMEOUT_SECONDS plus a margin): then this delivery takes it over (True)."""
+    stale = svc.settings.copy_timeout_seconds + COPY_CLAIM_MARGIN_SECONDS
+    while not svc.registry.claim_file_copy(rec.run_id, path, etag, stale_seconds=stale):
+        current = svc.registry.get(rec.run_id)
+        seen = current.staged(path)
+        if (seen is not None and seen.etag == etag) or current.state != STAGING:
+            log.info(
+                "run %s: %s (ETag %s) is copied by another delivery; this one joins",
+                rec.run_id,
+                path,
+                etag,
+                extra=rec.log_extra(),
+            )
+            return False
+        time.sleep(0.2 + secrets.randbelow(300) / 1000)
+    return True
+
+
 def _data_dir(rec: RunRecord) -> str:
     """The share directory a run's files go to and its job reads: its snapshot (runs recorded before
     snapshots existed keep the dataset's directory)."""
@@ -342,7 +376,7 @@ def _arrived_after_submission(svc: Services, run_id: str, path: str) -> bool:
     """Whether the run was submitted while ``path`` was being copied into its snapshot and does not
     require it: then the file is no part of the run, and it is taken out of the snapshot and the
     record again (a submitted run's snapshot holds what its submission saw)."""
-    rec = svc.registry.get(run_id, with_files=False)
+    rec = svc.registry.get(run_id)  # with its files: the required list is one entity per file
     if rec.state == STAGING or path in (rec.expected_files or []):
         return False
     with contextlib.suppress(HttpResponseError):
@@ -707,7 +741,21 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
                 continue
         missing.append(name)
     if carry:
-        carried = _carry(svc, rec, carry, from_blobs=True)
+        # A delivery of the same blob version may be copying it right now: the carry takes the same
+        # create-only claim, so exactly one of them writes the file (the other counts it missing).
+        stale = svc.settings.copy_timeout_seconds + COPY_CLAIM_MARGIN_SECONDS
+        mine = []
+        for item in carry:
+            if svc.registry.claim_file_copy(rec.run_id, item[1].name, item[1].etag, stale_seconds=stale):
+                mine.append(item)
+            else:
+                missing.append(item[1].name)
+        try:
+            carried = _carry(svc, rec, mine, from_blobs=True)
+        except BaseException:
+            for _, f in mine:
+                svc.registry.release_file_copy(rec.run_id, f.name, f.etag)
+            raise
         log.info(
             "run %s: %d file(s) carried over from earlier runs",
             rec.run_id,

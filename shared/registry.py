@@ -104,6 +104,7 @@ METRICS_ROW = "metrics"
 FILE_PREFIX = "file~"
 WANT_PREFIX = "want~"
 OUTPUT_PREFIX = "out~"
+COPY_PREFIX = "copy~"  # one per (file, blob version) a delivery copies into the run's snapshot
 DATASET_PARTITION = "~dataset"
 IDEMPOTENCY_PARTITION = "~idem"
 CLUSTER_PARTITION = "~cluster"
@@ -976,6 +977,43 @@ class RunRegistry:
         batch = [("upsert", _file_entity(run_id, f), {"mode": UpdateMode.REPLACE}) for f in files]
         for i in range(0, len(batch), 100):  # a transaction holds at most 100 operations
             self.table.submit_transaction(batch[i : i + 100])
+
+    def claim_file_copy(self, run_id: str, name: str, etag: str | None, *, stale_seconds: float) -> bool:
+        """Claim the copy of blob version ``etag`` of ``name`` into the run's snapshot: True when this
+        caller copies it. A create-only entity (Table insert fails when it exists), so of duplicate
+        deliveries of one blob version exactly one copies; the others wait for its record. A claim
+        older than ``stale_seconds`` (its holder died mid-copy) is taken over by compare-and-swap."""
+        self._ensure_table()
+        row = COPY_PREFIX + _key_hash(f"{name}\n{etag or ''}")
+        entity = {"PartitionKey": run_id, "RowKey": row, "name": name, "claimed_at": time.time()}
+        try:
+            self.table.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            pass
+        try:
+            current = self.table.get_entity(run_id, row)
+        except ResourceNotFoundError:
+            return self.claim_file_copy(run_id, name, etag, stale_seconds=stale_seconds)  # released
+        if time.time() - float(current.get("claimed_at", 0)) < stale_seconds:
+            return False
+        try:
+            self.table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+            return True
+        except HttpResponseError as exc:
+            if isinstance(exc, ResourceModifiedError) or exc.status_code == 412:
+                return False  # another delivery took it over first
+            raise
+
+    def release_file_copy(self, run_id: str, name: str, etag: str | None) -> None:
+        """Give up a copy claim (the copy failed): the trigger's retry or a waiting delivery copies."""
+        with contextlib.suppress(ResourceNotFoundError):
+            self.table.delete_entity(run_id, COPY_PREFIX + _key_hash(f"{name}\n{etag or ''}"))
 
     def remove_staged_files(self, run_id: str, names: Iterable[str]) -> None:
         """Forget staged files (a file taken out of a snapshot again); a missing entry is fine."""

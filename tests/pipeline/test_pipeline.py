@@ -837,3 +837,36 @@ def test_a_start_on_a_staged_dataset_finds_it_under_any_case(pipeline: Pipeline)
         assert (p.share_root / again.snapshot / name).read_bytes() == data
     for rec in (first, again):
         cancel_run(rec.run_id, svc=p.services)
+
+
+def test_a_duplicate_delivery_never_writes_into_the_snapshot_of_a_submitted_run(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event Grid delivers at least once: two deliveries of one blob version both pass the replay
+    check; the first copies, records and submits the run. The second must not copy into the
+    snapshot again (a job may be reading it): it joins the first's copy and writes nothing."""
+    p = pipeline
+    ds = dataset_name("dup")
+    names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+    last = f"{ds}/Train-28x28_cntk_text.txt"
+    for name in names:
+        if name != last:
+            assert ingest_blob(name, p.services).submitted is False
+    share = p.services.share
+
+    def first_delivery() -> tuple[Any, Any]:
+        result = ingest_blob(last, p.services)
+        snapshot = p.registry.get(result.run_id).snapshot
+        return result, share.get_file_client(f"{snapshot}/Train-28x28_cntk_text.txt").get_file_properties()
+
+    # The second delivery claims the run (having passed the replay check), then the first runs whole.
+    done = after_next_claim(p, monkeypatch, first_delivery)
+    second = ingest_blob(last, p.services)
+    first, props_at_submission = done[0]
+    assert first.submitted and first.action == "staged", first
+    assert second.run_id == first.run_id and not second.submitted, second
+    rec = p.registry.get(first.run_id)
+    assert rec.state != "staging"
+    props_now = share.get_file_client(f"{rec.snapshot}/Train-28x28_cntk_text.txt").get_file_properties()
+    assert (props_now.etag, props_now.copy.id) == (props_at_submission.etag, props_at_submission.copy.id)
+    assert [f.name for f in rec.staged_files] == sorted(QUICKSTART_FILES)
