@@ -316,6 +316,7 @@ async function showRun(runId) {
   const timeline = el("ol", { class: "timeline", id: "timeline" });
   const cluster = el("p", { id: "cluster-status", text: "No cluster yet." });
   const chartsBox = el("div", { class: "charts", id: "charts" });
+  const sweepBox = el("section", { "aria-labelledby": "h-sweep", id: "sweep", hidden: true });
   const chartsNote = el("p", { class: "note", id: "charts-note" });
   const outputs = el("ul", { class: "outputs", id: "outputs" });
   const follow = el("input", { type: "checkbox", id: "follow-log", checked: true });
@@ -324,7 +325,7 @@ async function showRun(runId) {
   const section = (id, title, ...content) => el("section", { "aria-labelledby": id }, el("h2", { id, text: title }), ...content);
   view.replaceChildren(
     el("p", {}, el("a", { href: "#/", text: "\u2190 All runs" })),
-    heading, facts, el("div", { class: "actions" }, cancel, compareLink), errors,
+    heading, facts, el("div", { class: "actions" }, cancel, compareLink), errors, sweepBox,
     section("h-timeline", "State timeline", timeline),
     section("h-cluster", "Cluster", cluster),
     section("h-curves", "Learning curves", chartsNote, chartsBox),
@@ -362,7 +363,8 @@ async function showRun(runId) {
     if (metricsKey !== lastMetrics || done) {
       updates.push(renderRunCharts(chartsBox, chartsNote, runId, run).then(() => { lastMetrics = metricsKey; }));
     }
-    if (["running", ...TERMINAL].includes(run.state)) updates.push(renderLogs(runId, stdout, stderr, follow));
+    if (run.leaderboard) updates.push(renderSweep(sweepBox, run));
+    if (["running", ...TERMINAL].includes(run.state) && !run.leaderboard) updates.push(renderLogs(runId, stdout, stderr, follow));
     await Promise.allSettled(updates);
     if (done) return;
     await sleep(RUN_REFRESH_MS);
@@ -437,6 +439,36 @@ async function renderRunCharts(box, note, runId, run) {
     figure.dataset.points = String(points.length);
     drawChart(id, container, "epoch / step", data);
   }
+}
+
+// A sweep's parent: its trials best first, and each trial's primary metric overlaid (stopped ones marked).
+async function renderSweep(box, run) {
+  const sweep = run.sweep || {};
+  const metric = sweep.primary_metric || "metric";
+  const rows = run.leaderboard || [];
+  const params = (r) => Object.entries(r.parameters || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+  const best = sweep.best ? el("p", { id: "sweep-best" }, "Best: ", el("a", { href: `#/run/${encodeURIComponent(sweep.best.trial)}` }, el("code", { text: sweep.best.trial })),
+    ` ${params(sweep.best)}, ${metric} ${formatNumber(sweep.best.metric.value)}`) : null;
+  const table = el("table", { class: "compare", id: "leaderboard" },
+    el("caption", { class: "sr-only", text: `Trials of the sweep, best ${metric} first` }),
+    el("thead", {}, el("tr", {}, ["Trial", "Parameters", "State", metric, "Duration"].map((t) => el("th", { scope: "col", text: t })))),
+    el("tbody", {}, rows.map((r) => el("tr", { "data-run": r.id, "data-stopped": String(Boolean(r.early_terminated)) },
+      el("th", { scope: "row" }, el("a", { href: `#/run/${encodeURIComponent(r.id)}` }, el("code", { text: r.id }))),
+      el("td", { text: params(r) }),
+      el("td", {}, stateBadge(r.state), r.early_terminated ? " stopped early" : ""),
+      el("td", { class: "num", text: r.metric === null || r.metric === undefined ? "\u2013" : formatNumber(r.metric) }),
+      el("td", { text: r.duration_seconds ? duration(r.duration_seconds * 1000) : "" })))));
+  const series = await Promise.all(rows.map((r) => api(`/runs/${encodeURIComponent(r.id)}/metrics`)
+    .then((b) => (b.metrics || {})[metric] || []).catch(() => [])));
+  const data = rows.map((r, i) => ({ label: `trial ${r.index}${r.early_terminated ? " (stopped early)" : ""}`, points: series[i] }))
+    .filter((d) => d.points.length);
+  const container = el("div", { class: "chart", role: "img", "aria-label": `${metric} of every trial: ${chartSummary(data)}` });
+  const figure = el("figure", { id: "sweep-curves", "data-metric": metric, "data-series": String(data.length) }, el("figcaption", { text: `${metric} by trial` }), container);
+  box.hidden = false;
+  box.replaceChildren(el("h2", { id: "h-sweep", text: `Sweep: ${rows.length} trial(s)` }), best, table, figure);
+  charts.get("sweep-curves")?.destroy(); // its container was just replaced
+  charts.delete("sweep-curves");
+  if (data.length) drawChart("sweep-curves", container, "epoch / step", data);
 }
 
 function renderOutputs(list, run) {

@@ -243,3 +243,69 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     browser.set_window_size(390, 844)
     shot(browser, screenshots, "09-runs-phone")
     assert console_errors(browser) == []
+
+
+SWEEP_TRAIN_PY = b"""import json, math, sys, time
+args = sys.argv[1:]
+lr = float(args[args.index("--lr") + 1])
+for epoch in range(1, 5):
+    loss = 10.0 if lr > 1 else abs(math.log10(lr) + 1.2) + 1.0 / epoch
+    print(json.dumps({"epoch": epoch, "loss": loss}), flush=True)
+    time.sleep(1.0 if lr > 1 else 0.2)
+"""
+
+
+def test_dashboard_shows_a_sweeps_leaderboard_and_trial_curves(api: Api, browser: Any) -> None:
+    """A sweep's parent page: its trials best first, the best one named, every trial's curve overlaid
+    and the stopped one marked."""
+    from selenium.webdriver.common.by import By
+
+    dataset = f"ui-sweep-{uuid.uuid4().hex[:6]}"
+    manifest = {
+        "toolkit": "pytorch",
+        "image": None,
+        "script": "train.py",
+        "arguments": "--lr ${{search_space.lr}}",
+        "files": ["train.py"],
+        "sweep": {
+            "parameters": {"lr": {"values": [0.01, 0.1, 5.0]}},
+            "sampling": "grid",
+            "max_trials": 3,
+            "max_concurrent_trials": 2,
+            "primary_metric": "loss",
+            "goal": "minimize",
+            "early_termination": {"policy": "median_stopping", "delay_evaluation": 1},
+        },
+    }
+    container = BlobServiceClient.from_connection_string(api.stack.connection_string).get_container_client(
+        api.settings.training_container
+    )
+    with contextlib.suppress(ResourceExistsError):
+        container.create_container()
+    container.upload_blob(f"{dataset}/train.py", SWEEP_TRAIN_PY, overwrite=True)
+    container.upload_blob(f"{dataset}/run.json", json.dumps(manifest), overwrite=True)
+
+    def parent() -> dict | None:
+        runs = api.get("/runs", params={"dataset": dataset}).json()["runs"]
+        done = [r for r in runs if r.get("parent_id") is None and r["state"] in ("succeeded", "failed")]
+        return done[0] if done else None
+
+    run = wait("the sweep to finish", parent, timeout=240)
+    assert run["state"] == "succeeded", run
+    browser.get(f"{api.base}/ui#/run/{run['id']}")
+    with contextlib.suppress(Exception):  # the key, when this browser has not given it yet
+        browser.find_element(By.ID, "key-input").send_keys(api.key)
+        browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    rows = wait(
+        "the leaderboard", lambda: browser.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr") or None
+    )
+    assert len(rows) == 3
+    assert rows[0].get_attribute("data-run") == run["sweep"]["best"]["trial"]  # best first
+    assert "lr=0.1" in text(browser, "#sweep-best")
+    stopped = [r for r in rows if r.get_attribute("data-stopped") == "true"]
+    assert stopped and all("stopped early" in r.text for r in stopped)
+    figure = wait("the trial curves", lambda: browser.find_element(By.ID, "sweep-curves"))
+    assert figure.get_attribute("data-series") == "3"
+    assert "(stopped early)" in figure.find_element(By.CSS_SELECTOR, ".chart").get_attribute("aria-label")
+    assert browser.find_elements(By.CSS_SELECTOR, "#sweep-curves canvas")
+    assert unlabelled(browser) == [] and console_errors(browser) == []
