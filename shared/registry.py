@@ -59,6 +59,8 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
 )
 from azure.data.tables import TableClient, UpdateMode
 
@@ -545,6 +547,43 @@ def _output_entity(run_id: str, o: OutputFile) -> dict[str, Any]:
 
 
 # --- the registry ----------------------------------------------------------------------------------
+TRANSIENT_ATTEMPTS = 4  # tries of one table call whose connection failed (0.1, 0.2, 0.4 s apart)
+_PAGED_CALLS = frozenset({"query_entities", "list_entities"})  # GETs: azure-core retries their pages
+
+
+class _TransientRetryingTable:
+    """The registry's table client, each call tried again (bounded) when its connection failed.
+
+    Why: azure-core retries a connection reset only for GET, PUT, DELETE and HEAD; an insert or a
+    batch (POST) or a merge (PATCH) whose kept-alive connection the server reset raises, and an
+    HTTP start answered 503 for it. Every registry call is safe to repeat: an insert that did take
+    effect answers 409 the second time, which each caller reads back and recognises as its own (a
+    run by its id, an idempotency key by its run id, a copy claim by its token, a dataset pointer by
+    its run id); upserts, batches of upserts and deletes are idempotent; a conditional update that
+    did take effect answers 412 and its compare-and-swap reads the entity again."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._table, name)
+        if name.startswith("_") or name in _PAGED_CALLS or not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(TRANSIENT_ATTEMPTS):
+                try:
+                    return attr(*args, **kwargs)
+                except (ServiceRequestError, ServiceResponseError) as exc:
+                    if attempt == TRANSIENT_ATTEMPTS - 1:
+                        raise
+                    log.warning("run registry: %s failed (%s); trying again", name, str(exc).splitlines()[0])
+                    time.sleep(0.1 * 2**attempt)
+            raise AssertionError("unreachable")
+
+        return call
+
+
 class RunRegistry:
     """Run records in one Azure Table. Thread-safe (the SDK client is), safe across processes."""
 
@@ -559,10 +598,12 @@ class RunRegistry:
     def __init__(self, table: TableClient | str, table_name: str = "runs", *, create_table: bool = True):
         """``table``: a ``TableClient``, or a storage connection string (then ``table_name`` names
         the table). The table is created on first use when ``create_table``."""
-        if isinstance(table, TableClient):
-            self.table = table
-        else:
-            self.table = TableClient.from_connection_string(table, table_name=table_name)
+        client = (
+            table
+            if isinstance(table, TableClient)
+            else TableClient.from_connection_string(table, table_name=table_name)
+        )
+        self.table: Any = _TransientRetryingTable(client)
         self._create_table = create_table
         self._table_ready = not create_table
 
@@ -766,7 +807,11 @@ class RunRegistry:
         try:
             meta = self.table.create_entity(entity)
         except ResourceExistsError:
-            return self.get(run_id)
+            existing = self.get(run_id)  # created by another caller, or this one's insert tried again
+            if rec.staged_files and not existing.staged_files:
+                self.add_staged_files(run_id, rec.staged_files)
+                existing.staged_files = list(rec.staged_files)
+            return existing
         rec.etag = meta.get("etag")
         if rec.staged_files:
             self.add_staged_files(run_id, rec.staged_files)
@@ -807,6 +852,8 @@ class RunRegistry:
                     return None
                 except ResourceExistsError:
                     continue
+            if current["run_id"] == run_id:
+                return None  # this caller's own insert, whose answer was lost and which it tried again
             if current["run_id"] != held_by:  # a new holder: give it the whole wait
                 held_by, deadline = current["run_id"], time.monotonic() + self.idempotency_wait_seconds
             with contextlib.suppress(RunNotFound):
@@ -985,7 +1032,14 @@ class RunRegistry:
         older than ``stale_seconds`` (its holder died mid-copy) is taken over by compare-and-swap."""
         self._ensure_table()
         row = COPY_PREFIX + _key_hash(f"{name}\n{etag or ''}")
-        entity = {"PartitionKey": run_id, "RowKey": row, "name": name, "claimed_at": time.time()}
+        token = secrets.token_hex(8)
+        entity = {
+            "PartitionKey": run_id,
+            "RowKey": row,
+            "name": name,
+            "claimed_at": time.time(),
+            "token": token,
+        }
         try:
             self.table.create_entity(entity)
             return True
@@ -995,6 +1049,8 @@ class RunRegistry:
             current = self.table.get_entity(run_id, row)
         except ResourceNotFoundError:
             return self.claim_file_copy(run_id, name, etag, stale_seconds=stale_seconds)  # released
+        if current.get("token") == token:
+            return True  # this caller's insert took effect; its answer was lost and it was tried again
         if time.time() - float(current.get("claimed_at", 0)) < stale_seconds:
             return False
         try:
