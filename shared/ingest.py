@@ -263,6 +263,8 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
             try:
                 spec, rec = _take_manifest(svc, rec, manifest_props, prepare=False)
                 spec_etag = etag_of(manifest_props)
+            except TransitionRejected:
+                return _ingest(blob_name, svc)  # submitted meanwhile (see below): decide again
             except TooManyFiles as exc:
                 manifest_etag = etag_of(manifest_props)
                 _fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset, manifest_etag=manifest_etag)
@@ -282,6 +284,11 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
     if ref.path == MANIFEST_NAME:
         try:
             spec, rec = _take_manifest(svc, rec, props, prepare=False)
+        except TransitionRejected:
+            # The run left staging after this delivery claimed it: another delivery (a data blob
+            # reads the manifest too) took this manifest and submitted it. Decided again from the
+            # top: the same manifest version is then a replay, a newer one starts the next run.
+            return _ingest(blob_name, svc)
         except TooManyFiles as exc:
             _fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset, manifest_etag=etag)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))

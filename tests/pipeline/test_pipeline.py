@@ -870,3 +870,21 @@ def test_a_duplicate_delivery_never_writes_into_the_snapshot_of_a_submitted_run(
     props_now = share.get_file_client(f"{rec.snapshot}/Train-28x28_cntk_text.txt").get_file_properties()
     assert (props_now.etag, props_now.copy.id) == (props_at_submission.etag, props_at_submission.copy.id)
     assert [f.name for f in rec.staged_files] == sorted(QUICKSTART_FILES)
+
+
+def test_a_manifest_delivery_whose_run_was_submitted_by_the_data_blobs_meanwhile_is_a_replay(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything uploaded before any trigger fires (test_twenty_datasets_at_once under load): a data
+    blob's delivery reads run.json itself, so the data deliveries can take the manifest and submit the
+    run between the manifest delivery's claim and its own taking of the manifest. That delivery is
+    then a replay, not an error (it raised TransitionRejected before)."""
+    p = pipeline
+    ds = dataset_name("late")
+    names = p.upload(ds, QUICKSTART_FILES, QUICKSTART_MANIFEST)
+    data = [n for n in names if not n.endswith("/run.json")]
+    done = after_next_claim(p, monkeypatch, lambda: [ingest_blob(n, p.services) for n in data])
+    manifest = ingest_blob(f"{ds}/run.json", p.services)
+    assert sum(r.submitted for r in done[0]) == 1
+    assert manifest.action == "replay" and not manifest.submitted, manifest
+    assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [manifest.run_id]
