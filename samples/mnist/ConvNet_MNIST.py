@@ -265,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         torch_dist.init_process_group(backend, init_method=dist.init_method, rank=dist.rank,
                                       world_size=dist.world_size)  # fmt: skip
     try:
-        return train(args, dist, device, use_cuda, train_x, train_y, test_x, test_y, started)
+        code = train(args, dist, device, use_cuda, train_x, train_y, test_x, test_y, started)
+        if dist.enabled:
+            # Leave together: a rank that tears gloo down while rank 0 still evaluates and writes the
+            # model can abort ("terminate called without an active exception", exit -6).
+            torch_dist.barrier()
+        return code
     finally:
         if dist.enabled:
             torch_dist.destroy_process_group()
