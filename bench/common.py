@@ -122,6 +122,18 @@ def stack_env(stack: LocalStack, **overrides: str) -> dict[str, str]:
 
 
 # --- the ARM emulator's admin endpoints --------------------------------------------------------------
+def check_disk(work: Path, size: int, copies: int, doing: str) -> None:
+    """Refuse to start a benchmark that would fill the disk: ``copies`` copies of ``size`` bytes plus
+    512 MiB of slack must fit where it works."""
+    free = shutil.disk_usage(work).free
+    need = copies * size + 512 * 1024 * 1024
+    if free < need:
+        raise RuntimeError(
+            f"{work} has {mib(free):.0f} MiB free; {doing} a {mib(size):.0f} MiB dataset needs "
+            f"{mib(need):.0f} MiB (use --blob-size or --quick)"
+        )
+
+
 def arm_admin(stack: LocalStack, path: str, method: str = "GET", body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(

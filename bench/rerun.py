@@ -22,7 +22,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchOptions, Figure, arm_requests_since, local_stack, mib, stack_env, wait_until
+from bench.common import (
+    BenchOptions,
+    Figure,
+    arm_requests_since,
+    check_disk,
+    local_stack,
+    mib,
+    stack_env,
+    wait_until,
+)
 from bench.ingest_latency import SCRIPT, training_container
 
 GEN_CHUNK = 4 * 1024 * 1024
@@ -105,21 +114,11 @@ def copy_sources(share: Any, rec: Any, container_name: str) -> tuple[int, int]:
     return from_blob, carried
 
 
-def check_disk(work: Path, size: int) -> None:
-    free = shutil.disk_usage(work).free
-    need = 4 * size + 512 * 1024 * 1024  # the temp file, Azurite's copy, two snapshots
-    if free < need:
-        raise RuntimeError(
-            f"{work} has {mib(free):.0f} MiB free; the re-run of a {mib(size):.0f} MiB dataset needs "
-            f"{mib(need):.0f} MiB (use --blob-size or --quick)"
-        )
-
-
 def run(options: BenchOptions) -> list[Figure]:
     size = options.blob_size
     work = Path(options.work_dir) / "rerun"
     work.mkdir(parents=True, exist_ok=True)
-    check_disk(work, size)
+    check_disk(work, size, copies=4, doing="re-running")  # the temp file, Azurite's copy, two snapshots
     services = ["azurite", "files", "arm", "functions", "eventgrid"]
     copy_timeout = 120 + size / (20 * 1024 * 1024)  # at least 20 MiB/s on a loaded machine
     try:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, BenchOptions, Figure, local_stack, median, mib, repo_env
+from bench.common import PY, BenchOptions, Figure, check_disk, local_stack, median, mib, repo_env
 from infra.local.stack import REPO_ROOT
 
 CONTAINER = "benchstaging"  # not training-data: a function app watching that would ingest it
@@ -172,21 +172,11 @@ def make_blob(stack: Any, size: int, work: Path) -> None:
     source.unlink()
 
 
-def check_disk(work: Path, size: int) -> None:
-    free = shutil.disk_usage(work).free
-    need = 3 * size + 512 * 1024 * 1024  # Azurite's copy, the share's copy, the downloaded copy
-    if free < need:
-        raise RuntimeError(
-            f"{work} has {mib(free):.0f} MiB free; staging a {mib(size):.0f} MiB blob needs "
-            f"{mib(need):.0f} MiB (use --blob-size or --quick)"
-        )
-
-
 def run(options: BenchOptions) -> list[Figure]:
     size = options.blob_size
     work = Path(options.work_dir) / "staging"
     work.mkdir(parents=True, exist_ok=True)
-    check_disk(work, size)
+    check_disk(work, size, copies=3, doing="staging")  # Azurite's copy, the share's copy, the downloaded copy
     repeats = max(1, options.staging_repeats)
     stage_runs: list[dict[str, Any]] = []
     download_runs: list[dict[str, Any]] = []
