@@ -1,5 +1,6 @@
-"""`python -m bench` (`make bench`): every benchmark of issue 8 on local stacks of its own, a table,
-and `bench/results.json`.
+"""`python -m bench` (`make bench`): every speed and cost benchmark (ingest latency, staging,
+re-run, monitor pass, idle nodes, cold import, demo overhead, data-parallel scaling, sweep overhead) on
+local stacks of its own, a table, and `bench/results.json`.
 
     python -m bench [--quick] [--only NAME ...] [--blob-size BYTES] [--out PATH] [--work-dir DIR]
 

@@ -1,7 +1,7 @@
 """What every benchmark shares: the figure record, medians, the local stack, ARM request-log helpers.
 
 Why one `Figure` shape: `__main__` prints every benchmark's figures in one table and writes them to
-`bench/results.json`, each next to the baseline measured in the same run and the issue's target, so a
+`bench/results.json`, each next to the baseline measured in the same run and its target, so a
 reader never compares an absolute time from a noisy machine with a number from another day.
 """
 
@@ -32,7 +32,7 @@ class Figure:
     name: str
     value: float  # the figure compared to the target (a ratio, seconds, bytes, a count)
     unit: str
-    target: str  # as the issue states it, e.g. "<= 2 s"
+    target: str  # the target the figure is held to, e.g. "<= 2 s"
     met: bool | None  # None: no target for this line (a supporting measurement)
     baseline: str = ""  # what the figure is compared to, with its measured value
     runs: int = 1

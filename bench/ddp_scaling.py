@@ -1,4 +1,4 @@
-"""Data-parallel scaling of the MNIST sample (issue 17): training samples per second with 2 ranks
+"""Data-parallel scaling of the MNIST sample: training samples per second with 2 ranks
 (DistributedDataParallel, gloo on the CPU, started as Batch AI and Azure ML start them: RANK,
 WORLD_SIZE, MASTER_ADDR/MASTER_PORT) vs 1 process, on the same generated data for the same epochs,
 measured side by side in one run, alternating.

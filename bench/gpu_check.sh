@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MNIST sample on CUDA (issue 17): one process, then DistributedDataParallel (nccl) with one rank
+# The MNIST sample on CUDA, single process and data-parallel: one process, then DistributedDataParallel (nccl) with one rank
 # per GPU, on the same generated data for the same epochs; prints each run's samples/s and accuracy.
 # Run it on a machine with an NVIDIA GPU and torch with CUDA:  bash bench/gpu_check.sh [TRAIN] [EPOCHS]
 # Not yet run on a GPU (see README.md, "Data-parallel training").

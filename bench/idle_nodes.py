@@ -1,4 +1,4 @@
-"""Idle node time after a run ends (issue 16): what a dataset's cluster costs once its job is done.
+"""Idle node time after a run ends (idle release): what a dataset's cluster costs once its job is done.
 
 A dataset is dropped (ingest_blob for each upload, in process, through the real clients), its job
 runs on a fresh one-node manual cluster, and the monitor (`shared.monitor.run_monitor`) runs every

@@ -1,4 +1,4 @@
-"""Re-run of a big dataset whose one small file changed (issue 18): manifest upload -> job created,
+"""Re-run of a big dataset whose one small file changed (run snapshots): manifest upload -> job created,
 next to a fresh tiny dataset in the same run, and where the re-run's bytes came from.
 
 The real path, as `ingest_latency` (the local Functions host and its blob scan, the emulators). A

@@ -3,7 +3,7 @@
 Staging (`shared.staging.stage_blob`) asks the File service to copy the blob server side and polls
 the copy; the baseline is what a function that did *not* copy server side would at best do: download
 the blob to local disk with azure-storage-blob's defaults. Both run in a child interpreter of their
-own (the "host process" of the issue), so their peak RSS is theirs alone: the child reports the RSS
+own (standing in for the Functions host process), so their peak RSS is theirs alone: the child reports the RSS
 it had when ready and its peak (`VmHWM`), and this process samples the child's and the
 Files emulator's RSS with psutil while it works. The blob is uploaded the way the CLI uploads
 (Content-MD5 set), so staging verifies the MD5 the copy carried over instead of reading the file back.

@@ -1,5 +1,5 @@
 """Node time: how long each cluster has held nodes, what each run cost in node-minutes, and when a
-cluster has been idle long enough to give its nodes back (issue 16).
+cluster has been idle long enough to give its nodes back (idle release, `CLUSTER_IDLE_MINUTES`).
 
 Why here and pure: the monitor already lists the workspace's clusters once per pass (with their node
 counts), so it samples node time at no extra ARM request. ``advance`` is the arithmetic of one pass

@@ -58,7 +58,7 @@ class SettingsError(ValueError):
 
 
 class ClusterIdleAction(StrEnum):
-    """What the monitor does with a cluster idle for CLUSTER_IDLE_MINUTES (issue 16)."""
+    """What the monitor does with a cluster idle for CLUSTER_IDLE_MINUTES (idle release)."""
 
     # Resize a manually scaled cluster to zero nodes: no node bills, and the next run of the dataset
     # starts by asking for nodes again instead of creating the cluster.

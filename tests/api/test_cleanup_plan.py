@@ -161,7 +161,7 @@ def test_snapshots_of_runs_finished_past_retention_are_deleted_never_one_in_use(
 
 
 def test_dataset_directories_are_compared_case_insensitively() -> None:
-    """Issue 19.3: `mnist` finished days ago and `MNIST` running are one directory on Azure Files."""
+    """`mnist` finished days ago and `MNIST` running are one directory on Azure Files."""
     inv = Inventory(
         runs=[
             RunInfo("r1", "mnist", "succeeded", finished_at=NOW - 100 * H),

@@ -1,4 +1,4 @@
-"""Issue 18.3: many apps starting runs on one folder at once. Thirty concurrent `POST /api/runs`
+"""Many apps starting runs on one folder at once. Thirty concurrent `POST /api/runs`
 staging the same folder, each with its own Idempotency-Key, all get their own run (never a 5xx, never
 two runs copying to one file: each run has its own snapshot); thirty with one shared key get exactly
 one run between them."""

@@ -92,7 +92,7 @@ def test_state_survives_restart_and_running_jobs_fail_clearly(private_arm: Priva
 
 
 def test_inline_secrets_reach_the_job_but_never_the_state_file(private_arm: PrivateArm) -> None:
-    """Issue 19 item 10: secret environment variables, mount keys and admin passwords stay in memory."""
+    """Secret environment variables, mount keys and admin passwords stay in memory."""
     (private_arm.files_root / "devstoreaccount1" / "sealed").mkdir(parents=True)
     share_url = "https://devstoreaccount1.file.core.windows.net/sealed"
     c = make_clients(private_arm.endpoint, PRIVATE_ARM_TOKEN)

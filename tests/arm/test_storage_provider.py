@@ -42,7 +42,7 @@ def test_accounts_are_listed_with_their_endpoints_and_keys(storage, arm_stack) -
 
 
 def test_the_named_account_is_listed_with_its_key(storage, arm_stack) -> None:
-    """Issue 20 item 5: the stack's second, named account, with the key the storage services accept."""
+    """The stack's second, named account, with the key the storage services accept."""
     account = {a.name: a for a in storage.storage_accounts.list()}[NAMED_ACCOUNT]
     assert account.primary_endpoints.file == f"http://127.0.0.1:{arm_stack.ports.files}/{NAMED_ACCOUNT}/"
     keys = storage.storage_accounts.list_keys(account.id.split("/")[4], NAMED_ACCOUNT)["keys"]

@@ -141,7 +141,7 @@ def test_data_and_host_storage_accounts() -> None:
 
 
 def test_data_account_holds_the_containers_and_table_and_the_share_account_only_the_share() -> None:
-    """Issue 19 item 4: the key every cluster node holds opens the share and nothing else."""
+    """The key every cluster node holds opens the share and nothing else."""
     template = _main()
     data = template.resource_name("dataStorage")
     share_account = template.resource_name("shareStorage")
@@ -242,7 +242,7 @@ def test_key_vault_in_rbac_mode_holds_the_secrets() -> None:
 
 
 def test_key_vault_cannot_be_purged_and_stays_recoverable() -> None:
-    """Issue 19 item 11: purge protection on (whatever the parameters), soft delete long enough to
+    """Key Vault: purge protection on (whatever the parameters), soft delete long enough to
     notice and recover (at least 30 days; 90 by default)."""
     template = _main()
     properties = _one(template, "Microsoft.KeyVault/vaults")[1]["properties"]
@@ -375,7 +375,7 @@ def _batch_ai_access(template: Template) -> tuple[Template, dict[str, Any]]:
 
 
 def test_the_app_has_a_custom_role_with_exactly_the_operations_it_calls_on_the_batch_ai_group() -> None:
-    """Issue 19 item 11: not Contributor; a custom role listing the Microsoft.BatchAI and
+    """The app's role: not Contributor; a custom role listing the Microsoft.BatchAI and
     Microsoft.Resources actions the code calls, assignable to the Batch AI resource group only."""
     calls = _sdk_calls()
     unknown = calls - set(SDK_CALL_ACTIONS) - set(NOT_GRANTED)

@@ -332,7 +332,7 @@ def wait_copied(file: Any) -> Any:
 
 
 def test_copy_from_a_file_url_inside_the_share_as_azure_authorizes_it(stack, share: ShareClient) -> None:
-    """Issue 18.1: snapshots carry files inside the share with Copy File from a file URL. Azure takes
+    """Snapshots carry files inside the share with Copy File from a file URL. Azure takes
     a file of the destination's own account as source on the copy request's Shared Key, or any file
     by a SAS granting read on it; anything else is 403 CannotVerifyCopySource, and nothing is written."""
     payload = os.urandom(MiB + 3)
@@ -381,7 +381,7 @@ def test_copy_from_a_file_url_inside_the_share_as_azure_authorizes_it(stack, sha
 
 
 def test_names_are_case_preserving_but_case_insensitive_as_on_azure_files(stack, share: ShareClient) -> None:
-    """Issue 19.3: on Azure Files `MNIST` and `mnist` are one directory. The emulator keeps the
+    """On Azure Files `MNIST` and `mnist` are one directory. The emulator keeps the
     spelling an entry was created with and finds it by any spelling, so tests see what Azure does."""
     share.get_directory_client("mnist").create_directory()
     share.get_file_client("mnist/Train.txt").upload_file(b"version 1")

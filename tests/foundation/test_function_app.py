@@ -1,4 +1,4 @@
-"""The entry point: every blueprint registered, host.json as the issue asks, and a cheap import."""
+"""The entry point: every blueprint registered, host.json as the app needs it, and a cheap import."""
 
 from __future__ import annotations
 

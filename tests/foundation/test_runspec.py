@@ -413,7 +413,7 @@ def test_spec_context_carries_the_default_vault_from_the_settings() -> None:
     ],
 )
 def test_run_specs_and_settings_agree_on_what_a_key_vault_secret_url_is(url: str, valid: bool) -> None:
-    """Issue 18.4: one check serves both (they disagreed on a path with /secrets/ inside it)."""
+    """One check serves both (they disagreed on a path with /secrets/ inside it)."""
     from pydantic import ValidationError
 
     from shared.settings import Settings, SettingsError, local_stack_values

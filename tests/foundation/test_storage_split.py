@@ -1,4 +1,4 @@
-"""Issue 19 item 4: the file share the clusters mount with a key lives in an account of its own; the data
+"""The file share the clusters mount with a key lives in an account of its own; the data
 account (training blobs, run registry, reports) is reached by the app's managed identity, with no key
 anywhere in the app's settings, and no key of it ever reaches a cluster node."""
 

@@ -1,4 +1,4 @@
-"""Idle clusters give their nodes back (issue 16), end to end: ingest_blob for the uploads and
+"""Idle clusters give their nodes back (idle release), end to end: ingest_blob for the uploads and
 run_monitor as the timer, against the ARM emulator's node allocation, through the real SDKs."""
 
 from __future__ import annotations

@@ -679,7 +679,7 @@ def test_an_invalid_manifest_does_not_fail_the_run_an_http_start_adopted(
 def test_each_run_trains_on_its_own_snapshot_and_unchanged_files_are_carried_inside_the_share(
     pipeline: Pipeline,
 ) -> None:
-    """Issue 18.1: a file uploaded again while the dataset's run is submitted goes to the next run's
+    """A file uploaded again while the dataset's run is submitted goes to the next run's
     snapshot; the first run's snapshot keeps what its job was submitted with, byte for byte. The
     next run copies only the changed file from blob storage: the unchanged ones are carried from the
     first snapshot by a copy inside the share. Each record lists its snapshot (path, size, MD5, ETag)."""
@@ -785,7 +785,7 @@ def test_the_operators_narrowing_settings_fail_uploaded_manifests_naming_the_fie
 def test_a_dataset_over_the_file_list_limit_fails_at_once_with_a_named_error(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 19.9: a manifest with no `files` list over a dataset larger than the documented limit
+    """A manifest with no `files` list over a dataset larger than the documented limit
     fails its run when the manifest is taken, with FileListTooLarge naming the limit: no retry into
     the poison queue, no wait for the staging timeout. (The limit is lowered to keep the test small;
     the 12,000-file list itself is stored by test_registry.)"""
@@ -806,7 +806,7 @@ def test_a_dataset_over_the_file_list_limit_fails_at_once_with_a_named_error(
 
 
 def test_datasets_differing_only_in_case_never_share_their_input(pipeline: Pipeline) -> None:
-    """Issue 19.3: on Azure Files (and the Files emulator, case-insensitive like it) `Mnist-x` and
+    """On Azure Files (and the Files emulator, case-insensitive like it) `Mnist-x` and
     `mnist-x` would be one directory. Each run's input is its own snapshot, so staging one dataset never
     overwrites what a submitted run of the other reads."""
     p = pipeline
@@ -828,7 +828,7 @@ def test_datasets_differing_only_in_case_never_share_their_input(pipeline: Pipel
 
 
 def test_a_start_on_a_staged_dataset_finds_it_under_any_case(pipeline: Pipeline) -> None:
-    """Issue 19.3: `POST /api/runs` without a prefix snapshots the dataset's latest snapshot; the name
+    """`POST /api/runs` without a prefix snapshots the dataset's latest snapshot; the name
     is matched as the share matches it, ignoring case."""
     p = pipeline
     ds = dataset_name("anycase")

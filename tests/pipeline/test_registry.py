@@ -308,7 +308,7 @@ def test_a_claim_that_meets_its_idempotency_keys_run_points_the_pointer_back(reg
 
 
 def test_a_twelve_thousand_file_list_is_stored_one_entity_per_file(registry: RunRegistry) -> None:
-    """Issue 19.9: a manifest with no `files` list over ~12,000 blobs used to overflow the run's JSON
+    """A manifest with no `files` list over ~12,000 blobs used to overflow the run's JSON
     field (256,000 characters). The list is entities now: stored, read back in order, replaced."""
     names = [f"images/class-{i % 10}/sample-{i:06d}.png" for i in range(12_000)]
     assert len(",".join(names)) > reg.MAX_JSON_CHARS

@@ -1,4 +1,4 @@
-"""Issue 19 item 4 on the local stack: the share in an account of its own (the stack's named account on
+"""Storage split on the local stack: the share in an account of its own (the stack's named account on
 the Files emulator), the blobs and the run registry in devstoreaccount1 (Azurite). Ingest copies across
 accounts, the cluster mounts the share account's share, and the job trains on what was staged there."""
 

@@ -1,4 +1,4 @@
-"""The issue's judge: a dataset drop whose run.json sweeps the MNIST sample's learning rate and batch
+"""A sweep end to end: a dataset drop whose run.json sweeps the MNIST sample's learning rate and batch
 size (tiny data, 3 short epochs, so seconds per trial). The parent succeeds, the best trial is the one
 with the best final loss, median stopping stops the deliberately bad learning rate, and replayed
 triggers and overlapping monitor passes start no trial twice."""

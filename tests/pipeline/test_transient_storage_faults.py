@@ -1,4 +1,4 @@
-"""Issue 18.3 "never a 5xx" for starts: a storage connection reset inside a start (Azurite under load
+"""Never a 5xx for starts: a storage connection reset inside a start (Azurite under load
 resets kept-alive connections; Azure's front ends do too) is retried, not answered 503. The
 registry's table client talks to Azurite through a transport that sends each request for real and
 then loses the answer of the first few POSTs (what a reset after the server acted does; azure-core

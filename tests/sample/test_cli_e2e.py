@@ -143,7 +143,7 @@ def test_start_idempotent_then_teardown(
     assert watched.stderr.splitlines() == [f"error: run {run_id} ended cancelled"]
     assert "error: Cancelled: cancelled on request" in watched.stdout
 
-    # Issue 18.4: the CLI says what the API said. Deleting a cluster is long-running: the API answers
+    # The CLI says what the API said. Deleting a cluster is long-running: the API answers
     # `deleting` (202), so the CLI must not claim it is deleted.
     gone = cli(function_app, "delete-cluster", cluster, "--force")
     assert gone.returncode == 0, gone.stderr

@@ -214,7 +214,7 @@ def test_azurite_refuses_the_published_key(local_stack) -> None:
         assert refused.value.status_code == 403
 
 
-# --- end to end: the second, named account (issue 20 item 5) -----------------------------------------
+# --- end to end: the second, named account -------------------------------------------------------
 
 
 @e2e
