@@ -1322,11 +1322,14 @@ def resubmit_run(
         raise ResubmitRefused("RunNotFinished", f"run {run_id} is {source.state}; resubmit a finished run")
     from shared import sweep_runs
 
-    if sweep_runs.is_parent(source) or source.parent_id is not None:
+    if source.parent_id is not None:
         raise ResubmitRefused(
             "SweepResubmitUnsupported",
-            f"run {run_id} is part of a sweep: resubmitting a sweep or its trials is not supported yet",
+            f"run {run_id} is a trial of sweep {source.parent_id}: resubmit the sweep, which runs its "
+            "failed and cancelled trials again",
         )
+    if sweep_runs.is_parent(source):
+        return _resubmit_sweep(svc, source, overrides, idempotency_key)
     data = dict(source.spec or {})
     data.update(overrides or {})
     masked = [
@@ -1340,20 +1343,10 @@ def resubmit_run(
         )
     spec = parse_run_spec(data, svc.spec_context)
     svc.cloud.check_spec(spec)
-    data_dir = _data_dir(source)
-    try:
-        present = svc.share.get_directory_client(data_dir).exists()
-    except HttpResponseError:
-        present = False
+    _check_snapshot_kept(svc, source)
     staged = list(source.staged_files)
     wanted = spec.required_files() or [f.name for f in staged]
     missing = [name for name in wanted if name not in {f.name for f in staged}]
-    if not present or not staged:
-        raise ResubmitRefused(
-            "SnapshotCleanedUp",
-            f"run {run_id}'s snapshot {data_dir} is gone (the nightly cleanup deletes a finished run's "
-            "snapshot after STAGED_DATA_RETENTION_HOURS): start a new run from the dataset instead",
-        )
     if missing:
         raise MissingFiles(f"required file(s) not in run {run_id}'s snapshot: {', '.join(missing[:20])}")
     fields: dict[str, Any] = {
@@ -1379,6 +1372,76 @@ def resubmit_run(
             _prepare_infrastructure(svc, rec, spec)
         check_ready(rec.run_id, svc, spec)
     return svc.registry.get(rec.run_id)
+
+
+def _check_snapshot_kept(svc: Services, source: RunRecord) -> None:
+    """Refuse (SnapshotCleanedUp) a resubmit whose run's snapshot the cleanup deleted."""
+    data_dir = _data_dir(source)
+    try:
+        present = svc.share.get_directory_client(data_dir).exists()
+    except HttpResponseError:
+        present = False
+    if not present or not source.staged_files:
+        raise ResubmitRefused(
+            "SnapshotCleanedUp",
+            f"run {source.run_id}'s snapshot {data_dir} is gone (the nightly cleanup deletes a finished "
+            "run's snapshot after STAGED_DATA_RETENTION_HOURS): start a new run from the dataset instead",
+        )
+
+
+def _resubmit_sweep(
+    svc: Services, parent: RunRecord, overrides: dict[str, Any] | None, idempotency_key: str | None
+) -> RunRecord:
+    """Resubmitting a sweep's parent runs its failed and cancelled trials again under the same
+    parent, with the same spec and parameters on the same snapshot (shared.sweep_runs.resubmit); the
+    answer is the parent, running again. Overrides would make the re-runs differ from the trials
+    they replace, so they are refused."""
+    from shared import sweep_runs
+
+    if overrides:
+        raise ResubmitRefused(
+            "SweepOverridesUnsupported",
+            f"run {parent.run_id} is a sweep: its failed trials run again with the sweep's own spec and "
+            "parameters, so overrides are not accepted (start a new sweep to change them)",
+        )
+    spec = _kept_spec(svc, parent)
+    _check_snapshot_kept(svc, parent)
+    if idempotency_key:
+        holder = svc.registry.reserve_idempotency_key(idempotency_key, parent.run_id)
+        if holder is not None:
+            return holder
+    try:
+        sweep_runs.resubmit(svc, parent, spec)
+    except LookupError as exc:
+        raise ResubmitRefused("NothingToResubmit", str(exc)) from None
+    except TransitionRejected as rejected:
+        raise ResubmitRefused(
+            "RunNotFinished",
+            f"run {parent.run_id} is {rejected.current.state}: another request resubmitted it meanwhile",
+        ) from None
+    log.info("sweep %s: resubmitted", parent.run_id, extra=parent.log_extra())
+    return svc.registry.get(parent.run_id)
+
+
+def _kept_spec(svc: Services, rec: RunRecord) -> RunSpec:
+    """A finished run's spec with its secrets, for running it again: the manifest it took when that
+    is unchanged, else the recorded spec, refused (SecretsNotKept) when it had inline secret values
+    (the registry never keeps them)."""
+    if rec.source == "blob" and rec.manifest_etag:
+        blob = svc.container.get_blob_client(f"{rec.dataset}/{MANIFEST_NAME}")
+        with contextlib.suppress(ResourceNotFoundError, RunSpecError):
+            props = blob.get_blob_properties()
+            if etag_of(props) == rec.manifest_etag:
+                return read_manifest(svc, rec.dataset, props)
+    spec = parse_run_spec(rec.spec or {}, svc.spec_context)
+    masked = _inline_secrets(spec)
+    if masked:
+        raise ResubmitRefused(
+            "SecretsNotKept",
+            f"run {rec.run_id}'s secret environment variables ({', '.join(sorted(masked))}) were given "
+            "inline and are not kept: start the sweep again with them, or use Key Vault references",
+        )
+    return spec
 
 
 def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | None = None) -> RunRecord:

@@ -161,8 +161,10 @@ def _schemas() -> dict[str, Any]:
             "sweep": {
                 "type": ["object", "null"],
                 "description": "A sweep's parent: role 'parent', trials, primary_metric, goal and, once "
-                "it succeeded, best {trial, parameters, metric {name, value}}; a trial: role 'trial', "
-                "index, parameters",
+                "it succeeded, best {trial, parameters, metric {name, value}}; after a resubmit, attempts "
+                "{index: round} and resubmits [{round, time, reran {index: run id}, started, state_before, "
+                "best_before}]; a trial: role 'trial', index, parameters and, for a re-run, attempt and "
+                "rerun_of (the run id it re-runs)",
             },
         },
     }
@@ -293,6 +295,10 @@ def _schemas() -> dict[str, Any]:
                 "early_terminated": {"type": "boolean", "description": "Stopped by the sweep's policy"},
                 "metric": {"type": ["number", "null"], "description": "The primary metric's final value"},
                 "duration_seconds": {"type": ["number", "null"]},
+                "attempt": {
+                    "type": "integer",
+                    "description": "0: the trial's first run; K: its re-run by the sweep's resubmit round K",
+                },
             },
         },
         "Run": run,
@@ -580,10 +586,16 @@ def _operations() -> dict[str, Any]:
             "post": {
                 "operationId": "resubmitRun",
                 "summary": "Start a new run with a finished run's spec (top-level fields replaced by "
-                "overrides) on the same snapshot; 409 when the snapshot was cleaned up, the run is "
-                "not finished, its inline secrets are needed, or it is part of a sweep",
+                "overrides) on the same snapshot; for a sweep's parent, run its failed and cancelled "
+                "trials again; 409 when the snapshot was cleaned up, the run is not finished, its "
+                "inline secrets are needed, or it is a sweep's trial",
                 "description": security_note
-                + " With an Idempotency-Key header, the same key gives the same run.",
+                + " With an Idempotency-Key header, the same key gives the same run. A sweep's parent"
+                " is not copied: its failed and cancelled trials (not those its policy stopped early)"
+                " get new attempts `<trial id>-rK` with the same parameters on the same snapshot, the"
+                " parent goes back to `running` and is the answer, and it finishes again naming the best"
+                " over the current attempts (its callback fires again); overrides are refused"
+                " (409 SweepOverridesUnsupported), and 409 NothingToResubmit when no trial failed.",
                 "parameters": [
                     {
                         "name": "Idempotency-Key",
@@ -611,7 +623,10 @@ def _operations() -> dict[str, Any]:
                 },
                 "responses": {
                     "202": {
-                        **_json(_ref("StartedRun"), "Accepted: the new run; poll its Location"),
+                        **_json(
+                            _ref("StartedRun"),
+                            "Accepted: the new run (a sweep: its parent); poll its Location",
+                        ),
                         "headers": {
                             "Location": {"description": "The new run's URL", "schema": {"type": "string"}}
                         },

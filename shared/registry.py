@@ -921,6 +921,42 @@ class RunRegistry:
         log.info("run %s -> %s", run_id, to_state, extra=rec.log_extra())
         return rec
 
+    def reopen(
+        self,
+        run_id: str,
+        *,
+        current: RunRecord | None = None,
+        guard: Callable[[RunRecord], Any] | None = None,
+        **changes: Any,
+    ) -> RunRecord:
+        """Take a finished sweep parent back to ``running`` (resubmitting its failed trials, see
+        ``shared.sweep_runs.resubmit``): the one way out of a terminal state, and only for a run
+        whose ``sweep`` says it is a parent; an ordinary run is resubmitted as a new run instead.
+        A compare-and-swap like ``transition``: of two callers exactly one wins, the other gets
+        ``TransitionRejected``. The finished states' times are dropped from ``times`` (the caller
+        keeps them in the sweep's history); ``callback`` and ``callback_pending`` are reset, so the
+        parent's next finish sends its callback again."""
+        if "state" in changes:
+            raise RegistryError("reopen() sets the state itself")
+
+        def mutate(rec: RunRecord) -> None:
+            if guard is not None:
+                guard(rec)
+            if rec.state not in TERMINAL_STATES or (rec.sweep or {}).get("role") != "parent" or rec.parent_id:
+                raise TransitionRejected(
+                    f"run {rec.run_id} is {rec.state}; only a finished sweep parent can be reopened", rec
+                )
+            _apply(rec, changes)
+            rec.state = RUNNING
+            rec.times = {s: t for s, t in rec.times.items() if s not in TERMINAL_STATES}
+            rec.times[RUNNING] = utcnow()
+            rec.callback = None
+            rec.callback_pending = False
+
+        rec = self._cas(run_id, mutate, current)
+        log.info("run %s reopened -> %s", run_id, RUNNING, extra=rec.log_extra())
+        return rec
+
     def update(
         self,
         run_id: str,

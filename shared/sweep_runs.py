@@ -19,6 +19,10 @@ A trial is an ordinary run (its own record, job, metrics, logs and outputs) with
 (``shared.sweep.trial_spec``), so secrets the parent's manifest holds reach the trial's job the way
 they reach an ordinary run's (``ingest.submission_spec`` derives it again when needed). Cancelling
 the parent cancels its trials (``cancel_trials``; the next pass also cancels any a race started).
+
+Resubmitting a finished parent (``resubmit``) runs its failed and cancelled trials again: each gets
+a new attempt ``<trial id>-rK`` (round K) and the parent's ``sweep.attempts`` says which attempt of
+each trial is current; the parent runs again and finishes over the current attempts.
 """
 
 from __future__ import annotations
@@ -91,13 +95,37 @@ def start_parent(svc: Any, rec: RunRecord, spec: RunSpec) -> bool:
     return True
 
 
+def attempt_of(parent: RunRecord, index: int) -> int:
+    """Which attempt of trial ``index`` is current: 0, or the round of the resubmit that re-ran it."""
+    return int(((parent.sweep or {}).get("attempts") or {}).get(str(index), 0))
+
+
+def attempt_id(parent_id: str, index: int, attempt: int) -> str:
+    """A trial attempt's run id: ``<parent>-tNNN`` for the first, ``<parent>-tNNN-rK`` for the one
+    resubmit round K started (derived, so a replay finds the same run)."""
+    base = sweeps.trial_id(parent_id, index)
+    return base if attempt == 0 else f"{base}-r{attempt}"
+
+
 def trial_records(registry: Any, parent: RunRecord, count: int) -> dict[int, RunRecord]:
-    """The parent's trials that exist, by index (ids are derived, so no query is needed)."""
+    """The current attempt of each of the parent's trials that exist, by index (ids are derived,
+    so no query is needed)."""
     found: dict[int, RunRecord] = {}
     for index in range(count):
         with contextlib.suppress(RunNotFound):
-            found[index] = registry.get(sweeps.trial_id(parent.run_id, index), with_files=False)
+            run_id = attempt_id(parent.run_id, index, attempt_of(parent, index))
+            found[index] = registry.get(run_id, with_files=False)
     return found
+
+
+def early_terminated(rec: RunRecord) -> bool:
+    """A trial the early-termination policy stopped (not one that failed or was cancelled)."""
+    return any(e.get("code") == EARLY_TERMINATED for e in rec.errors)
+
+
+def to_rerun(rec: RunRecord) -> bool:
+    """A trial a resubmit runs again: it failed, or was cancelled other than by the policy."""
+    return rec.state == FAILED or (rec.state == CANCELLED and not early_terminated(rec))
 
 
 def series_of(registry: Any, run_id: str, metric: str) -> list[list[float]]:
@@ -156,15 +184,19 @@ def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial)
     from shared.ingest import submit
 
     child = sweeps.trial_spec(spec, trial)
+    attempt = attempt_of(parent, trial.index)
+    info: dict[str, Any] = {"role": "trial", "index": trial.index, "parameters": trial.parameters}
+    if attempt:  # recorded as a re-run of the attempt before it
+        info.update(attempt=attempt, rerun_of=_previous_attempt(parent, trial.index, attempt))
     rec = svc.registry.create(
         parent.dataset,
-        run_id=sweeps.trial_id(parent.run_id, trial.index),
+        run_id=attempt_id(parent.run_id, trial.index, attempt),
         spec=child.to_json_dict(),
         source="sweep",
         parent_id=parent.run_id,
         snapshot=parent.snapshot,
         expected_files=[],
-        sweep={"role": "trial", "index": trial.index, "parameters": trial.parameters},
+        sweep=info,
     )
     if rec.state == STAGING:
         submit(svc, rec, child)
@@ -225,7 +257,8 @@ def leaderboard(registry: Any, parent: RunRecord) -> list[dict[str, Any]]:
                 "index": index,
                 "parameters": (rec.sweep or {}).get("parameters", {}),
                 "state": rec.state,
-                "early_terminated": any(e.get("code") == EARLY_TERMINATED for e in rec.errors),
+                "early_terminated": early_terminated(rec),
+                "attempt": attempt_of(parent, index),
                 "metric": final,
                 "duration_seconds": _duration(rec),
             }
@@ -289,3 +322,62 @@ def finish_parent(
         return rejected.current
     log.info("sweep %s %s: best %s", parent.run_id, state, info.get("best"), extra=parent.log_extra())
     return done
+
+
+def _previous_attempt(parent: RunRecord, index: int, attempt: int) -> str | None:
+    """The run id of the attempt that resubmit round ``attempt`` re-ran for trial ``index``."""
+    for entry in (parent.sweep or {}).get("resubmits") or []:
+        if int(entry.get("round", 0)) == attempt:
+            return (entry.get("reran") or {}).get(str(index))
+    return None
+
+
+def resubmit(svc: Any, parent: RunRecord, spec: RunSpec) -> RunRecord:
+    """Run a finished sweep's failed and cancelled trials again (resubmit round K): each such trial
+    gets a new attempt ``<parent>-tNNN-rK`` with the same parameters on the parent's snapshot,
+    recorded as a re-run of the attempt before it; trials the policy stopped early and trials that
+    succeeded stay as they are, and trials a cancelled sweep never started are started. The parent
+    goes back to ``running`` (``RunRegistry.reopen``: one winner among concurrent requests; a loser,
+    or a request while it runs, gets ``TransitionRejected``) and finishes again when its trials
+    have, naming the best over the current attempts; its sweep keeps the round's history (which
+    trials, the state and best it had) and its callback fires again at that finish. Raises
+    ``LookupError`` when there is nothing to run again."""
+    assert spec.sweep is not None
+    trials = sweeps.generate_trials(spec.sweep)
+    existing = trial_records(svc.registry, parent, len(trials))
+    rerun = {index: rec.run_id for index, rec in sorted(existing.items()) if to_rerun(rec)}
+    never_started = [t.index for t in trials if t.index not in existing]
+    if not rerun and not never_started:
+        raise LookupError(
+            f"sweep {parent.run_id} has no failed or cancelled trial to run again "
+            "(trials stopped early by the policy are not re-run)"
+        )
+
+    def reopen_guard(rec: RunRecord) -> None:
+        if rec.state not in TERMINAL_STATES or rec.sweep != parent.sweep:
+            raise TransitionRejected(f"sweep {rec.run_id} is {rec.state} (or was resubmitted meanwhile)", rec)
+
+    info = dict(parent.sweep or {})
+    history = list(info.get("resubmits") or [])
+    round_ = len(history) + 1
+    attempts = dict(info.get("attempts") or {})
+    attempts.update({str(index): round_ for index in rerun})
+    entry = {
+        "round": round_,
+        "time": utcnow(),
+        "reran": {str(index): run_id for index, run_id in rerun.items()},
+        "started": never_started,
+        "state_before": parent.state,
+        "best_before": info.pop("best", None),
+    }
+    info.update(attempts=attempts, resubmits=[*history, entry])
+    reopened = svc.registry.reopen(parent.run_id, current=parent, guard=reopen_guard, sweep=info)
+    log.info(
+        "sweep %s: resubmit round %d re-runs %s, starts %s",
+        parent.run_id,
+        round_,
+        ", ".join(rerun.values()) or "none",
+        never_started or "none",
+        extra=parent.log_extra(),
+    )
+    return advance(svc, reopened, spec)

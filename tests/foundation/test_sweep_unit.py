@@ -259,3 +259,23 @@ def test_best_trial_is_the_best_final_value() -> None:
     assert best_trial(sweep, {"a": None}) is None
     maximize = _sweep({"policy": "none"}, goal="maximize")
     assert best_trial(maximize, {"a": 0.3, "b": 0.9, "c": 0.9}) == "b"
+
+
+def test_a_sweep_resubmit_reruns_failed_and_cancelled_trials_not_stopped_ones() -> None:
+    from shared.registry import RunRecord
+    from shared.sweep_runs import attempt_id, attempt_of, to_rerun
+
+    def trial(state: str, code: str | None = None) -> RunRecord:
+        errors = [{"code": code, "message": "m"}] if code else []
+        return RunRecord(run_id="p-t000", dataset="d", state=state, errors=errors)
+
+    assert to_rerun(trial("failed", "JobFailed"))
+    assert to_rerun(trial("cancelled", "Cancelled"))
+    assert not to_rerun(trial("cancelled", "early_terminated"))
+    assert not to_rerun(trial("succeeded"))
+    assert not to_rerun(trial("running"))
+    parent = RunRecord(
+        run_id="p", dataset="d", state="running", sweep={"role": "parent", "attempts": {"2": 1}}
+    )
+    assert [attempt_of(parent, i) for i in range(3)] == [0, 0, 1]
+    assert attempt_id("p", 2, 1) == "p-t002-r1" and attempt_id("p", 2, 0) == "p-t002"
