@@ -12,6 +12,12 @@
 //   - an Event Grid system topic on the data account and (second pass, once the code is deployed and
 //     the blob extension's system key exists) the subscription that pushes BlobCreated events under
 //     training-data/ to the ingest function's Event Grid blob trigger.
+//   - with privateNetworking (the default): a virtual network, the app integrated into it (a subnet delegated
+//     to Microsoft.App/environments), private endpoints for the storage services the app uses (data account
+//     blob/queue/table, host account blob/queue/table, share account file) with their privatelink DNS zones,
+//     the host and share accounts closed to the public network, the data account's public endpoint denying
+//     everyone but uploaderIpRanges and trusted Azure services, and the Azure ML workspace's managed network
+//     reaching the share account through a private endpoint of its own (docs/security.md, "Network").
 // The app settings below are exactly the settings that shared/settings.py reads (plus the host's own);
 // tests/deploy/ checks that, and docs/deploy.md walks through the deployment.
 
@@ -180,6 +186,21 @@ param enableIngestEventSubscription bool = false
 @maxValue(90)
 param keyVaultSoftDeleteRetentionDays int = 90
 
+@description('true: VNet-integrate the app, reach storage through private endpoints and close the storage accounts to the public network (docs/security.md, "Network"). false: every storage account keeps a public endpoint, reached by identity or key only.')
+param privateNetworking bool = true
+
+@description('Address space of the virtual network (privateNetworking).')
+param vnetAddressPrefix string = '10.40.0.0/16'
+
+@description('Subnet the function app is integrated into, delegated to Microsoft.App/environments (Flex Consumption); size it for maximumInstanceCount.')
+param appSubnetPrefix string = '10.40.1.0/24'
+
+@description('Subnet the storage private endpoints take their addresses from.')
+param privateEndpointSubnetPrefix string = '10.40.2.0/24'
+
+@description('Public IPv4 addresses or CIDR ranges (e.g. 203.0.113.0/24) allowed through the data account\'s firewall: where uploaders write training-data from. Empty: only the virtual network and trusted Azure services reach it (privateNetworking).')
+param uploaderIpRanges array = []
+
 @description('Log Analytics retention in days.')
 @minValue(30)
 @maxValue(730)
@@ -203,6 +224,15 @@ var appInsightsName = 'appi-${prefix}-${token}'
 var systemTopicName = 'evgt-${dataStorageAccountName}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}'
 var deadLetterContainerName = 'eventgrid-deadletter'
+var vnetName = 'vnet-${prefix}-${token}'
+var appSubnetName = 'app'
+var privateEndpointSubnetName = 'private-endpoints'
+var appSubnetId = resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, appSubnetName)
+var privateEndpointSubnetId = resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, privateEndpointSubnetName)
+// The Azure ML workspace (modules/azureml-workspace.bicep) by id, for the data account's resource instance
+// rule: computed, not referenced, since the workspace is created after (and uses) the account.
+var azureMlWorkspaceId = '${subscription().id}/resourceGroups/${batchAiResourceGroupName}/providers/Microsoft.MachineLearningServices/workspaces/${azureMlWorkspaceName}'
+var workspaceReachesDataAccount = privateNetworking && (computeBackend == 'azureml')
 
 // --- built-in role definitions (GUIDs of Azure's built-in roles) ---------------------------------------
 
@@ -219,9 +249,13 @@ var roles = {
 // Training data, the run registry and the cleanup reports. Shared keys are off: the app reaches it with its
 // managed identity (Entra ID) only, and its server-side copies into the share read the source blob through a
 // user delegation SAS. No cluster node ever holds a credential of this account.
-// Network: the public endpoint stays reachable (uploaders, Event Grid, and the file service reading copy
-// sources use it, and a Flex Consumption app without VNet integration has no fixed outbound address to
-// allow), but only Entra ID identities with a role here, or a user delegation SAS they issue, get in.
+// Network (privateNetworking): the app reaches it through private endpoints (blob, queue, table); its public
+// endpoint denies everyone except uploaderIpRanges (uploaders write training-data from there), trusted Azure
+// services (Event Grid dead-lettering with its identity) and the Azure ML workspace (resource instance rule:
+// the workspace keeps jobs' outputs and logs here). It is not disabled outright: uploaders outside the
+// virtual network need the IP rules, and those apply only while public network access is enabled.
+// Without privateNetworking the public endpoint is open to the network, and only Entra ID identities with a
+// role here, or a user delegation SAS they issue, get in.
 
 resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: dataStorageAccountName
@@ -241,8 +275,18 @@ resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     publicNetworkAccess: 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
+      defaultAction: privateNetworking ? 'Deny' : 'Allow'
       bypass: 'AzureServices'
+      ipRules: [for ipRange in uploaderIpRanges: {
+        value: ipRange
+        action: 'Allow'
+      }]
+      resourceAccessRules: workspaceReachesDataAccount ? [
+        {
+          tenantId: subscription().tenantId
+          resourceId: azureMlWorkspaceId
+        }
+      ] : []
     }
   }
 }
@@ -286,6 +330,9 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 // Only the share the clusters mount. Batch AI mounts it with the account key (or a Key Vault secret holding
 // it), so every cluster node, and every job on it, holds this key: with it a job can read and write the
 // share (every staged dataset) and nothing else of this deployment. Hence an account of its own.
+// Network (privateNetworking): no public endpoint at all. The app reaches the share through a file private
+// endpoint, Azure ML compute through the workspace managed network's own private endpoint to it; a key taken
+// off a node opens nothing from outside those networks.
 
 resource shareStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: shareStorageAccountName
@@ -303,10 +350,10 @@ resource shareStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowSharedKeyAccess: true
     allowCrossTenantReplication: false
     defaultToOAuthAuthentication: false
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: privateNetworking ? 'Disabled' : 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
-      bypass: 'AzureServices'
+      defaultAction: privateNetworking ? 'Deny' : 'Allow'
+      bypass: privateNetworking ? 'None' : 'AzureServices'
     }
   }
 }
@@ -350,7 +397,9 @@ resource stagingQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@20
 
 // --- host storage account -------------------------------------------------------------------------------
 // The Functions host's own state (keys, leases, timer status, blob receipts) and the deployment package.
-// The app reaches it with its managed identity only (AzureWebJobsStorage__accountName).
+// The app reaches it with its managed identity only (AzureWebJobsStorage__accountName), and with
+// privateNetworking only through its private endpoints (blob, queue, table), as Microsoft's Flex Consumption
+// VNet samples configure the host account: public network access disabled, no bypass.
 
 resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: hostStorageAccountName
@@ -368,10 +417,10 @@ resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowSharedKeyAccess: false
     allowCrossTenantReplication: false
     defaultToOAuthAuthentication: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: privateNetworking ? 'Disabled' : 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
-      bypass: 'AzureServices'
+      defaultAction: privateNetworking ? 'Deny' : 'Allow'
+      bypass: privateNetworking ? 'None' : 'AzureServices'
     }
   }
 }
@@ -387,6 +436,210 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   properties: {
     publicAccess: 'None'
   }
+}
+
+// --- private network (privateNetworking) ----------------------------------------------------------------
+// As Microsoft's Flex Consumption samples (azure-functions-flex-consumption-samples, vnet.bicep and
+// storage-PrivateEndpoint.bicep): one subnet delegated to Microsoft.App/environments for the app's VNet
+// integration, one for private endpoints; a privatelink DNS zone per storage service, linked to the network.
+
+resource vnet 'Microsoft.Network/virtualNetworks@2023-11-01' = if (privateNetworking) {
+  name: vnetName
+  location: location
+  tags: tags
+  properties: {
+    addressSpace: {
+      addressPrefixes: [
+        vnetAddressPrefix
+      ]
+    }
+    subnets: [
+      {
+        name: appSubnetName
+        properties: {
+          addressPrefix: appSubnetPrefix
+          delegations: [
+            {
+              name: 'flex-consumption'
+              properties: {
+                serviceName: 'Microsoft.App/environments'
+              }
+            }
+          ]
+        }
+      }
+      {
+        name: privateEndpointSubnetName
+        properties: {
+          addressPrefix: privateEndpointSubnetPrefix
+          privateEndpointNetworkPolicies: 'Disabled'
+        }
+      }
+    ]
+  }
+}
+
+module blobDnsZone 'modules/private-dns-zone.bicep' = if (privateNetworking) {
+  name: 'dns-blob-${token}'
+  params: {
+    zoneName: 'privatelink.blob.${environment().suffixes.storage}'
+    virtualNetworkId: vnet.id
+    virtualNetworkName: vnetName
+    tags: tags
+  }
+}
+
+module queueDnsZone 'modules/private-dns-zone.bicep' = if (privateNetworking) {
+  name: 'dns-queue-${token}'
+  params: {
+    zoneName: 'privatelink.queue.${environment().suffixes.storage}'
+    virtualNetworkId: vnet.id
+    virtualNetworkName: vnetName
+    tags: tags
+  }
+}
+
+module tableDnsZone 'modules/private-dns-zone.bicep' = if (privateNetworking) {
+  name: 'dns-table-${token}'
+  params: {
+    zoneName: 'privatelink.table.${environment().suffixes.storage}'
+    virtualNetworkId: vnet.id
+    virtualNetworkName: vnetName
+    tags: tags
+  }
+}
+
+module fileDnsZone 'modules/private-dns-zone.bicep' = if (privateNetworking) {
+  name: 'dns-file-${token}'
+  params: {
+    zoneName: 'privatelink.file.${environment().suffixes.storage}'
+    virtualNetworkId: vnet.id
+    virtualNetworkName: vnetName
+    tags: tags
+  }
+}
+
+// Every storage service the app uses, through a private endpoint in the network: the data account's blobs
+// (training data, reports, Azure ML outputs), queue (staging) and table (registry); the host account's blobs,
+// queues and tables (the Functions host and the deployment package); the share account's files.
+
+module dataBlobEndpoint 'modules/storage-private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-data-blob-${token}'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: dataStorage.id
+    storageAccountName: dataStorage.name
+    groupId: 'blob'
+    subnetId: privateEndpointSubnetId
+    privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.blob.${environment().suffixes.storage}')
+  }
+  dependsOn: [
+    vnet
+    blobDnsZone
+  ]
+}
+
+module dataQueueEndpoint 'modules/storage-private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-data-queue-${token}'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: dataStorage.id
+    storageAccountName: dataStorage.name
+    groupId: 'queue'
+    subnetId: privateEndpointSubnetId
+    privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.queue.${environment().suffixes.storage}')
+  }
+  dependsOn: [
+    vnet
+    queueDnsZone
+  ]
+}
+
+module dataTableEndpoint 'modules/storage-private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-data-table-${token}'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: dataStorage.id
+    storageAccountName: dataStorage.name
+    groupId: 'table'
+    subnetId: privateEndpointSubnetId
+    privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.table.${environment().suffixes.storage}')
+  }
+  dependsOn: [
+    vnet
+    tableDnsZone
+  ]
+}
+
+module hostBlobEndpoint 'modules/storage-private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-host-blob-${token}'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: hostStorage.id
+    storageAccountName: hostStorage.name
+    groupId: 'blob'
+    subnetId: privateEndpointSubnetId
+    privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.blob.${environment().suffixes.storage}')
+  }
+  dependsOn: [
+    vnet
+    blobDnsZone
+  ]
+}
+
+module hostQueueEndpoint 'modules/storage-private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-host-queue-${token}'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: hostStorage.id
+    storageAccountName: hostStorage.name
+    groupId: 'queue'
+    subnetId: privateEndpointSubnetId
+    privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.queue.${environment().suffixes.storage}')
+  }
+  dependsOn: [
+    vnet
+    queueDnsZone
+  ]
+}
+
+module hostTableEndpoint 'modules/storage-private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-host-table-${token}'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: hostStorage.id
+    storageAccountName: hostStorage.name
+    groupId: 'table'
+    subnetId: privateEndpointSubnetId
+    privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.table.${environment().suffixes.storage}')
+  }
+  dependsOn: [
+    vnet
+    tableDnsZone
+  ]
+}
+
+module shareFileEndpoint 'modules/storage-private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-share-file-${token}'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: shareStorage.id
+    storageAccountName: shareStorage.name
+    groupId: 'file'
+    subnetId: privateEndpointSubnetId
+    privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.file.${environment().suffixes.storage}')
+  }
+  dependsOn: [
+    vnet
+    fileDnsZone
+  ]
 }
 
 // --- monitoring -----------------------------------------------------------------------------------------
@@ -548,9 +801,13 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         version: '3.11'
       }
     }
+    // Flex Consumption VNet integration (privateNetworking): the app's outbound traffic goes through the
+    // delegated subnet, so it reaches storage by the private endpoints.
+    virtualNetworkSubnetId: privateNetworking ? appSubnetId : null
   }
   dependsOn: [
     deploymentContainer
+    vnet
   ]
 }
 
@@ -619,6 +876,14 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     hostQueueContributor
     hostTableContributor
     appInsightsPublisher
+    // With privateNetworking the host reaches its storage only through these, from its first start.
+    hostBlobEndpoint
+    hostQueueEndpoint
+    hostTableEndpoint
+    dataBlobEndpoint
+    dataQueueEndpoint
+    dataTableEndpoint
+    shareFileEndpoint
   ]
 }
 
@@ -740,9 +1005,13 @@ module azureMlWorkspace 'modules/azureml-workspace.bicep' = if (computeBackend =
     location: batchAiLocation
     workspaceName: azureMlWorkspaceName
     storageAccountId: dataStorage.id
+    storageAccountName: dataStorage.name
+    storageResourceGroupName: resourceGroup().name
     keyVaultId: vault.id
     applicationInsightsId: appInsights.id
     shareStorageAccountName: shareStorage.name
+    shareStorageAccountId: shareStorage.id
+    privateNetworking: privateNetworking
     fileShareName: fileShareName
     principalId: functionApp.identity.principalId
   }
@@ -805,3 +1074,4 @@ output keyVaultName string = vault.name
 output systemTopicName string = systemTopic.name
 output batchAiResourceGroupName string = batchAiResourceGroupName
 output appInsightsName string = appInsights.name
+output virtualNetworkName string = privateNetworking ? vnetName : ''

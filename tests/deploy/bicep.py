@@ -98,6 +98,7 @@ class Template:
         if unknown:
             raise AssertionError(f"{self.path.name}: no such parameters {sorted(unknown)}")
         self._values: dict[str, Any] = {}
+        self._loop_items: dict[str, Any] = {}  # the item names of `[for x in ...]` being evaluated
         for name, spec in declared.items():
             if name in self.params:
                 self._values[name] = self.params[name]
@@ -162,6 +163,8 @@ class Template:
         if isinstance(node, str):
             return self._string(node)
         if isinstance(node, dict):
+            if "loop_type" in node:
+                return self._loop(node)
             if set(node) == {"function"}:
                 return self._function(node["function"]["type"], node["function"].get("parameters") or {})
             if set(node) == {"operator"}:
@@ -169,9 +172,28 @@ class Template:
             return {key: self.value(item) for key, item in node.items()}
         raise Unsupported(f"node {node!r}")
 
+    def _loop(self, node: dict[str, Any]) -> list[Any]:
+        """`[for item in array: {...}]` (no index, no filter): the body once per item."""
+        loop = node["loop_type"]
+        if loop["type"] != "array" or node.get("condition") is not None:
+            raise Unsupported(f"loop {loop!r}")
+        item, array = loop["detail"]["item_name"], loop["detail"]["array_name"]
+        if not isinstance(item, str) or item in self._loop_items:
+            raise Unsupported(f"loop {loop!r}")
+        out = []
+        for value in self.value(array):
+            self._loop_items[item] = value
+            try:
+                out.append(self.value(node["config"]))
+            finally:
+                del self._loop_items[item]
+        return out
+
     def _string(self, text: str) -> Any:
         if "${" in text:
             return self._interpolate(text)
+        if text in self._loop_items:
+            return self._loop_items[text]
         if text in self.parameters:
             return self.param(text)
         if text in self.variables:
@@ -251,6 +273,18 @@ class Template:
                     "suffixes": {"storage": "core.windows.net", "keyvaultDns": ".vault.azure.net"},
                 }
             )
+        if name == "resource_id":
+            # resourceId(type, name1, [name2]) of a resource in this deployment's group (pycep does not
+            # tell a leading subscription or group argument apart from the type reliably: not supported).
+            if params.get("subscription_id") or params.get("resource_group_name"):
+                raise Unsupported(f"resourceId({params}) naming a subscription or group")
+            subscription, group = SUBSCRIPTION_ID, RESOURCE_GROUP
+            types = self.value(params["resource_type"]).split("/")
+            names = [self.value(params[k]) for k in ("resource_name_1", "resource_name_2") if params.get(k)]
+            if len(types) != len(names) + 1:
+                raise Unsupported(f"resourceId({params})")
+            path = "/".join(f"{t}/{n}" for t, n in zip(types[1:], names, strict=True))
+            return f"/subscriptions/{subscription}/resourceGroups/{group}/providers/{types[0]}/{path}"
         if name == "subscription_resource_id":
             names = [self.value(params[k]) for k in ("resource_name_1", "resource_name_2") if params.get(k)]
             return f"/subscriptions/{SUBSCRIPTION_ID}/providers/{params['resource_type']}/" + "/".join(names)
@@ -268,6 +302,11 @@ class Template:
             return self.value(operands[branch])
         if name == "not":
             return not self.value(operands["bool_value"])
+        if name in ("and", "or"):  # Bicep's && and || (both sides are booleans in these templates)
+            left, right = self.value(operands["operand_1"]), self.value(operands["operand_2"])
+            if not isinstance(left, bool) or not isinstance(right, bool):
+                raise Unsupported(f"operator {name}({operands})")
+            return (left and right) if name == "and" else (left or right)
         if name in ("equals", "not_equals"):  # Bicep's == and != (strings compare case-sensitively)
             same = self.value(operands["operand_1"]) == self.value(operands["operand_2"])
             return same if name == "equals" else not same

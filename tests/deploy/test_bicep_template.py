@@ -9,6 +9,7 @@ templates with pycep-parser and evaluate them for concrete parameters; docs/depl
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import pkgutil
 import re
 import uuid
@@ -22,6 +23,7 @@ from shared.settings import Settings
 from tests.deploy.bicep import (
     AZURE_DIR,
     MAIN,
+    RESOURCE_GROUP,
     ROOT,
     FunctionResult,
     ResourceRef,
@@ -50,6 +52,7 @@ BUILT_IN_ROLES = {
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "f6c7c914-8db3-469d-8ca1-694a8f32e121": "AzureML Data Scientist",
     "e503ece1-11d0-4e8e-8e2c-7a6c3bf38815": "AzureML Compute Operator",
+    "b556d68e-0be0-4f35-a333-ad7ee1ce17ea": "Azure AI Enterprise Network Connection Approver",
 }
 # Roles that would let the app grant itself more, or that span more than it needs.
 TOO_WIDE = {
@@ -443,6 +446,212 @@ def test_no_template_grants_a_role_that_could_widen_itself() -> None:
         text = path.read_text().lower()
         for role in TOO_WIDE:
             assert role not in text, f"{path.name} grants {role}"
+
+
+# --- private network (issue 19 item 4, the network half) ------------------------------------------------
+
+# Every storage service the app (and the Functions host) uses, by account: what needs a private endpoint
+# once the accounts are closed to the public network. The data account: blobs (training data, reports,
+# Azure ML outputs), the staging queue, the runs table; the host account: the host's blobs, queues and
+# tables and the deployment package; the share account: the file share.
+PRIVATE_ENDPOINTS = {
+    ("dataStorage", "blob"),
+    ("dataStorage", "queue"),
+    ("dataStorage", "table"),
+    ("hostStorage", "blob"),
+    ("hostStorage", "queue"),
+    ("hostStorage", "table"),
+    ("shareStorage", "file"),
+}
+PRIVATE_ENDPOINT_MODULE = "modules/storage-private-endpoint.bicep"
+DNS_ZONE_MODULE = "modules/private-dns-zone.bicep"
+
+
+def _network_properties(template: Template, symbol: str) -> dict[str, Any]:
+    return template.value(template.body(template.resources[symbol]))["properties"]
+
+
+def _deployed_modules(template: Template, path: str) -> dict[str, dict[str, Any]]:
+    """Symbol -> evaluated params of every deployed call of one module."""
+    return {
+        symbol: template.value(template.body(declaration)["params"])
+        for symbol, declaration in template.modules.items()
+        if declaration["detail"]["path"] == path and template.is_deployed(symbol)
+    }
+
+
+def _subnets(template: Template) -> dict[str, dict[str, Any]]:
+    _, vnet = _one(template, "Microsoft.Network/virtualNetworks")
+    return {subnet["name"]: subnet["properties"] for subnet in vnet["properties"]["subnets"]}
+
+
+def test_private_networking_is_the_default_and_closes_the_storage_accounts() -> None:
+    """No account answers the public network, except the data account's firewall for the uploaders'
+    addresses (none by default), trusted Azure services and the Azure ML workspace."""
+    template = _main(batchAiResourceGroupName="rg-training")
+    assert template.parameters["privateNetworking"]["default"] is True
+    for symbol in ("hostStorage", "shareStorage"):
+        properties = _network_properties(template, symbol)
+        assert properties["publicNetworkAccess"] == "Disabled", symbol
+        assert properties["networkAcls"]["defaultAction"] == "Deny", symbol
+        assert properties["networkAcls"]["bypass"] == "None", symbol
+    data = _network_properties(template, "dataStorage")["networkAcls"]
+    assert data["defaultAction"] == "Deny"
+    assert data["ipRules"] == []
+    workspace_id = (
+        "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-training/providers/"
+        "Microsoft.MachineLearningServices/workspaces/aml-workspace"
+    )
+    assert data["resourceAccessRules"] == [
+        {"tenantId": _expr(template, "subscription().tenantId"), "resourceId": workspace_id}
+    ]
+    uploaders = _main(uploaderIpRanges=["203.0.113.0/24", "198.51.100.7"])
+    assert _network_properties(uploaders, "dataStorage")["networkAcls"]["ipRules"] == [
+        {"value": "203.0.113.0/24", "action": "Allow"},
+        {"value": "198.51.100.7", "action": "Allow"},
+    ]
+    # Batch AI (local stack only) has no workspace to let in.
+    batch_ai = _network_properties(_main(computeBackend="batchai"), "dataStorage")["networkAcls"]
+    assert batch_ai["resourceAccessRules"] == []
+
+
+def test_without_private_networking_nothing_of_the_network_is_deployed() -> None:
+    template = _main(privateNetworking=False)
+    for symbol in ("dataStorage", "hostStorage", "shareStorage"):
+        properties = _network_properties(template, symbol)
+        assert properties["publicNetworkAccess"] == "Enabled"
+        assert properties["networkAcls"]["defaultAction"] == "Allow"
+    assert not template.is_deployed("vnet")
+    assert not _deployed_modules(template, PRIVATE_ENDPOINT_MODULE)
+    assert not _deployed_modules(template, DNS_ZONE_MODULE)
+    _, app = _one(template, "Microsoft.Web/sites")
+    assert app["properties"]["virtualNetworkSubnetId"] is None
+
+
+def test_the_app_is_vnet_integrated_into_a_subnet_delegated_to_flex_consumption() -> None:
+    template = _main()
+    _, app = _one(template, "Microsoft.Web/sites")
+    subnet_id = app["properties"]["virtualNetworkSubnetId"]
+    vnet_id = _expr(template, "vnet.id")
+    assert subnet_id.startswith(f"{vnet_id}/subnets/"), subnet_id
+    subnets = _subnets(template)
+    app_subnet = subnets[subnet_id.rsplit("/", 1)[1]]
+    # Flex Consumption integrates with a subnet delegated to Microsoft.App/environments (not serverFarms).
+    assert [d["properties"]["serviceName"] for d in app_subnet["delegations"]] == [
+        "Microsoft.App/environments"
+    ]
+    assert "vnet" in template.body(template.resources["functionApp"])["dependsOn"]
+    # The subnets lie in the address space and do not overlap.
+    _, vnet = _one(template, "Microsoft.Network/virtualNetworks")
+    space = [ipaddress.ip_network(p) for p in vnet["properties"]["addressSpace"]["addressPrefixes"]]
+    prefixes = [ipaddress.ip_network(s["addressPrefix"]) for s in subnets.values()]
+    for prefix in prefixes:
+        assert any(prefix.subnet_of(net) for net in space), prefix
+    assert not prefixes[0].overlaps(prefixes[1])
+    # The app's subnet holds nothing else; endpoints take addresses from their own subnet.
+    assert len(subnets) == 2
+    endpoints_subnet = next(s for s in subnets.values() if s is not app_subnet)
+    assert endpoints_subnet["privateEndpointNetworkPolicies"] == "Disabled"
+    assert "delegations" not in endpoints_subnet
+
+
+def test_each_storage_service_the_app_uses_has_a_private_endpoint_with_its_dns_zone_group() -> None:
+    template = _main()
+    storage_suffix = _expr(template, "environment().suffixes.storage")
+    zones = {
+        params["zoneName"]: (symbol, params)
+        for symbol, params in _deployed_modules(template, DNS_ZONE_MODULE).items()
+    }
+    zone_template = Template(AZURE_DIR / DNS_ZONE_MODULE, next(iter(zones.values()))[1])
+    (link_symbol,) = zone_template.resources_of_type("Microsoft.Network/privateDnsZones/virtualNetworkLinks")
+    link = zone_template.value(zone_template.body(zone_template.resources[link_symbol]))
+    assert link["properties"] == {
+        "registrationEnabled": False,
+        "virtualNetwork": {"id": _expr(template, "vnet.id")},
+    }
+    endpoints_subnet = next(
+        name for name, subnet in _subnets(template).items() if "delegations" not in subnet
+    )
+    found = set()
+    for symbol, params in _deployed_modules(template, PRIVATE_ENDPOINT_MODULE).items():
+        account = next(
+            account
+            for account in ("dataStorage", "hostStorage", "shareStorage")
+            if params["storageAccountId"] == _expr(template, f"{account}.id")
+        )
+        group = params["groupId"]
+        found.add((account, group))
+        assert params["subnetId"] == f"{_expr(template, 'vnet.id')}/subnets/{endpoints_subnet}"
+        # The zone group points at the service's privatelink zone, which is deployed, linked to the
+        # network, and created before the endpoint.
+        zone_name = f"privatelink.{group}.{storage_suffix}"
+        assert params["privateDnsZoneId"].endswith(
+            f"/providers/Microsoft.Network/privateDnsZones/{zone_name}"
+        )
+        zone_symbol, zone_params = zones[zone_name]
+        assert zone_params["virtualNetworkId"] == _expr(template, "vnet.id")
+        assert zone_symbol in template.body(template.modules[symbol])["dependsOn"]
+        # What the module makes of those parameters: the endpoint to that service, and its zone group.
+        endpoint = Template(AZURE_DIR / PRIVATE_ENDPOINT_MODULE, params)
+        (pe_symbol, pe) = _one(endpoint, "Microsoft.Network/privateEndpoints")
+        (connection,) = pe["properties"]["privateLinkServiceConnections"]
+        assert connection["properties"] == {
+            "privateLinkServiceId": params["storageAccountId"],
+            "groupIds": [group],
+        }
+        assert pe["properties"]["subnet"] == {"id": params["subnetId"]}
+        group_symbol, zone_group = _one(endpoint, "Microsoft.Network/privateEndpoints/privateDnsZoneGroups")
+        assert endpoint.body(endpoint.resources[group_symbol])["parent"] == pe_symbol
+        (config,) = zone_group["properties"]["privateDnsZoneConfigs"]
+        assert config["properties"] == {"privateDnsZoneId": params["privateDnsZoneId"]}
+    assert found == PRIVATE_ENDPOINTS
+    # The host starts (app settings) only once it can reach its storage.
+    settings_depend_on = set(template.body(template.resources["appSettings"])["dependsOn"])
+    assert set(_deployed_modules(template, PRIVATE_ENDPOINT_MODULE)) <= settings_depend_on
+
+
+def test_azure_ml_compute_reaches_the_share_through_the_workspace_managed_network() -> None:
+    """The share account has no public endpoint: Azure ML's clusters (which the app creates in the
+    workspace) reach it through a private endpoint of the workspace's managed network, which the
+    workspace identity may approve."""
+    template = _main(batchAiResourceGroupName="rg-training")
+    params = template.value(template.body(template.modules["azureMlWorkspace"])["params"])
+    assert params["privateNetworking"] is True
+    assert params["shareStorageAccountId"] == _expr(template, "shareStorage.id")
+    workspace = Template(AZURE_DIR / template.modules["azureMlWorkspace"]["detail"]["path"], params)
+    _, body = _one(workspace, "Microsoft.MachineLearningServices/workspaces")
+    network = body["properties"]["managedNetwork"]
+    assert network["isolationMode"] == "AllowInternetOutbound"
+    (rule,) = network["outboundRules"].values()
+    assert rule["type"] == "PrivateEndpoint"
+    assert rule["destination"]["serviceResourceId"] == params["shareStorageAccountId"]
+    assert rule["destination"]["subresourceTarget"] == "file"
+
+    approver_call = workspace.modules["networkApprover"]
+    assert workspace.is_deployed("networkApprover")
+    scope = workspace.value(workspace.body(approver_call)["scope"])
+    assert scope.properties["name"] == params["storageResourceGroupName"] == RESOURCE_GROUP
+    approver_params = workspace.value(workspace.body(approver_call)["params"])
+    assert approver_params["principalId"] == _expr(workspace, "workspace.identity.principalId")
+    approver = Template(AZURE_DIR / "modules" / approver_call["detail"]["path"], approver_params)
+    granted = set()
+    for assignment in _assignments(approver):
+        assert assignment["principalId"] == approver_params["principalId"]
+        assert assignment["principalType"] == "ServicePrincipal"
+        account = approver.value(approver.body(approver.resources[assignment["scope"].symbol])["name"])
+        granted.add((account, BUILT_IN_ROLES[assignment["role"]]))
+    role = "Azure AI Enterprise Network Connection Approver"
+    assert granted == {
+        (template.resource_name("dataStorage"), role),
+        (template.resource_name("shareStorage"), role),
+    }
+
+    public = Template(workspace.path, {**params, "privateNetworking": False})
+    assert (
+        _one(public, "Microsoft.MachineLearningServices/workspaces")[1]["properties"]["managedNetwork"]
+        is None
+    )
+    assert not public.is_deployed("networkApprover")
 
 
 # --- Event Grid -----------------------------------------------------------------------------------------

@@ -5,6 +5,12 @@
 // datastore, identity-based (no key in it).
 // The function identity gets two built-in roles on the workspace only: AzureML Data Scientist (jobs,
 // environments, datastores) and AzureML Compute Operator (AmlCompute clusters).
+// With privateNetworking the workspace gets a managed virtual network (isolation mode "allow internet
+// outbound": jobs may still pull packages and images): every AmlCompute cluster the app creates lands in it,
+// Azure ML itself makes private endpoints there to the workspace's own storage (the data account), and the
+// outbound rule below makes one to the share account's file service, which has no public endpoint. The
+// workspace's identity gets Azure AI Enterprise Network Connection Approver on both accounts so those
+// private endpoint connections are approved (modules/azureml-network-approver.bicep).
 
 targetScope = 'resourceGroup'
 
@@ -17,6 +23,12 @@ param workspaceName string
 @description('Resource id of the data storage account (the workspace storage).')
 param storageAccountId string
 
+@description('Name of the data storage account.')
+param storageAccountName string
+
+@description('Resource group of the data and share storage accounts (main.bicep\'s).')
+param storageResourceGroupName string
+
 @description('Resource id of the Key Vault.')
 param keyVaultId string
 
@@ -25,6 +37,12 @@ param applicationInsightsId string
 
 @description('Name of the storage account that holds the file share (its own account: main.bicep shareStorage).')
 param shareStorageAccountName string
+
+@description('Resource id of the share storage account.')
+param shareStorageAccountId string
+
+@description('true: a managed virtual network for the workspace\'s compute, with a private endpoint to the share account (main.bicep privateNetworking).')
+param privateNetworking bool = false
 
 @description('The file share ingest stages datasets into (FILE_SHARE_NAME).')
 param fileShareName string
@@ -52,6 +70,31 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
     keyVault: keyVaultId
     applicationInsights: applicationInsightsId
     systemDatastoresAuthMode: 'identity'
+    managedNetwork: privateNetworking ? {
+      isolationMode: 'AllowInternetOutbound'
+      outboundRules: {
+        'share-file': {
+          type: 'PrivateEndpoint'
+          category: 'UserDefined'
+          destination: {
+            serviceResourceId: shareStorageAccountId
+            subresourceTarget: 'file'
+            sparkEnabled: false
+          }
+        }
+      }
+    } : null
+  }
+}
+
+// In the storage accounts' resource group: a role assignment is scoped to the resource it grants on.
+module networkApprover 'azureml-network-approver.bicep' = if (privateNetworking) {
+  name: 'azureml-network-approver-${uniqueString(workspace.id)}'
+  scope: resourceGroup(storageResourceGroupName)
+  params: {
+    principalId: workspace.identity.principalId
+    dataStorageAccountName: storageAccountName
+    shareStorageAccountName: shareStorageAccountName
   }
 }
 
