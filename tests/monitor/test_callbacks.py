@@ -244,8 +244,7 @@ def test_overlapping_passes_deliver_a_callback_once(local_stack) -> None:
     import uuid
 
     from shared import monitor
-
-    from .conftest import Pipeline
+    from tests.pipeline.conftest import Pipeline
 
     local_stack.ensure("azurite")
     p = Pipeline(local_stack, CALLBACK_ALLOW_LOOPBACK_HTTP="true")
@@ -302,8 +301,7 @@ def test_a_refused_callback_is_not_tried_again(local_stack) -> None:
     import uuid
 
     from shared import monitor
-
-    from .conftest import Pipeline
+    from tests.pipeline.conftest import Pipeline
 
     local_stack.ensure("azurite")
     p = Pipeline(local_stack, CALLBACK_ALLOW_LOOPBACK_HTTP="false")
@@ -407,8 +405,7 @@ def test_a_trickling_callback_server_does_not_stall_other_runs(pipeline, monkeyp
     from shared import monitor
     from shared.ingest import ingest_blob
     from shared.registry import TERMINAL_STATES
-
-    from .conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST
+    from tests.pipeline.conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST
 
     monkeypatch.setattr(monitor, "CALLBACK_DEADLINE_SECONDS", 2.0)
     monkeypatch.setattr(monitor, "CALLBACK_PASS_BUDGET_SECONDS", 3.0)
@@ -449,8 +446,7 @@ def test_a_delivery_counts_when_claimed(local_stack) -> None:
     import uuid
 
     from shared import monitor
-
-    from .conftest import Pipeline
+    from tests.pipeline.conftest import Pipeline
 
     local_stack.ensure("azurite")
     p = Pipeline(local_stack)

@@ -13,8 +13,7 @@ from shared import metrics, monitor
 from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES
-
-from .conftest import Pipeline
+from tests.pipeline.conftest import Pipeline
 
 pytestmark = pytest.mark.e2e
 

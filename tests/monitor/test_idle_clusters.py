@@ -15,8 +15,7 @@ from shared.cleanup import Cleanup
 from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, parse_time
-
-from .conftest import FAST_ARM, Pipeline
+from tests.pipeline.conftest import FAST_ARM, Pipeline
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,7 @@ from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES
 from shared.sweep_runs import leaderboard
-
-from .conftest import Pipeline
+from tests.pipeline.conftest import Pipeline
 
 pytestmark = pytest.mark.e2e
 
