@@ -15,7 +15,8 @@ import re
 from functools import cache
 from typing import Any
 
-from infra.local.arm.models import ArmError, Backend
+from infra.local.arm.errors import ArmError
+from infra.local.arm.models import Backend
 from infra.local.arm.specvalidator import load_spec, validate
 
 VERSIONS = frozenset({"2017-09-01-preview", "2018-03-01"})
@@ -94,13 +95,10 @@ class LegacyBatchAI:
     # --- requests --------------------------------------------------------------------------------
     def check(self, definition: str, body: Any, version: str) -> dict[str, Any]:
         if not isinstance(body, dict):
-            raise ArmError(
-                400, "InvalidRequestContent", f"The request body must be a JSON object ({definition})."
-            )
+            raise ArmError("InvalidRequestContent", f"The request body must be a JSON object ({definition}).")
         errors = validate(definition, body, version)
         if errors:
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 f"The request content is not a valid {definition} ({version}): {errors[0]}",
                 target=errors[0].path,
@@ -159,7 +157,6 @@ class LegacyBatchAI:
 
     def not_found(self, kind: str, rg: str, name: str) -> ArmError:
         return ArmError(
-            404,
             "ResourceNotFound",
             f"The Resource 'Microsoft.BatchAI/{kind}/{name}' under resource group '{rg}' was not found.",
         )

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Response
 
+from infra.local.arm.errors import ArmError
 from infra.local.arm.legacy import EXPERIMENT, WORKSPACE, LegacyBatchAI
-from infra.local.arm.models import ArmError
 
 if TYPE_CHECKING:
     from infra.local.arm.models import Backend
@@ -87,7 +87,6 @@ class LegacyResponses:
         account = props.get("userAccountSettings") or {}
         if not account.get("adminUserPassword") and not account.get("adminUserSshPublicKey"):
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 "properties.userAccountSettings: adminUserPassword or adminUserSshPublicKey must be given.",
                 target="properties.userAccountSettings",
@@ -188,7 +187,6 @@ class LegacyResponses:
         ssh = (props.get("sshConfiguration") or {}).get("userAccountSettings") or {}
         if not ssh.get("adminUserPassword") and not ssh.get("adminUserSshPublicKey"):
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 "properties.sshConfiguration.userAccountSettings: adminUserPassword or "
                 "adminUserSshPublicKey must be given.",

@@ -37,6 +37,14 @@ from urllib.parse import urlparse
 
 from infra.local.arm import blobfs
 from infra.local.arm.blobfs import BlobMount, account_endpoint
+from infra.local.arm.errors import (
+    ArmError,
+    cluster_deleted,
+    job_failed,
+    job_terminated,
+    restarted_before_start,
+    restarted_while_running,
+)
 
 BATCHAI_API_VERSION = "2018-05-01"
 PROVIDER = "Microsoft.BatchAI"
@@ -56,33 +64,6 @@ CLUSTER_ID = re.compile(
     r"(?i)^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.BatchAI/workspaces?/([^/]+)"
     r"/clusters/([^/]+)$"
 )
-
-
-class ArmError(Exception):
-    """An error the emulator answers with an ARM error body."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        target: str | None = None,
-        details: list[dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.target = target
-        self.details = details or []
-
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.target:
-            error["target"] = self.target
-        if self.details:
-            error["details"] = self.details
-        return {"error": error}
 
 
 @dataclass
@@ -221,13 +202,7 @@ class Backend:
                 self._finish_job(
                     key,
                     exit_code=None,
-                    errors=[
-                        {
-                            "code": "EmulatorRestarted",
-                            "message": "The ARM emulator stopped while this job was running; its "
-                            "processes were stopped and the job cannot be resumed. Submit it again.",
-                        }
-                    ],
+                    errors=[restarted_while_running()],
                 )
         for cluster in self.state["clusters"].values():
             for node in cluster["meta"]["nodes"]:
@@ -250,13 +225,7 @@ class Backend:
                 self._finish_job(
                     key,
                     exit_code=None,
-                    errors=[
-                        {
-                            "code": "EmulatorRestarted",
-                            "message": "The ARM emulator restarted before this job started; its inline "
-                            "secrets are kept in memory only (never in the state file). Submit it again.",
-                        }
-                    ],
+                    errors=[restarted_before_start()],
                 )
 
     def save(self) -> None:
@@ -368,7 +337,7 @@ class Backend:
         with self.lock:
             op = self.state["operations"].get(op_id)
             if not op:
-                raise ArmError(404, "OperationNotFound", f"Operation {op_id} was not found.")
+                raise ArmError("OperationNotFound", f"Operation {op_id} was not found.")
             return _clone(op)
 
     def _complete_operation(self, op_id: str, now: float) -> None:
@@ -407,7 +376,7 @@ class Backend:
     def require_group(self, sub: str, rg: str) -> dict[str, Any]:
         group = self.state["resourceGroups"].get(resource_key(self.group_id(sub, rg)))
         if not group or group["body"]["properties"]["provisioningState"] == "Deleting":
-            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+            raise ArmError("ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
         return group
 
     def put_group(self, sub: str, rg: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -416,12 +385,11 @@ class Backend:
             existing = self.state["resourceGroups"].get(key)
             if existing and existing["body"]["properties"]["provisioningState"] == "Deleting":
                 raise ArmError(
-                    409, "ResourceGroupBeingDeleted", f"The resource group '{rg}' is in deprovisioning state."
+                    "ResourceGroupBeingDeleted", f"The resource group '{rg}' is in deprovisioning state."
                 )
             if existing:
                 if body.get("location", "").lower() != existing["body"]["location"].lower():
                     raise ArmError(
-                        409,
                         "InvalidResourceGroupLocation",
                         f"Invalid resource group location '{body.get('location')}'. The Resource group "
                         f"already exists in location '{existing['body']['location']}'.",
@@ -485,7 +453,7 @@ class Backend:
         record = self.state[collection].get(resource_key(resource_id))
         if not record:
             name = resource_id.rstrip("/").rsplit("/", 1)[-1]
-            raise ArmError(404, "ResourceNotFound", f"The {kind} '{name}' was not found ({resource_id}).")
+            raise ArmError("ResourceNotFound", f"The {kind} '{name}' was not found ({resource_id}).")
         return record
 
     def _new_record(
@@ -521,7 +489,7 @@ class Backend:
                         self._finish_job(
                             job_key,
                             exit_code=None,
-                            errors=[{"code": "ClusterDeleted", "message": "The job's cluster was deleted."}],
+                            errors=[cluster_deleted()],
                         )
             node_root = record["meta"].get("node_root")
             if node_root:
@@ -646,7 +614,6 @@ class Backend:
                 if existing["meta"].get("request") == body:
                     return None, _clone(existing["body"])
                 raise ArmError(
-                    409,
                     "FileServerAlreadyExists",
                     f"File server '{name}' already exists with different properties; delete it first.",
                 )
@@ -700,7 +667,6 @@ class Backend:
                 if existing["meta"]["request"] == body:
                     return None, self._cluster_body(existing)
                 raise ArmError(
-                    409,
                     "ClusterAlreadyExists",
                     f"Cluster '{name}' already exists with different properties; change its scale "
                     "settings with PATCH (Clusters_Update) or delete it first.",
@@ -1141,7 +1107,6 @@ class Backend:
                 if existing["meta"]["request"] == body:
                     return None, self._job_body(existing)
                 raise ArmError(
-                    409,
                     "JobAlreadyExists",
                     f"Job '{name}' already exists with different properties; jobs cannot be changed, "
                     "delete it first or use another name.",
@@ -1153,7 +1118,6 @@ class Backend:
             cluster = self.state["clusters"].get(resource_key(canonical))
             if not cluster:
                 raise ArmError(
-                    400,
                     "InvalidClusterReference",
                     f"properties.cluster.id: cluster '{cluster_id}' does not exist.",
                     target="properties.cluster.id",
@@ -1234,15 +1198,11 @@ class Backend:
             props = record["body"]["properties"]
             state = props.get("executionState")
             if state == "queued":
-                self._finish_job(
-                    key, None, [{"code": "JobTerminated", "message": "The job was terminated by the user."}]
-                )
+                self._finish_job(key, None, [job_terminated()])
             elif state in ("running", "terminating"):
                 props["executionState"] = "terminating"
                 props["executionStateTransitionTime"] = now_iso()
-                record["meta"]["forced_errors"] = [
-                    {"code": "JobTerminated", "message": "The job was terminated by the user."}
-                ]
+                record["meta"]["forced_errors"] = [job_terminated()]
                 self._kill_job(key, record)
             self.dirty = True
             return self.new_operation("terminate", rid, sub, collection="jobs")
@@ -1267,7 +1227,6 @@ class Backend:
             declared = {d["id"].lower() for d in record["body"]["properties"].get("outputDirectories") or []}
             if directory_id.lower() != "stdouterr" and directory_id.lower() not in declared:
                 raise ArmError(
-                    400,
                     "InvalidOutputDirectoryId",
                     f"outputdirectoryid: the job has no output directory '{directory_id}'; it has "
                     f"stdouterr{''.join(', ' + d for d in sorted(declared))}.",
@@ -1396,9 +1355,7 @@ class Backend:
         now = now_iso()
         succeeded = exit_code == 0 and not errors
         if not succeeded and exit_code not in (None, 0) and not errors:
-            errors = [
-                {"code": "JobFailed", "message": f"The job exited with non-zero exit code {exit_code}."}
-            ]
+            errors = [job_failed(exit_code)]
         props["executionState"] = "succeeded" if succeeded else "failed"
         props["executionStateTransitionTime"] = now
         info = props.get("executionInfo") or {}

@@ -25,13 +25,13 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
+from infra.local.arm.errors import ArmError
 from infra.local.arm.legacy import VERSIONS as LEGACY_VERSIONS
 from infra.local.arm.legacy import LegacyBatchAI
 from infra.local.arm.legacy_responses import LegacyResponses
 from infra.local.arm.models import (
     BATCHAI_API_VERSION,
     TOOLKIT_SETTINGS,
-    ArmError,
     Backend,
     now_iso,
     parse_duration,
@@ -68,9 +68,7 @@ class ArmRequest:
         try:
             return json.loads(self.data)
         except ValueError as exc:
-            raise ArmError(
-                400, "InvalidRequestContent", f"The request body is not valid JSON: {exc}"
-            ) from exc
+            raise ArmError("InvalidRequestContent", f"The request body is not valid JSON: {exc}") from exc
 
     @property
     def base(self) -> str:
@@ -98,7 +96,6 @@ class ArmResponses(LegacyResponses):
             rule = NAME_RULES.get(key)
             if rule and not rule[0].match(value):
                 raise ArmError(
-                    400,
                     "InvalidResourceName",
                     f"{rule[1]} '{value}' is invalid: it must match {rule[0].pattern}.",
                     target=rule[1],
@@ -121,7 +118,6 @@ class ArmResponses(LegacyResponses):
         kind = handler.split("_", 2)[-1].split("_")[0] if legacy else "workspaces"
         supported = sorted(LEGACY_VERSIONS) if legacy else [BATCHAI_API_VERSION]
         raise ArmError(
-            400,
             "NoRegisteredProviderFound",
             f"No registered resource provider found for location '{self.backend.config.location}' and "
             f"API version '{version}' for type '{kind}'. The supported api-versions for this path are "
@@ -134,14 +130,11 @@ class ArmResponses(LegacyResponses):
         if body is None:
             body = {}
         if not isinstance(body, dict):
-            raise ArmError(
-                400, "InvalidRequestContent", f"The request body must be a JSON object ({definition})."
-            )
+            raise ArmError("InvalidRequestContent", f"The request body must be a JSON object ({definition}).")
         errors = validate(definition, body)
         if errors:
             first = errors[0]
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 f"The request content is not a valid {definition}: {first.path}: {first.message}",
                 target=first.path,
@@ -181,7 +174,6 @@ class ArmResponses(LegacyResponses):
             max_results = 0
         if not 1 <= max_results <= 1000:
             raise ArmError(
-                400,
                 "InvalidQueryParameterValue",
                 f"maxresults must be an integer from 1 to 1000, not '{raw}'.",
                 target="maxresults",
@@ -190,7 +182,7 @@ class ArmResponses(LegacyResponses):
             skip = max(0, int(req.args.get("$skiptoken", "0")))
         except ValueError as exc:
             raise ArmError(
-                400, "InvalidQueryParameterValue", "$skiptoken is not valid.", target="$skiptoken"
+                "InvalidQueryParameterValue", "$skiptoken is not valid.", target="$skiptoken"
             ) from exc
         body: dict[str, Any] = {"value": items[skip : skip + max_results]}
         if skip + max_results < len(items):
@@ -217,7 +209,6 @@ class ArmResponses(LegacyResponses):
         body = req.json()
         if not isinstance(body, dict) or not isinstance(body.get("location"), str) or not body["location"]:
             raise ArmError(
-                400,
                 "LocationRequired",
                 "The location property is required for this definition.",
                 target="location",
@@ -229,9 +220,7 @@ class ArmResponses(LegacyResponses):
                 isinstance(body["tags"], dict) and all(isinstance(v, str) for v in body["tags"].values())
             )
         ):
-            raise ArmError(
-                400, "InvalidRequestContent", "tags must be an object of string values.", target="tags"
-            )
+            raise ArmError("InvalidRequestContent", "tags must be an object of string values.", target="tags")
         status, group = self.backend.put_group(sub, rg, body)
         return json_response(status, group)
 
@@ -248,7 +237,7 @@ class ArmResponses(LegacyResponses):
     def delete_group(self, req: ArmRequest, sub: str, rg: str) -> Response:
         op_id = self.backend.delete_group(sub, rg)
         if op_id is None:
-            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+            raise ArmError("ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
         location = (
             f"{req.base}/subscriptions/{sub}/operationresults/{op_id}?api-version={req.args['api-version']}"
         )
@@ -399,7 +388,6 @@ class ArmResponses(LegacyResponses):
         ssh = (props.get("sshConfiguration") or {}).get("userAccountSettings") or {}
         if not ssh.get("adminUserPassword") and not ssh.get("adminUserSshPublicKey"):
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 "properties.sshConfiguration.userAccountSettings: adminUserPassword or "
                 "adminUserSshPublicKey must be given.",
@@ -425,7 +413,6 @@ class ArmResponses(LegacyResponses):
         account = props["userAccountSettings"]
         if not account.get("adminUserPassword") and not account.get("adminUserSshPublicKey"):
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 "properties.userAccountSettings: adminUserPassword or adminUserSshPublicKey must be given.",
                 target="properties.userAccountSettings",
@@ -473,7 +460,6 @@ class ArmResponses(LegacyResponses):
         directory_id = req.args.get("outputdirectoryid")
         if not directory_id:
             raise ArmError(
-                400,
                 "MissingRequiredQueryParameter",
                 "The query parameter outputdirectoryid is required.",
                 target="outputdirectoryid",
@@ -485,7 +471,6 @@ class ArmResponses(LegacyResponses):
             expiry_minutes = 0
         if not 5 <= expiry_minutes <= 600:
             raise ArmError(
-                400,
                 "InvalidQueryParameterValue",
                 f"linkexpiryinminutes must be an integer from 5 to 600, not '{raw_expiry}'.",
                 target="linkexpiryinminutes",
@@ -494,7 +479,7 @@ class ArmResponses(LegacyResponses):
         parts = [p for p in sub_dir.replace("\\", "/").split("/") if p not in ("", ".")]
         if any(p == ".." for p in parts):
             raise ArmError(
-                400, "InvalidQueryParameterValue", "directory must not contain '..'.", target="directory"
+                "InvalidQueryParameterValue", "directory must not contain '..'.", target="directory"
             )
         root = self.backend.job_output_dir(sub, rg, ws, exp, job, directory_id)
         items: list[dict[str, Any]] = []
@@ -647,14 +632,12 @@ def _storage_error(status: int, code: str, message: str) -> Response:
 def _check_scale(scale: dict[str, Any] | None, where: str) -> None:
     if not scale or ("manual" in scale) == ("autoScale" in scale):
         raise ArmError(
-            400,
             "InvalidRequestContent",
             f"{where}: exactly one of manual or autoScale must be specified.",
             target=where,
         )
     if "manual" in scale and scale["manual"]["targetNodeCount"] < 0:
         raise ArmError(
-            400,
             "InvalidRequestContent",
             f"{where}.manual.targetNodeCount must not be negative.",
             target=f"{where}.manual.targetNodeCount",
@@ -663,7 +646,6 @@ def _check_scale(scale: dict[str, Any] | None, where: str) -> None:
         auto = scale["autoScale"]
         if not 0 <= auto["minimumNodeCount"] <= auto["maximumNodeCount"]:
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 f"{where}.autoScale: need 0 <= minimumNodeCount <= maximumNodeCount.",
                 target=f"{where}.autoScale.minimumNodeCount",
@@ -674,7 +656,6 @@ def _check_job(props: dict[str, Any]) -> None:
     given = [name for name in TOOLKIT_SETTINGS if props.get(name)]
     if len(given) != 1:
         raise ArmError(
-            400,
             "InvalidRequestContent",
             "properties: exactly one toolkit settings object must be given (one of "
             f"{', '.join(TOOLKIT_SETTINGS)}); got {', '.join(given) or 'none'}.",
@@ -682,7 +663,6 @@ def _check_job(props: dict[str, Any]) -> None:
         )
     if int(props.get("nodeCount", 1)) < 1:
         raise ArmError(
-            400,
             "InvalidRequestContent",
             "properties.nodeCount must be at least 1.",
             target="properties.nodeCount",
@@ -693,7 +673,6 @@ def _check_job(props: dict[str, Any]) -> None:
         props["cluster"]["id"],
     ):
         raise ArmError(
-            400,
             "InvalidRequestContent",
             "properties.cluster.id must be a Batch AI cluster resource id "
             "(/subscriptions/../resourceGroups/../providers/Microsoft.BatchAI/workspaces/../clusters/..).",
@@ -704,7 +683,6 @@ def _check_job(props: dict[str, Any]) -> None:
         for i, directory in enumerate(props.get(kind) or []):
             if not ENV_ID.match(directory["id"]) or directory["id"].lower() == "stdouterr":
                 raise ArmError(
-                    400,
                     "InvalidRequestContent",
                     f"properties.{kind}[{i}].id '{directory['id']}' must be a valid environment "
                     "variable name part (letters, digits, underscore) and not 'stdouterr'.",
@@ -712,7 +690,6 @@ def _check_job(props: dict[str, Any]) -> None:
                 )
             if directory["id"].upper() in seen:
                 raise ArmError(
-                    400,
                     "InvalidRequestContent",
                     f"properties.{kind}[{i}].id '{directory['id']}' is used twice.",
                     target=f"properties.{kind}[{i}].id",
@@ -724,14 +701,12 @@ def _check_job(props: dict[str, Any]) -> None:
             parse_duration(wall)
         except ValueError as exc:
             raise ArmError(
-                400,
                 "InvalidRequestContent",
                 f"properties.constraints.maxWallClockTime: {exc}",
                 target="properties.constraints.maxWallClockTime",
             ) from exc
     if "stdOutErrPathPrefix" not in props:
         raise ArmError(
-            400,
             "InvalidRequestContent",
             "properties.stdOutErrPathPrefix is required.",
             target="properties.stdOutErrPathPrefix",

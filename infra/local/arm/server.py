@@ -30,9 +30,10 @@ from infra.local.arm import urls
 from infra.local.arm.azureml import urls as azureml_urls
 from infra.local.arm.azureml.models import AzureMLBackend
 from infra.local.arm.azureml.responses import AzureMLResponses
+from infra.local.arm.errors import ArmError, method_not_allowed
 from infra.local.arm.faults import FaultInjector, FaultSettings, RequestLog
 from infra.local.arm.legacy import VERSIONS as LEGACY_VERSIONS
-from infra.local.arm.models import BATCHAI_API_VERSION, ArmError, Backend
+from infra.local.arm.models import BATCHAI_API_VERSION, Backend
 from infra.local.arm.responses import ArmRequest, ArmResponses, error_response, json_response
 from infra.local.arm.storage import API_VERSIONS as STORAGE_API_VERSIONS
 
@@ -142,7 +143,6 @@ class ArmEmulator:
             retry_after = self.faults.settings.retry_after
             return error_response(
                 ArmError(
-                    429,
                     "TooManyRequests",
                     f"The request was throttled (injected fault); retry after {retry_after} seconds.",
                 ),
@@ -150,9 +150,9 @@ class ArmEmulator:
             )
         if fault == "503":
             return error_response(
-                ArmError(503, "ServiceUnavailable", "The service is unavailable (injected fault).")
+                ArmError("ServiceUnavailable", "The service is unavailable (injected fault).")
             )
-        return error_response(ArmError(500, "InternalServerError", "Internal server error (injected fault)."))
+        return error_response(ArmError("InternalServerError", "Internal server error (injected fault)."))
 
     def _arm_response(
         self, request: Request, route: tuple[str, str, dict[str, str]] | None, not_allowed: bool
@@ -162,7 +162,6 @@ class ArmEmulator:
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise ArmError(
-                    401,
                     "AuthenticationFailed",
                     "Authentication failed. The 'Authorization' header is missing."
                     if not auth
@@ -172,7 +171,6 @@ class ArmEmulator:
                 token.strip().encode(), self.token.encode()
             ):
                 raise ArmError(
-                    401,
                     "InvalidAuthenticationToken",
                     "The access token is invalid: the local ARM emulator accepts only its stack's token "
                     "(LOCAL_ARM_TOKEN in .local/stack.env).",
@@ -188,26 +186,21 @@ class ArmEmulator:
             version = request.args.get("api-version")
             if not version:
                 raise ArmError(
-                    400,
                     "MissingApiVersionParameter",
                     "The api-version query parameter (?api-version=) is required for all requests.",
                     target="api-version",
                 )
             if version not in supported:
                 raise ArmError(
-                    400,
                     "InvalidApiVersionParameter",
                     f"The api-version '{version}' is invalid. The supported versions for {kind} are "
                     f"'{', '.join(sorted(supported, reverse=True))}'.",
                     target="api-version",
                 )
             if not_allowed:
-                raise ArmError(
-                    405, "MethodNotAllowed", f"The method {request.method} is not allowed on {request.path}."
-                )
+                raise method_not_allowed(request.method, request.path)
             if route is None:
                 raise ArmError(
-                    404,
                     "InvalidResourceType",
                     f"No Batch AI, storage account or resource group operation at {request.path}.",
                 )
@@ -225,20 +218,16 @@ class ArmEmulator:
             return error_response(error, headers)
         except Exception:
             traceback.print_exc()
-            return error_response(
-                ArmError(500, "InternalServerError", "The ARM emulator failed; see its log.")
-            )
+            return error_response(ArmError("InternalServerError", "The ARM emulator failed; see its log."))
 
     def _azureml_response(
         self, request: Request, route: tuple[str, str, dict[str, str]] | None, not_allowed: bool
     ) -> Response:
         if not_allowed:
-            raise ArmError(
-                405, "MethodNotAllowed", f"The method {request.method} is not allowed on {request.path}."
-            )
+            raise method_not_allowed(request.method, request.path)
         if route is None:
             raise ArmError(
-                404, "InvalidResourceType",
+                "InvalidResourceType",
                 f"No Microsoft.MachineLearningServices operation at {request.path}.",
             )  # fmt: skip
         handler, operation, params = route

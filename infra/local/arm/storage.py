@@ -15,7 +15,8 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from infra.local.arm.models import ArmError, Config
+from infra.local.arm.errors import ArmError
+from infra.local.arm.models import Config
 
 PROVIDER = "Microsoft.Storage"
 # api-versions of Microsoft.Storage that answer listKeys with {"keys": [...]} (2016-01-01 and later),
@@ -93,7 +94,6 @@ class StorageAccounts:
             if account == name and rg.lower() == self.config.storage_resource_group.lower():
                 return account
         raise ArmError(
-            404,
             "ResourceNotFound",
             f"The Resource '{PROVIDER}/storageAccounts/{name}' under resource group '{rg}' was not found.",
         )

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.local.arm.models import ArmError, now_iso, parse_duration, resource_key
+from infra.local.arm.errors import ArmError
+from infra.local.arm.models import now_iso, parse_duration, resource_key
 
 if TYPE_CHECKING:
     from infra.local.arm.models import Backend
@@ -399,7 +400,6 @@ class AzureMLBackend:
         found = self.workspaces.get(resource_key(self.workspace_id(sub, rg, ws)))
         if found is None:
             raise ArmError(
-                404,
                 "ResourceNotFound",
                 f"The Resource '{PROVIDER}/workspaces/{ws}' under resource group '{rg}' was not found.",
             )
@@ -457,7 +457,6 @@ class AzureMLBackend:
             props = body.get("properties") or {}
             if props.get("computeType") != "AmlCompute":
                 raise ArmError(
-                    400,
                     "BadRequest",
                     f"computeType {props.get('computeType')!r} is not supported "
                     "by this emulator: only AmlCompute",
@@ -469,7 +468,7 @@ class AzureMLBackend:
             now = time.time()
             if existing is not None:
                 if existing.deleting:
-                    raise ArmError(409, "Conflict", f"Compute {name} is being deleted.")
+                    raise ArmError("Conflict", f"Compute {name} is being deleted.")
                 existing.body = props
                 return 200, existing, self.new_operation("compute", delay=0)
             compute = Compute(
@@ -497,7 +496,7 @@ class AzureMLBackend:
             workspace = self.require_workspace(sub, rg, ws)
             compute = self.computes.get(resource_key(f"{workspace.id}/computes/{name}"))
             if compute is None:
-                raise ArmError(404, "ResourceNotFound", f"Compute {name} not found in workspace {ws}.")
+                raise ArmError("ResourceNotFound", f"Compute {name} not found in workspace {ws}.")
             return compute
 
     def list_computes(self, sub: str, rg: str, ws: str) -> list[Compute]:
@@ -570,7 +569,7 @@ class AzureMLBackend:
             workspace = self.require_workspace(sub, rg, ws)
             found = self.datastores.get(resource_key(f"{workspace.id}/datastores/{name}"))
             if found is None:
-                raise ArmError(404, "UserError", f"Datastore {name} not found in workspace {ws}.")
+                raise ArmError("UserError", f"Datastore {name} not found in workspace {ws}.", status=404)
             return found
 
     def delete_datastore(self, sub: str, rg: str, ws: str, name: str) -> bool:
@@ -589,9 +588,9 @@ class AzureMLBackend:
                 "properties", {}
             ).get("image"):
                 raise ArmError(
-                    409,
                     "UserError",
                     f"Environment {name}:{version} exists with another image; versions are immutable.",
+                    status=409,
                 )
             env = EnvironmentVersion(eid, name, version, body, existing.created if existing else time.time())
             self.environments[resource_key(eid)] = env
@@ -604,7 +603,9 @@ class AzureMLBackend:
                 resource_key(f"{workspace.id}/environments/{name}/versions/{version}")
             )
             if found is None:
-                raise ArmError(404, "UserError", f"Environment {name}:{version} not found in workspace {ws}.")
+                raise ArmError(
+                    "UserError", f"Environment {name}:{version} not found in workspace {ws}.", status=404
+                )
             return found
 
     def delete_environment(self, sub: str, rg: str, ws: str, name: str, version: str) -> bool:
@@ -622,14 +623,13 @@ class AzureMLBackend:
             existing = self.jobs.get(key)
             if existing is not None:
                 if existing.deleting:
-                    raise ArmError(409, "UserError", f"Job {name} is being deleted.")
+                    raise ArmError("UserError", f"Job {name} is being deleted.", status=409)
                 return 200, existing  # a job's definition cannot change; a replay gets it back
             props = body.get("properties") or {}
             compute_id = props.get("computeId") or ""
             compute_key = resource_key(compute_id)
             if compute_key not in self.computes:
                 raise ArmError(
-                    400,
                     "UserError",
                     f"Compute {compute_id!r} of job {name} does not exist in the workspace.",
                     target="properties.computeId",
@@ -637,7 +637,6 @@ class AzureMLBackend:
             env_key = resource_key(props.get("environmentId") or "")
             if env_key not in self.environments:
                 raise ArmError(
-                    400,
                     "UserError",
                     f"Environment {props.get('environmentId')!r} of job {name} does not exist.",
                     target="properties.environmentId",
@@ -648,7 +647,6 @@ class AzureMLBackend:
                     and self.resolve_uri(workspace, spec.get("uri", "")) is None
                 ):
                     raise ArmError(
-                        400,
                         "UserError",
                         f"Input {input_name}: {spec.get('uri')!r} is not a datastore "
                         "URI of this workspace (azureml://datastores/<name>/paths/<path>).",
@@ -666,7 +664,7 @@ class AzureMLBackend:
             workspace = self.require_workspace(sub, rg, ws)
             job = self.jobs.get(resource_key(f"{workspace.id}/jobs/{name}"))
             if job is None:
-                raise ArmError(404, "UserError", f"Job {name} not found in workspace {ws}.")
+                raise ArmError("UserError", f"Job {name} not found in workspace {ws}.", status=404)
             return job
 
     def list_jobs(self, sub: str, rg: str, ws: str) -> list[Job]:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from werkzeug.wrappers import Response
 
 from infra.local.arm.azureml.models import API_VERSION, PAGE_SIZE, AzureMLBackend
-from infra.local.arm.models import ArmError
+from infra.local.arm.errors import ArmError
 from infra.local.arm.responses import ArmRequest, json_response
 
 SPEC_DIR = Path(__file__).with_name("spec")
@@ -49,7 +49,6 @@ class AzureMLResponses:
         version = req.args.get("api-version")
         if version != API_VERSION:
             raise ArmError(
-                400,
                 "InvalidApiVersionParameter",
                 f"The api-version '{version}' is invalid. The supported versions for "
                 f"Microsoft.MachineLearningServices are '{API_VERSION}'.",
@@ -57,9 +56,7 @@ class AzureMLResponses:
             )
         ws = params.get("ws")
         if ws is not None and not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$", ws):
-            raise ArmError(
-                400, "InvalidResourceName", f"workspaceName '{ws}' is invalid.", target="workspaceName"
-            )
+            raise ArmError("InvalidResourceName", f"workspaceName '{ws}' is invalid.", target="workspaceName")
         self.backend.advance()
         status, body, headers = getattr(self, handler)(req, **params)
         if req.method != "GET":
@@ -68,9 +65,7 @@ class AzureMLResponses:
             unchecked, keys = self._unchecked(operation, body)
             errors = spec_set().validate_response(operation, status, unchecked)
             if errors:
-                raise ArmError(
-                    500, "InternalServerError", f"emulator response breaks {operation}: {errors[0]}"
-                )
+                raise ArmError("InternalServerError", f"emulator response breaks {operation}: {errors[0]}")
             if len(self._checked_jobs) > 50_000:
                 self._checked_jobs.clear()
             self._checked_jobs.update(keys)  # only what passed
@@ -94,11 +89,11 @@ class AzureMLResponses:
     def _body(self, req: ArmRequest, operation: str) -> dict[str, Any]:
         body = req.json()
         if not isinstance(body, dict):
-            raise ArmError(400, "BadRequest", f"The request body of {operation} must be a JSON object.")
+            raise ArmError("BadRequest", f"The request body of {operation} must be a JSON object.")
         if operation not in UNVALIDATED:
             errors = spec_set().validate_request(operation, body)
             if errors:
-                raise ArmError(400, "BadRequest", f"The request is not a valid {operation} body: {errors[0]}")
+                raise ArmError("BadRequest", f"The request is not a valid {operation} body: {errors[0]}")
         return body
 
     def _operation_urls(self, req: ArmRequest, sub: str, kind: str, op_id: str) -> dict[str, str]:
@@ -146,7 +141,6 @@ class AzureMLResponses:
     def put_compute(self, req: ArmRequest, sub: str, rg: str, ws: str, name: str) -> tuple[int, Any, dict]:
         if not COMPUTE_NAME.match(name):
             raise ArmError(
-                400,
                 "BadRequest",
                 f"Compute name '{name}' is invalid: 2-16 letters, digits and '-', "
                 "starting with a letter and ending with a letter or digit.",
@@ -165,7 +159,6 @@ class AzureMLResponses:
     def delete_compute(self, req: ArmRequest, sub: str, rg: str, ws: str, name: str) -> tuple[int, Any, dict]:
         if req.args.get("underlyingResourceAction") not in ("Delete", "Detach"):
             raise ArmError(
-                400,
                 "BadRequest",
                 "underlyingResourceAction must be 'Delete' or 'Detach'.",
                 target="underlyingResourceAction",
@@ -216,7 +209,7 @@ class AzureMLResponses:
             jobs = [j for j in jobs if (j.props.get("jobType") or "").lower() == job_type.lower()]
         token = req.args.get("$skipToken") or "0"
         if not token.isdigit():
-            raise ArmError(400, "BadRequest", f"Invalid $skipToken {token!r}.", target="$skipToken")
+            raise ArmError("BadRequest", f"Invalid $skipToken {token!r}.", target="$skipToken")
         start = int(token)
         page = jobs[start : start + PAGE_SIZE]
         body: dict[str, Any] = {"value": [j.render() for j in page]}
@@ -235,7 +228,6 @@ class AzureMLResponses:
         body = self._body(req, "Jobs_CreateOrUpdate")
         if (body.get("properties") or {}).get("jobType") != "Command":
             raise ArmError(
-                400,
                 "UserError",
                 "Only Command jobs are supported by this emulator.",
                 target="properties.jobType",
@@ -263,7 +255,7 @@ class AzureMLResponses:
     ) -> tuple[int, Any, dict]:
         found = self.backend.operations.get(op)
         if found is None:
-            raise ArmError(404, "ResourceNotFound", f"Operation {op} not found.")
+            raise ArmError("ResourceNotFound", f"Operation {op} not found.")
         return 200, {"status": found.status}, {}
 
     def operation_result(
@@ -271,7 +263,7 @@ class AzureMLResponses:
     ) -> tuple[int, Any, dict]:
         found = self.backend.operations.get(op)
         if found is None:
-            raise ArmError(404, "ResourceNotFound", f"Operation {op} not found.")
+            raise ArmError("ResourceNotFound", f"Operation {op} not found.")
         if found.status == "InProgress":
             return (
                 202,
