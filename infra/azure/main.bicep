@@ -198,6 +198,9 @@ param appSubnetPrefix string = '10.40.1.0/24'
 @description('Subnet the storage private endpoints take their addresses from.')
 param privateEndpointSubnetPrefix string = '10.40.2.0/24'
 
+@description('privateNetworking: true closes the data account\'s public endpoint to all but uploaderIpRanges, trusted Azure services and the Azure ML workspace. false keeps it open to the network (Entra ID or a user delegation SAS still required) while everything else stays private: the fallback if ingest\'s server-side copies from it into the share fail (CannotVerifyCopySource; docs/deploy.md).')
+param dataAccountFirewall bool = true
+
 @description('Public IPv4 addresses or CIDR ranges (e.g. 203.0.113.0/24) allowed through the data account\'s firewall: where uploaders write training-data from. Empty: only the virtual network and trusted Azure services reach it (privateNetworking).')
 param uploaderIpRanges array = []
 
@@ -233,6 +236,7 @@ var privateEndpointSubnetId = resourceId('Microsoft.Network/virtualNetworks/subn
 // rule: computed, not referenced, since the workspace is created after (and uses) the account.
 var azureMlWorkspaceId = '${subscription().id}/resourceGroups/${batchAiResourceGroupName}/providers/Microsoft.MachineLearningServices/workspaces/${azureMlWorkspaceName}'
 var workspaceReachesDataAccount = privateNetworking && (computeBackend == 'azureml')
+var dataAccountClosed = privateNetworking && dataAccountFirewall
 
 // --- built-in role definitions (GUIDs of Azure's built-in roles) ---------------------------------------
 
@@ -275,7 +279,7 @@ resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     publicNetworkAccess: 'Enabled'
     networkAcls: {
-      defaultAction: privateNetworking ? 'Deny' : 'Allow'
+      defaultAction: dataAccountClosed ? 'Deny' : 'Allow'
       bypass: 'AzureServices'
       ipRules: [for ipRange in uploaderIpRanges: {
         value: ipRange

@@ -510,6 +510,11 @@ def test_private_networking_is_the_default_and_closes_the_storage_accounts() -> 
         {"value": "203.0.113.0/24", "action": "Allow"},
         {"value": "198.51.100.7", "action": "Allow"},
     ]
+    # The fallback for ingest's cross-account copies: only the data account opens, nothing else does.
+    fallback = _main(dataAccountFirewall=False)
+    assert _network_properties(fallback, "dataStorage")["networkAcls"]["defaultAction"] == "Allow"
+    assert _network_properties(fallback, "shareStorage")["publicNetworkAccess"] == "Disabled"
+    assert _network_properties(fallback, "hostStorage")["publicNetworkAccess"] == "Disabled"
     # Batch AI (local stack only) has no workspace to let in.
     batch_ai = _network_properties(_main(computeBackend="batchai"), "dataStorage")["networkAcls"]
     assert batch_ai["resourceAccessRules"] == []
