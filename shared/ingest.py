@@ -311,21 +311,23 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
     if (created or spec is not None) and needs_preparation(svc, rec, spec):
         preparing = _start_preparing(svc, rec, spec)
     try:
-        if not _copy_claimed(svc, rec, ref.path, etag):
+        token = _copy_claimed(svc, rec, ref.path, etag)
+        if token is None:
             # A duplicate delivery of this blob version copied it (or is copying it): this one joins
             # and writes nothing, so no second copy can reach a snapshot whose job already started.
             submitted = check_ready(rec.run_id, svc)
             return IngestResult("replay", rec.run_id, rec.state, submitted=submitted, message="joined a copy")
         try:
-            staged = stage_blob(
-                svc.container,
-                blob_name,
-                svc.share,
-                dest_path=f"{_data_dir(rec)}/{ref.path}",
-                copy_timeout=svc.settings.copy_timeout_seconds,
-                account_key=svc.account_key,
-                props=props,
-            )
+            with svc.registry.renewing_file_copies(rec.run_id, [(ref.path, etag, token)]):
+                staged = stage_blob(
+                    svc.container,
+                    blob_name,
+                    svc.share,
+                    dest_path=f"{_data_dir(rec)}/{ref.path}",
+                    copy_timeout=svc.settings.copy_timeout_seconds,
+                    account_key=svc.account_key,
+                    props=props,
+                )
         except BaseException as exc:
             svc.registry.release_file_copy(rec.run_id, ref.path, etag)  # a retry or a waiter copies
             if not isinstance(exc, StagingError):
@@ -348,16 +350,12 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
     return IngestResult("staged", rec.run_id, STAGING, submitted=submitted)
 
 
-COPY_CLAIM_MARGIN_SECONDS = 60.0  # past COPY_TIMEOUT_SECONDS, a copy claim's holder is taken as dead
-
-
-def _copy_claimed(svc: Services, rec: RunRecord, path: str, etag: str | None) -> bool:
-    """Whether this delivery copies blob version ``etag`` of ``path`` into the run's snapshot: it holds
-    the registry's create-only claim on it. Else it waits until the holder recorded the file, or the
-    run left staging (False: nothing to write), or the holder gave the claim up or died (its claim
-    is older than COPY_TIMEOUT_SECONDS plus a margin): then this delivery takes it over (True)."""
-    stale = svc.settings.copy_timeout_seconds + COPY_CLAIM_MARGIN_SECONDS
-    while not svc.registry.claim_file_copy(rec.run_id, path, etag, stale_seconds=stale):
+def _copy_claimed(svc: Services, rec: RunRecord, path: str, etag: str | None) -> str | None:
+    """The claim token when this delivery copies blob version ``etag`` of ``path`` into the run's
+    snapshot: it holds the registry's create-only claim on it. Else it waits until the holder
+    recorded the file, or the run left staging (None: nothing to write), or the holder gave the claim
+    up or died (it stopped renewing it): then this delivery takes it over."""
+    while not (token := svc.registry.claim_file_copy(rec.run_id, path, etag)):
         current = svc.registry.get(rec.run_id)
         seen = current.staged(path)
         if (seen is not None and seen.etag == etag) or current.state != STAGING:
@@ -368,9 +366,9 @@ def _copy_claimed(svc: Services, rec: RunRecord, path: str, etag: str | None) ->
                 etag,
                 extra=rec.log_extra(),
             )
-            return False
+            return None
         time.sleep(0.2 + secrets.randbelow(300) / 1000)
-    return True
+    return token
 
 
 def _data_dir(rec: RunRecord) -> str:
@@ -750,15 +748,18 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
     if carry:
         # A delivery of the same blob version may be copying it right now: the carry takes the same
         # create-only claim, so exactly one of them writes the file (the other counts it missing).
-        stale = svc.settings.copy_timeout_seconds + COPY_CLAIM_MARGIN_SECONDS
         mine = []
+        claims = []
         for item in carry:
-            if svc.registry.claim_file_copy(rec.run_id, item[1].name, item[1].etag, stale_seconds=stale):
+            token = svc.registry.claim_file_copy(rec.run_id, item[1].name, item[1].etag)
+            if token:
                 mine.append(item)
+                claims.append((item[1].name, item[1].etag, token))
             else:
                 missing.append(item[1].name)
         try:
-            carried = _carry(svc, rec, mine, from_blobs=True)
+            with svc.registry.renewing_file_copies(rec.run_id, claims):
+                carried = _carry(svc, rec, mine, from_blobs=True)
         except BaseException:
             for _, f in mine:
                 svc.registry.release_file_copy(rec.run_id, f.name, f.etag)

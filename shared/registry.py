@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ FILE_PREFIX = "file~"
 WANT_PREFIX = "want~"
 OUTPUT_PREFIX = "out~"
 COPY_PREFIX = "copy~"  # one per (file, blob version) a delivery copies into the run's snapshot
+# A copy claim's holder renews it while it copies; one not renewed for COPY_CLAIM_STALE_SECONDS is
+# taken as its holder's death (a host killed mid-copy), and a waiting delivery takes the copy over.
+COPY_CLAIM_RENEW_SECONDS = 4.0
+COPY_CLAIM_STALE_SECONDS = 20.0
 DATASET_PARTITION = "~dataset"
 IDEMPOTENCY_PARTITION = "~idem"
 CLUSTER_PARTITION = "~cluster"
@@ -420,6 +425,11 @@ def snapshot_dir(run_id: str) -> str:
 
 def _key_hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:48]
+
+
+def _copy_row(name: str, etag: str | None) -> str:
+    """The RowKey of the copy claim on blob version ``etag`` of ``name``."""
+    return COPY_PREFIX + _key_hash(f"{name}\n{etag or ''}")
 
 
 def _encode_token(token: Any) -> str | None:
@@ -1061,13 +1071,16 @@ class RunRegistry:
         for i in range(0, len(batch), 100):  # a transaction holds at most 100 operations
             self.table.submit_transaction(batch[i : i + 100])
 
-    def claim_file_copy(self, run_id: str, name: str, etag: str | None, *, stale_seconds: float) -> bool:
-        """Claim the copy of blob version ``etag`` of ``name`` into the run's snapshot: True when this
-        caller copies it. A create-only entity (Table insert fails when it exists), so of duplicate
-        deliveries of one blob version exactly one copies; the others wait for its record. A claim
-        older than ``stale_seconds`` (its holder died mid-copy) is taken over by compare-and-swap."""
+    def claim_file_copy(
+        self, run_id: str, name: str, etag: str | None, *, stale_seconds: float = COPY_CLAIM_STALE_SECONDS
+    ) -> str | None:
+        """Claim the copy of blob version ``etag`` of ``name`` into the run's snapshot: the claim's
+        token when this caller copies it, else None. A create-only entity (Table insert fails when it
+        exists), so of duplicate deliveries of one blob version exactly one copies; the others wait
+        for its record. A claim not renewed for ``stale_seconds`` (its holder died mid-copy; a live
+        holder renews it, see ``renewing_file_copies``) is taken over by compare-and-swap."""
         self._ensure_table()
-        row = COPY_PREFIX + _key_hash(f"{name}\n{etag or ''}")
+        row = _copy_row(name, etag)
         token = secrets.token_hex(8)
         entity = {
             "PartitionKey": run_id,
@@ -1078,7 +1091,7 @@ class RunRegistry:
         }
         try:
             self.table.create_entity(entity)
-            return True
+            return token
         except ResourceExistsError:
             pass
         try:
@@ -1086,9 +1099,9 @@ class RunRegistry:
         except ResourceNotFoundError:
             return self.claim_file_copy(run_id, name, etag, stale_seconds=stale_seconds)  # released
         if current.get("token") == token:
-            return True  # this caller's insert took effect; its answer was lost and it was tried again
+            return token  # this caller's insert took effect; its answer was lost and it was tried again
         if time.time() - float(current.get("claimed_at", 0)) < stale_seconds:
-            return False
+            return None
         try:
             self.table.update_entity(
                 entity,
@@ -1096,16 +1109,70 @@ class RunRegistry:
                 etag=current.metadata["etag"],
                 match_condition=MatchConditions.IfNotModified,
             )
-            return True
+            return token
         except HttpResponseError as exc:
             if isinstance(exc, ResourceModifiedError) or exc.status_code == 412:
-                return False  # another delivery took it over first
+                return None  # another delivery took it over first
             raise
+
+    def renew_file_copy(self, run_id: str, name: str, etag: str | None, token: str) -> bool:
+        """Mark this caller's copy claim alive now; False when it is not this caller's any more
+        (released, or taken over by a delivery that took its holder for dead)."""
+        row = _copy_row(name, etag)
+        try:
+            current = self.table.get_entity(run_id, row)
+            if current.get("token") != token:
+                return False
+            self.table.update_entity(
+                {"PartitionKey": run_id, "RowKey": row, "claimed_at": time.time()},
+                mode=UpdateMode.MERGE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+            return True
+        except ResourceNotFoundError:
+            return False
+        except HttpResponseError as exc:
+            if isinstance(exc, ResourceModifiedError) or exc.status_code == 412:
+                return False
+            raise
+
+    @contextlib.contextmanager
+    def renewing_file_copies(
+        self,
+        run_id: str,
+        claims: Iterable[tuple[str, str | None, str]],
+        *,
+        every: float = COPY_CLAIM_RENEW_SECONDS,
+    ) -> Iterator[None]:
+        """Renew the caller's copy claims ``(name, etag, token)`` every ``every`` seconds while the
+        block copies, so waiting deliveries know the holder is alive (a long copy of a large blob
+        outlives COPY_CLAIM_STALE_SECONDS) and take over quickly when it is not. A failed renewal
+        is tried again at the next beat."""
+        held = list(claims)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while held and not stop.wait(every):
+                for claim in list(held):
+                    try:
+                        if not self.renew_file_copy(run_id, *claim):
+                            held.remove(claim)
+                    except (HttpResponseError, ServiceRequestError) as exc:
+                        log.warning("run %s: copy claim of %s not renewed: %s", run_id, claim[0], exc)
+
+        thread = threading.Thread(target=beat, name=f"copy-claims-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def release_file_copy(self, run_id: str, name: str, etag: str | None) -> None:
         """Give up a copy claim (the copy failed): the trigger's retry or a waiting delivery copies."""
         with contextlib.suppress(ResourceNotFoundError):
-            self.table.delete_entity(run_id, COPY_PREFIX + _key_hash(f"{name}\n{etag or ''}"))
+            self.table.delete_entity(run_id, _copy_row(name, etag))
 
     def remove_staged_files(self, run_id: str, names: Iterable[str]) -> None:
         """Forget staged files (a file taken out of a snapshot again); a missing entry is fine."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -272,6 +273,26 @@ def test_a_dead_requests_idempotency_key_is_taken_over_by_exactly_one_request(re
     assert len(results) == 4 and len(set(results)) == 1, results
     assert registry.find_by_idempotency_key("dead").run_id == results[0]
     assert [r.run_id for r in registry.iter_runs(dataset="mnist") if r.idempotency_key] == results[:1]
+
+
+def test_a_renewed_copy_claim_is_kept_and_a_dead_holders_is_taken_over(registry: RunRegistry) -> None:
+    """A holder that renews its copy claim keeps it however long it copies; once it stops (killed
+    mid-copy), a waiting delivery takes the copy over as soon as the claim is stale, and the old
+    holder's renewal then says the claim is not its own any more."""
+    run_id = registry.create("mnist").run_id
+    token = registry.claim_file_copy(run_id, "big.bin", "0x1")
+    assert token and registry.claim_file_copy(run_id, "big.bin", "0x1", stale_seconds=0.6) is None
+    with registry.renewing_file_copies(run_id, [("big.bin", "0x1", token)], every=0.1):
+        deadline = time.monotonic() + 1.5  # well past the waiter's idea of stale
+        while time.monotonic() < deadline:
+            assert registry.claim_file_copy(run_id, "big.bin", "0x1", stale_seconds=0.6) is None
+            time.sleep(0.1)
+    time.sleep(0.7)  # no renewal any more: the holder is taken for dead
+    taken = registry.claim_file_copy(run_id, "big.bin", "0x1", stale_seconds=0.6)
+    assert taken and taken != token
+    assert registry.renew_file_copy(run_id, "big.bin", "0x1", token) is False
+    assert registry.renew_file_copy(run_id, "big.bin", "0x1", taken) is True
+    assert registry.claim_file_copy(run_id, "big.bin", "0x2") not in (None, taken)  # another version
 
 
 def test_a_pointer_whose_run_is_being_created_is_waited_for(registry: RunRegistry) -> None:
