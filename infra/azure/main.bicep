@@ -198,8 +198,8 @@ param appSubnetPrefix string = '10.40.1.0/24'
 @description('Subnet the storage private endpoints take their addresses from.')
 param privateEndpointSubnetPrefix string = '10.40.2.0/24'
 
-@description('privateNetworking: true closes the data account\'s public endpoint to all but uploaderIpRanges, trusted Azure services and the Azure ML workspace. false keeps it open to the network (Entra ID or a user delegation SAS still required) while everything else stays private: the fallback if ingest\'s server-side copies from it into the share fail (CannotVerifyCopySource; docs/deploy.md).')
-param dataAccountFirewall bool = true
+@description('With privateNetworking: true closes the data account\'s public endpoint to all but uploaderIpRanges, trusted Azure services and the Azure ML workspace. false (the default) keeps it open to the network, Entra ID or a user delegation SAS still required, while everything else stays private: whether ingest\'s server-side copies from a firewalled data account into the share work is unverified (public reports say they fail with CannotVerifyCopySource; docs/deploy.md), so the firewall is opt-in until tried.')
+param dataAccountFirewall bool = false
 
 @description('Public IPv4 addresses or CIDR ranges (e.g. 203.0.113.0/24) allowed through the data account\'s firewall: where uploaders write training-data from. Empty: only the virtual network and trusted Azure services reach it (privateNetworking).')
 param uploaderIpRanges array = []

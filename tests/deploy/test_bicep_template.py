@@ -486,16 +486,21 @@ def _subnets(template: Template) -> dict[str, dict[str, Any]]:
 
 
 def test_private_networking_is_the_default_and_closes_the_storage_accounts() -> None:
-    """No account answers the public network, except the data account's firewall for the uploaders'
-    addresses (none by default), trusted Azure services and the Azure ML workspace."""
+    """No account answers the public network but the data account. By default its public endpoint
+    stays open (identity or SAS still needed), since ingest's server-side copies from a firewalled
+    source account are unverified; dataAccountFirewall=true closes it to the uploaders' addresses
+    (none by default), trusted Azure services and the Azure ML workspace."""
     template = _main(batchAiResourceGroupName="rg-training")
     assert template.parameters["privateNetworking"]["default"] is True
+    assert template.parameters["dataAccountFirewall"]["default"] is False
     for symbol in ("hostStorage", "shareStorage"):
         properties = _network_properties(template, symbol)
         assert properties["publicNetworkAccess"] == "Disabled", symbol
         assert properties["networkAcls"]["defaultAction"] == "Deny", symbol
         assert properties["networkAcls"]["bypass"] == "None", symbol
-    data = _network_properties(template, "dataStorage")["networkAcls"]
+    assert _network_properties(template, "dataStorage")["networkAcls"]["defaultAction"] == "Allow"
+    closed = _main(batchAiResourceGroupName="rg-training", dataAccountFirewall=True)
+    data = _network_properties(closed, "dataStorage")["networkAcls"]
     assert data["defaultAction"] == "Deny"
     assert data["ipRules"] == []
     workspace_id = (
@@ -503,21 +508,19 @@ def test_private_networking_is_the_default_and_closes_the_storage_accounts() -> 
         "Microsoft.MachineLearningServices/workspaces/aml-workspace"
     )
     assert data["resourceAccessRules"] == [
-        {"tenantId": _expr(template, "subscription().tenantId"), "resourceId": workspace_id}
+        {"tenantId": _expr(closed, "subscription().tenantId"), "resourceId": workspace_id}
     ]
-    uploaders = _main(uploaderIpRanges=["203.0.113.0/24", "198.51.100.7"])
+    uploaders = _main(dataAccountFirewall=True, uploaderIpRanges=["203.0.113.0/24", "198.51.100.7"])
     assert _network_properties(uploaders, "dataStorage")["networkAcls"]["ipRules"] == [
         {"value": "203.0.113.0/24", "action": "Allow"},
         {"value": "198.51.100.7", "action": "Allow"},
     ]
-    # The fallback for ingest's cross-account copies: only the data account opens, nothing else does.
-    fallback = _main(dataAccountFirewall=False)
-    assert _network_properties(fallback, "dataStorage")["networkAcls"]["defaultAction"] == "Allow"
-    assert _network_properties(fallback, "shareStorage")["publicNetworkAccess"] == "Disabled"
-    assert _network_properties(fallback, "hostStorage")["publicNetworkAccess"] == "Disabled"
+    # Opening the data account opens nothing else.
+    assert _network_properties(template, "shareStorage")["publicNetworkAccess"] == "Disabled"
+    assert _network_properties(template, "hostStorage")["publicNetworkAccess"] == "Disabled"
     # Batch AI (local stack only) has no workspace to let in.
-    batch_ai = _network_properties(_main(computeBackend="batchai"), "dataStorage")["networkAcls"]
-    assert batch_ai["resourceAccessRules"] == []
+    batch_ai = _main(computeBackend="batchai", dataAccountFirewall=True)
+    assert _network_properties(batch_ai, "dataStorage")["networkAcls"]["resourceAccessRules"] == []
 
 
 def test_without_private_networking_nothing_of_the_network_is_deployed() -> None:
