@@ -12,7 +12,8 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.test import Client, TestResponse
 
 from infra.local.arm.faults import FaultInjector, FaultSettings
-from infra.local.arm.models import Backend, Config, expand_vars, parse_duration
+from infra.local.arm.jobrunner import expand_vars
+from infra.local.arm.models import Backend, Config, parse_duration
 from infra.local.arm.responses import ArmRequest
 from infra.local.arm.server import ArmEmulator
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -41,20 +42,70 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from infra.local.arm import blobfs
 from infra.local.arm.blobfs import BlobMount
-from infra.local.arm.models import expand_vars
-
-if TYPE_CHECKING:
-    from infra.local.arm.models import Backend
+from infra.local.arm.errors import resource_error
 
 KILL_GRACE_SECONDS = 2.0
 
 # Environment of the emulator process that its jobs do not inherit.
 EMULATOR_SECRET_VARIABLES = frozenset({"AZURITE_ACCOUNTS", "ARM_EMULATOR_TOKEN"})
+
+
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expand_vars(text: str, env: dict[str, str]) -> str:
+    """Expand `$VAR` and `${VAR}` as the service did before handing paths to the node; unknown
+    variables stay as written (a shell may still expand them)."""
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return env.get(name, m.group(0))
+
+    return _VAR.sub(repl, text)
+
+
+def _no_volumes(
+    volumes: dict[str, Any], mount_root: Path, blob_mounts: list[BlobMount]
+) -> list[dict[str, Any]]:
+    return []
+
+
+def _ignore_launch(key: str, job_uuid: str, pid: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class JobCallbacks:
+    """How the runner reports to whoever owns the jobs (the Batch AI backend, the Azure ML provider):
+    the runner keeps only its processes and threads, and never reads or writes its owner's state.
+
+    - `exited(key, exit_code, errors)`: every process of the job has exited (not called at shutdown:
+      the owner reports those jobs after its restart); `exit_code` None when none ran.
+    - `launched(key, job_uuid, pid)`: a process started (the owner records it to stop orphans after a
+      crash).
+    - `mount_volumes(volumes, mount_root, blob_mounts)`: make the job-level mount volumes under
+      `mount_root`; the errors the service reports for mounts that failed.
+    """
+
+    exited: Callable[[str, int | None, list[dict[str, Any]]], None]
+    launched: Callable[[str, str, int], None] = _ignore_launch
+    mount_volumes: Callable[[dict[str, Any], Path, list[BlobMount]], list[dict[str, Any]]] = _no_volumes
+
+
+@dataclass(frozen=True)
+class NodeBlobMounts:
+    """The container mounts of the node a job runs on, which the job's end writes back: `read` gives
+    them (as the owner last stored them), `written` stores them after the write-back."""
+
+    read: Callable[[], list[BlobMount]]
+    written: Callable[[list[BlobMount]], None]
 
 
 def _free_port() -> int:
@@ -69,8 +120,11 @@ def _exit_code(returncode: int) -> int:
 
 
 class JobRunner:
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    """Runs jobs' processes; reports what happens through `callbacks`."""
+
+    def __init__(self, callbacks: JobCallbacks, python: str = "") -> None:
+        self.callbacks = callbacks
+        self._python = python
         self.lock = threading.Lock()
         self.procs: dict[str, list[subprocess.Popen]] = {}
         self.killed: set[str] = set()
@@ -79,7 +133,7 @@ class JobRunner:
 
     @property
     def python(self) -> str:
-        return self.backend.config.job_python or sys.executable
+        return self._python or sys.executable
 
     # --- launch ----------------------------------------------------------------------------------
     def start(
@@ -88,10 +142,11 @@ class JobRunner:
         job: dict[str, Any],
         mount_root: Path,
         node_dir: Path,
-        node: dict[str, Any] | None = None,
-    ) -> None:
-        """Resolve the job's paths and environment (caller holds the backend lock), then run it in a
-        thread."""
+        node_mounts: NodeBlobMounts | None = None,
+    ) -> dict[str, Any]:
+        """Resolve the job's paths and environment, then run it in a thread. `job` is the job's
+        `body` and `meta` (read only). Returns the resolved paths: `stdouterr`, `outputs` (id -> path)
+        and `job_temp`."""
         props, meta = job["body"]["properties"], job["meta"]
         parts = props["jobOutputDirectoryPathSegment"].split("/")
         job_temp = node_dir / "jobs" / meta["uuid"]
@@ -121,7 +176,7 @@ class JobRunner:
         # The request's volumes carry the credentials (the job's body shows them emptied).
         requested = ((meta.get("request") or {}).get("properties") or {}).get("mountVolumes")
         blob_mounts: list[BlobMount] = []
-        mount_errors = self.backend.mount_volumes(
+        mount_errors = self.callbacks.mount_volumes(
             requested or props.get("mountVolumes") or {}, job_mount_root, blob_mounts
         )
         for directory in props.get("inputDirectories") or []:
@@ -148,8 +203,8 @@ class JobRunner:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                errors.append({"code": "OutputDirectoryCreationFailed", "message": f"{path}: {exc}"})
-        meta["paths"] = {
+                errors.append(resource_error("OutputDirectoryCreationFailed", f"{path}: {exc}"))
+        paths = {
             "stdouterr": os.path.realpath(stdouterr),
             "outputs": {k: os.path.realpath(v) for k, v in outputs.items()},
             "job_temp": str(job_temp),
@@ -169,13 +224,14 @@ class JobRunner:
                 props.get("jobPreparation"),
                 errors,
                 blob_mounts,
-                node,
+                node_mounts,
             ),
             name=f"job-{parts[7]}",
             daemon=True,
         )
         self.threads[key] = thread
         thread.start()
+        return paths
 
     def _plan(self, tool: str, props: dict[str, Any], env: dict[str, str]) -> list[dict[str, Any]]:
         """The processes to start: each {argv, env, waited} (parameter servers are not waited for)."""
@@ -323,12 +379,7 @@ class JobRunner:
                 start_new_session=True,
             )
             self.procs.setdefault(key, []).append(proc)
-        with self.backend.lock:
-            job = self.backend.state["jobs"].get(key)
-            if job is not None:
-                job["meta"].setdefault("pids", []).append(proc.pid)
-                self.backend.dirty = True
-        self.backend.log_pid(env["AZ_BATCHAI_EMULATOR_JOB"], proc.pid)
+        self.callbacks.launched(key, env["AZ_BATCHAI_EMULATOR_JOB"], proc.pid)
         return proc
 
     def _run(
@@ -341,7 +392,7 @@ class JobRunner:
         preparation: dict[str, Any] | None,
         errors: list[dict[str, Any]],
         blob_mounts: list[BlobMount] | None = None,
-        node: dict[str, Any] | None = None,
+        node_mounts: NodeBlobMounts | None = None,
     ) -> None:
         exit_code: int | None = None
         mounted = False
@@ -374,10 +425,9 @@ class JobRunner:
                 if code != 0:
                     exit_code = code
                     errors.append(
-                        {
-                            "code": "JobPreparationFailed",
-                            "message": f"The job preparation task exited with code {code}.",
-                        }
+                        resource_error(
+                            "JobPreparationFailed", f"The job preparation task exited with code {code}."
+                        )
                     )
                     return
             with contextlib.ExitStack() as files:
@@ -399,38 +449,37 @@ class JobRunner:
                     count = sum(1 for _, step in procs if step["waited"])
                     suffix = f"-{failed['logs']}" if failed.get("logs") else ""
                     errors.append(
-                        {
-                            "code": "JobFailed",
-                            "message": f"The job exited with non-zero exit code {exit_code}: "
+                        resource_error(
+                            "JobFailed",
+                            f"The job exited with non-zero exit code {exit_code}: "
                             f"{failed['label']} of {count} exited with code {exit_code} (its output: "
                             f"stdout{suffix}.txt, stderr{suffix}.txt); the job's other processes were "
                             "stopped.",
-                        }
+                        )
                     )
         except _Killed:
             exit_code = exit_code if exit_code is not None else 137
         except OSError as exc:
-            errors.append({"code": "JobLaunchFailed", "message": f"Could not start the job's process: {exc}"})
+            errors.append(resource_error("JobLaunchFailed", f"Could not start the job's process: {exc}"))
         finally:
             if mounted and not self.shutting_down:
-                errors.extend(self._write_back(blob_mounts or [], node))
+                errors.extend(self._write_back(blob_mounts or [], node_mounts))
             with self.lock:
                 self.procs.pop(key, None)
                 self.threads.pop(key, None)
             # At shutdown the job stays `running` in the saved state: the next start reports it failed
             # with an error saying why (see Backend._recover_after_restart).
             if not self.shutting_down:
-                self.backend.job_process_exited(key, exit_code, errors)
+                self.callbacks.exited(key, exit_code, errors)
 
-    def _write_back(self, job_mounts: list[BlobMount], node: dict[str, Any] | None) -> list[dict[str, Any]]:
+    def _write_back(
+        self, job_mounts: list[BlobMount], node_mounts: NodeBlobMounts | None
+    ) -> list[dict[str, Any]]:
         """What the job wrote into blob containers (its own mounts and its node's) goes to the blobs."""
-        with self.backend.lock:
-            node_mounts = [BlobMount.from_json(m) for m in (node or {}).get("blobfs") or []]
-        errors = [error for mount in [*job_mounts, *node_mounts] for error in blobfs.push(mount)]
-        if node_mounts:
-            with self.backend.lock:
-                node["blobfs"] = [m.to_json() for m in node_mounts]  # type: ignore[index]
-                self.backend.dirty = True
+        on_node = node_mounts.read() if node_mounts else []
+        errors = [error for mount in [*job_mounts, *on_node] for error in blobfs.push(mount)]
+        if on_node and node_mounts:
+            node_mounts.written(on_node)
         return errors
 
     def _wait(

@@ -45,6 +45,7 @@ from infra.local.arm.errors import (
     restarted_before_start,
     restarted_while_running,
 )
+from infra.local.arm.jobrunner import JobCallbacks, JobRunner, NodeBlobMounts
 
 BATCHAI_API_VERSION = "2018-05-01"
 PROVIDER = "Microsoft.BatchAI"
@@ -115,20 +116,6 @@ def parse_duration(value: str) -> float:
     raise ValueError(f"not a duration: {value!r}")
 
 
-_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
-
-def expand_vars(text: str, env: dict[str, str]) -> str:
-    """Expand `$VAR` and `${VAR}` as the service did before handing paths to the node; unknown
-    variables stay as written (a shell may still expand them)."""
-
-    def repl(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2)
-        return env.get(name, m.group(0))
-
-    return _VAR.sub(repl, text)
-
-
 def resource_key(resource_id: str) -> str:
     return resource_id.rstrip("/").lower()
 
@@ -137,8 +124,6 @@ class Backend:
     """All state, behind one lock. `responses.py` calls the public methods; `tick()` advances time."""
 
     def __init__(self, config: Config) -> None:
-        from infra.local.arm.jobrunner import JobRunner
-
         self.config = config
         self.lock = threading.RLock()
         self.state: dict[str, dict[str, Any]] = {
@@ -153,7 +138,14 @@ class Backend:
         self.secret = ""
         self.dirty = False
         self.node_random = random.Random(config.node_failure_seed)
-        self.runner = JobRunner(self)
+        self.runner = JobRunner(
+            JobCallbacks(
+                exited=self.job_process_exited,
+                launched=self._job_process_launched,
+                mount_volumes=self.mount_volumes,
+            ),
+            python=config.job_python,
+        )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = config.data_dir / "state.json"
         # One line per launched process ("<job uuid> <pid>"), appended at launch: cheap, and a crash
@@ -259,7 +251,14 @@ class Backend:
         os.replace(tmp, self.state_file)
         self._finished_saves = generation
 
-    def log_pid(self, job_uuid: str, pid: int) -> None:
+    def _job_process_launched(self, key: str, job_uuid: str, pid: int) -> None:
+        """The job runner started a process of the job: its pid is kept (state file, and at once in the
+        pid log) so that a start after a crash can stop it."""
+        with self.lock:
+            job = self.state["jobs"].get(key)
+            if job is not None:
+                job["meta"].setdefault("pids", []).append(pid)
+                self.dirty = True
         with self.pid_log.open("a") as log:
             log.write(f"{job_uuid} {pid}\n")
 
@@ -1290,9 +1289,25 @@ class Backend:
             mount_root = Path(cluster["meta"]["node_root"]) / chosen[0]["id"] / "mounts"
             try:
                 node_dir = Path(cluster["meta"]["node_root"]) / chosen[0]["id"]
-                self.runner.start(key, job, mount_root, node_dir, chosen[0])
+                job["meta"]["paths"] = self.runner.start(
+                    key, job, mount_root, node_dir, self._node_blob_mounts(chosen[0])
+                )
             except Exception as exc:  # a launch failure is a failed job, as on the service
                 self._finish_job(key, None, [{"code": "JobLaunchFailed", "message": str(exc)}])
+
+    def _node_blob_mounts(self, node: dict[str, Any]) -> NodeBlobMounts:
+        """The node's container mounts, for the job runner's write-back at the job's end."""
+
+        def read() -> list[BlobMount]:
+            with self.lock:
+                return [BlobMount.from_json(m) for m in node.get("blobfs") or []]
+
+        def written(mounts: list[BlobMount]) -> None:
+            with self.lock:
+                node["blobfs"] = [m.to_json() for m in mounts]
+                self.dirty = True
+
+        return NodeBlobMounts(read, written)
 
     def _enforce_wall_clock(self, now: float) -> None:
         for key, job in self.state["jobs"].items():

@@ -23,6 +23,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,18 @@ _EXPR = re.compile(r"\$\{\{\s*(inputs|outputs)\.(\w+)\s*\}\}")
 def log_blob_name(job: str) -> str:
     """Where Azure ML writes a command job's combined stdout/stderr in the artifact container."""
     return f"ExperimentRun/dcid.{job}/user_logs/std_log.txt"
+
+
+def workspace_child(rid: str, name: str, rtype: str, props: dict[str, Any], created: float) -> dict[str, Any]:
+    """The body of a resource in a workspace (datastore, environment version, job): ARM's envelope
+    with the `systemData` Azure ML adds."""
+    return {
+        "id": rid,
+        "name": name,
+        "type": rtype,
+        "properties": props,
+        "systemData": {"createdAt": now_iso(created), "createdBy": "emulator", "createdByType": "User"},
+    }
 
 
 @dataclass
@@ -172,17 +185,7 @@ class Datastore:
             answered["secrets"] = {"secretsType": credentials["secrets"].get("secretsType")}
         props["credentials"] = answered
         props.setdefault("isDefault", False)
-        return {
-            "id": self.id,
-            "name": self.name,
-            "type": f"{PROVIDER}/workspaces/datastores",
-            "properties": props,
-            "systemData": {
-                "createdAt": now_iso(self.created),
-                "createdBy": "emulator",
-                "createdByType": "User",
-            },
-        }
+        return workspace_child(self.id, self.name, f"{PROVIDER}/workspaces/datastores", props, self.created)
 
     def root(self, files_root: Path, data_dir: Path) -> Path | None:
         """The local directory the datastore's data lives in (an Azure File share of the Files
@@ -206,17 +209,9 @@ class EnvironmentVersion:
         props.setdefault("osType", "Linux")
         props["provisioningState"] = "Succeeded"
         props.setdefault("isArchived", False)
-        return {
-            "id": self.id,
-            "name": self.version,
-            "type": f"{PROVIDER}/workspaces/environments/versions",
-            "properties": props,
-            "systemData": {
-                "createdAt": now_iso(self.created),
-                "createdBy": "emulator",
-                "createdByType": "User",
-            },
-        }
+        return workspace_child(
+            self.id, self.version, f"{PROVIDER}/workspaces/environments/versions", props, self.created
+        )
 
 
 @dataclass
@@ -252,17 +247,7 @@ class Job:
             "Studio": {"jobServiceType": "Studio", "endpoint": f"https://ml.azure.com/runs/{self.name}"}
         }
         props.pop("secretsConfiguration", None)
-        return {
-            "id": self.id,
-            "name": self.name,
-            "type": f"{PROVIDER}/workspaces/jobs",
-            "properties": props,
-            "systemData": {
-                "createdAt": now_iso(self.created),
-                "createdBy": "emulator",
-                "createdByType": "User",
-            },
-        }
+        return workspace_child(self.id, self.name, f"{PROVIDER}/workspaces/jobs", props, self.created)
 
 
 @dataclass
@@ -405,6 +390,34 @@ class AzureMLBackend:
             )
         return found
 
+    def _child_key(self, sub: str, rg: str, ws: str, path: str) -> str:
+        """The store key of `<workspace id>/<path>` (a compute, datastore, environment version or job);
+        404 when the workspace or its group does not exist."""
+        return resource_key(f"{self.require_workspace(sub, rg, ws).id}/{path}")
+
+    def _find(
+        self, store: dict[str, Any], sub: str, rg: str, ws: str, path: str, what: str, code: str = "UserError"
+    ) -> Any:
+        """The resource at `<workspace id>/<path>`, or 404 naming `what` (Azure ML's `UserError` for
+        everything but computes)."""
+        found = store.get(self._child_key(sub, rg, ws, path))
+        if found is None:
+            raise ArmError(code, f"{what} not found in workspace {ws}.", status=404)
+        return found
+
+    def _begin_delete(
+        self, store: dict[str, Any], key: str, kind: str, stop: Callable[[Any], None] | None = None
+    ) -> str | None:
+        """A compute's or job's delete: it shows `deleting` until the operation completes and removes
+        it; None when there is nothing to delete."""
+        found = store.get(key)
+        if found is None:
+            return None
+        found.deleting = True
+        if stop is not None:
+            stop(found)
+        return self.new_operation(kind, on_done=lambda: store.pop(key, None))
+
     # --- workspaces ------------------------------------------------------------------------------
     def put_workspace(self, sub: str, rg: str, ws: str, body: dict[str, Any]) -> tuple[int, Workspace]:
         with self.lock:
@@ -493,11 +506,9 @@ class AzureMLBackend:
 
     def get_compute(self, sub: str, rg: str, ws: str, name: str) -> Compute:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            compute = self.computes.get(resource_key(f"{workspace.id}/computes/{name}"))
-            if compute is None:
-                raise ArmError("ResourceNotFound", f"Compute {name} not found in workspace {ws}.")
-            return compute
+            return self._find(
+                self.computes, sub, rg, ws, f"computes/{name}", f"Compute {name}", "ResourceNotFound"
+            )
 
     def list_computes(self, sub: str, rg: str, ws: str) -> list[Compute]:
         with self.lock:
@@ -507,13 +518,9 @@ class AzureMLBackend:
 
     def delete_compute(self, sub: str, rg: str, ws: str, name: str) -> str | None:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            key = resource_key(f"{workspace.id}/computes/{name}")
-            compute = self.computes.get(key)
-            if compute is None:
-                return None
-            compute.deleting = True
-            return self.new_operation("compute", on_done=lambda: self.computes.pop(key, None))
+            return self._begin_delete(
+                self.computes, self._child_key(sub, rg, ws, f"computes/{name}"), "compute"
+            )
 
     def target_nodes(self, key: str, compute: Compute) -> int:
         wanted = sum(
@@ -566,16 +573,11 @@ class AzureMLBackend:
 
     def get_datastore(self, sub: str, rg: str, ws: str, name: str) -> Datastore:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            found = self.datastores.get(resource_key(f"{workspace.id}/datastores/{name}"))
-            if found is None:
-                raise ArmError("UserError", f"Datastore {name} not found in workspace {ws}.", status=404)
-            return found
+            return self._find(self.datastores, sub, rg, ws, f"datastores/{name}", f"Datastore {name}")
 
     def delete_datastore(self, sub: str, rg: str, ws: str, name: str) -> bool:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            return self.datastores.pop(resource_key(f"{workspace.id}/datastores/{name}"), None) is not None
+            return self.datastores.pop(self._child_key(sub, rg, ws, f"datastores/{name}"), None) is not None
 
     def put_environment(
         self, sub: str, rg: str, ws: str, name: str, version: str, body: dict[str, Any]
@@ -598,20 +600,12 @@ class AzureMLBackend:
 
     def get_environment(self, sub: str, rg: str, ws: str, name: str, version: str) -> EnvironmentVersion:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            found = self.environments.get(
-                resource_key(f"{workspace.id}/environments/{name}/versions/{version}")
-            )
-            if found is None:
-                raise ArmError(
-                    "UserError", f"Environment {name}:{version} not found in workspace {ws}.", status=404
-                )
-            return found
+            path = f"environments/{name}/versions/{version}"
+            return self._find(self.environments, sub, rg, ws, path, f"Environment {name}:{version}")
 
     def delete_environment(self, sub: str, rg: str, ws: str, name: str, version: str) -> bool:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            key = resource_key(f"{workspace.id}/environments/{name}/versions/{version}")
+            key = self._child_key(sub, rg, ws, f"environments/{name}/versions/{version}")
             return self.environments.pop(key, None) is not None
 
     # --- jobs ------------------------------------------------------------------------------------
@@ -661,11 +655,7 @@ class AzureMLBackend:
 
     def get_job(self, sub: str, rg: str, ws: str, name: str) -> Job:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            job = self.jobs.get(resource_key(f"{workspace.id}/jobs/{name}"))
-            if job is None:
-                raise ArmError("UserError", f"Job {name} not found in workspace {ws}.", status=404)
-            return job
+            return self._find(self.jobs, sub, rg, ws, f"jobs/{name}", f"Job {name}")
 
     def list_jobs(self, sub: str, rg: str, ws: str) -> list[Job]:
         with self.lock:
@@ -689,15 +679,13 @@ class AzureMLBackend:
 
     def delete_job(self, sub: str, rg: str, ws: str, name: str) -> str | None:
         with self.lock:
-            workspace = self.require_workspace(sub, rg, ws)
-            key = resource_key(f"{workspace.id}/jobs/{name}")
-            job = self.jobs.get(key)
-            if job is None:
-                return None
-            job.deleting = True
-            self.runner.kill(job)
-            self._release(job)
-            return self.new_operation("mfe", on_done=lambda: self.jobs.pop(key, None))
+            return self._begin_delete(
+                self.jobs, self._child_key(sub, rg, ws, f"jobs/{name}"), "mfe", self._stop_job
+            )
+
+    def _stop_job(self, job: Job) -> None:
+        self.runner.kill(job)
+        self._release(job)
 
     def _set_status(self, job: Job, status: str) -> None:
         job.status, job.status_since = status, time.time()

@@ -250,20 +250,22 @@ class AzureMLResponses:
         return 202, None, headers
 
     # --- long-running operations -----------------------------------------------------------------
-    def operation_status(
-        self, req: ArmRequest, sub: str, location: str, kind: str, op: str
-    ) -> tuple[int, Any, dict]:
+    def _operation(self, op: str) -> Any:
         found = self.backend.operations.get(op)
         if found is None:
             raise ArmError("ResourceNotFound", f"Operation {op} not found.")
+        return found
+
+    def operation_status(
+        self, req: ArmRequest, sub: str, location: str, kind: str, op: str
+    ) -> tuple[int, Any, dict]:
+        found = self._operation(op)
         return 200, {"status": found.status}, {}
 
     def operation_result(
         self, req: ArmRequest, sub: str, location: str, kind: str, op: str
     ) -> tuple[int, Any, dict]:
-        found = self.backend.operations.get(op)
-        if found is None:
-            raise ArmError("ResourceNotFound", f"Operation {op} not found.")
+        found = self._operation(op)
         if found.status == "InProgress":
             return (
                 202,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from infra.local.arm.azureml.models import ARTIFACT_CONTAINER, Job, log_blob_name, substitute
 from infra.local.arm.blobfs import account_endpoint
-from infra.local.arm.jobrunner import JobRunner
+from infra.local.arm.jobrunner import JobCallbacks, JobRunner
 
 if TYPE_CHECKING:
     from infra.local.arm.azureml.models import AzureMLBackend
@@ -33,39 +33,18 @@ log = logging.getLogger(__name__)
 STREAM_SECONDS = 1.0
 
 
-class _NodeHost:
-    """What JobRunner needs of its backend, for Azure ML jobs."""
-
-    def __init__(self, owner: AzureMLJobs) -> None:
-        self.owner = owner
-        self.config = owner.backend.config
-        self.lock = threading.RLock()
-        self.state: dict[str, Any] = {"jobs": {}}
-        self.dirty = False
-
-    def mount_volumes(
-        self, volumes: dict[str, Any], mount_root: Path, blob_mounts: list[Any] | None = None
-    ) -> list[dict[str, Any]]:
-        return []  # inputs and outputs are resolved from the job's datastores instead
-
-    def log_pid(self, job_uuid: str, pid: int) -> None:
-        pass
-
-    def job_process_exited(self, key: str, exit_code: int | None, errors: list[dict[str, Any]]) -> None:
-        with self.lock:
-            self.state["jobs"].pop(key, None)
-        job = self.owner.by_key.pop(key, None)
-        if job is not None:
-            self.owner.backend.job_exited(job, exit_code, errors)
-
-
 class AzureMLJobs:
     def __init__(self, backend: AzureMLBackend) -> None:
         self.backend = backend
-        self.host = _NodeHost(self)
-        self.runner = JobRunner(self.host)  # type: ignore[arg-type]
+        # Inputs and outputs are resolved from the job's datastores: no mount volumes, no pid log.
+        self.runner = JobRunner(JobCallbacks(exited=self._exited), python=backend.config.job_python)
         self.by_key: dict[str, Job] = {}
         self.uploads = threading.Lock()
+
+    def _exited(self, key: str, exit_code: int | None, errors: list[dict[str, Any]]) -> None:
+        job = self.by_key.pop(key, None)
+        if job is not None:
+            self.backend.job_exited(job, exit_code, errors)
 
     @property
     def root(self) -> Path:
@@ -132,10 +111,8 @@ class AzureMLJobs:
         job_dir.mkdir(parents=True, exist_ok=True)
         if errors:
             job.errors.extend(errors)
-        with self.host.lock:
-            self.host.state["jobs"][job.key] = record
-        self.runner.start(job.key, record, job_dir / "mounts", job_dir / "node")
-        job.paths["stdouterr"] = record["meta"]["paths"]["stdouterr"]
+        paths = self.runner.start(job.key, record, job_dir / "mounts", job_dir / "node")
+        job.paths["stdouterr"] = paths["stdouterr"]
         threading.Thread(target=self._stream, args=(job,), name=f"log-{job.name}", daemon=True).start()
 
     def _stream(self, job: Job) -> None:

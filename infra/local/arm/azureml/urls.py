@@ -3,48 +3,30 @@
 
 from __future__ import annotations
 
-import re
+from infra.local.arm import routing
+from infra.local.arm.routing import AZUREML_VERBS, RG, SUB, resource
 
-SUB = r"/subscriptions/(?P<sub>[^/]+)"
-RG = SUB + r"/resourcegroups/(?P<rg>[^/]+)"
 AML = r"/providers/Microsoft\.MachineLearningServices"
 WS = RG + AML + r"/workspaces/(?P<ws>[^/]+)"
 LOC = SUB + AML + r"/locations/(?P<location>[^/]+)"
 
+NAME = r"/(?P<name>[^/]+)"
+VERSION = r"/environments/(?P<name>[^/]+)/versions/(?P<version>[^/]+)"
+
+
+def aml(pattern: str, noun: str, group: str, methods: str) -> list[tuple[str, str, str, str]]:
+    return resource(pattern, noun, group, methods, AZUREML_VERBS)
+
+
 url_paths: list[tuple[str, str, str, str]] = [
-    ("GET", WS, "get_workspace", "Workspaces_Get"),
-    ("PUT", WS, "put_workspace", "Workspaces_CreateOrUpdate"),  # not in the subset: not validated
+    *aml(WS, "workspace", "Workspaces", "GET PUT"),  # PUT is not in the subset: not validated
     ("GET", WS + r"/computes", "list_computes", "Compute_List"),
-    ("GET", WS + r"/computes/(?P<name>[^/]+)", "get_compute", "Compute_Get"),
-    ("PUT", WS + r"/computes/(?P<name>[^/]+)", "put_compute", "Compute_CreateOrUpdate"),
-    ("PATCH", WS + r"/computes/(?P<name>[^/]+)", "patch_compute", "Compute_Update"),
-    ("DELETE", WS + r"/computes/(?P<name>[^/]+)", "delete_compute", "Compute_Delete"),
-    ("GET", WS + r"/datastores/(?P<name>[^/]+)", "get_datastore", "Datastores_Get"),
-    ("PUT", WS + r"/datastores/(?P<name>[^/]+)", "put_datastore", "Datastores_CreateOrUpdate"),
-    ("DELETE", WS + r"/datastores/(?P<name>[^/]+)", "delete_datastore", "Datastores_Delete"),
-    (
-        "GET",
-        WS + r"/environments/(?P<name>[^/]+)/versions/(?P<version>[^/]+)",
-        "get_environment",
-        "EnvironmentVersions_Get",
-    ),
-    (
-        "PUT",
-        WS + r"/environments/(?P<name>[^/]+)/versions/(?P<version>[^/]+)",
-        "put_environment",
-        "EnvironmentVersions_CreateOrUpdate",
-    ),
-    (
-        "DELETE",
-        WS + r"/environments/(?P<name>[^/]+)/versions/(?P<version>[^/]+)",
-        "delete_environment",
-        "EnvironmentVersions_Delete",
-    ),
+    *aml(WS + r"/computes" + NAME, "compute", "Compute", "GET PUT PATCH DELETE"),
+    *aml(WS + r"/datastores" + NAME, "datastore", "Datastores", "GET PUT DELETE"),
+    *aml(WS + VERSION, "environment", "EnvironmentVersions", "GET PUT DELETE"),
     ("GET", WS + r"/jobs", "list_jobs", "Jobs_List"),
-    ("GET", WS + r"/jobs/(?P<name>[^/]+)", "get_job", "Jobs_Get"),
-    ("PUT", WS + r"/jobs/(?P<name>[^/]+)", "put_job", "Jobs_CreateOrUpdate"),
-    ("DELETE", WS + r"/jobs/(?P<name>[^/]+)", "delete_job", "Jobs_Delete"),
-    ("POST", WS + r"/jobs/(?P<name>[^/]+)/cancel", "cancel_job", "Jobs_Cancel"),
+    *aml(WS + r"/jobs" + NAME, "job", "Jobs", "GET PUT DELETE"),
+    ("POST", WS + r"/jobs" + NAME + r"/cancel", "cancel_job", "Jobs_Cancel"),
     (
         "GET",
         LOC + r"/(?P<kind>computeOperationsStatus|mfeOperationsStatus)/(?P<op>[^/]+)",
@@ -59,10 +41,7 @@ url_paths: list[tuple[str, str, str, str]] = [
     ),
 ]
 
-ROUTES = [
-    (method, re.compile(pattern + r"/?$", re.IGNORECASE), handler, operation)
-    for method, pattern, handler, operation in url_paths
-]
+ROUTES = routing.compile_routes(url_paths)
 
 
 def owns(path: str) -> bool:
@@ -73,13 +52,4 @@ def owns(path: str) -> bool:
 def match(method: str, path: str) -> tuple[str, str, dict[str, str]] | None:
     """(handler, operation id, path parameters), None for an unknown path; LookupError when the path
     exists under another method."""
-    known = False
-    for route_method, regex, handler, operation in ROUTES:
-        m = regex.match(path)
-        if m:
-            known = True
-            if route_method == method:
-                return handler, operation, m.groupdict()
-    if known:
-        raise LookupError(method)
-    return None
+    return routing.match(ROUTES, method, path)
