@@ -676,7 +676,7 @@ def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
         if parent_spec is None or parent_spec.sweep is None:
             return None
         trial = sweeps.Trial(int(rec.sweep["index"]), dict(rec.sweep["parameters"]))
-        return sweeps.trial_spec(parent_spec, trial)
+        return sweeps.trial_spec(parent_spec, trial, max_nodes=svc.spec_context.max_nodes_per_run)
     if rec.source == "blob":
         blob = svc.container.get_blob_client(f"{rec.dataset}/{MANIFEST_NAME}")
         try:

@@ -55,7 +55,9 @@ __all__ = [
     "best_trial",
     "generate_trials",
     "placeholders",
+    "sized_for_trials",
     "substitute",
+    "sweep_cluster",
     "sweep_environment",
     "trial_id",
     "trial_spec",
@@ -452,13 +454,56 @@ def sweep_environment(parameters: dict[str, Any]) -> dict[str, str]:
     return {f"SWEEP_{name.upper()}": format_value(value) for name, value in parameters.items()}
 
 
-def trial_spec(spec: Any, trial: Trial) -> Any:
+def sweep_cluster(spec: Any, max_nodes: int) -> Any:
+    """The cluster settings of a sweep's parent and trials: room for its concurrent trials.
+
+    A sweep runs up to ``max_concurrent_trials`` trials (fewer when it has fewer) of ``node_count``
+    nodes each at once, so its cluster gets that many nodes, at most ``max_nodes`` (the operator's
+    MAX_NODES_PER_RUN): a manual scale's target and an auto scale's maximum are raised to it, and a
+    spec that names no scale gets an auto scale from 0 to it (nodes follow the trials that are
+    queued or running, on both backends, and none are held once they end). A cluster that already
+    has the room is left as the spec says."""
+    sweep = spec.sweep
+    if sweep is None:
+        return spec.cluster
+    concurrent = min(sweep.max_concurrent_trials, len(generate_trials(sweep)))
+    wanted = max(spec.node_count, min(max_nodes, concurrent * spec.node_count))
+    cluster = spec.cluster
+    if cluster.manual is not None:
+        if cluster.manual.target_node_count >= wanted:
+            return cluster
+        return cluster.model_copy(
+            update={"manual": cluster.manual.model_copy(update={"target_node_count": wanted})}
+        )
+    if cluster.auto_scale is not None:
+        if cluster.auto_scale.maximum_node_count >= wanted:
+            return cluster
+        auto = cluster.auto_scale.model_copy(update={"maximum_node_count": wanted})
+        return cluster.model_copy(update={"auto_scale": auto})
+    if wanted <= spec.node_count:
+        return cluster
+    from shared.runspec import AutoScale
+
+    return cluster.model_copy(
+        update={"auto_scale": AutoScale(minimum_node_count=0, maximum_node_count=wanted)}
+    )
+
+
+def sized_for_trials(spec: Any, max_nodes: int) -> Any:
+    """A sweep's spec with its cluster sized for its concurrent trials (``sweep_cluster``): what its
+    parent ensures and, through ``trial_spec``, what each trial's job runs on, so they name one cluster."""
+    return spec.model_copy(update={"cluster": sweep_cluster(spec, max_nodes)})
+
+
+def trial_spec(spec: Any, trial: Trial, *, max_nodes: int) -> Any:
     """The RunSpec of one trial: the parent's spec without its sweep section, parameters substituted
-    into `arguments`/`command_line` and set as SWEEP_<NAME> environment variables. No callback: the
-    parent's fires once for the whole sweep."""
+    into `arguments`/`command_line` and set as SWEEP_<NAME> environment variables, on the sweep's
+    cluster (``sweep_cluster``; ``max_nodes``: MAX_NODES_PER_RUN). No callback: the parent's fires
+    once for the whole sweep."""
     return spec.model_copy(
         update={
             "sweep": None,
+            "cluster": sweep_cluster(spec, max_nodes),
             "callback_url": None,
             "arguments": substitute(spec.arguments, trial.parameters),
             "command_line": substitute(spec.command_line, trial.parameters),

@@ -65,8 +65,8 @@ def start_parent(svc: Any, rec: RunRecord, spec: RunSpec) -> bool:
     assert spec.sweep is not None
     from shared.ingest import PERMANENT_SUBMIT_ERRORS, _fail_staging
 
-    try:
-        cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
+    try:  # the cluster its trials run on: sized for the ones that run at once
+        cluster = svc.cloud.ensure_cluster(sweeps.sized_for_trials(spec, _max_nodes(svc)), rec.dataset)
     except ComputeError as exc:
         if exc.code in PERMANENT_SUBMIT_ERRORS:
             _fail_staging(svc, rec, exc.code, str(exc))
@@ -105,6 +105,11 @@ def attempt_id(parent_id: str, index: int, attempt: int) -> str:
     resubmit round K started (derived, so a replay finds the same run)."""
     base = sweeps.trial_id(parent_id, index)
     return base if attempt == 0 else f"{base}-r{attempt}"
+
+
+def _max_nodes(svc: Any) -> int:
+    """MAX_NODES_PER_RUN: how many nodes a sweep's cluster may get for its concurrent trials."""
+    return int(svc.spec_context.max_nodes_per_run)
 
 
 def trial_records(registry: Any, parent: RunRecord, count: int) -> dict[int, RunRecord]:
@@ -172,7 +177,7 @@ def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunReco
         if rec.state == STAGING:
             from shared.ingest import submit
 
-            submit(svc, rec, sweeps.trial_spec(spec, trials[index]))
+            submit(svc, rec, sweeps.trial_spec(spec, trials[index], max_nodes=_max_nodes(svc)))
     # 3. finish
     if len(existing) == len(trials) and all(rec.state in TERMINAL_STATES for rec in existing.values()):
         return finish_parent(svc, parent, sweep, trials, existing)
@@ -183,7 +188,7 @@ def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial)
     """Create the trial's run (idempotent per derived id) and submit its job (one winner)."""
     from shared.ingest import submit
 
-    child = sweeps.trial_spec(spec, trial)
+    child = sweeps.trial_spec(spec, trial, max_nodes=_max_nodes(svc))
     attempt = attempt_of(parent, trial.index)
     info: dict[str, Any] = {"role": "trial", "index": trial.index, "parameters": trial.parameters}
     if attempt:  # recorded as a re-run of the attempt before it

@@ -171,6 +171,18 @@ def test_cancelling_a_sweep_cancels_its_trials(backend: str, request: pytest.Fix
     parent_id = next(r.run_id for r in [ingest_blob(name, p.services) for name in names])
     started = [r for r in p.registry.iter_runs(dataset=dataset) if r.parent_id == parent_id]
     assert len(started) == 3
+    # The sweep's cluster has a node for each of its 3 concurrent trials (the spec asks for one node,
+    # so without that they would run one at a time), and all 3 run at once.
+    parent = p.registry.get(parent_id, with_files=False)
+    scale = p.services.cloud.list_clusters()[parent.cluster].scale_settings
+    assert scale["auto_scale"]["minimum_node_count"] == 0, scale
+    assert scale["auto_scale"]["maximum_node_count"] == 3, scale
+    assert {p.registry.get(t.run_id, with_files=False).cluster for t in started} == {parent.cluster}
+    deadline = time.monotonic() + 30
+    while (states := [p.registry.get(t.run_id, with_files=False).state for t in started]) != ["running"] * 3:
+        assert time.monotonic() < deadline, states
+        run_monitor(p.services)
+        time.sleep(0.2)
     cancel_run(parent_id, svc=p.services)
     assert p.registry.get(parent_id, with_files=False).state == "cancelled"
     trials = [r for r in p.registry.iter_runs(dataset=dataset) if r.parent_id == parent_id]

@@ -14,6 +14,7 @@ from shared.sweep import (
     best_trial,
     generate_trials,
     substitute,
+    sweep_cluster,
     sweep_environment,
     trial_id,
     trial_spec,
@@ -191,7 +192,7 @@ def test_a_trial_gets_its_parameters_in_arguments_and_environment() -> None:
     spec = parse_run_spec(spec_with({"sampling": "grid"}, environment_variables={"KEEP": "1"}), CTX)
     assert spec.sweep is not None
     trial = generate_trials(spec.sweep)[5]
-    child = trial_spec(spec, trial)
+    child = trial_spec(spec, trial, max_nodes=16)
     assert child.sweep is None
     assert child.arguments == "$AZ_BATCHAI_INPUT_SAMPLE --lr 5.0 --batch-size 64"
     assert child.environment_variables == {"KEEP": "1", "SWEEP_LR": "5.0", "SWEEP_BATCH_SIZE": "64"}
@@ -279,3 +280,41 @@ def test_a_sweep_resubmit_reruns_failed_and_cancelled_trials_not_stopped_ones() 
     )
     assert [attempt_of(parent, i) for i in range(3)] == [0, 0, 1]
     assert attempt_id("p", 2, 1) == "p-t002-r1" and attempt_id("p", 2, 0) == "p-t002"
+
+
+@pytest.mark.parametrize(
+    ("concurrent", "fields", "cap", "scale"),
+    [
+        # no scale given: an auto scale from 0 to the concurrent trials' nodes
+        (3, {}, 16, {"auto_scale": {"minimum_node_count": 0, "maximum_node_count": 3}}),
+        (3, {"node_count": 2}, 16, {"auto_scale": {"minimum_node_count": 0, "maximum_node_count": 6}}),
+        (3, {"node_count": 2}, 4, {"auto_scale": {"minimum_node_count": 0, "maximum_node_count": 4}}),
+        (6, {}, 16, {"auto_scale": {"minimum_node_count": 0, "maximum_node_count": 6}}),
+        (1, {}, 16, {}),  # one trial at a time: the spec's own cluster
+        # a manual target and an auto scale's maximum are raised, bounded by MAX_NODES_PER_RUN
+        (4, {"cluster": {"manual": {"target_node_count": 2}}}, 16, {"manual": {"target_node_count": 4}}),
+        (4, {"cluster": {"manual": {"target_node_count": 2}}}, 3, {"manual": {"target_node_count": 3}}),
+        (4, {"cluster": {"manual": {"target_node_count": 5}}}, 16, {"manual": {"target_node_count": 5}}),
+        (
+            4,
+            {"cluster": {"auto_scale": {"minimum_node_count": 1, "maximum_node_count": 2}}},
+            16,
+            {"auto_scale": {"minimum_node_count": 1, "maximum_node_count": 4}},
+        ),
+    ],
+)
+def test_a_sweeps_cluster_has_room_for_its_concurrent_trials(
+    concurrent: int, fields: dict[str, Any], cap: int, scale: dict[str, Any]
+) -> None:
+    spec = parse_run_spec(spec_with({"sampling": "grid", "max_concurrent_trials": concurrent}, **fields), CTX)
+    assert sweep_cluster(spec, cap).model_dump(exclude_none=True) == scale
+    trial = trial_spec(spec, generate_trials(spec.sweep)[0], max_nodes=cap)
+    assert trial.cluster == sweep_cluster(spec, cap)  # the trials run on the parent's cluster
+
+
+def test_a_sweep_with_fewer_trials_than_its_concurrency_asks_for_fewer_nodes() -> None:
+    sweep = {"parameters": {"lr": {"values": [0.1, 0.2]}}, "max_trials": 6, "max_concurrent_trials": 5}
+    spec = parse_run_spec(
+        spec_with({"sampling": "grid", **sweep}, arguments="--lr ${{search_space.lr}}"), CTX
+    )
+    assert sweep_cluster(spec, 16).auto_scale.maximum_node_count == 2
