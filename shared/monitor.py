@@ -462,7 +462,7 @@ def _finish(svc: Services, rec: RunRecord, job: JobStatus, state: str, report: M
     extra = _skipped(rec, QUEUED, job)
     final_metrics: dict[str, Any] = {}
     try:
-        final_metrics = read_metrics(svc, rec, job, final=True) or {}
+        final_metrics = read_metrics(svc, rec, job, final=True) or _stored_metrics(svc, rec)
     except (HttpResponseError, RegistryError, OSError) as exc:  # the run finishes with what it has
         log.warning("run %s: final metrics not read: %s", rec.run_id, exc, extra=rec.log_extra())
     start = _ts(job.started_at)
@@ -707,6 +707,19 @@ def read_metrics(
         return None
     if not svc.registry.put_metrics(rec.run_id, state.to_json(), etag):
         return None
+    return {"metrics": state.latest() or None, "metrics_offset": state.offset}
+
+
+def _stored_metrics(svc: Services, rec: RunRecord) -> dict[str, Any]:
+    """The latest values of the run's stored series, when they are newer than its record's: what a
+    finishing pass records when its own final read added nothing, because an overlapping pass read
+    those bytes first (its series write won, or it wrote before this pass looked) and has not put
+    them on the run yet, or died before it could. A job that ended between two passes is read by
+    both, and whichever pass finishes the run must not leave it without the metrics it printed."""
+    text, _ = svc.registry.get_metrics(rec.run_id)
+    state = run_metrics.MetricsState.from_json(text)
+    if state.offset <= (rec.metrics_offset or 0):
+        return {}
     return {"metrics": state.latest() or None, "metrics_offset": state.offset}
 
 

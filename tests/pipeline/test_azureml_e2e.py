@@ -258,3 +258,34 @@ def test_a_dropped_spec_azureml_cannot_map_fails_its_run_at_once(azureml_pipelin
             start_run(f"{ds}-http", {"files": sorted(QUICKSTART_FILES), **extra}, svc=p.services)
         assert list(p.registry.iter_runs(dataset=f"{ds}-http")) == []
     assert p.services.cloud.list_clusters() == {}
+
+
+@pytest.mark.parametrize("backend", ["azureml_pipeline", "pipeline"])  # Azure ML, Batch AI
+def test_a_job_that_ended_between_passes_keeps_the_metrics_an_overlapping_pass_read(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A short job the monitor never saw running ends between two passes, and two overlapping passes
+    both finish it: the first reads its whole log into the run's metrics series and is still on its
+    way to the run's transition (or died) when the second finishes the run. The second's own final
+    read finds those bytes read already; the run must still record the metrics the job printed."""
+    p: Pipeline = request.getfixturevalue(backend)
+    lines = [{"epoch": e, "loss": 1.0 / e} for e in range(1, 5)]
+    script = "import json\n" + "".join(f"print(json.dumps({line!r}), flush=True)\n" for line in lines)
+    ds = dataset_name("endedbetween")
+    files = {**QUICKSTART_FILES, "ConvNet_MNIST.py": script.encode()}
+    run_id = [ingest_blob(n, p.services) for n in p.upload(ds, files, QUICKSTART_MANIFEST)][-1].run_id
+    names = p.services.cloud.job_names(run_id, ds)
+    deadline = time.monotonic() + 60
+    while (job := p.services.cloud.get_job(names)) is None or job.state not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)  # no monitor pass meanwhile: the job ends between two passes
+    rec = p.registry.get(run_id)
+    assert rec.state not in TERMINAL_STATES and rec.metrics is None
+    read_first = monitor.read_metrics(p.services, rec, job, final=True)  # the first pass's final read
+    assert read_first is not None and read_first["metrics"]["loss"]["value"] == 0.25
+    monitor.run_monitor(p.services)  # the second pass finishes the run
+    rec = p.registry.get(run_id)
+    assert rec.state == "succeeded", rec.errors
+    assert rec.metrics is not None, "the run finished without the metrics its job printed"
+    assert rec.metrics["loss"]["value"] == 0.25 and rec.metrics["loss"]["x"] == 4
+    assert rec.metrics_offset == read_first["metrics_offset"]
