@@ -1,3 +1,4 @@
-"""Sweeps end to end run on an isolated pipeline of the session stack (`pipeline`)."""
+"""Sweeps end to end run on an isolated pipeline of the session stack (`pipeline`; `azureml_pipeline`
+for the Azure ML backend)."""
 
-from tests.pipeline.conftest import pipeline  # noqa: F401
+from tests.pipeline.conftest import azureml_pipeline, pipeline  # noqa: F401
