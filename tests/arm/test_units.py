@@ -11,9 +11,10 @@ import pytest
 from werkzeug.datastructures import MultiDict
 from werkzeug.test import Client, TestResponse
 
+from infra.local.arm.batchai.backend import Backend
+from infra.local.arm.common import Config, parse_duration
 from infra.local.arm.faults import FaultInjector, FaultSettings
 from infra.local.arm.jobrunner import expand_vars
-from infra.local.arm.models import Backend, Config, parse_duration
 from infra.local.arm.responses import ArmRequest
 from infra.local.arm.server import ArmEmulator
 
@@ -169,7 +170,7 @@ def test_blob_names_that_cannot_be_paths_stay_out_of_a_blob_mount(tmp_path: Path
 
 def test_a_node_blob_mount_key_never_reaches_the_state_file() -> None:
     from infra.local.arm.blobfs import BlobMount
-    from infra.local.arm.models import SECRET_PLACEHOLDER, without_secret_values
+    from infra.local.arm.common import SECRET_PLACEHOLDER, without_secret_values
 
     mount = BlobMount("acct", "data", "bfs", "/cache", "http://127.0.0.1:1/acct", "s3cr3tKey==")
     kept = {"nodes": [{"id": "n1", "blobfs": [mount.to_json()]}]}
@@ -179,7 +180,7 @@ def test_a_node_blob_mount_key_never_reaches_the_state_file() -> None:
 
 
 def test_blob_mount_keys_come_from_the_request_else_the_stack(tmp_path: Path) -> None:
-    from infra.local.arm.models import SECRET_PLACEHOLDER
+    from infra.local.arm.common import SECRET_PLACEHOLDER
 
     backend = Backend(
         Config(data_dir=tmp_path / "arm", files_root=tmp_path / "shares", storage_accounts={"acct": ["k1"]})
@@ -190,3 +191,26 @@ def test_blob_mount_keys_come_from_the_request_else_the_stack(tmp_path: Path) ->
     assert backend._mount_key("acct", {"accountKeySecretReference": {"secretUrl": "x"}}) == "k1"
     assert backend._mount_key("other", {"accountKey": SECRET_PLACEHOLDER}) is None
     assert backend._mount_key("acct", {}) is None
+
+
+def test_a_state_file_of_the_dict_backend_loads_and_answers_the_same(tmp_path: Path) -> None:
+    """`data/state-dict-backend.json`: a `state.json` written by the backend before the per-resource
+    models (all resources as dicts), with what that backend answered for it. The models are views over
+    the same records, so the file loads unchanged and every body reads back the same."""
+    import json
+
+    saved = json.loads((Path(__file__).parent / "data" / "state-dict-backend.json").read_text())
+    data_dir = tmp_path / "arm"
+    data_dir.mkdir()
+    (data_dir / "state.json").write_text(json.dumps(saved["state_json"]))
+    backend = Backend(Config(data_dir=data_dir, files_root=tmp_path / "shares"))
+    sub, rg, ws = "00000000-0000-0000-0000-000000000000", "rg", "ws"
+    answers = saved["answers"]
+    assert backend.get_group(sub, rg) == answers["group"]
+    assert backend.get_workspace(sub, rg, ws) == answers["workspace"]
+    assert backend.get_experiment(sub, rg, ws, "exp") == answers["experiment"]
+    assert backend.get_file_server(sub, rg, ws, "fs") == answers["file_server"]
+    assert backend.list_clusters(sub, rg, ws) == answers["clusters"]
+    assert backend.list_jobs(sub, rg, ws, "exp") == answers["jobs"]
+    assert [j["properties"]["executionState"] for j in answers["jobs"]] == ["failed", "queued"]
+    assert backend.secret == "0" * 64  # the link-signing secret is kept

@@ -32,8 +32,9 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
+from infra.local.arm.batchai.backend import Backend
+from infra.local.arm.common import Config
 from infra.local.arm.faults import FaultInjector, FaultSettings
-from infra.local.arm.models import Backend, Config
 from infra.local.arm.server import ArmEmulator
 from infra.local.arm.storage import accounts_from_env
 from infra.local.loopback import LoopbackHostOnly

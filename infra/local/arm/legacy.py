@@ -15,8 +15,8 @@ import re
 from functools import cache
 from typing import Any
 
+from infra.local.arm.batchai.backend import Backend
 from infra.local.arm.errors import ArmError
-from infra.local.arm.models import Backend
 from infra.local.arm.specvalidator import load_spec, validate
 
 VERSIONS = frozenset({"2017-09-01-preview", "2018-03-01"})

@@ -12,7 +12,7 @@ from infra.local.arm.errors import ArmError
 from infra.local.arm.legacy import EXPERIMENT, WORKSPACE, LegacyBatchAI
 
 if TYPE_CHECKING:
-    from infra.local.arm.models import Backend
+    from infra.local.arm.batchai.backend import Backend
     from infra.local.arm.responses import ArmRequest
 
 

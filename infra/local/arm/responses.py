@@ -25,17 +25,13 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
+from infra.local.arm.batchai.backend import Backend
+from infra.local.arm.batchai.models import BATCHAI_API_VERSION, TOOLKIT_SETTINGS
+from infra.local.arm.common import now_iso, parse_duration
 from infra.local.arm.errors import ArmError
 from infra.local.arm.legacy import VERSIONS as LEGACY_VERSIONS
 from infra.local.arm.legacy import LegacyBatchAI
 from infra.local.arm.legacy_responses import LegacyResponses
-from infra.local.arm.models import (
-    BATCHAI_API_VERSION,
-    TOOLKIT_SETTINGS,
-    Backend,
-    now_iso,
-    parse_duration,
-)
 from infra.local.arm.specvalidator import validate
 from infra.local.arm.storage import StorageAccounts
 
@@ -297,14 +293,7 @@ class ArmResponses(LegacyResponses):
             with self.backend.lock:
                 record = self.backend.state[meta["collection"]].get(meta["resource"])
                 if record:
-                    body = (
-                        self.backend._cluster_body(record)
-                        if meta["collection"] == "clusters"
-                        else self.backend._job_body(record)
-                        if meta["collection"] == "jobs"
-                        else record["body"]
-                    )
-                    return json_response(200, body)
+                    return json_response(200, self.backend.render(meta["collection"], record))
         if meta["kind"] == "delete":
             return json_response(204)
         return json_response(200)

@@ -30,10 +30,11 @@ from infra.local.arm import urls
 from infra.local.arm.azureml import urls as azureml_urls
 from infra.local.arm.azureml.models import AzureMLBackend
 from infra.local.arm.azureml.responses import AzureMLResponses
+from infra.local.arm.batchai.backend import Backend
+from infra.local.arm.batchai.models import BATCHAI_API_VERSION
 from infra.local.arm.errors import ArmError, method_not_allowed
 from infra.local.arm.faults import FaultInjector, FaultSettings, RequestLog
 from infra.local.arm.legacy import VERSIONS as LEGACY_VERSIONS
-from infra.local.arm.models import BATCHAI_API_VERSION, Backend
 from infra.local.arm.responses import ArmRequest, ArmResponses, error_response, json_response
 from infra.local.arm.storage import API_VERSIONS as STORAGE_API_VERSIONS
 

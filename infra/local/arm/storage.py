@@ -15,8 +15,8 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from infra.local.arm.common import Config
 from infra.local.arm.errors import ArmError
-from infra.local.arm.models import Config
 
 PROVIDER = "Microsoft.Storage"
 # api-versions of Microsoft.Storage that answer listKeys with {"keys": [...]} (2016-01-01 and later),

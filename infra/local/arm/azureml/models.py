@@ -28,11 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infra.local.arm.common import now_iso, parse_duration, resource_key
 from infra.local.arm.errors import ArmError
-from infra.local.arm.models import now_iso, parse_duration, resource_key
 
 if TYPE_CHECKING:
-    from infra.local.arm.models import Backend
+    from infra.local.arm.batchai.backend import Backend
 
 PROVIDER = "Microsoft.MachineLearningServices"
 API_VERSION = "2024-10-01"
