@@ -33,6 +33,7 @@ browser:
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The whole suite: lint, unit tests and end-to-end tests against the local stack (the tests start
 # and stop every server they use).

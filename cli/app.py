@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +352,8 @@ COMMANDS = {
 }  # fmt: skip
 
 
-def print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def print_table(headers: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> None:
+    """Columns padded to their widest value (each value printed with str())."""
     widths = [max(len(str(v)) for v in column) for column in zip(headers, *rows, strict=True)]
     for row in (headers, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,10 +128,12 @@ class ApiClient:
             raise ApiError(response.status_code, api_error_message(response), method, path.lstrip("/"), body)
         return response
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON object the API answers (every operation answers an object)."""
         response = self.request(method, path, **kwargs)
         try:
-            return response.json()
+            body: dict[str, Any] = response.json()
+            return body
         except ValueError:
             raise CliError(
                 f"{method} {path}: the function app answered {response.status_code} without JSON"
@@ -165,14 +168,18 @@ class ApiClient:
 
     def metrics(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
         """The run's metrics series: name -> points ({"x", "value", "time"}), oldest first."""
-        return self.json("GET", f"runs/{quote(run_id)}/metrics").get("metrics") or {}
+        series: dict[str, list[dict[str, Any]]] = (
+            self.json("GET", f"runs/{quote(run_id)}/metrics").get("metrics") or {}
+        )
+        return series
 
     def delete_run(self, run_id: str, cluster: bool = False) -> dict[str, Any]:
         params = {"cluster": "true"} if cluster else {}
         return self.json("DELETE", f"runs/{quote(run_id)}", params=params)
 
     def clusters(self) -> list[dict[str, Any]]:
-        return self.json("GET", "clusters").get("clusters", [])
+        clusters: list[dict[str, Any]] = self.json("GET", "clusters").get("clusters", [])
+        return clusters
 
     def delete_cluster(self, name: str, force: bool = False) -> dict[str, Any]:
         params = {"force": "true"} if force else {}
@@ -214,4 +221,4 @@ def api_error_message(response: requests.Response) -> str:
 
 
 def quote(segment: str) -> str:
-    return requests.utils.quote(segment, safe="")
+    return urllib.parse.quote(segment, safe="")

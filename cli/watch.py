@@ -239,7 +239,8 @@ def wait_for_dataset_run(api: ApiClient, dataset: str, newer_than: set[str] | No
         fresh = [r for r in runs if r.get("id") not in known]
         if fresh:
             fresh.sort(key=lambda r: r.get("created_at") or "")
-            return fresh[-1]["id"]
+            newest: str = fresh[-1]["id"]
+            return newest
         if time.monotonic() > deadline:
             raise CliError(
                 f"no run of dataset {dataset!r} appeared within {timeout:.0f}s (is ingest running?)"

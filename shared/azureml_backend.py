@@ -531,21 +531,21 @@ class AzureMLBackend:
             }
             exports.append(f"AZ_BATCHAI_INPUT_{directory.id}=${{{{inputs.{directory.id}}}}}")
         outputs: dict[str, Any] = {}
-        for directory in spec.output_directories:
-            if directory.path_prefix not in ("", "."):
+        for output in spec.output_directories:
+            if output.path_prefix not in ("", "."):
                 raise unsupported(
-                    f"output_directories.{directory.id}.path_prefix",
+                    f"output_directories.{output.id}.path_prefix",
                     "Azure ML writes outputs to the workspace's blob datastore, not to a share path",
                 )
-            where = f"azureml/{names.job}/{directory.id}"
-            if directory.path_suffix:
-                where += f"/{directory.path_suffix.strip('/')}"
-            outputs[directory.id] = {
+            where = f"azureml/{names.job}/{output.id}"
+            if output.path_suffix:
+                where += f"/{output.path_suffix.strip('/')}"
+            outputs[output.id] = {
                 "jobOutputType": "uri_folder",
                 "mode": "ReadWriteMount",
                 "uri": f"azureml://datastores/{BLOB_DATASTORE}/paths/{where}/",
             }
-            exports.append(f"AZ_BATCHAI_OUTPUT_{directory.id}=${{{{outputs.{directory.id}}}}}")
+            exports.append(f"AZ_BATCHAI_OUTPUT_{output.id}=${{{{outputs.{output.id}}}}}")
         main = self._main_command(spec, names)
         command = "export " + " ".join(exports) + "\n"
         if spec.job_preparation:
@@ -837,7 +837,8 @@ class AzureMLBackend:
             return b""
         blob = self._blob_container(ARTIFACT_CONTAINER).get_blob_client(job.log_location)
         try:
-            return blob.download_blob(offset=offset, length=length).readall()
+            data: bytes = blob.download_blob(offset=offset, length=length).readall()
+            return data
         except ResourceNotFoundError:
             return b""
         except HttpResponseError as exc:

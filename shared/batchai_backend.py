@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from shared import batchai_models as bm
 from shared.compute import Compute
@@ -194,7 +194,9 @@ class BatchAIBackend:
     def list_clusters(self) -> dict[str, ClusterStatus]:
         """Every cluster of the workspace by name (one call per page; none when no workspace)."""
         try:
-            return {c.name: cluster_status(c) for c in self.compute.list_clusters()}
+            return {
+                cast(str, c.name): cluster_status(c) for c in self.compute.list_clusters()
+            }  # listed: named
         except ComputeError as exc:
             if exc.not_found:
                 return {}
@@ -235,7 +237,8 @@ class BatchAIBackend:
     def list_experiments(self) -> list[ExperimentStatus]:
         try:
             return [
-                ExperimentStatus(e.name, parse_time(e.creation_time)) for e in self.compute.list_experiments()
+                ExperimentStatus(cast(str, e.name), parse_time(e.creation_time))
+                for e in self.compute.list_experiments()
             ]
         except ComputeError as exc:
             if exc.not_found:
@@ -317,7 +320,7 @@ class BatchAIBackend:
             raise
         return [
             OutputItem(
-                name=f.name,
+                name=cast(str, f.name),  # a listed file has a name
                 is_directory=_text(getattr(f, "file_type", None)) == "directory",
                 size=getattr(f, "content_length", None),
                 download_url=f.download_url,
@@ -341,7 +344,8 @@ class BatchAIBackend:
             self._share = clients.share_client(self.settings)
         file = self._share.get_file_client(path)
         try:
-            return file.download_file(offset=offset, length=length).readall()
+            data: bytes = file.download_file(offset=offset, length=length).readall()
+            return data
         except ResourceNotFoundError:
             return b""
         except HttpResponseError as exc:

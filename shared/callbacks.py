@@ -264,23 +264,24 @@ def resolve_within(host: str, port: int, timeout: float | None) -> list[Any]:
     deadline must not wait out. The lookup goes on in a daemon thread and its answer is dropped."""
     if timeout is None:
         return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    answer: dict[str, Any] = {}
+    infos: list[list[Any]] = []  # the lookup's answer, once it came
+    errors: list[OSError] = []
     done = threading.Event()
 
     def lookup() -> None:
         try:
-            answer["infos"] = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+            infos.append(socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP))
         except OSError as exc:
-            answer["error"] = exc
+            errors.append(exc)
         finally:
             done.set()
 
     threading.Thread(target=lookup, daemon=True, name="callback-dns").start()
     if not done.wait(max(0.0, timeout)):
         raise DeliveryTimeout(f"the lookup of {host!r} did not finish before the delivery deadline")
-    if "error" in answer:
-        raise answer["error"]
-    return answer["infos"]
+    if errors:
+        raise errors[0]
+    return infos[0]
 
 
 def check_callback_url(

@@ -336,13 +336,13 @@ def plan(inventory: Inventory, now: datetime, policy: CleanupPolicy) -> list[Act
         finished = [r.finished_at for r in runs]
         if any(t is None for t in finished):
             continue
-        last = _latest(finished)
-        if last is not None and now - last >= policy.data_retention:
+        last_finished = _latest(finished)
+        if last_finished is not None and now - last_finished >= policy.data_retention:
             actions.append(
                 Action(
                     "delete_staged_data",
                     dataset,
-                    f"last run finished {_age(now, last)} ago, past the staged data retention of "
+                    f"last run finished {_age(now, last_finished)} ago, past the staged data retention of "
                     f"{_age(now, now - policy.data_retention)}",
                     dataset=dataset,
                     run_ids=tuple(r.id for r in runs),

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from shared.jsontypes import JsonObject, JsonValue
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -46,7 +47,7 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
     def response(self) -> ApiResponse:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        error: JsonObject = {"code": self.code, "message": self.message}
         if self.details:
             error["details"] = self.details
         return ApiResponse(self.status, {"error": error}, headers=self.headers)
@@ -92,7 +93,7 @@ class ApiResponse:
     """Status, a JSON-serializable body (or None for no body) and extra headers."""
 
     status: int
-    body: Any = None
+    body: JsonValue = None
     headers: dict[str, str] = field(default_factory=dict)
 
     def body_bytes(self) -> bytes:
@@ -105,7 +106,7 @@ class ApiResponse:
         return None if self.body is None else "application/json"
 
 
-def json_body(request: ApiRequest) -> dict[str, Any]:
+def json_body(request: ApiRequest) -> JsonObject:
     """The request's JSON object body: 413 over 1 MiB, 415 not JSON, 400 malformed or not an object."""
     declared = request.header("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:

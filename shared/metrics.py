@@ -50,7 +50,7 @@ X_FIELDS = ("epoch", "step")
 Point = list[float]  # [x, value, time in epoch milliseconds]
 
 
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, int) and abs(value) > 2**53:  # keep stored numbers short: a float

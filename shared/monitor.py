@@ -116,7 +116,7 @@ class MonitorReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _ts(value: Any) -> str | None:
+def _ts(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, datetime):

@@ -131,7 +131,7 @@ def _schemas() -> dict[str, Any]:
             "is_directory": {"type": "boolean"},
         },
     }
-    run_summary = {
+    run_summary: dict[str, Any] = {
         "type": "object",
         "required": ["id", "dataset", "state"],
         "properties": {

@@ -166,7 +166,7 @@ class RunNotFound(RegistryError, KeyError):
         self.run_id = run_id
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
+        return str(self.args[0])
 
 
 class TransitionRejected(RegistryError):
@@ -530,7 +530,11 @@ def _want_entities(run_id: str, version: str, names: list[str]) -> list[dict[str
 
 
 def _file_entity(run_id: str, f: StagedFile) -> dict[str, Any]:
-    entity = {"PartitionKey": run_id, "RowKey": FILE_PREFIX + _key_hash(f.name), "name": f.name}
+    entity: dict[str, Any] = {
+        "PartitionKey": run_id,
+        "RowKey": FILE_PREFIX + _key_hash(f.name),
+        "name": f.name,
+    }
     entity["size"] = int(f.size)
     for key in ("md5", "etag", "staged_at"):
         value = getattr(f, key)
@@ -862,12 +866,13 @@ class RunRegistry:
                     return None
                 except ResourceExistsError:
                     continue
-            if current["run_id"] == run_id:
+            holder: str = current["run_id"]
+            if holder == run_id:
                 return None  # this caller's own insert, whose answer was lost and which it tried again
-            if current["run_id"] != held_by:  # a new holder: give it the whole wait
-                held_by, deadline = current["run_id"], time.monotonic() + self.idempotency_wait_seconds
+            if holder != held_by:  # a new holder: give it the whole wait
+                held_by, deadline = holder, time.monotonic() + self.idempotency_wait_seconds
             with contextlib.suppress(RunNotFound):
-                return self.get(held_by)
+                return self.get(holder)
             if time.monotonic() >= deadline:
                 try:
                     self.table.update_entity(
@@ -1265,7 +1270,8 @@ class RunRegistry:
         """When a monitor pass last listed the workspace's clusters (None: never)."""
         self._ensure_table()
         try:
-            return self.table.get_entity(MONITOR_PARTITION, "clusters").get("at")
+            at: str | None = self.table.get_entity(MONITOR_PARTITION, "clusters").get("at")
+            return at
         except ResourceNotFoundError:
             return None
 

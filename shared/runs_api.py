@@ -23,12 +23,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.compute_port import lead_log_name
 from shared.http import ApiError, ApiRequest, ApiResponse, json_body
+from shared.jsontypes import JsonObject
 from shared.openapi import CLUSTER_NAME_PATTERN, ROUTES, RUN_ID_PATTERN, RUN_STATES
+
+if TYPE_CHECKING:  # for annotations only: the modules are imported at first use (cheap cold start)
+    from shared.compute_port import ClusterStatus, ComputeBackend, JobNames, OutputItem
+    from shared.registry import ClusterLedger, RunRecord, RunRegistry
+    from shared.runspec import RunSpec
+    from shared.settings import Settings
 
 __all__ = ["handle"]
 
@@ -44,9 +51,9 @@ HEALTH_TIMEOUT = 20.0
 # One deep health probe per this many seconds per instance, whatever the request rate.
 HEALTH_CACHE_SECONDS = 30.0
 # A probe answers fast or fails: one retry, short timeouts (azure-core takes these per call).
-PROBE_OPTIONS: dict[str, Any] = {"retry_total": 1, "connection_timeout": 5, "read_timeout": 10}
+PROBE_OPTIONS: JsonObject = {"retry_total": 1, "connection_timeout": 5, "read_timeout": 10}
 # Storage's own retry policy waits 15 s before its first retry: no retry for a probe.
-STORAGE_PROBE_OPTIONS: dict[str, Any] = {**PROBE_OPTIONS, "retry_total": 0}
+STORAGE_PROBE_OPTIONS: JsonObject = {**PROBE_OPTIONS, "retry_total": 0}
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _CLUSTER = re.compile(CLUSTER_NAME_PATTERN)
 
@@ -120,13 +127,13 @@ def _short(exc: BaseException, limit: int = 500) -> str:
 # --- shared helpers -----------------------------------------------------------------------------------
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     from shared.settings import get_settings
 
     return get_settings()
 
 
-def _registry() -> Any:
+def _registry() -> RunRegistry:
     """The pipeline's registry (built once per process from the settings, table created once)."""
     from shared import ingest
 
@@ -182,7 +189,7 @@ def _invalid(field: str, message: str, code: str = "InvalidRequest") -> ApiError
     return ApiError(400, code, f"{field}: {message}", details=[{"field": field, "message": message}])
 
 
-def _summary(record: Any, request: ApiRequest) -> dict[str, Any]:
+def _summary(record: RunRecord, request: ApiRequest) -> JsonObject:
     return {
         "id": record.run_id,
         "dataset": record.dataset,
@@ -203,7 +210,7 @@ def _summary(record: Any, request: ApiRequest) -> dict[str, Any]:
     }
 
 
-def _full(record: Any, request: ApiRequest) -> dict[str, Any]:
+def _full(record: RunRecord, request: ApiRequest) -> JsonObject:
     data = record.to_dict()
     data.pop("etag", None)
     data["url"] = _run_url(request, record.run_id)
@@ -213,7 +220,7 @@ def _full(record: Any, request: ApiRequest) -> dict[str, Any]:
 # --- POST /api/runs -----------------------------------------------------------------------------------
 
 
-def parse_start_request(body: dict[str, Any]) -> tuple[str, Any, str | None]:
+def parse_start_request(body: JsonObject) -> tuple[str, RunSpec, str | None]:
     """(dataset, RunSpec, stage_from_prefix) from a start-run body; ApiError(400) naming each bad field."""
     from shared.staging import StagingError, check_dataset_name, check_stage_prefix
 
@@ -246,10 +253,11 @@ def parse_start_request(body: dict[str, Any]) -> tuple[str, Any, str | None]:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ApiError(400, "InvalidRequest", f"{first['field']}: {first['message']}{more}", details=problems)
-    return dataset, spec, prefix.strip("/") if prefix else None  # type: ignore[union-attr]
+    # No problem reported: the dataset is a valid name (a str) and the spec parsed (not None).
+    return cast(str, dataset), cast("RunSpec", spec), prefix.strip("/") if prefix else None
 
 
-def _parse_spec(raw: dict[str, Any]) -> tuple[Any, list[dict[str, str]]]:
+def _parse_spec(raw: JsonObject) -> tuple[RunSpec | None, list[dict[str, str]]]:
     """The RunSpec (validated with the app's VM allow-list and callback setting), or the problems."""
     from shared import runspec
 
@@ -280,7 +288,7 @@ def _callback_problem(url: str) -> str | None:
     return None
 
 
-def _same_request(record: Any, dataset: str, spec: Any, prefix: str | None) -> bool:
+def _same_request(record: RunRecord, dataset: str, spec: RunSpec, prefix: str | None) -> bool:
     """Is this the request that made `record`? Compares dataset, prefix and the effective spec (secret
     values are never stored, so two requests differing only in a secret's value count as the same)."""
     if record.dataset != dataset or (record.stage_from_prefix or None) != prefix:
@@ -353,7 +361,7 @@ def resubmit_run(request: ApiRequest) -> ApiResponse:
     return _accepted(request, record)
 
 
-def _accepted(request: ApiRequest, record: Any, headers: dict[str, str] | None = None) -> ApiResponse:
+def _accepted(request: ApiRequest, record: RunRecord, headers: dict[str, str] | None = None) -> ApiResponse:
     """202 with the run, or 422 when it failed before its job was created (the dataset lacks files
     it needs, nothing under the prefix, SubmitFailed...): the client's request cannot run as it is.
     The code is the error that failed it (the last). Location names the run either way."""
@@ -375,7 +383,7 @@ def _accepted(request: ApiRequest, record: Any, headers: dict[str, str] | None =
     return ApiResponse(202, body, headers=headers)
 
 
-def _callback_secret(record: Any) -> str | None:
+def _callback_secret(record: RunRecord) -> str | None:
     """The run's own callback signing secret, for the response that started it (and a replay of that
     request): derived from CALLBACK_SIGNING_SECRET and the run's salt, never stored, never in GET."""
     from shared import callbacks
@@ -388,7 +396,7 @@ def _callback_secret(record: Any) -> str | None:
 
 
 def _replay_or_conflict(
-    request: ApiRequest, record: Any, dataset: str, spec: Any, prefix: str | None
+    request: ApiRequest, record: RunRecord, dataset: str, spec: RunSpec, prefix: str | None
 ) -> ApiResponse:
     if not _same_request(record, dataset, spec, prefix):
         raise ApiError(
@@ -467,21 +475,21 @@ def get_run(request: ApiRequest) -> ApiResponse:
     return ApiResponse(200, data)
 
 
-def _compute() -> Any:
+def _compute() -> ComputeBackend:
     """The app's compute backend (built once per process with the other services)."""
     from shared import ingest
 
     return ingest.services().cloud
 
 
-def _job_ref(record: Any) -> Any:
+def _job_ref(record: RunRecord) -> JobNames | None:
     """The names of the run's job (shared.compute_port.JobNames), or None before it is submitted."""
     if not (record.job_name and record.experiment):
         return None
     return _compute().job_ref(record.experiment, record.job_name)
 
 
-def _fresh_outputs(record: Any) -> list[dict[str, Any]] | None:
+def _fresh_outputs(record: RunRecord) -> list[JsonObject] | None:
     """The run's output files listed again now, with download URLs, as the monitor lists them (the
     registry keeps names and sizes only: the URLs are signed and expire); None when the job is not
     there to ask (not submitted yet, or deleted by cleanup)."""
@@ -529,7 +537,7 @@ def issue_callback_secret(request: ApiRequest) -> ApiResponse:
     if _settings().callback_signing_secret is None:
         raise ApiError(409, "NoCallbackSecret", "callbacks are unsigned: CALLBACK_SIGNING_SECRET is not set")
 
-    def issue(rec: Any) -> None:
+    def issue(rec: RunRecord) -> None:
         if (rec.callback_seal or {}).get("issued"):
             raise _AlreadyIssued
         rec.callback_seal = {**(rec.callback_seal or {}), "issued": True}
@@ -561,7 +569,7 @@ def get_logs(request: ApiRequest) -> ApiResponse:
     )  # fmt: skip
 
 
-def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
+def _read_logs(record: RunRecord, tail: int) -> tuple[str, str, str]:
     ref = _job_ref(record)
     if ref is not None:
         files = {f.name: f for f in _compute().list_output_files(ref, "stdouterr")}
@@ -579,7 +587,7 @@ def _read_logs(record: Any, tail: int) -> tuple[str, str, str]:
     return "", "", "none"
 
 
-def _tail_of_file(item: Any, lines: int) -> str:
+def _tail_of_file(item: OutputItem | None, lines: int) -> str:
     """The last `lines` lines of an output file (shared.compute_port.OutputItem) or ""."""
     return "" if item is None else _tail_of_url(item.download_url, lines, size=item.size)
 
@@ -661,7 +669,9 @@ def _active_runs_by_cluster() -> dict[str, list[str]]:
     return users
 
 
-def _idle_json(cluster: Any, users: list[str], ledger: Any, now: datetime) -> dict[str, Any]:
+def _idle_json(
+    cluster: ClusterStatus, users: list[str], ledger: ClusterLedger | None, now: datetime
+) -> JsonObject:
     """Nodes, idle time and node time of a cluster: from the node counts listed now and the ledger
     the monitor keeps (``shared.node_time``). Idle: no active run uses it and no node runs a job;
     since the end of its last run (or the last pass that saw it in use, or its creation)."""
@@ -680,8 +690,11 @@ def _idle_json(cluster: Any, users: list[str], ledger: Any, now: datetime) -> di
 
 
 def _cluster_json(
-    cluster: Any, users: dict[str, list[str]], ledger: Any = None, now: datetime | None = None
-) -> dict[str, Any]:
+    cluster: ClusterStatus,
+    users: dict[str, list[str]],
+    ledger: ClusterLedger | None = None,
+    now: datetime | None = None,
+) -> JsonObject:
     """A shared.compute_port.ClusterStatus as the API shows it."""
     return {
         "name": cluster.name,
@@ -752,7 +765,7 @@ def health(request: ApiRequest) -> ApiResponse:
 
 
 _deep_lock = threading.Lock()
-_deep_cache: tuple[float, int, dict[str, Any]] | None = None  # (monotonic time, status, body)
+_deep_cache: tuple[float, int, JsonObject] | None = None  # (monotonic time, status, body)
 
 
 def health_deep(request: ApiRequest) -> ApiResponse:
@@ -776,8 +789,8 @@ def reset_health_cache() -> None:
         _deep_cache = None
 
 
-def _deep_checks() -> tuple[int, dict[str, Any]]:
-    checks: dict[str, dict[str, Any]] = {}
+def _deep_checks() -> tuple[int, JsonObject]:
+    checks: dict[str, JsonObject] = {}
     try:
         settings = _settings()
     except Exception as exc:  # SettingsError names each setting, never a value
@@ -786,7 +799,7 @@ def _deep_checks() -> tuple[int, dict[str, Any]]:
         return 503, {"status": "unavailable", "checks": checks}
     checks["settings"] = {"ok": True, "message": "app settings are valid"}
     backend = _compute()  # the check is named after the backend ("batchai", "azureml")
-    probes: dict[str, Callable[[], Any]] = {
+    probes: dict[str, Callable[[], object]] = {
         "storage": lambda: _probe_storage(settings),
         "arm": lambda: _probe_arm(settings),
         backend.name: backend.health,
@@ -814,7 +827,7 @@ def _deep_checks() -> tuple[int, dict[str, Any]]:
     return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "checks": checks}
 
 
-def _probe_storage(settings: Any) -> None:
+def _probe_storage(settings: Settings) -> None:
     from shared import clients
 
     blobs = clients.blob_service(settings).list_containers(results_per_page=1, **STORAGE_PROBE_OPTIONS)
@@ -823,7 +836,7 @@ def _probe_storage(settings: Any) -> None:
     next(iter(tables.by_page()), None)
 
 
-def _probe_arm(settings: Any) -> None:
+def _probe_arm(settings: Settings) -> None:
     from azure.core.exceptions import ResourceNotFoundError
 
     from shared import clients

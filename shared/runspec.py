@@ -679,8 +679,9 @@ def _context(info: ValidationInfo) -> SpecContext:
     context = info.context
     if isinstance(context, SpecContext):
         return context
-    if isinstance(context, dict) and isinstance(context.get("spec"), SpecContext):
-        return context["spec"]
+    spec = context.get("spec") if isinstance(context, dict) else None
+    if isinstance(spec, SpecContext):
+        return spec
     return SpecContext()
 
 

@@ -214,8 +214,8 @@ class StorageAccount(BaseModel):
         name = parts.get("accountname")
         if not name:
             raise ValueError("expected an AccountName in the connection string")
-        key = parts.get("accountkey")
-        if not key:
+        account_key = parts.get("accountkey")
+        if not account_key:
             raise ValueError(
                 "expected an AccountKey in the connection string (Batch AI mounts the share with the key; "
                 "for a data account reached by the app's identity, give only its name in "
@@ -230,7 +230,7 @@ class StorageAccount(BaseModel):
 
         return cls(
             account_name=name,
-            account_key=SecretStr(key),
+            account_key=SecretStr(account_key),
             blob_endpoint=endpoint("blob"),
             file_endpoint=endpoint("file"),
             table_endpoint=endpoint("table"),

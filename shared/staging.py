@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -354,7 +354,7 @@ def stage_blob(
     while status == "pending":
         if time.monotonic() - started > copy_timeout:
             with contextlib.suppress(HttpResponseError):
-                file.abort_copy(copy_id)
+                file.abort_copy(cast(str, copy_id))  # a pending copy has an id
             _remove(file)
             raise StagingError(
                 f"copy of {blob_name!r} ({size} bytes) did not finish within {copy_timeout:.0f}s "
@@ -416,7 +416,7 @@ def file_read_url(file: ShareFileClient, *, lifetime_seconds: float, account_key
         return file.url
     now = datetime.now(UTC)
     token = generate_file_sas(
-        account_name=file.account_name,
+        account_name=cast(str, file.account_name),  # a client built from a URL with an account
         share_name=file.share_name,
         file_path=file.file_path,
         account_key=account_key,
@@ -474,7 +474,7 @@ def carry_file(
         while status == "pending":
             if time.monotonic() - started > copy_timeout:
                 with contextlib.suppress(HttpResponseError):
-                    file.abort_copy(copy.get("copy_id"))
+                    file.abort_copy(cast(str, copy.get("copy_id")))  # a pending copy has an id
                 _remove(file)
                 raise StagingError(f"copy of {source_path!r} inside the share timed out", code="CarryFailed")
             time.sleep(delay)

@@ -66,7 +66,7 @@ def handle(body: bytes, svc: Any = None) -> str:
     svc = svc or ingest.services()
     run_id = run_id_of(body)
     try:
-        rec = svc.registry.get(run_id)
+        rec: RunRecord = svc.registry.get(run_id)
     except RunNotFound:
         log.warning("staging message for run %s, which does not exist: dropped", run_id)
         return "missing"
@@ -79,4 +79,5 @@ def handle(body: bytes, svc: Any = None) -> str:
         return ingest.stage_run(rec, svc).state
     except StagingError as exc:
         log.warning("run %s: staging failed: %s", run_id, exc, extra=rec.log_extra())
-        return svc.registry.get(run_id).state
+        now: RunRecord = svc.registry.get(run_id)
+        return now.state

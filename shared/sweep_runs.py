@@ -193,7 +193,7 @@ def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial)
     info: dict[str, Any] = {"role": "trial", "index": trial.index, "parameters": trial.parameters}
     if attempt:  # recorded as a re-run of the attempt before it
         info.update(attempt=attempt, rerun_of=_previous_attempt(parent, trial.index, attempt))
-    rec = svc.registry.create(
+    rec: RunRecord = svc.registry.create(
         parent.dataset,
         run_id=attempt_id(parent.run_id, trial.index, attempt),
         spec=child.to_json_dict(),
@@ -314,7 +314,7 @@ def finish_parent(
         state = SUCCEEDED
         changes = {}
     try:
-        done = svc.registry.transition(
+        done: RunRecord = svc.registry.transition(
             parent.run_id,
             state,
             RUNNING,
