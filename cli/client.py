@@ -14,7 +14,6 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_ENV = Path(".local") / "stack.env"
 DEFAULT_CONTAINER = "training-data"
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class CliError(Exception):

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
-from cli.client import TERMINAL_STATES, ApiClient, ApiError, CliError
+from cli.client import ApiClient, ApiError, CliError
+from shared.run_states import ACTIVE_STATES, STATES, TERMINAL_STATES
 
-STATE_ORDER = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"]
+STATE_ORDER = list(STATES)  # the order a run passes through its states
 TRANSIENT_GRACE_S = 60.0  # how long the API may be unreachable (host restart) before watch gives up
 
 
@@ -192,7 +193,7 @@ def watch_run(api: ApiClient, run_id: str, out: TextIO = sys.stdout, interval: f
         cluster_name = record.get("cluster")
         if (
             cluster_name
-            and state in ("staging", "provisioning", "queued", "running")
+            and state in ACTIVE_STATES
             and (state != "running" or not last_cluster_line.startswith("Cluster state: steady"))
         ):
             line = _cluster_line(api, cluster_name)

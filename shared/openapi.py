@@ -12,6 +12,8 @@ import copy
 import functools
 from typing import Any
 
+from shared.run_states import STATES
+
 __all__ = ["API_VERSION", "ROUTES", "document"]
 
 API_VERSION = "1.0.0"
@@ -38,7 +40,7 @@ ANONYMOUS_ROUTES = frozenset({"health", "openapi.json", "ui", "ui/{path}"})
 # What a route registers with the host: every method, so that the handler answers 405 in our shape.
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
-RUN_STATES = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"]
+RUN_STATES = list(STATES)  # the registry's (shared.run_states), in the order a run passes through
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 CLUSTER_NAME_PATTERN = r"^[-\w_]{1,64}$"
 _STATE = "(" + "|".join(RUN_STATES) + ")"

@@ -65,22 +65,43 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.run_states import (
+    ACTIVE_STATES as ACTIVE_STATES,
+)
+from shared.run_states import (
+    CANCELLED as CANCELLED,
+)
+from shared.run_states import (
+    FAILED as FAILED,
+)
+from shared.run_states import (
+    PROVISIONING as PROVISIONING,
+)
+from shared.run_states import (
+    QUEUED as QUEUED,
+)
+from shared.run_states import (
+    RUNNING as RUNNING,
+)
+from shared.run_states import (
+    STAGING as STAGING,
+)
+from shared.run_states import (
+    STATES as STATES,
+)
+from shared.run_states import (
+    SUBMITTED_STATES as SUBMITTED_STATES,
+)
+from shared.run_states import (
+    SUCCEEDED as SUCCEEDED,
+)
+from shared.run_states import (
+    TERMINAL_STATES as TERMINAL_STATES,
+)
+
 log = logging.getLogger(__name__)
 
-# --- states ----------------------------------------------------------------------------------------
-STAGING = "staging"
-PROVISIONING = "provisioning"
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-
-STATES: tuple[str, ...] = (STAGING, PROVISIONING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-TERMINAL_STATES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ACTIVE_STATES: frozenset[str] = frozenset({STAGING, PROVISIONING, QUEUED, RUNNING})
-# Runs that have (or are about to have) a Batch AI job: what the monitor reconciles.
-SUBMITTED_STATES: frozenset[str] = frozenset({PROVISIONING, QUEUED, RUNNING})
+# --- states (declared in shared.run_states; imported from here too) ---------------------------------
 
 # The explicit table of allowed transitions. Forward skips are allowed because the monitor polls:
 # a job can go from queued to succeeded between two polls. A cluster that finishes resizing and then

@@ -13,11 +13,12 @@ import pytest
 import requests
 from azure.core.exceptions import ResourceExistsError
 
+from shared.run_states import TERMINAL_STATES
 from tests.api.stackapp import TRAIN_PY, TRAIN_SPEC, Api, stage_dataset
 
 pytestmark = pytest.mark.e2e
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = TERMINAL_STATES
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.5) -> Any:

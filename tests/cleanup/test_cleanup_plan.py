@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared import compute_port
 from shared.cleanup import (
     Action,
     CleanupPolicy,
@@ -21,6 +22,7 @@ from shared.cleanup import (
     plan,
     report,
 )
+from shared.run_states import STATES
 
 NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -223,8 +225,8 @@ def test_execute_dry_run_changes_nothing_and_real_run_reports_each_result() -> N
 
 NAMES = st.sampled_from(["a", "b", "c", "A"])  # "a" and "A": one directory on Azure Files
 TIMES = st.one_of(st.none(), st.integers(min_value=0, max_value=400).map(lambda h: NOW - h * H))
-RUN_STATES = ["staging", "provisioning", "queued", "running", "succeeded", "failed", "cancelled"]
-JOB_STATES = ["queued", "running", "terminating", "succeeded", "failed"]
+RUN_STATES = list(STATES)
+JOB_STATES = list(compute_port.JOB_STATES)
 
 runs_strategy = st.builds(
     RunInfo,

@@ -82,3 +82,13 @@ def test_the_vendored_chart_library_is_the_pinned_one() -> None:
     assert (UI_DIR / "vendor" / "uPlot.min.css").read_bytes() == (
         installed / "dist" / "uPlot.min.css"
     ).read_bytes()
+
+
+def test_the_dashboards_run_states_are_the_registrys() -> None:
+    """ui/app.js cannot import Python: its list of states is held to shared.run_states here."""
+    from shared.run_states import STATES
+
+    script = (UI_DIR / "app.js").read_text()
+    declared = re.search(r"^const STATES = (\[[^\]]*\]);$", script, re.MULTILINE)
+    assert declared is not None, "ui/app.js no longer declares `const STATES = [...]`"
+    assert tuple(json.loads(declared.group(1))) == STATES
