@@ -39,7 +39,7 @@ GROUP = "benchmonitor"  # resource group and registry table of the seeded runs
 
 
 def build_services(stack: Any, **overrides: str) -> Any:
-    from shared.ingest import build_services as build
+    from shared.services import build_services as build
     from shared.settings import Settings
 
     return build(Settings.from_env(stack_env(stack, **overrides)))

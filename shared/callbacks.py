@@ -197,6 +197,18 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
 
 
+def record_fields(settings: Any, callback_url: str | None, *, issued: bool) -> dict[str, Any]:
+    """A run's callback as the registry keeps it: the URL with its query redacted, and the seal (the
+    salt of the run's own secret, the full URL encrypted). ``issued``: the run's secret goes to the
+    starting request (HTTP) and may not be issued again."""
+    if not callback_url:
+        return {"callback_url": None, "callback_seal": None}
+    key = settings.callback_signing_secret
+    seal = seal_callback(callback_url, key.get_secret_value() if key else None)
+    seal["issued"] = issued
+    return {"callback_url": redact_url(callback_url), "callback_seal": seal}
+
+
 def embedded_ipv4(addr: IPAddress) -> list[ipaddress.IPv4Address]:
     """The IPv4 addresses an IPv6 address carries and would deliver to: IPv4-mapped and -compatible,
     6to4 (2002::/16), Teredo (server and client), NAT64 (64:ff9b::/96) and ISATAP interface ids.

@@ -484,13 +484,17 @@ def job_info(job: Any) -> JobInfo:
 
 class Cleanup:
     """Cleanup against the configured workspace, file share, registry and reports container, through
-    the app's services (shared.ingest.build_services): the same compute backend as the pipeline."""
+    the app's services (shared.services.build_services): the same compute backend as the pipeline."""
 
     def __init__(self, settings: Any = None, services: Any = None) -> None:
-        from shared import clients, ingest
+        from shared import clients
+        from shared import services as app_services
 
         if services is None:
-            services = ingest.services() if settings is None else ingest.build_services(settings)
+            if settings is None:
+                services = app_services.get_services()
+            else:
+                services = app_services.build_services(settings)
         self.settings = services.settings
         self.compute = services.cloud
         self.registry = services.registry

@@ -1,7 +1,7 @@
 """The compute port: what the pipeline needs from a training service, and nothing more.
 
 Why: ingest, the monitor, the HTTP API and cleanup must not know which service trains a run. They
-talk to one ``ComputeBackend`` (built once, in ``shared.ingest.build_services``, from the settings)
+talk to one ``ComputeBackend`` (built once, in ``shared.services.build_services``, from the settings)
 and see only the plain values declared here: job and cluster states in the pipeline's own words,
 output files with download URLs, and one error type, ``ComputeError``. Each backend module (today
 ``shared.batchai_backend``) is the only code that knows its service; adding a backend means adding
@@ -343,7 +343,7 @@ class ComputeBackend(Protocol):
 
 
 def build_backend(settings: Settings) -> ComputeBackend:
-    """The backend COMPUTE_BACKEND names (one per process, built by ``shared.ingest.build_services``)."""
+    """The backend COMPUTE_BACKEND names (one per process, built by ``shared.services.build_services``)."""
     if str(getattr(settings, "compute_backend", "batchai")) == "azureml":
         from shared.azureml_backend import AzureMLBackend
 

@@ -56,10 +56,9 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
-from shared import callbacks, logtail, node_time, sweep_runs
+from shared import callbacks, logtail, node_time, services, sweep_runs
 from shared import metrics as run_metrics
 from shared.compute_port import LEAD_LOG_SUFFIXES, ClusterStatus, ComputeError, JobStatus
-from shared.ingest import Services, check_ready, create_job, missing_files, services, submission_spec
 from shared.registry import (
     ACTIVE_STATES,
     FAILED,
@@ -79,6 +78,8 @@ from shared.registry import (
     utcnow,
 )
 from shared.runspec import RunSpecError
+from shared.services import Services
+from shared.submission import check_ready, create_job, missing_files, submission_spec
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _ts(value: object) -> str | None:
 # --- the pass ------------------------------------------------------------------------------------------
 def run_monitor(svc: Services | None = None, *, now: datetime | None = None) -> MonitorReport:
     """One monitoring pass over every active run (see module doc)."""
-    svc = svc or services()
+    svc = svc or services.get_services()
     now = now or datetime.now(UTC)
     report = MonitorReport()
     staging = _check_staging(svc, now, report)

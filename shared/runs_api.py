@@ -135,9 +135,9 @@ def _settings() -> Settings:
 
 def _registry() -> RunRegistry:
     """The pipeline's registry (built once per process from the settings, table created once)."""
-    from shared import ingest
+    from shared import services
 
-    return ingest.services().registry
+    return services.get_services().registry
 
 
 def _base_url(request: ApiRequest) -> str:
@@ -313,10 +313,10 @@ def start_run(request: ApiRequest) -> ApiResponse:
         existing = _registry().find_by_idempotency_key(key)
         if existing is not None:
             return _replay_or_conflict(request, existing, dataset, spec, prefix)
-    from shared import ingest
+    from shared import run_starts
 
     try:
-        record = ingest.start_run(
+        record = run_starts.start_run(
             dataset, spec, stage_from_prefix=prefix, idempotency_key=key, background=True
         )
     except Exception as exc:
@@ -349,11 +349,11 @@ def resubmit_run(request: ApiRequest) -> ApiResponse:
     overrides = body.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise _invalid("overrides", "expected an object of run spec fields")
-    from shared import ingest
+    from shared import resubmit
 
     try:
-        record = ingest.resubmit_run(run_id, overrides, idempotency_key=key)
-    except ingest.ResubmitRefused as exc:
+        record = resubmit.resubmit_run(run_id, overrides, idempotency_key=key)
+    except resubmit.ResubmitRefused as exc:
         raise ApiError(409, exc.code, str(exc)) from None
     except Exception as exc:
         raise _start_error(exc) from None
@@ -408,14 +408,14 @@ def _replay_or_conflict(
     return _accepted(request, record, {"Idempotent-Replayed": "true"})
 
 
-# Staging refusals of ingest.start_run: the request names something that cannot run as it is (422, as
+# Staging refusals of run_starts.start_run: the request names something that cannot run as it is (422, as
 # a run that failed before its job existed), a bad name (400), or the copy itself failed (502).
 _UNPROCESSABLE_STAGING = frozenset({"DatasetNotStaged", "NothingToStage", "MissingFiles", "FileListTooLarge"})
 _INVALID_STAGING = frozenset({"InvalidDatasetName", "InvalidBlobName"})
 
 
 def _start_error(exc: Exception) -> Exception:
-    """ingest.start_run's refusals as API errors; anything else goes on to `_unexpected`."""
+    """run_starts.start_run's refusals as API errors; anything else goes on to `_unexpected`."""
     from shared.runspec import RunSpecError
     from shared.staging import StagingError
 
@@ -477,9 +477,9 @@ def get_run(request: ApiRequest) -> ApiResponse:
 
 def _compute() -> ComputeBackend:
     """The app's compute backend (built once per process with the other services)."""
-    from shared import ingest
+    from shared import services
 
-    return ingest.services().cloud
+    return services.get_services().cloud
 
 
 def _job_ref(record: RunRecord) -> JobNames | None:
@@ -493,13 +493,13 @@ def _fresh_outputs(record: RunRecord) -> list[JsonObject] | None:
     """The run's output files listed again now, with download URLs, as the monitor lists them (the
     registry keeps names and sizes only: the URLs are signed and expire); None when the job is not
     there to ask (not submitted yet, or deleted by cleanup)."""
-    from shared import ingest, monitor
+    from shared import monitor, services
     from shared.compute_port import ComputeError
 
     ref = _job_ref(record)
     if ref is None or not record.output_files:
         return None
-    svc = ingest.services()
+    svc = services.get_services()
     try:
         listed = monitor.collect_outputs(svc, record, ref)
     except ComputeError as exc:
@@ -629,12 +629,12 @@ def delete_run(request: ApiRequest) -> ApiResponse:
     """Terminate and delete the run's job and mark it cancelled (a finished run keeps its state); with
     cluster=true also delete its cluster unless another active run uses it. Answers the run record
     with `job_deleted`, `cluster_deleted` (with cluster=true) and a `message`."""
-    from shared import ingest
+    from shared import cancellation
 
     run_id = _run_id(request)
     with_cluster = _flag(request, "cluster")
     before = _registry().get(run_id)  # 404 before any side effect
-    record = ingest.cancel_run(run_id, delete_cluster=with_cluster)
+    record = cancellation.cancel_run(run_id, delete_cluster=with_cluster)
     body = _full(record, request)
     body["job_deleted"] = bool(before.job_name)
     notes = [f"job {before.job_name} terminated and deleted" if before.job_name else "the run had no job"]
@@ -726,7 +726,7 @@ def list_clusters(request: ApiRequest) -> ApiResponse:
 def delete_cluster(request: ApiRequest) -> ApiResponse:
     """409 while active runs use the cluster; with force=true those runs are cancelled first (they
     could not finish without it). Deletion is long-running: 202, the cluster is then 'deleting'."""
-    from shared import ingest
+    from shared import cancellation
 
     name = request.route_params.get("name", "")
     if not _CLUSTER.match(name):
@@ -748,7 +748,7 @@ def delete_cluster(request: ApiRequest) -> ApiResponse:
         )
     cancelled = []
     for run_id in users:
-        ingest.cancel_run(run_id, delete_cluster=False)
+        cancellation.cancel_run(run_id, delete_cluster=False)
         cancelled.append(run_id)
     compute.delete_cluster(name)
     log.info("cluster %s deletion requested over HTTP (force=%s, cancelled runs %s)", name, force, cancelled)

@@ -40,7 +40,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient, BlobSasPermissions, ContainerClient, generate_blob_sas
 from azure.storage.fileshare import FileSasPermissions, ShareClient, ShareFileClient, generate_file_sas
 
-from shared.registry import SNAPSHOT_ROOT, StagedFile, utcnow
+from shared.registry import SNAPSHOT_ROOT, FileListTooLarge, StagedFile, check_file_list, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,42 @@ class StagingError(ValueError):
     def __init__(self, message: str, *, code: str = "StagingFailed") -> None:
         super().__init__(message)
         self.code = code
+
+
+class DatasetNotStaged(StagingError):
+    """An HTTP start on a dataset that is not on the file share (and no prefix to stage)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="DatasetNotStaged")
+
+
+class NothingToStage(StagingError):
+    """An HTTP start from a prefix with no blob under it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="NothingToStage")
+
+
+class MissingFiles(StagingError):
+    """A run's required file that is in neither the prefix, the share nor the snapshot."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="MissingFiles")
+
+
+class TooManyFiles(StagingError):
+    """A run's file list over the registry's documented limit (``shared.registry.check_file_list``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="FileListTooLarge")
+
+
+def check_run_file_list(names: list[str], what: str) -> None:
+    """The registry's limit on a run's file list, as a staging error (TooManyFiles)."""
+    try:
+        check_file_list(names, what)
+    except FileListTooLarge as exc:
+        raise TooManyFiles(str(exc)) from None
 
 
 @dataclass(frozen=True)

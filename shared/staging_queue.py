@@ -4,7 +4,7 @@ Why: Azure's front end cuts an HTTP response off after 230 s whatever `functionT
 staging a folder copies every blob (each copy bounded by COPY_TIMEOUT_SECONDS): a large dataset
 cannot be staged inside the request. So the request creates the run (in `staging`) and queues one
 message naming it on STAGING_QUEUE; the queue-triggered `stage` function stages and submits it
-(`ingest.stage_run`). The queue gives the work Azure's retry semantics: a failed try comes back
+(`run_starts.stage_run`). The queue gives the work Azure's retry semantics: a failed try comes back
 (dequeue count), and after the host's maxDequeueCount the message goes to `<queue>-poison`; a run
 whose staging never completes is failed by the monitor at its staging deadline.
 
@@ -60,10 +60,10 @@ def enqueue(svc: Any, rec: RunRecord) -> None:
 def handle(body: bytes, svc: Any = None) -> str:
     """Stage and submit the run a message names; the state it ends in. A StagingError has failed
     the run (named on it): the message is done. Anything else propagates, so the queue retries."""
-    from shared import ingest
+    from shared import run_starts, services
     from shared.staging import StagingError
 
-    svc = svc or ingest.services()
+    svc = svc or services.get_services()
     run_id = run_id_of(body)
     try:
         rec: RunRecord = svc.registry.get(run_id)
@@ -76,7 +76,7 @@ def handle(body: bytes, svc: Any = None) -> str:
         )
         return rec.state
     try:
-        return ingest.stage_run(rec, svc).state
+        return run_starts.stage_run(rec, svc).state
     except StagingError as exc:
         log.warning("run %s: staging failed: %s", run_id, exc, extra=rec.log_extra())
         now: RunRecord = svc.registry.get(run_id)

@@ -8,7 +8,7 @@ monitor pass calls ``advance`` for it:
    ``early_terminated``, job terminated), from the primary metric's series the monitor recorded;
 2. start trials (``shared.sweep.generate_trials``: deterministic from the spec and seed) until
    ``max_concurrent_trials`` are active; a trial's id is ``<parent id>-tNNN`` and ``RunRegistry.create``
-   with an existing id returns that run, and the job is submitted by ``ingest.submit``'s
+   with an existing id returns that run, and the job is submitted by ``submission.submit``'s
    compare-and-swap: a replayed trigger or overlapping pass never starts a trial twice;
 3. when every trial has ended, finish the parent: ``succeeded`` naming the best trial (best final
    value of the primary metric among succeeded trials), its parameters and metric, or ``failed``
@@ -17,7 +17,7 @@ monitor pass calls ``advance`` for it:
 A trial is an ordinary run (its own record, job, metrics, logs and outputs) with ``parent_id`` set and
 ``snapshot`` the parent's: no data is copied per trial. Its spec is derived from the parent's
 (``shared.sweep.trial_spec``), so secrets the parent's manifest holds reach the trial's job the way
-they reach an ordinary run's (``ingest.submission_spec`` derives it again when needed). Cancelling
+they reach an ordinary run's (``submission.submission_spec`` derives it again when needed). Cancelling
 the parent cancels its trials (``cancel_trials``; the next pass also cancels any a race started).
 
 Resubmitting a finished parent (``resubmit``) runs its failed and cancelled trials again: each gets
@@ -63,13 +63,13 @@ def start_parent(svc: Any, rec: RunRecord, spec: RunSpec) -> bool:
     """Move a complete sweep parent from staging to running (compare-and-swap: one winner) and start
     its first trials. False when the cluster is not ready yet or another caller won."""
     assert spec.sweep is not None
-    from shared.ingest import PERMANENT_SUBMIT_ERRORS, _fail_staging
+    from shared.submission import PERMANENT_SUBMIT_ERRORS, fail_staging
 
     try:  # the cluster its trials run on: sized for the ones that run at once
         cluster = svc.cloud.ensure_cluster(sweeps.sized_for_trials(spec, _max_nodes(svc)), rec.dataset)
     except ComputeError as exc:
         if exc.code in PERMANENT_SUBMIT_ERRORS:
-            _fail_staging(svc, rec, exc.code, str(exc))
+            fail_staging(svc, rec, exc.code, str(exc))
         return False
     trials = sweeps.generate_trials(spec.sweep)
     try:
@@ -142,7 +142,7 @@ def series_of(registry: Any, run_id: str, metric: str) -> list[list[float]]:
 def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunRecord:
     """One step of a sweep (see module doc); returns the parent as it now is."""
     if spec is None:
-        from shared.ingest import submission_spec
+        from shared.submission import submission_spec
 
         spec = submission_spec(svc, parent)
         if spec is None:
@@ -175,7 +175,7 @@ def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunReco
     # Trials created but never submitted (a pass that died in between) are submitted again.
     for index, rec in existing.items():
         if rec.state == STAGING:
-            from shared.ingest import submit
+            from shared.submission import submit
 
             submit(svc, rec, sweeps.trial_spec(spec, trials[index], max_nodes=_max_nodes(svc)))
     # 3. finish
@@ -186,7 +186,7 @@ def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunReco
 
 def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial) -> RunRecord:
     """Create the trial's run (idempotent per derived id) and submit its job (one winner)."""
-    from shared.ingest import submit
+    from shared.submission import submit
 
     child = sweeps.trial_spec(spec, trial, max_nodes=_max_nodes(svc))
     attempt = attempt_of(parent, trial.index)
@@ -240,7 +240,7 @@ def cancel_trials(svc: Any, parent: RunRecord, trials: Any = None) -> None:
     if trials is None:
         count = int((parent.sweep or {}).get("trials") or 0)
         trials = trial_records(svc.registry, parent, count).values()
-    from shared.ingest import cancel_run
+    from shared.cancellation import cancel_run
 
     for rec in trials:
         if rec.state not in TERMINAL_STATES:

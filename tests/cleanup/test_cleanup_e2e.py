@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared import clients, ingest, monitor
+from shared import clients, monitor, run_starts, services
 from shared.cleanup import Cleanup
 from shared.settings import Settings
 from tests.api.stackapp import TRAIN_SPEC, app_settings, stage_dataset
@@ -35,7 +35,7 @@ def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
 
 
 @pytest.fixture(scope="module")
-def isolated(api: Any) -> tuple[Settings, ingest.Services]:
+def isolated(api: Any) -> tuple[Settings, services.Services]:
     stack = api.stack
     settings = Settings.from_env(
         {
@@ -45,19 +45,19 @@ def isolated(api: Any) -> tuple[Settings, ingest.Services]:
             "FILE_SHARE_NAME": "cleanup-e2e",
         }
     )
-    return settings, ingest.build_services(settings)
+    return settings, services.build_services(settings)
 
 
 def experiments(compute: Any) -> set[str]:
     return {e.name for e in compute.list_experiments()}
 
 
-def start(svc: ingest.Services, stack: Any, dataset: str, spec: dict[str, Any]) -> str:
+def start(svc: services.Services, stack: Any, dataset: str, spec: dict[str, Any]) -> str:
     stage_dataset(stack, dataset, share_name="cleanup-e2e")
-    return ingest.start_run(dataset, spec, svc=svc).run_id
+    return run_starts.start_run(dataset, spec, svc=svc).run_id
 
 
-def state_after_monitor(svc: ingest.Services, run_id: str) -> str:
+def state_after_monitor(svc: services.Services, run_id: str) -> str:
     monitor.run_monitor(svc)
     return svc.registry.get(run_id).state
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import ingest, runs_api
+from shared import runs_api, services
 from shared.batchai_backend import BatchAIBackend
 from shared.cleanup import Cleanup
 from shared.compute_port import ClusterStatus, ComputeBackend
@@ -36,18 +36,18 @@ def app_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_every_entry_point_receives_the_one_backend(app_settings: None) -> None:
-    backend = ingest.services().cloud
+    backend = services.get_services().cloud
     assert isinstance(backend, BatchAIBackend) and isinstance(backend, ComputeBackend)
-    assert ingest.services().cloud is backend  # built once per process
+    assert services.get_services().cloud is backend  # built once per process
     assert runs_api._compute() is backend  # the API: no Compute per call
     assert Cleanup().compute is backend  # cleanup: no clients of its own
 
 
 def test_services_follow_the_settings(app_settings: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = ingest.services()
+    first = services.get_services()
     monkeypatch.setenv("BATCHAI_WORKSPACE", "another-ws")
     reset_settings()
-    second = ingest.services()
+    second = services.get_services()
     assert second is not first and second.cloud.settings.workspace == "another-ws"
 
 

@@ -17,8 +17,8 @@ from azure.storage.blob import BlobServiceClient
 
 from shared import clients
 from shared.compute_port import build_backend
-from shared.ingest import Services
 from shared.registry import RunRegistry
+from shared.services import Services
 from shared.settings import Settings, local_stack_values
 
 HERE = Path(__file__).resolve().parent

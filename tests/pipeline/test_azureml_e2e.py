@@ -17,9 +17,11 @@ import requests
 
 from shared import monitor
 from shared.azureml_backend import AzureMLBackend
+from shared.cancellation import cancel_run
 from shared.cleanup import Cleanup
-from shared.ingest import cancel_run, ingest_blob, start_run
+from shared.ingest import ingest_blob
 from shared.registry import TERMINAL_STATES
+from shared.run_starts import start_run
 from shared.runspec import RunSpecError, parse_run_spec
 from tests.pipeline.conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, TRAIN_SCRIPT, Pipeline
 from tests.pipeline.test_pipeline import dataset_name, monitor_until_done

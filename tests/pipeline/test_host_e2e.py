@@ -340,7 +340,7 @@ def test_http_start_from_the_dataset_folder_leaves_no_stray_run(hosted) -> None:
     """Blobs dropped into a dataset's folder fire the trigger; a run then started on that folder
     (what POST /api/runs with stage_from_prefix does) is the dataset's one run: the trigger's
     invocations join it, none is left staging until the staging timeout."""
-    from shared.ingest import start_run
+    from shared.run_starts import start_run
 
     p, make_host = hosted
     make_host().start()

@@ -8,10 +8,12 @@ import uuid
 
 import pytest
 
-from shared import ingest
-from shared.ingest import start_run
+from shared import run_starts
+from shared.cancellation import cancel_run
 from shared.monitor import run_monitor
+from shared.run_starts import start_run
 from shared.runspec import parse_run_spec
+from shared.submission import create_job
 
 from .conftest import QUICKSTART_FILES, Pipeline
 
@@ -56,7 +58,7 @@ def test_a_transient_submit_failure_is_retried_while_the_request_holds_the_secre
     job = p.services.cloud.compute.get_job(rec.experiment, rec.job_name)
     assert [s.name for s in job.secrets or []] == ["API_TOKEN"]
     assert SECRET not in str(rec.to_dict())
-    ingest.cancel_run(rec.run_id, delete_cluster=True, svc=p.services)
+    cancel_run(rec.run_id, delete_cluster=True, svc=p.services)
 
 
 def test_a_submit_that_keeps_failing_fails_the_run_in_the_request(
@@ -67,7 +69,7 @@ def test_a_submit_that_keeps_failing_fails_the_run_in_the_request(
     p.upload(ds, QUICKSTART_FILES)
     spec = secret_spec(f"secret-{uuid.uuid4().hex[:8]}")  # a cluster of its own: it stays deleting
     deleting_cluster(p, spec, ds, seconds=120.0)
-    monkeypatch.setattr(ingest, "SECRET_SUBMIT_DELAYS", (0.1, 0.2))
+    monkeypatch.setattr(run_starts, "SECRET_SUBMIT_DELAYS", (0.1, 0.2))
     rec = start_run(ds, spec, stage_from_prefix=ds, svc=p.services)
     assert rec.state == "failed" and not rec.submitted_at
     error = rec.errors[-1]
@@ -92,7 +94,7 @@ def test_the_monitor_leaves_a_young_run_with_masked_secrets_to_its_request(pipel
     failed = p.registry.get(old.run_id)
     assert failed.state == "failed" and failed.errors[-1]["code"] == "SpecUnavailable"
     assert "API_TOKEN" in failed.errors[-1]["message"]
-    ingest.cancel_run(young.run_id, svc=p.services)
+    cancel_run(young.run_id, svc=p.services)
 
 
 def test_a_job_created_for_a_run_that_failed_meanwhile_is_deleted(pipeline: Pipeline) -> None:
@@ -119,7 +121,7 @@ def test_a_job_created_for_a_run_that_failed_meanwhile_is_deleted(pipeline: Pipe
         job_name=names.job,
     )
     p.registry.transition(rec.run_id, FAILED, add_error={"code": "SpecUnavailable", "message": "m"})
-    assert ingest.create_job(p.services, rec, spec)  # from the request's stale copy: still provisioning
+    assert create_job(p.services, rec, spec)  # from the request's stale copy: still provisioning
     deadline = time.monotonic() + 30
     while (job := p.services.cloud.compute.get_job(names.experiment, names.job)) is not None:
         assert time.monotonic() < deadline, job.provisioning_state

@@ -21,11 +21,13 @@ import requests
 
 from shared import monitor
 from shared.batchai_backend import BatchAIBackend
-from shared.ingest import DatasetNotStaged, MissingFiles, NothingToStage, cancel_run, ingest_blob, start_run
+from shared.cancellation import cancel_run
+from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, RunRecord
+from shared.run_starts import start_run
 from shared.settings import Settings
-from shared.staging import StagingError
+from shared.staging import DatasetNotStaged, MissingFiles, NothingToStage, StagingError
 
 from .conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline
 

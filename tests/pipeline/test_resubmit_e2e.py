@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from shared import ingest, runs_api
+from shared import runs_api, services
 from shared.cleanup import delete_directory_tree
 from shared.http import ApiRequest
 from shared.ingest import ingest_blob
@@ -62,7 +62,7 @@ def test_resubmit_reuses_the_snapshot_with_overrides(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = pipeline
-    monkeypatch.setattr(ingest, "services", lambda: p.services)  # what the API's handlers use
+    monkeypatch.setattr(services, "get_services", lambda: p.services)  # what the API's handlers use
     monkeypatch.setattr(runs_api, "_settings", lambda: p.settings)
     dataset = f"resub-{uuid.uuid4().hex[:8]}"
     names = p.upload(dataset, {"train.py": TRAIN_PY, "data.txt": b"1 2 3\n"}, MANIFEST)

@@ -14,8 +14,8 @@ from azure.core.exceptions import ServiceResponseError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient
 
-from shared.ingest import start_run
 from shared.registry import RunRegistry
+from shared.run_starts import start_run
 
 from .conftest import QUICKSTART_FILES, Pipeline
 

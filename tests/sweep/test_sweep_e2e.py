@@ -13,10 +13,11 @@ import uuid
 import pytest
 
 from cli.watch import watch_run
-from shared import ingest, monitor, runs_api
+from shared import monitor, runs_api, services
 from shared import sweep as sweeps
+from shared.cancellation import cancel_run
 from shared.http import ApiRequest
-from shared.ingest import cancel_run, ingest_blob
+from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES
 from shared.sweep_runs import leaderboard
@@ -124,7 +125,7 @@ def test_a_sweep_trains_its_trials_stops_the_bad_one_and_names_the_best(
     assert sum(r["early_terminated"] for r in board) >= 2
 
     # The API: the parent lists its leaderboard; ?parent= lists its trials.
-    monkeypatch.setattr(ingest, "services", lambda: p.services)  # what the API's handlers use
+    monkeypatch.setattr(services, "get_services", lambda: p.services)  # what the API's handlers use
     got = runs_api.handle("runs/{id}", ApiRequest.build("GET", route_params={"id": parent_id}))
     assert got.status == 200, got.body
     assert got.body["leaderboard"] == board and got.body["sweep"]["best"] == best

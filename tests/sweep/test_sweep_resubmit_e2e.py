@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from shared import ingest, runs_api
+from shared import runs_api, services
 from shared import sweep as sweeps
 from shared.http import ApiRequest
 from shared.ingest import ingest_blob
@@ -30,7 +30,7 @@ def test_resubmitting_a_sweep_reruns_its_failed_trials_and_finishes_again(
     the parent re-runs just that trial with the same parameters on the same snapshot, recorded as a
     re-run; the parent runs again and then names the re-run as its best."""
     p = pipeline
-    monkeypatch.setattr(ingest, "services", lambda: p.services)  # what the API's handlers use
+    monkeypatch.setattr(services, "get_services", lambda: p.services)  # what the API's handlers use
     monkeypatch.setattr(runs_api, "_settings", lambda: p.settings)
     dataset = f"resweep-{uuid.uuid4().hex[:8]}"
     flag = p.share_root / "flaky" / dataset / "0.1"
