@@ -11,23 +11,14 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TextIO
 
 from cli.client import ApiClient, ApiError, CliError
 from shared.run_states import ACTIVE_STATES, STATES, TERMINAL_STATES
+from shared.times import parse_time
 
 STATE_ORDER = list(STATES)  # the order a run passes through its states
 TRANSIENT_GRACE_S = 60.0  # how long the API may be unreachable (host restart) before watch gives up
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def cluster_status_line(cluster: dict[str, Any]) -> str:

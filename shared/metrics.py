@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
+
+from shared.times import iso_utc_from_ms
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -176,13 +177,9 @@ class MetricsState:
         )
 
 
-def iso_ms(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def point_json(point: Point) -> dict[str, Any]:
     """A point as the API shows it: {"x", "value", "time"} (time: when the monitor read it)."""
-    return {"x": point[0], "value": point[1], "time": iso_ms(point[2])}
+    return {"x": point[0], "value": point[1], "time": iso_utc_from_ms(point[2])}
 
 
 def latest(series: dict[str, list[Point]]) -> dict[str, dict[str, Any]]:

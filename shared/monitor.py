@@ -80,6 +80,7 @@ from shared.registry import (
 from shared.runspec import RunSpecError
 from shared.services import Services
 from shared.submission import check_ready, create_job, missing_files, submission_spec
+from shared.times import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,10 @@ class MonitorReport:
 
 
 def _ts(value: object) -> str | None:
+    """A job's time (a datetime from the SDK, or text already) in the app's form, or None."""
     if value is None:
         return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return str(value)
+    return iso_utc(value) if isinstance(value, datetime) else str(value)
 
 
 # --- the pass ------------------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ def _clusters_to_watch(svc: Services, now: datetime) -> bool:
             last = parse_time(svc.registry.clusters_listed_at())
             if last is not None and now - last < timedelta(minutes=svc.settings.cluster_idle_minutes):
                 return False
-        svc.registry.set_clusters_listed_at(node_time.iso(now))
+        svc.registry.set_clusters_listed_at(iso_utc(now))
     except (RegistryError, HttpResponseError):
         pass
     return True
@@ -536,13 +534,13 @@ def _account_clusters(
             }
             step = node_time.advance(ledger, cluster, users.get(name, ()), ended, now)
             if step.idle_for is not None and step.idle_for >= idle_limit and _holds_nodes(svc, cluster):
-                step.ledger.released_at = node_time.iso(now)
+                step.ledger.released_at = iso_utc(now)
                 step.changed = True
             if step.changed and not svc.registry.put_cluster_ledger(step.ledger):
                 continue  # an overlapping pass counted this cluster (and released it if due)
             for run_id, minutes in step.run_node_minutes.items():
                 _record_node_minutes(svc, run_id, minutes)
-            if step.ledger.released_at == node_time.iso(now):
+            if step.ledger.released_at == iso_utc(now):
                 _release_idle(svc, cluster, step.idle_for or timedelta(0), report)
         except (ComputeError, HttpResponseError, RegistryError) as exc:
             report.errors.append(f"cluster {name}: {exc}")

@@ -22,17 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.compute_port import ClusterStatus
 from shared.registry import ClusterLedger, parse_time
+from shared.times import iso_utc
 
-__all__ = ["Step", "advance", "iso", "new_ledger"]
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+__all__ = ["Step", "advance", "new_ledger"]
 
 
 def _round(value: float) -> float:
@@ -53,7 +50,7 @@ class Step:
 
 def new_ledger(cluster: ClusterStatus, now: datetime) -> ClusterLedger:
     """The ledger of a cluster the monitor sees for the first time: idle since its creation."""
-    return ClusterLedger(name=cluster.name, busy_until=iso(cluster.created_at or now))
+    return ClusterLedger(name=cluster.name, busy_until=iso_utc(cluster.created_at or now))
 
 
 def advance(
@@ -75,7 +72,7 @@ def advance(
     total = ledger.node_minutes
     accrued = total != previous_total
     ledger.nodes = cluster.allocated_nodes
-    ledger.sampled_at = iso(now)
+    ledger.sampled_at = iso_utc(now)
     writes: dict[str, dict[str, Any]] = {}
 
     busy_until = parse_time(ledger.busy_until)
@@ -102,7 +99,7 @@ def advance(
             writes.setdefault(run_id, {"cluster": cluster.name})["after"] = _round(total - mark)
         if stop_after:
             del ledger.after_marks[run_id]
-    ledger.busy_until = iso(busy_until) if busy_until is not None else None
+    ledger.busy_until = iso_utc(busy_until) if busy_until is not None else None
     idle_for = None if in_use or busy_until is None else max(now - busy_until, timedelta(0))
     after = ledger.to_entity()
     changed = {k: v for k, v in before.items() if k != "sampled_at"} != {

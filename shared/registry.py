@@ -98,6 +98,8 @@ from shared.run_states import (
 from shared.run_states import (
     TERMINAL_STATES as TERMINAL_STATES,
 )
+from shared.times import parse_time as parse_time
+from shared.times import utcnow as utcnow
 
 log = logging.getLogger(__name__)
 
@@ -405,24 +407,6 @@ class ClusterLedger:
             after_marks=dict(marks.get("after") or {}),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """A time as the registry writes it (``utcnow``), as the SDKs return it (a datetime), or None for
-    nothing or garbage; naive times are taken as UTC."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def dataset_key(dataset: str) -> str:
