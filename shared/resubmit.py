@@ -144,7 +144,13 @@ def _resubmit_sweep(
             f"run {parent.run_id} is a sweep: its failed trials run again with the sweep's own spec and "
             "parameters, so overrides are not accepted (start a new sweep to change them)",
         )
-    spec = _kept_spec(svc, parent)
+    spec = sweep_runs.in_trial_order(parent, _kept_spec(svc, parent))
+    if not sweep_runs.same_trials(parent, spec):
+        raise ResubmitRefused(
+            "SpecChanged",
+            f"sweep {parent.run_id}'s trials cannot be derived again from its spec (its run.json changed "
+            "since, or it was recorded before the trial order was kept): start a new sweep instead",
+        )
     _check_snapshot_kept(svc, parent)
     if idempotency_key:
         holder = svc.registry.reserve_idempotency_key(idempotency_key, parent.run_id)

@@ -26,7 +26,7 @@ from shared.registry import (
     new_run_id,
     utcnow,
 )
-from shared.runspec import RunSpec, parse_run_spec
+from shared.runspec import RunSpec, RunSpecError, parse_run_spec
 from shared.services import Services
 from shared.staging import (
     MANIFEST_NAME,
@@ -87,6 +87,7 @@ def start_run(
     if not isinstance(spec, RunSpec):
         spec = parse_run_spec(spec, svc.spec_context)
     svc.cloud.check_spec(spec)  # refused before anything is created, naming the field and backend
+    _check_sweep_secrets(spec)
     prefix = None if stage_from_prefix is None else check_stage_prefix(stage_from_prefix)
     replayed = svc.registry.find_by_idempotency_key(idempotency_key) if idempotency_key else None
     if replayed is not None and replayed.state != STAGING:
@@ -158,6 +159,30 @@ def _queue_staging(svc: Services, rec: RunRecord) -> None:
 # Submission attempts a request makes itself when its spec carries inline secret values: the
 # registry keeps them masked, so once the request returns no one can create the job any more.
 SECRET_SUBMIT_DELAYS = (0.5, 1.0, 2.0, 4.0)
+
+
+def _check_sweep_secrets(spec: RunSpec) -> None:
+    """A sweep started over HTTP with inline secret values must start every trial while its request
+    holds them: the registry never keeps the values, and a trial started later could not be given
+    them. So its trials must all fit its first round (max_concurrent_trials); otherwise refused, before
+    anything is created, naming the field and the ways out."""
+    if spec.sweep is None or not inline_secrets(spec):
+        return
+    from shared import sweep as sweeps
+
+    count = len(sweeps.generate_trials(spec.sweep))
+    if count > spec.sweep.max_concurrent_trials:
+        raise RunSpecError(
+            [
+                {
+                    "field": "secret_environment_variables",
+                    "message": f"a sweep whose {count} trials start over time cannot be given inline secret "
+                    f"values ({', '.join(sorted(inline_secrets(spec)))}): they are not kept after this "
+                    "request, so later trials could not have them. Give them as Key Vault references, or "
+                    f"set sweep.max_concurrent_trials to {count} so every trial starts now",
+                }
+            ]
+        )
 
 
 def _submit_while_secrets_are_held(svc: Services, rec: RunRecord, spec: RunSpec) -> RunRecord:

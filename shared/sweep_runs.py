@@ -84,6 +84,8 @@ def start_parent(svc: Any, rec: RunRecord, spec: RunSpec) -> bool:
                 "role": "parent",
                 "trials": len(trials),
                 "digest": sweeps.parameters_digest(trials),
+                # The registry stores specs with sorted keys: the order trials are derived in is kept.
+                "parameter_order": list(spec.sweep.parameters),
                 "primary_metric": spec.sweep.primary_metric,
                 "goal": spec.sweep.goal,
             },
@@ -140,11 +142,12 @@ def series_of(registry: Any, run_id: str, metric: str) -> list[list[float]]:
 
 
 def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunRecord:
-    """One step of a sweep (see module doc); returns the parent as it now is."""
+    """One step of a sweep (see module doc); returns the parent as it now is. Without ``spec`` the
+    sweep's bookkeeping reads the parent's recorded spec, which needs no secret: a sweep started over
+    HTTP with inline secret values goes on after its request has ended (``SECRETS_HELD_SECONDS``);
+    the spec with the secrets (``submission.submission_spec``) is fetched only to submit a trial's job."""
     if spec is None:
-        from shared.submission import submission_spec
-
-        spec = submission_spec(svc, parent)
+        spec = _recorded_spec(svc, parent)
         if spec is None:
             return parent
     assert spec.sweep is not None
@@ -165,23 +168,65 @@ def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunReco
         existing[index] = stop_trial(svc, existing[index], why)
     # 2. start trials up to the concurrency limit
     active = sum(1 for rec in existing.values() if rec.state in ACTIVE_STATES)
-    for trial in trials:
-        if active >= sweep.max_concurrent_trials:
-            break
-        if trial.index in existing:
-            continue
-        existing[trial.index] = start_trial(svc, parent, spec, trial)
-        active += 1
+    to_start = [t for t in trials if t.index not in existing][: max(0, sweep.max_concurrent_trials - active)]
     # Trials created but never submitted (a pass that died in between) are submitted again.
-    for index, rec in existing.items():
-        if rec.state == STAGING:
+    unsubmitted = [index for index, rec in existing.items() if rec.state == STAGING]
+    job_spec = _job_spec(svc, parent, spec) if to_start or unsubmitted else None
+    if job_spec is not None:
+        for trial in to_start:
+            existing[trial.index] = start_trial(svc, parent, job_spec, trial)
+        for index in unsubmitted:
             from shared.submission import submit
 
-            submit(svc, rec, sweeps.trial_spec(spec, trials[index], max_nodes=_max_nodes(svc)))
+            child = sweeps.trial_spec(job_spec, trials[index], max_nodes=_max_nodes(svc))
+            submit(svc, existing[index], child)
     # 3. finish
     if len(existing) == len(trials) and all(rec.state in TERMINAL_STATES for rec in existing.values()):
         return finish_parent(svc, parent, sweep, trials, existing)
     return parent
+
+
+def _recorded_spec(svc: Any, parent: RunRecord) -> RunSpec | None:
+    """The parent's spec as recorded (secret values masked): enough for the sweep's bookkeeping.
+    A recorded spec today's settings refuse is had the way a job's is (``submission_spec``)."""
+    from shared.runspec import RunSpecError, parse_run_spec
+    from shared.submission import submission_spec
+
+    try:
+        spec = parse_run_spec(parent.spec or {}, svc.spec_context)
+    except RunSpecError:
+        return submission_spec(svc, parent)
+    spec = in_trial_order(parent, spec)
+    return spec if same_trials(parent, spec) else submission_spec(svc, parent)
+
+
+def in_trial_order(parent: RunRecord, spec: RunSpec) -> RunSpec:
+    """``spec`` with its sweep's parameters in the order the parent's trials were derived in (the
+    recorded spec has them sorted by name, and a grid's trial order follows the parameter order)."""
+    order = (parent.sweep or {}).get("parameter_order")
+    if spec.sweep is None or not order or set(order) != set(spec.sweep.parameters):
+        return spec
+    parameters = {name: spec.sweep.parameters[name] for name in order}
+    return spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"parameters": parameters})})
+
+
+def same_trials(parent: RunRecord, spec: RunSpec) -> bool:
+    """``spec`` derives the trial set the parent started with (its recorded digest)."""
+    digest = (parent.sweep or {}).get("digest")
+    return spec.sweep is not None and digest == sweeps.parameters_digest(sweeps.generate_trials(spec.sweep))
+
+
+def _job_spec(svc: Any, parent: RunRecord, spec: RunSpec) -> RunSpec | None:
+    """The spec trials' jobs are created with: ``spec`` itself when it holds every secret value it
+    names (the request or manifest that started the sweep, or no inline secrets), else the parent's
+    spec had again with them (``submission.submission_spec``; None when not possible now)."""
+    from shared.resubmit import MASKED_SECRET
+    from shared.submission import submission_spec
+
+    values = spec.secret_environment_variables.values()
+    if not any(getattr(v, "get_secret_value", lambda: None)() == MASKED_SECRET for v in values):
+        return spec
+    return submission_spec(svc, parent)
 
 
 def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial) -> RunRecord:

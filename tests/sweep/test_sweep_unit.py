@@ -318,3 +318,30 @@ def test_a_sweep_with_fewer_trials_than_its_concurrency_asks_for_fewer_nodes() -
         spec_with({"sampling": "grid", **sweep}, arguments="--lr ${{search_space.lr}}"), CTX
     )
     assert sweep_cluster(spec, 16).auto_scale.maximum_node_count == 2
+
+
+def test_the_recorded_spec_derives_the_trials_in_the_order_the_parent_started_them() -> None:
+    """The registry stores a spec with sorted keys; the parent keeps its parameter order, so a pass
+    reading the recorded spec derives the same grid (a different order numbers the trials differently)."""
+    from shared.registry import RunRecord
+    from shared.sweep import parameters_digest
+    from shared.sweep_runs import in_trial_order, same_trials
+
+    spec = parse_run_spec(spec_with({"sampling": "grid"}), CTX)  # lr before batch_size
+    started = generate_trials(spec.sweep)
+    recorded = parse_run_spec(json.loads(json.dumps(spec.to_json_dict(), sort_keys=True)), CTX)
+    assert [t.parameters for t in generate_trials(recorded.sweep)] != [t.parameters for t in started]
+    info = {
+        "role": "parent",
+        "digest": parameters_digest(started),
+        "parameter_order": list(spec.sweep.parameters),
+    }
+    parent = RunRecord(run_id="p", dataset="d", state="running", sweep=info)
+    assert not same_trials(parent, recorded)
+    again = in_trial_order(parent, recorded)
+    assert same_trials(parent, again)
+    assert [t.parameters for t in generate_trials(again.sweep)] == [t.parameters for t in started]
+    # a parent recorded before the order was kept: the recorded spec is not taken for its trials
+    assert not same_trials(
+        RunRecord(run_id="p", dataset="d", state="running", sweep={"role": "parent"}), again
+    )
