@@ -377,6 +377,19 @@ class Backend:
             raise ArmError("ResourceNotFound", f"The {model.kind} '{name}' was not found ({resource_id}).")
         return model(record)
 
+    def _child(self, model: type[Resource], sub: str, rg: str, ws: str, path: str) -> Any:
+        """The workspace's resource at `<workspace id>/<path>`; 404 for it, its workspace or group."""
+        self.require_workspace(sub, rg, ws)
+        return self._get(model, f"{self._ids(sub, rg, ws)}/{path}")
+
+    def _list_children(self, model: type[Resource], sub: str, rg: str, ws: str, path: str) -> list[dict]:
+        self.require_workspace(sub, rg, ws)
+        return self._list(model, f"{self._ids(sub, rg, ws)}/{path}")
+
+    def _delete_child(self, model: type[Resource], sub: str, rg: str, ws: str, path: str) -> str | None:
+        self.require_workspace(sub, rg, ws)
+        return self._begin_delete(model, f"{self._ids(sub, rg, ws)}/{path}", sub)
+
     def _delete_now(self, collection: str, key: str) -> None:
         record = self.state[collection].pop(key, None)
         if record is None:
@@ -483,18 +496,15 @@ class Backend:
 
     def get_experiment(self, sub: str, rg: str, ws: str, exp: str) -> dict[str, Any]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._get(Experiment, f"{self._ids(sub, rg, ws)}/experiments/{exp}").render()
+            return self._child(Experiment, sub, rg, ws, f"experiments/{exp}").render()
 
     def list_experiments(self, sub: str, rg: str, ws: str) -> list[dict[str, Any]]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._list(Experiment, self._ids(sub, rg, ws) + "/experiments")
+            return self._list_children(Experiment, sub, rg, ws, "experiments")
 
     def delete_experiment(self, sub: str, rg: str, ws: str, exp: str) -> str | None:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._begin_delete(Experiment, f"{self._ids(sub, rg, ws)}/experiments/{exp}", sub)
+            return self._delete_child(Experiment, sub, rg, ws, f"experiments/{exp}")
 
     # --- file servers ----------------------------------------------------------------------------
     def create_file_server(
@@ -519,18 +529,15 @@ class Backend:
 
     def get_file_server(self, sub: str, rg: str, ws: str, name: str) -> dict[str, Any]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._get(FileServer, f"{self._ids(sub, rg, ws)}/fileServers/{name}").render()
+            return self._child(FileServer, sub, rg, ws, f"fileServers/{name}").render()
 
     def list_file_servers(self, sub: str, rg: str, ws: str) -> list[dict[str, Any]]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._list(FileServer, self._ids(sub, rg, ws) + "/fileServers")
+            return self._list_children(FileServer, sub, rg, ws, "fileServers")
 
     def delete_file_server(self, sub: str, rg: str, ws: str, name: str) -> str | None:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._begin_delete(FileServer, f"{self._ids(sub, rg, ws)}/fileServers/{name}", sub)
+            return self._delete_child(FileServer, sub, rg, ws, f"fileServers/{name}")
 
     # --- clusters --------------------------------------------------------------------------------
     def create_cluster(
@@ -564,8 +571,7 @@ class Backend:
 
     def update_cluster(self, sub: str, rg: str, ws: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            cluster = self._get(Cluster, f"{self._ids(sub, rg, ws)}/clusters/{name}")
+            cluster = self._child(Cluster, sub, rg, ws, f"clusters/{name}")
             scale = (body.get("properties") or {}).get("scaleSettings")
             if scale:
                 cluster.set_scale(scale)
@@ -575,23 +581,19 @@ class Backend:
 
     def get_cluster(self, sub: str, rg: str, ws: str, name: str) -> dict[str, Any]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._get(Cluster, f"{self._ids(sub, rg, ws)}/clusters/{name}").render()
+            return self._child(Cluster, sub, rg, ws, f"clusters/{name}").render()
 
     def list_clusters(self, sub: str, rg: str, ws: str) -> list[dict[str, Any]]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._list(Cluster, self._ids(sub, rg, ws) + "/clusters")
+            return self._list_children(Cluster, sub, rg, ws, "clusters")
 
     def delete_cluster(self, sub: str, rg: str, ws: str, name: str) -> str | None:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._begin_delete(Cluster, f"{self._ids(sub, rg, ws)}/clusters/{name}", sub)
+            return self._delete_child(Cluster, sub, rg, ws, f"clusters/{name}")
 
     def cluster_remote_logins(self, sub: str, rg: str, ws: str, name: str) -> list[dict[str, Any]]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._get(Cluster, f"{self._ids(sub, rg, ws)}/clusters/{name}").remote_logins()
+            return self._child(Cluster, sub, rg, ws, f"clusters/{name}").remote_logins()
 
     def cluster_allocations(self) -> list[dict[str, Any]]:
         """Each cluster's node allocation over time (the admin endpoint ``/_emulator/clusters``)."""
@@ -812,8 +814,7 @@ class Backend:
         self, sub: str, rg: str, ws: str, exp: str, name: str, body: dict[str, Any]
     ) -> tuple[str | None, dict]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            self._get(Experiment, f"{self._ids(sub, rg, ws)}/experiments/{exp}")
+            self._child(Experiment, sub, rg, ws, f"experiments/{exp}")
             rid = self.job_id(sub, rg, ws, exp, name)
             existing = self.state["jobs"].get(resource_key(rid))
             if existing:
@@ -842,19 +843,16 @@ class Backend:
 
     def get_job(self, sub: str, rg: str, ws: str, exp: str, name: str) -> dict[str, Any]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._get(Job, self.job_id(sub, rg, ws, exp, name)).render()
+            return self._child(Job, sub, rg, ws, f"experiments/{exp}/jobs/{name}").render()
 
     def list_jobs(self, sub: str, rg: str, ws: str, exp: str) -> list[dict[str, Any]]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            self._get(Experiment, f"{self._ids(sub, rg, ws)}/experiments/{exp}")
-            return self._list(Job, f"{self._ids(sub, rg, ws)}/experiments/{exp}/jobs")
+            self._child(Experiment, sub, rg, ws, f"experiments/{exp}")
+            return self._list_children(Job, sub, rg, ws, f"experiments/{exp}/jobs")
 
     def delete_job(self, sub: str, rg: str, ws: str, exp: str, name: str) -> str | None:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._begin_delete(Job, self.job_id(sub, rg, ws, exp, name), sub)
+            return self._delete_child(Job, sub, rg, ws, f"experiments/{exp}/jobs/{name}")
 
     def terminate_job(self, sub: str, rg: str, ws: str, exp: str, name: str) -> str:
         with self.lock:
@@ -871,8 +869,7 @@ class Backend:
 
     def job_remote_logins(self, sub: str, rg: str, ws: str, exp: str, name: str) -> list[dict[str, Any]]:
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._get(Job, self.job_id(sub, rg, ws, exp, name)).remote_logins()
+            return self._child(Job, sub, rg, ws, f"experiments/{exp}/jobs/{name}").remote_logins()
 
     def job_output_dir(
         self, sub: str, rg: str, ws: str, exp: str, name: str, directory_id: str
@@ -880,8 +877,8 @@ class Backend:
         """The local directory behind an output directory id (`stdouterr` or a declared id); None when
         the job has not resolved its paths yet (still queued)."""
         with self.lock:
-            self.require_workspace(sub, rg, ws)
-            return self._get(Job, self.job_id(sub, rg, ws, exp, name)).output_dir(directory_id)
+            job = self._child(Job, sub, rg, ws, f"experiments/{exp}/jobs/{name}")
+            return job.output_dir(directory_id)
 
     # --- job progression -------------------------------------------------------------------------
     def _schedule_jobs(self, now: float) -> None:

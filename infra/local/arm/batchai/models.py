@@ -186,6 +186,8 @@ class Resource:
     collection: ClassVar[str]
     kind: ClassVar[str]
     rtype: ClassVar[str]
+    # A property the body shows only when it is not empty (a cluster's `errors`, a job's `executionInfo`).
+    shown_when_set: ClassVar[str | None] = None
 
     def __init__(self, record: dict[str, Any]) -> None:
         self.record = record
@@ -225,7 +227,10 @@ class Resource:
         self.props["provisioningStateTransitionTime"] = now_iso(now)
 
     def render(self) -> dict[str, Any]:
-        return clone(self.body)
+        body = clone(self.body)
+        if self.shown_when_set and not body["properties"].get(self.shown_when_set):
+            body["properties"].pop(self.shown_when_set, None)
+        return body
 
 
 class Workspace(Resource):
@@ -272,6 +277,7 @@ class Cluster(Resource):
     shows are derived from them (`update_node_counts`), and so is the node time it has held."""
 
     collection, kind, rtype = "clusters", "cluster", f"{PROVIDER}/workspaces/clusters"
+    shown_when_set = "errors"
 
     @classmethod
     def create(
@@ -319,12 +325,6 @@ class Cluster(Resource):
             scale["manual"].setdefault("nodeDeallocationOption", "requeue")
         if scale.get("autoScale") is not None:
             scale["autoScale"].setdefault("initialNodeCount", 0)
-
-    def render(self) -> dict[str, Any]:
-        body = clone(self.body)
-        if not body["properties"].get("errors"):
-            body["properties"].pop("errors", None)
-        return body
 
     @property
     def nodes(self) -> list[dict[str, Any]]:
@@ -510,6 +510,7 @@ class Job(Resource):
     terminate, wall clock, a resize) or whether it goes back to the queue (`requeue`)."""
 
     collection, kind, rtype = "jobs", "job", f"{PROVIDER}/workspaces/experiments/jobs"
+    shown_when_set = "executionInfo"
 
     @classmethod
     def create(cls, rid: str, body: dict[str, Any], cluster_id: str, segment: str, now: float) -> Job:
@@ -552,12 +553,6 @@ class Job(Resource):
     @staticmethod
     def new_uuid() -> str:
         return str(uuid.uuid4())
-
-    def render(self) -> dict[str, Any]:
-        body = clone(self.body)
-        if not body["properties"].get("executionInfo"):
-            body["properties"].pop("executionInfo", None)
-        return body
 
     @property
     def state(self) -> str | None:
