@@ -90,7 +90,7 @@ def training_container(stack: Any) -> Any:
 
 
 def run(options: BenchOptions) -> list[Figure]:
-    from shared import batchai_models as bm
+    from shared import batchai_requests
 
     count = options.datasets
     services = ["azurite", "files", "arm", "functions", "eventgrid"]
@@ -106,7 +106,7 @@ def run(options: BenchOptions) -> list[Figure]:
         for i in range(count):
             ds = f"seq{i:02d}"
             uploaded = drop(container, ds)
-            exp = bm.experiment_name(ds)
+            exp = batchai_requests.experiment_name(ds)
             one_by_one.append(wait_for_jobs(stack, [exp], 60)[exp] - uploaded)
         if not options.quick:
             stacks.close()
@@ -116,11 +116,13 @@ def run(options: BenchOptions) -> list[Figure]:
         cpu_before = cpu_seconds(stack)
         burst_started = time.time()
         uploaded_at = {ds: drop(container, ds) for ds in datasets}
-        created = wait_for_jobs(stack, [bm.experiment_name(ds) for ds in datasets], 60 + 5 * count)
+        created = wait_for_jobs(
+            stack, [batchai_requests.experiment_name(ds) for ds in datasets], 60 + 5 * count
+        )
         burst_wall = max(created.values()) - burst_started
         cpu_after = cpu_seconds(stack)
     burst_cpu = {name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2) for name in cpu_after}
-    burst = [created[bm.experiment_name(ds)] - uploaded_at[ds] for ds in datasets]
+    burst = [created[batchai_requests.experiment_name(ds)] - uploaded_at[ds] for ds in datasets]
     return [
         Figure(
             key="ingest.one_at_a_time_s",

@@ -1,7 +1,7 @@
 """One monitor pass (`shared.monitor.run_monitor`) over 1,000 active runs spread over 10 experiments.
 
 Seeded through the real clients: the ARM emulator gets the workspace, one experiment per dataset, one
-cluster per dataset and 1,000 jobs through the Batch AI SDK (`shared.compute`); the registry gets one
+cluster per dataset and 1,000 jobs through the Batch AI SDK (`shared.batchai_sdk`); the registry gets one
 run record per job, as ingest leaves it after submission. The emulator's provisioning delay is raised
 first so that the clusters stay `resizing` and every job stays `queued`: each pass then sees the same
 1,000 active runs (the steady state of a busy app; no pass finishes a run, so the passes are
@@ -47,7 +47,7 @@ def build_services(stack: Any, **overrides: str) -> Any:
 
 def seed(svc: Any, runs: int, experiments: int) -> list[str]:
     """`runs` submitted runs over `experiments` datasets: jobs in the emulator, records in the registry."""
-    from shared import batchai_models as bm
+    from shared import batchai_requests
     from shared.registry import PROVISIONING, new_run_id, utcnow
     from shared.runspec import parse_run_spec
 
@@ -59,9 +59,9 @@ def seed(svc: Any, runs: int, experiments: int) -> list[str]:
     for ds in datasets:
         clusters[ds] = cloud.ensure_cluster(spec, ds)
         if cloud.name == "batchai":
-            cloud.compute.ensure_experiment(bm.experiment_name(ds))
+            cloud.compute.ensure_experiment(batchai_requests.experiment_name(ds))
     params = (
-        {ds: bm.job_parameters(spec, ds, clusters[ds].id, svc.settings) for ds in datasets}
+        {ds: batchai_requests.job_parameters(spec, ds, clusters[ds].id, svc.settings) for ds in datasets}
         if cloud.name == "batchai"
         else {}
     )

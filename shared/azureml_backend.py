@@ -129,9 +129,9 @@ class AzureMLBackend:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from shared import clients
+            from shared import sdk_clients
 
-            self._client = clients.arm_pipeline_client(self.settings)
+            self._client = sdk_clients.arm_pipeline_client(self.settings)
         return self._client
 
     @property
@@ -751,9 +751,9 @@ class AzureMLBackend:
 
     # --- outputs and logs ----------------------------------------------------------------------------
     def _blob_container(self, name: str) -> Any:
-        from shared import clients
+        from shared import sdk_clients
 
-        return clients.blob_service(self.settings).get_container_client(name)
+        return sdk_clients.blob_service(self.settings).get_container_client(name)
 
     def _datastore_container(self, datastore: str) -> str | None:
         if datastore not in self._containers:
@@ -774,9 +774,9 @@ class AzureMLBackend:
             kwargs["account_key"] = storage.account_key.get_secret_value()
         else:
             if self._delegation is None or self._delegation[1] < time.time() + 300:
-                from shared import clients
+                from shared import sdk_clients
 
-                key = clients.blob_service(self.settings).get_user_delegation_key(
+                key = sdk_clients.blob_service(self.settings).get_user_delegation_key(
                     datetime.now(UTC) - timedelta(minutes=5), expiry + timedelta(minutes=LINK_MINUTES)
                 )
                 self._delegation = (key, time.time() + 2 * LINK_MINUTES * 60)

@@ -1,7 +1,7 @@
 """The compute port implemented on Batch AI (``COMPUTE_BACKEND=batchai``, the default).
 
-A thin layer over ``shared.compute.Compute`` (which owns the SDK calls and turns every failure into
-``ComputeError``) and ``shared.batchai_models`` (names and request bodies): it adds what the
+A thin layer over ``shared.batchai_sdk.BatchAISdk`` (which owns the SDK calls and turns every failure into
+``ComputeError``) and ``shared.batchai_requests`` (names and request bodies): it adds what the
 pipeline needs on top, namely the run -> (experiment, job) naming, a per-process cache of "the
 resource group and workspace exist" (a burst of uploads must not repeat those requests), job
 teardown as one step, the not-found conventions of the port, and the translation of SDK objects
@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, cast
 
-from shared import batchai_models as bm
-from shared.compute import Compute
+from shared import batchai_requests
+from shared.batchai_sdk import BatchAISdk
 from shared.compute_port import (
     ClusterRef,
     ClusterStatus,
@@ -122,9 +122,9 @@ class BatchAIBackend:
 
     name = "batchai"
 
-    def __init__(self, settings: Any, compute: Compute | None = None, share: Any = None) -> None:
+    def __init__(self, settings: Any, compute: BatchAISdk | None = None, share: Any = None) -> None:
         self.settings = settings
-        self.compute = compute or Compute(settings)
+        self.compute = compute or BatchAISdk(settings)
         self._share = share
         self._lock = threading.Lock()
         self._workspace_lock = threading.Lock()
@@ -132,10 +132,10 @@ class BatchAIBackend:
 
     # --- names ---------------------------------------------------------------------------------------
     def cluster_name(self, spec: RunSpec, dataset: str) -> str:
-        return bm.cluster_name(spec, dataset)
+        return batchai_requests.cluster_name(spec, dataset)
 
     def job_names(self, run_id: str, dataset: str) -> JobNames:
-        return self.job_ref(bm.experiment_name(dataset), bm.job_name(run_id))
+        return self.job_ref(batchai_requests.experiment_name(dataset), batchai_requests.job_name(run_id))
 
     def job_ref(self, experiment: str, job: str) -> JobNames:
         return JobNames(
@@ -143,7 +143,7 @@ class BatchAIBackend:
             self.settings.workspace,
             experiment,
             job,
-            bm.job_id(self.settings, experiment, job),
+            batchai_requests.job_id(self.settings, experiment, job),
         )
 
     # --- workspace, clusters -------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class BatchAIBackend:
         sent (not waited for). The workspace cache is dropped when ARM says it is gone."""
         self.ensure_workspace()
         name = self.cluster_name(spec, dataset)
-        params = bm.cluster_parameters(spec, self.settings)
+        params = batchai_requests.cluster_parameters(spec, self.settings)
         try:
             return self.compute.ensure_cluster(name, params)
         except ComputeError as exc:
@@ -232,7 +232,7 @@ class BatchAIBackend:
         """Send the creation of the dataset's experiment when it is missing, without waiting for it
         (a job can be created in an experiment that is still provisioning)."""
         self.ensure_workspace()
-        self.compute.ensure_experiment(bm.experiment_name(dataset), wait=False)
+        self.compute.ensure_experiment(batchai_requests.experiment_name(dataset), wait=False)
 
     def list_experiments(self) -> list[ExperimentStatus]:
         try:
@@ -255,7 +255,7 @@ class BatchAIBackend:
         input directories are in ``data_dir`` (the run's snapshot), default the dataset's directory."""
         self.ensure_workspace()
         self.compute.ensure_experiment(names.experiment)
-        params = bm.job_parameters(spec, data_dir or dataset, cluster_id, self.settings)
+        params = batchai_requests.job_parameters(spec, data_dir or dataset, cluster_id, self.settings)
         return self.compute.create_job(names.experiment, names.job, params)
 
     def get_job(self, names: JobNames) -> JobStatus | None:
@@ -339,9 +339,9 @@ class BatchAIBackend:
         if not path or length <= 0:
             return b""
         if self._share is None:
-            from shared import clients
+            from shared import sdk_clients
 
-            self._share = clients.share_client(self.settings)
+            self._share = sdk_clients.share_client(self.settings)
         file = self._share.get_file_client(path)
         try:
             data: bytes = file.download_file(offset=offset, length=length).readall()

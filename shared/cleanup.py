@@ -487,7 +487,7 @@ class Cleanup:
     the app's services (shared.services.build_services): the same compute backend as the pipeline."""
 
     def __init__(self, settings: Any = None, services: Any = None) -> None:
-        from shared import clients
+        from shared import sdk_clients
         from shared import services as app_services
 
         if services is None:
@@ -499,7 +499,7 @@ class Cleanup:
         self.compute = services.cloud
         self.registry = services.registry
         self.share = services.share
-        self.blobs = clients.blob_service(self.settings)
+        self.blobs = sdk_clients.blob_service(self.settings)
 
     # --- inventory ----------------------------------------------------------------------------------
     def inventory(self) -> Inventory:
@@ -558,8 +558,8 @@ class Cleanup:
         return users
 
     def executor(self) -> Executor:
-        """Each action through Compute: ARM accepts the request and Batch AI carries it out (a job's
-        termination, deletions); an action on something already gone counts as done."""
+        """Each action through the compute backend: ARM accepts the request and the service carries
+        it out (a job's termination, deletions); an action on something already gone counts as done."""
 
         def delete_staged(a: Action) -> None:
             from shared.staging import check_dataset_name

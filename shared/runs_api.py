@@ -828,21 +828,21 @@ def _deep_checks() -> tuple[int, JsonObject]:
 
 
 def _probe_storage(settings: Settings) -> None:
-    from shared import clients
+    from shared import sdk_clients
 
-    blobs = clients.blob_service(settings).list_containers(results_per_page=1, **STORAGE_PROBE_OPTIONS)
+    blobs = sdk_clients.blob_service(settings).list_containers(results_per_page=1, **STORAGE_PROBE_OPTIONS)
     next(iter(blobs.by_page()), None)
-    tables = clients.table_service(settings).list_tables(results_per_page=1, **STORAGE_PROBE_OPTIONS)
+    tables = sdk_clients.table_service(settings).list_tables(results_per_page=1, **STORAGE_PROBE_OPTIONS)
     next(iter(tables.by_page()), None)
 
 
 def _probe_arm(settings: Settings) -> None:
     from azure.core.exceptions import ResourceNotFoundError
 
-    from shared import clients
+    from shared import sdk_clients
 
     with contextlib.suppress(ResourceNotFoundError):  # not created yet: made on the first run
-        clients.resource_client(settings).resource_groups.get(settings.resource_group, **PROBE_OPTIONS)
+        sdk_clients.resource_client(settings).resource_groups.get(settings.resource_group, **PROBE_OPTIONS)
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")

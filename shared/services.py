@@ -43,15 +43,15 @@ _services_lock = threading.Lock()
 
 def build_services(settings: Any) -> Services:
     """The one place the app's services are built: ingest, the monitor, the API and cleanup all
-    receive these (the SDK clients come from shared.clients, the compute backend from the settings)."""
-    from shared import clients
+    receive these (the SDK clients come from shared.sdk_clients, the compute backend from the settings)."""
+    from shared import sdk_clients
     from shared.compute_port import build_backend
 
     return Services(
         settings=settings,
-        registry=RunRegistry(clients.runs_table(settings)),
-        container=clients.training_container(settings),
-        share=clients.share_client(settings),
+        registry=RunRegistry(sdk_clients.runs_table(settings)),
+        container=sdk_clients.training_container(settings),
+        share=sdk_clients.share_client(settings),
         cloud=build_backend(settings),
     )
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
-from shared import clients
+from shared import sdk_clients
 from shared.registry import STAGING, RunNotFound, RunRecord
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def run_id_of(body: bytes) -> str:
 
 def enqueue(svc: Any, rec: RunRecord) -> None:
     """Queue the staging of a run started over HTTP (the queue is created on first use)."""
-    queue = clients.staging_queue(svc.settings)
+    queue = sdk_clients.staging_queue(svc.settings)
     try:
         queue.send_message(encode(rec.run_id))
     except ResourceNotFoundError:

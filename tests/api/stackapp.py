@@ -84,6 +84,6 @@ class Api:
 
     def stack_batchai(self) -> Any:
         """A Batch AI SDK client on the stack's ARM emulator (to check what the API did)."""
-        from shared.clients import batchai_client
+        from shared.sdk_clients import batchai_client
 
         return batchai_client(self.settings)

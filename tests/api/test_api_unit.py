@@ -213,14 +213,14 @@ def test_retirement_error_is_recognised() -> None:
         def body(self) -> bytes:
             return self.text().encode()
 
-    from shared.compute import Compute
+    from shared.batchai_sdk import BatchAISdk
     from shared.compute_port import ComputeError
     from shared.settings import Settings, local_stack_values
 
     exc = HttpResponseError(response=Response())
     with (
         pytest.raises(ComputeError) as raised,
-        Compute(Settings.from_env(local_stack_values()))._arm("probe"),
+        BatchAISdk(Settings.from_env(local_stack_values()))._arm("probe"),
     ):
         raise exc
     assert raised.value.code == "BatchAIUnavailable"

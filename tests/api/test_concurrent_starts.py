@@ -23,9 +23,9 @@ CONCURRENT = 30
 
 
 def upload_folder(api: Api, folder: str) -> None:
-    from shared import clients
+    from shared import sdk_clients
 
-    container = clients.training_container(api.settings)
+    container = sdk_clients.training_container(api.settings)
     with contextlib.suppress(ResourceExistsError):
         container.create_container()
     for name, data in FILES.items():

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from shared import runs_api
-from shared.clients import reset_clients
 from shared.http import ApiRequest
+from shared.sdk_clients import reset_clients
 from shared.settings import local_stack_values, reset_settings
 
 RETIRED = {

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared import clients, monitor, run_starts, services
+from shared import monitor, run_starts, sdk_clients, services
 from shared.cleanup import Cleanup
 from shared.settings import Settings
 from tests.api.stackapp import TRAIN_SPEC, app_settings, stage_dataset
@@ -63,7 +63,7 @@ def state_after_monitor(svc: services.Services, run_id: str) -> str:
 
 
 def report_blob(settings: Settings, name: str) -> dict[str, Any]:
-    container = clients.blob_service(settings).get_container_client(settings.reports_container)
+    container = sdk_clients.blob_service(settings).get_container_client(settings.reports_container)
     return json.loads(container.download_blob(name).readall())
 
 
@@ -130,7 +130,7 @@ def test_cleanup_timer_in_the_host_honours_the_dry_run_setting(api: Any, isolate
     """The timer function itself, invoked by the local host (its test client) with CLEANUP_DRY_RUN."""
     from infra.local.funchost.host import FunctionHost
     from infra.local.stack import REPO_ROOT
-    from shared.clients import reset_clients
+    from shared.sdk_clients import reset_clients
     from shared.settings import reset_settings
 
     values = {
@@ -152,7 +152,7 @@ def test_cleanup_timer_in_the_host_honours_the_dry_run_setting(api: Any, isolate
         reset_settings()
         reset_clients()
     settings = Settings.from_env(values)
-    container = clients.blob_service(settings).get_container_client("reports-timer")
+    container = sdk_clients.blob_service(settings).get_container_client("reports-timer")
     names = [b.name for b in container.list_blobs(name_starts_with="cleanup/")]
     assert len(names) == 1 and names[0].endswith("-dry-run.json"), names
     report = report_blob(settings, names[0])

@@ -19,11 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # The modules allowed to know Batch AI (its SDK, request builders and client).
 BATCHAI_MODULES = {
     "shared/batchai_backend.py",
-    "shared/compute.py",
-    "shared/batchai_models.py",
-    "shared/clients.py",
+    "shared/batchai_sdk.py",
+    "shared/batchai_requests.py",
+    "shared/sdk_clients.py",
 }
-SERVICE_MODULES = ("shared.compute", "shared.batchai_models", "azure.mgmt.batchai", "shared.batchai_backend")
+SERVICE_MODULES = (
+    "shared.batchai_sdk",
+    "shared.batchai_requests",
+    "azure.mgmt.batchai",
+    "shared.batchai_backend",
+)
 
 
 @pytest.fixture
@@ -74,7 +79,7 @@ def test_only_the_backend_modules_know_batchai() -> None:
         found = {
             m for m in imported_modules(path) if any(m == s or m.startswith(s + ".") for s in SERVICE_MODULES)
         }
-        found |= {m for m in imported_modules(path) if m == "shared.clients.batchai_client"}
+        found |= {m for m in imported_modules(path) if m == "shared.sdk_clients.batchai_client"}
         if found:
             offenders[rel] = sorted(found)
     assert offenders == {}

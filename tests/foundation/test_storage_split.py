@@ -10,8 +10,7 @@ import json
 
 import pytest
 
-from shared import batchai_models as bm
-from shared import clients
+from shared import batchai_requests, sdk_clients
 from shared.runspec import SpecContext, parse_run_spec
 from shared.settings import Settings, SettingsError, local_stack_values
 
@@ -86,7 +85,11 @@ def test_data_clients_use_the_identity_and_the_share_client_the_share_key() -> N
     try:
         from azure.identity import DefaultAzureCredential
 
-        blob, table, share = clients.blob_service(s), clients.table_service(s), clients.share_service(s)
+        blob, table, share = (
+            sdk_clients.blob_service(s),
+            sdk_clients.table_service(s),
+            sdk_clients.share_service(s),
+        )
         assert blob.url.startswith("https://stdata.blob.core.windows.net")
         assert isinstance(blob.credential, DefaultAzureCredential)
         assert table.url.startswith("https://stdata.table.core.windows.net")
@@ -94,20 +97,20 @@ def test_data_clients_use_the_identity_and_the_share_client_the_share_key() -> N
         assert share.url.startswith("https://stshare.file.core.windows.net")
         assert share.credential.account_name == "stshare" and share.credential.account_key == SHARE_KEY
     finally:
-        clients.reset_clients()
+        sdk_clients.reset_clients()
 
 
 def test_the_cluster_mounts_the_share_account_and_no_node_gets_the_data_accounts_key() -> None:
     """What a job can reach: the share (by the share account's key), nothing of the data account."""
     s = settings(STORAGE_CONNECTION_STRING=DATA, FILE_SHARE_CONNECTION_STRING=SHARE)
     spec = parse_run_spec({}, SpecContext.from_settings(s))
-    body = bm.cluster_parameters(spec, s).serialize()
+    body = batchai_requests.cluster_parameters(spec, s).serialize()
     (mount,) = body["properties"]["nodeSetup"]["mountVolumes"]["azureFileShares"]
     assert mount["accountName"] == "stshare"
     assert mount["azureFileUrl"] == "https://stshare.file.core.windows.net/batchaiquickstart"
     assert mount["credentials"] == {"accountKey": SHARE_KEY}
-    job = bm.job_parameters(spec, "ds", "/subscriptions/x/resourceGroups/rg/providers/Microsoft.BatchAI/"
-                            "workspaces/ws/clusters/c", s).serialize()  # fmt: skip
+    cluster_id = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/ws/clusters/c"
+    job = batchai_requests.job_parameters(spec, "ds", cluster_id, s).serialize()
     for sent in (body, job):
         text = json.dumps(sent)
         assert DATA_KEY not in text and "stdata" not in text

@@ -15,7 +15,7 @@ import requests
 from azure.data.tables import TableClient
 from azure.storage.blob import BlobServiceClient
 
-from shared import clients
+from shared import sdk_clients
 from shared.compute_port import build_backend
 from shared.registry import RunRegistry
 from shared.services import Services
@@ -86,7 +86,7 @@ class Pipeline:
             settings=self.settings,
             registry=self.registry,
             container=self.container,
-            share=clients.share_client(self.settings),
+            share=sdk_clients.share_client(self.settings),
             cloud=build_backend(self.settings),  # COMPUTE_BACKEND of the overrides
         )
 

@@ -1,4 +1,4 @@
-"""A thin, typed wrapper over the Batch AI and resource-group SDK clients.
+"""A thin, typed wrapper over the Batch AI and resource-group SDK sdk_clients.
 
 Why: the pipeline, API and cleanup code should say "ensure the cluster", "submit the job", "delete the
 experiment" without repeating resource group and workspace names, SDK option objects, paging, LRO
@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from shared import batchai_models
+from shared import batchai_requests
 from shared.compute_port import ClusterRef, ComputeError, JobRef
 from shared.settings import Settings, get_settings
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from azure.mgmt.batchai import BatchAI, models
     from azure.mgmt.resource.resources import ResourceManagementClient
 
-__all__ = ["ClusterRef", "Compute", "ComputeError", "JobRef"]
+__all__ = ["BatchAISdk", "ClusterRef", "ComputeError", "JobRef"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _error_code(exc: Any) -> tuple[str, str]:
     )
 
 
-class Compute:
+class BatchAISdk:
     """Batch AI operations in the settings' subscription, resource group and workspace."""
 
     def __init__(
@@ -87,17 +87,17 @@ class Compute:
     @property
     def batchai(self) -> BatchAI:
         if self._batchai is None:
-            from shared import clients
+            from shared import sdk_clients
 
-            self._batchai = clients.batchai_client(self.settings)
+            self._batchai = sdk_clients.batchai_client(self.settings)
         return self._batchai
 
     @property
     def resources(self) -> ResourceManagementClient:
         if self._resources is None:
-            from shared import clients
+            from shared import sdk_clients
 
-            self._resources = clients.resource_client(self.settings)
+            self._resources = sdk_clients.resource_client(self.settings)
         return self._resources
 
     @property
@@ -212,7 +212,7 @@ class Compute:
             return workspace
         with self._arm("create workspace"):
             poller = self.batchai.workspaces.begin_create(
-                self._rg, self._ws, batchai_models.workspace_parameters(self.settings), polling_interval=1
+                self._rg, self._ws, batchai_requests.workspace_parameters(self.settings), polling_interval=1
             )
             workspace = poller.result(timeout=WAIT_SECONDS)
         if workspace is None:
@@ -234,7 +234,7 @@ class Compute:
         """Reuse cluster `name` when its settings fit, else send the create request (no waiting for
         provisioning). A cluster resized to fewer nodes than wanted is resized back; one that differs
         in VM size, priority or mount raises ComputeError('ClusterMismatch')."""
-        cluster_id = batchai_models.cluster_id(self.settings, name)
+        cluster_id = batchai_requests.cluster_id(self.settings, name)
         existing = self.get_cluster(name)
         if existing is not None:
             if existing.provisioning_state == "deleting":
@@ -244,7 +244,7 @@ class Compute:
                     "the cluster is being deleted; retry later",
                     409,
                 )
-            problems = batchai_models.cluster_differences(existing, parameters)
+            problems = batchai_requests.cluster_differences(existing, parameters)
             if problems:
                 raise ComputeError(
                     f"ensure cluster {name}",
@@ -282,7 +282,7 @@ class Compute:
         """Manual resize (e.g. to zero nodes for an idle cluster)."""
         with self._arm(f"scale cluster {name}"):
             return self.batchai.clusters.update(
-                self._rg, self._ws, name, batchai_models.cluster_scale_parameters(target_node_count)
+                self._rg, self._ws, name, batchai_requests.cluster_scale_parameters(target_node_count)
             )
 
     def delete_cluster(self, name: str) -> bool:
@@ -352,7 +352,7 @@ class Compute:
 
     def create_job(self, experiment: str, job: str, parameters: models.JobCreateParameters) -> JobRef:
         """Submit a job (no waiting); when a retry finds the job already there, return it unchanged."""
-        job_id = batchai_models.job_id(self.settings, experiment, job)
+        job_id = batchai_requests.job_id(self.settings, experiment, job)
         existing = self.get_job(experiment, job)
         if existing is not None:
             return JobRef(experiment, job, existing.id or job_id, False, existing.execution_state)
@@ -378,7 +378,7 @@ class Compute:
         link_expiry_minutes: int = 60,
     ) -> list[models.File]:
         """Files (with download URLs) in one output directory of a job: 'stdouterr' or an output id."""
-        options = batchai_models.list_output_files_options(
+        options = batchai_requests.list_output_files_options(
             directory_id, directory=directory, link_expiry_minutes=link_expiry_minutes
         )
         with self._arm(f"list output files of {experiment}/{job}/{directory_id}"):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from infra.local.arm.specvalidator import SPEC_DIR, validate
-from shared import batchai_models as bm
+from shared import batchai_requests
 from shared.runspec import RunSpecError, SpecContext, Toolkit, parse_run_spec
 from shared.settings import Settings, local_stack_values
 
@@ -32,7 +32,7 @@ def make_settings(**overrides: str) -> Settings:
 
 SETTINGS = make_settings()
 CTX = SpecContext.from_settings(SETTINGS)
-CLUSTER_ID = bm.cluster_id(SETTINGS, "c1")
+CLUSTER_ID = batchai_requests.cluster_id(SETTINGS, "c1")
 
 
 def spec_of(data: dict[str, Any]) -> Any:
@@ -59,7 +59,7 @@ def test_microsofts_request_examples_validate(example: str, definition: str) -> 
 
 
 def test_the_validator_rejects_a_broken_body() -> None:
-    body = bm.job_parameters(spec_of({}), "ds", CLUSTER_ID, SETTINGS).serialize()
+    body = batchai_requests.job_parameters(spec_of({}), "ds", CLUSTER_ID, SETTINGS).serialize()
     body["properties"]["nodeCount"] = "1"
     del body["properties"]["stdOutErrPathPrefix"]
     paths = {e.path for e in validate("JobCreateParameters", body)}
@@ -87,7 +87,7 @@ def test_quickstart_cluster_from_an_empty_manifest() -> None:
     # The quickstart's cluster: STANDARD_NC6, one node (manual scale), admin user with a password,
     # the Azure File share mounted at azurefileshare with the account key.
     settings = make_settings(CLUSTER_SSH_PUBLIC_KEY="", CLUSTER_ADMIN_PASSWORD="quickstart-Passw0rd")
-    body = assert_valid("ClusterCreateParameters", bm.cluster_parameters(spec_of({}), settings))
+    body = assert_valid("ClusterCreateParameters", batchai_requests.cluster_parameters(spec_of({}), settings))
     assert body == {
         "properties": {
             "vmSize": "STANDARD_NC6",
@@ -101,7 +101,7 @@ def test_quickstart_cluster_from_an_empty_manifest() -> None:
 
 def test_ssh_key_is_preferred_over_a_password() -> None:
     settings = make_settings(CLUSTER_ADMIN_PASSWORD="also-a-Passw0rd")
-    body = assert_valid("ClusterCreateParameters", bm.cluster_parameters(spec_of({}), settings))
+    body = assert_valid("ClusterCreateParameters", batchai_requests.cluster_parameters(spec_of({}), settings))
     assert body["properties"]["userAccountSettings"] == {
         "adminUserName": "batchai",
         "adminUserSshPublicKey": SSH_KEY,
@@ -109,9 +109,12 @@ def test_ssh_key_is_preferred_over_a_password() -> None:
 
 
 def test_quickstart_job_from_an_empty_manifest() -> None:
-    cluster_id = bm.cluster_id(SETTINGS, bm.cluster_name(spec_of({}), "mnistcntksample"))
+    cluster_id = batchai_requests.cluster_id(
+        SETTINGS, batchai_requests.cluster_name(spec_of({}), "mnistcntksample")
+    )
     body = assert_valid(
-        "JobCreateParameters", bm.job_parameters(spec_of({}), "mnistcntksample", cluster_id, SETTINGS)
+        "JobCreateParameters",
+        batchai_requests.job_parameters(spec_of({}), "mnistcntksample", cluster_id, SETTINGS),
     )
     assert body == {
         "properties": {
@@ -140,10 +143,10 @@ def test_quickstart_job_from_an_empty_manifest() -> None:
 
 
 def test_workspace_and_resize_bodies_validate() -> None:
-    assert assert_valid("WorkspaceCreateParameters", bm.workspace_parameters(SETTINGS)) == {
+    assert assert_valid("WorkspaceCreateParameters", batchai_requests.workspace_parameters(SETTINGS)) == {
         "location": "eastus"
     }
-    body = assert_valid("ClusterUpdateParameters", bm.cluster_scale_parameters(0))
+    body = assert_valid("ClusterUpdateParameters", batchai_requests.cluster_scale_parameters(0))
     assert body == {
         "properties": {
             "scaleSettings": {
@@ -227,9 +230,9 @@ def test_every_toolkit_and_option_builds_a_valid_job_and_cluster(toolkit: Toolki
         CONTAINER_REGISTRY_PASSWORD="registry-Passw0rd",
     )
     spec = spec_of(combination(toolkit, option) or {})
-    body = assert_valid("JobCreateParameters", bm.job_parameters(spec, "ds-1", CLUSTER_ID, settings))[
-        "properties"
-    ]
+    body = assert_valid(
+        "JobCreateParameters", batchai_requests.job_parameters(spec, "ds-1", CLUSTER_ID, settings)
+    )["properties"]
     toolkit_keys = [k for k in body if k.endswith("Settings") and k != "containerSettings"]
     assert toolkit_keys == [SETTINGS_KEY[toolkit]]
     if toolkit not in COMMAND_LINE:
@@ -284,7 +287,7 @@ def test_every_toolkit_and_option_builds_a_valid_job_and_cluster(toolkit: Toolki
             assert body[SETTINGS_KEY[toolkit]]["pythonScriptFilePath"].startswith(
                 "$AZ_BATCHAI_MOUNT_ROOT/azurefileshare/ds-1/"
             )
-    assert_valid("ClusterCreateParameters", bm.cluster_parameters(spec, settings))
+    assert_valid("ClusterCreateParameters", batchai_requests.cluster_parameters(spec, settings))
 
 
 @pytest.mark.parametrize(
@@ -306,7 +309,8 @@ def test_every_toolkit_and_option_builds_a_valid_job_and_cluster(toolkit: Toolki
 )
 def test_cluster_scale_and_priority(cluster: dict[str, Any], expected: dict[str, Any]) -> None:
     body = assert_valid(
-        "ClusterCreateParameters", bm.cluster_parameters(spec_of({"cluster": cluster}), SETTINGS)
+        "ClusterCreateParameters",
+        batchai_requests.cluster_parameters(spec_of({"cluster": cluster}), SETTINGS),
     )
     assert body["properties"]["scaleSettings"] == expected
     assert body["properties"].get("vmPriority") == cluster.get("vm_priority")
@@ -317,7 +321,7 @@ def test_file_share_mounted_by_key_vault_reference() -> None:
         FILE_SHARE_KEY_VAULT_SECRET_URL="https://kv1.vault.azure.net/secrets/storage-key",
         KEY_VAULT_RESOURCE_ID=VAULT_ID,
     )
-    body = assert_valid("ClusterCreateParameters", bm.cluster_parameters(spec_of({}), settings))
+    body = assert_valid("ClusterCreateParameters", batchai_requests.cluster_parameters(spec_of({}), settings))
     mount = body["properties"]["nodeSetup"]["mountVolumes"]["azureFileShares"][0]
     assert mount["credentials"] == {
         "accountKeySecretReference": {
@@ -340,14 +344,16 @@ def test_key_vault_secret_without_a_vault_names_the_field() -> None:
         dataclasses.replace(CTX, key_vault_resource_id=VAULT_ID),
     )
     with pytest.raises(RunSpecError) as info:
-        bm.job_parameters(spec, "ds", CLUSTER_ID, SETTINGS)
+        batchai_requests.job_parameters(spec, "ds", CLUSTER_ID, SETTINGS)
     assert info.value.errors[0]["field"] == "secret_environment_variables.KV.key_vault_resource_id"
     # The app's KEY_VAULT_RESOURCE_ID is the default vault.
     settings = make_settings(
         FILE_SHARE_KEY_VAULT_SECRET_URL="https://kv1.vault.azure.net/secrets/storage-key",
         KEY_VAULT_RESOURCE_ID=VAULT_ID,
     )
-    body = assert_valid("JobCreateParameters", bm.job_parameters(spec, "ds", CLUSTER_ID, settings))
+    body = assert_valid(
+        "JobCreateParameters", batchai_requests.job_parameters(spec, "ds", CLUSTER_ID, settings)
+    )
     assert body["properties"]["secrets"][0]["valueSecretReference"]["sourceVault"] == {"id": VAULT_ID}
 
 
@@ -355,9 +361,13 @@ def test_registry_credentials_only_for_the_configured_registry() -> None:
     settings = make_settings(
         CONTAINER_REGISTRY_SERVER="https://myreg.azurecr.io", CONTAINER_REGISTRY_USERNAME="u"
     )
-    other = bm.job_parameters(spec_of({"image": "otherreg.io/x:1"}), "ds", CLUSTER_ID, settings).serialize()
+    other = batchai_requests.job_parameters(
+        spec_of({"image": "otherreg.io/x:1"}), "ds", CLUSTER_ID, settings
+    ).serialize()
     assert other["properties"]["containerSettings"] == {"imageSourceRegistry": {"image": "otherreg.io/x:1"}}
-    mine = bm.job_parameters(spec_of({"image": "myreg.azurecr.io/x:1"}), "ds", CLUSTER_ID, settings)
+    mine = batchai_requests.job_parameters(
+        spec_of({"image": "myreg.azurecr.io/x:1"}), "ds", CLUSTER_ID, settings
+    )
     assert_valid("JobCreateParameters", mine)
     assert mine.serialize()["properties"]["containerSettings"]["imageSourceRegistry"]["credentials"] == {
         "username": "u"
@@ -381,34 +391,42 @@ def test_registry_credentials_only_for_the_configured_registry() -> None:
     ],
 )
 def test_names_are_valid_batchai_names(text: str) -> None:
-    for name in (bm.experiment_name(text), bm.job_name(text), bm.cluster_name(spec_of({}), text)):
+    for name in (
+        batchai_requests.experiment_name(text),
+        batchai_requests.job_name(text),
+        batchai_requests.cluster_name(spec_of({}), text),
+    ):
         assert NAME.match(name) and 1 <= len(name) <= 64, name
         assert name.isascii()
 
 
 def test_names_are_deterministic_and_distinct() -> None:
-    assert bm.experiment_name("mnistcntksample") == "mnistcntksample"
-    assert bm.job_name("20261127-000101-abcdef12") == "20261127-000101-abcdef12"
-    assert bm.experiment_name("Data") != bm.experiment_name("data")
-    assert bm.experiment_name("a.b") != bm.experiment_name("a-b")
-    assert bm.experiment_name("x" * 100 + "1") != bm.experiment_name("x" * 100 + "2")
+    assert batchai_requests.experiment_name("mnistcntksample") == "mnistcntksample"
+    assert batchai_requests.job_name("20261127-000101-abcdef12") == "20261127-000101-abcdef12"
+    assert batchai_requests.experiment_name("Data") != batchai_requests.experiment_name("data")
+    assert batchai_requests.experiment_name("a.b") != batchai_requests.experiment_name("a-b")
+    assert batchai_requests.experiment_name("x" * 100 + "1") != batchai_requests.experiment_name(
+        "x" * 100 + "2"
+    )
     spec = spec_of({})
-    assert bm.cluster_name(spec, "ds") == bm.cluster_name(spec_of({}), "ds")
-    assert bm.cluster_name(spec, "ds") != bm.cluster_name(spec, "ds2")
-    assert bm.cluster_name(spec, "ds") != bm.cluster_name(spec_of({"vm_size": "STANDARD_NC12"}), "ds")
-    assert bm.cluster_name(spec, "ds") != bm.cluster_name(
+    assert batchai_requests.cluster_name(spec, "ds") == batchai_requests.cluster_name(spec_of({}), "ds")
+    assert batchai_requests.cluster_name(spec, "ds") != batchai_requests.cluster_name(spec, "ds2")
+    assert batchai_requests.cluster_name(spec, "ds") != batchai_requests.cluster_name(
+        spec_of({"vm_size": "STANDARD_NC12"}), "ds"
+    )
+    assert batchai_requests.cluster_name(spec, "ds") != batchai_requests.cluster_name(
         spec_of({"cluster": {"vm_priority": "lowpriority"}}), "ds"
     )
     # Job-only settings do not change the cluster.
-    assert bm.cluster_name(spec, "ds") == bm.cluster_name(
+    assert batchai_requests.cluster_name(spec, "ds") == batchai_requests.cluster_name(
         spec_of({"environment_variables": {"A": "1"}}), "ds"
     )
-    assert bm.cluster_name(spec_of({"cluster_name": "shared-gpu"}), "ds") == "shared-gpu"
+    assert batchai_requests.cluster_name(spec_of({"cluster_name": "shared-gpu"}), "ds") == "shared-gpu"
 
 
 def test_resource_ids_round_trip() -> None:
-    job = bm.job_id(SETTINGS, "exp", "job1")
-    parts = bm.parse_resource_id(job)
+    job = batchai_requests.job_id(SETTINGS, "exp", "job1")
+    parts = batchai_requests.parse_resource_id(job)
     assert parts["resourcegroups"] == "batchaiquickstart"
     assert parts["workspaces"] == "batchai-workspace"
     assert (parts["experiments"], parts["jobs"]) == ("exp", "job1")
@@ -417,31 +435,35 @@ def test_resource_ids_round_trip() -> None:
 def test_cluster_differences() -> None:
     from azure.mgmt.batchai import models
 
-    wanted = bm.cluster_parameters(spec_of({}), SETTINGS)
+    wanted = batchai_requests.cluster_parameters(spec_of({}), SETTINGS)
     same = models.Cluster.deserialize(wanted.serialize())
-    assert bm.cluster_differences(same, wanted) == []
-    scaled_to_zero = models.Cluster.deserialize(bm.cluster_parameters(spec_of({}), SETTINGS).serialize())
+    assert batchai_requests.cluster_differences(same, wanted) == []
+    scaled_to_zero = models.Cluster.deserialize(
+        batchai_requests.cluster_parameters(spec_of({}), SETTINGS).serialize()
+    )
     scaled_to_zero.scale_settings.manual.target_node_count = 0
-    assert bm.cluster_differences(scaled_to_zero, wanted) == []  # compute resizes it back
+    assert batchai_requests.cluster_differences(scaled_to_zero, wanted) == []  # compute resizes it back
     bigger = models.Cluster.deserialize(
-        bm.cluster_parameters(spec_of({"vm_size": "STANDARD_NC12"}), SETTINGS).serialize()
+        batchai_requests.cluster_parameters(spec_of({"vm_size": "STANDARD_NC12"}), SETTINGS).serialize()
     )
-    assert any("vm_size" in p for p in bm.cluster_differences(bigger, wanted))
+    assert any("vm_size" in p for p in batchai_requests.cluster_differences(bigger, wanted))
     low = models.Cluster.deserialize(
-        bm.cluster_parameters(spec_of({"cluster": {"vm_priority": "lowpriority"}}), SETTINGS).serialize()
+        batchai_requests.cluster_parameters(
+            spec_of({"cluster": {"vm_priority": "lowpriority"}}), SETTINGS
+        ).serialize()
     )
-    assert any("vm_priority" in p for p in bm.cluster_differences(low, wanted))
+    assert any("vm_priority" in p for p in batchai_requests.cluster_differences(low, wanted))
     small_auto = models.Cluster.deserialize(
-        bm.cluster_parameters(
+        batchai_requests.cluster_parameters(
             spec_of({"cluster": {"auto_scale": {"minimum_node_count": 0, "maximum_node_count": 1}}}), SETTINGS
         ).serialize()
     )
-    wanted_two = bm.cluster_parameters(spec_of({"node_count": 2}), SETTINGS)
-    assert any("auto-scale" in p for p in bm.cluster_differences(small_auto, wanted_two))
+    wanted_two = batchai_requests.cluster_parameters(spec_of({"node_count": 2}), SETTINGS)
+    assert any("auto-scale" in p for p in batchai_requests.cluster_differences(small_auto, wanted_two))
 
 
 def test_output_file_options() -> None:
-    options = bm.list_output_files_options("stdouterr", link_expiry_minutes=5)
+    options = batchai_requests.list_output_files_options("stdouterr", link_expiry_minutes=5)
     assert (options.outputdirectoryid, options.directory, options.linkexpiryinminutes) == (
         "stdouterr",
         ".",

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared import clients
-from shared.compute import Compute, ComputeError
+from shared import sdk_clients
+from shared.batchai_sdk import BatchAISdk, ComputeError
 from shared.settings import Settings, local_stack_values
 
 ANSWERS: dict[str, tuple[int, dict]] = {}
@@ -47,18 +47,18 @@ def endpoint() -> Iterator[str]:
     server.server_close()
 
 
-def compute_for(endpoint: str) -> Compute:
+def compute_for(endpoint: str) -> BatchAISdk:
     from azure.mgmt.batchai import BatchAI
 
     settings = Settings.from_env(local_stack_values(ARM_ENDPOINT=endpoint))
     batchai = BatchAI(
-        clients.credential(settings),
+        sdk_clients.credential(settings),
         settings.subscription_id,
         base_url=endpoint,
-        per_call_policies=[clients.make_loopback_http_policy()],
+        per_call_policies=[sdk_clients.make_loopback_http_policy()],
         retry_total=0,  # the translation is under test, not azure-core's backoff
     )
-    return Compute(settings, batchai=batchai)
+    return BatchAISdk(settings, batchai=batchai)
 
 
 def test_retired_provider_becomes_a_clear_message(endpoint: str) -> None:
@@ -98,14 +98,14 @@ def test_arm_errors_carry_code_message_and_status(
     endpoint: str, status: int, code: str, retryable: bool
 ) -> None:
     ANSWERS["PUT"] = (status, {"error": {"code": code, "message": f"the {code} message"}})
-    from shared import batchai_models as bm
+    from shared import batchai_requests
     from shared.runspec import SpecContext, parse_run_spec
 
     compute = compute_for(endpoint)
     spec = parse_run_spec({}, SpecContext.from_settings(compute.settings))
     ANSWERS["GET"] = (404, {"error": {"code": "ResourceNotFound", "message": "no cluster"}})
     with pytest.raises(ComputeError) as info:
-        compute.ensure_cluster("c1", bm.cluster_parameters(spec, compute.settings))
+        compute.ensure_cluster("c1", batchai_requests.cluster_parameters(spec, compute.settings))
     error = info.value
     assert (error.code, error.status, error.retryable) == (code, status, retryable)
     assert error.message == f"the {code} message"

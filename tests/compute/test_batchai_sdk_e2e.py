@@ -1,4 +1,4 @@
-"""Compute against the local ARM and Files emulators, through the real SDKs with the app's own
+"""BatchAISdk against the local ARM and Files emulators, through the real SDKs with the app's own
 settings-built clients (static development token, https relaxed for loopback only)."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from shared import batchai_models as bm
-from shared import clients, staging
-from shared.compute import Compute, ComputeError
+from shared import batchai_requests, sdk_clients, staging
+from shared.batchai_sdk import BatchAISdk, ComputeError
 from shared.runspec import SpecContext, parse_run_spec
 from shared.settings import Settings, local_stack_values
 
@@ -21,7 +20,7 @@ FAST = {"provisioning_delay": 0.3, "operation_delay": 0.05, "retry_after": 0}
 
 
 @pytest.fixture(scope="module")
-def compute(local_stack) -> Iterator[Compute]:
+def compute(local_stack) -> Iterator[BatchAISdk]:
     stack = local_stack.ensure("files", "arm")
     settings_url = f"{stack.arm_endpoint}/_emulator/settings"
     before = requests.get(settings_url, timeout=10).json()
@@ -36,12 +35,12 @@ def compute(local_stack) -> Iterator[Compute]:
             FILE_SHARE_NAME="foundation-share",
         )
     )
-    yield Compute(settings)
-    clients.reset_clients()
+    yield BatchAISdk(settings)
+    sdk_clients.reset_clients()
     requests.post(settings_url, json=before, timeout=10)
 
 
-def wait_for_job(compute: Compute, experiment: str, job: str, timeout: float = 60) -> str:
+def wait_for_job(compute: BatchAISdk, experiment: str, job: str, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = compute.get_job(experiment, job)
@@ -52,7 +51,7 @@ def wait_for_job(compute: Compute, experiment: str, job: str, timeout: float = 6
     raise AssertionError(f"job {experiment}/{job} did not finish in {timeout}s")
 
 
-def test_full_cycle(compute: Compute) -> None:
+def test_full_cycle(compute: BatchAISdk) -> None:
     settings = compute.settings
     context = SpecContext.from_settings(settings)
     dataset = "foundation-ds"
@@ -60,7 +59,7 @@ def test_full_cycle(compute: Compute) -> None:
     workspace = compute.ensure_workspace()
     assert workspace.name == "foundation-ws"
     assert compute.ensure_workspace().name == "foundation-ws"  # idempotent
-    share = clients.share_client(settings)
+    share = sdk_clients.share_client(settings)
     for _ in range(2):  # idempotent
         staging.ensure_share(share)
         staging.ensure_directory(share, f"{dataset}/nested/dir")
@@ -76,26 +75,30 @@ def test_full_cycle(compute: Compute) -> None:
         },
         context,
     )
-    name = bm.cluster_name(spec, dataset)
-    first = compute.ensure_cluster(name, bm.cluster_parameters(spec, settings))
+    name = batchai_requests.cluster_name(spec, dataset)
+    first = compute.ensure_cluster(name, batchai_requests.cluster_parameters(spec, settings))
     assert first.created and first.id.endswith(f"/clusters/{name}")
-    again = compute.ensure_cluster(name, bm.cluster_parameters(spec, settings))
+    again = compute.ensure_cluster(name, batchai_requests.cluster_parameters(spec, settings))
     assert not again.created and again.id.lower() == first.id.lower()
     assert name in [c.name for c in compute.list_clusters()]
 
     # Same name, other VM size: a clear mismatch, not a silent reuse.
     other = parse_run_spec({"vm_size": "STANDARD_NC12", "cluster_name": name}, context)
     with pytest.raises(ComputeError) as mismatch:
-        compute.ensure_cluster(name, bm.cluster_parameters(other, settings))
+        compute.ensure_cluster(name, batchai_requests.cluster_parameters(other, settings))
     assert mismatch.value.code == "ClusterMismatch" and "vm_size" in mismatch.value.message
 
-    experiment = bm.experiment_name(dataset)
+    experiment = batchai_requests.experiment_name(dataset)
     compute.ensure_experiment(experiment)
     assert compute.ensure_experiment(experiment).name == experiment
-    job = bm.job_name("20261127-000000-0a1b2c3d")
-    submitted = compute.create_job(experiment, job, bm.job_parameters(spec, dataset, first.id, settings))
+    job = batchai_requests.job_name("20261127-000000-0a1b2c3d")
+    submitted = compute.create_job(
+        experiment, job, batchai_requests.job_parameters(spec, dataset, first.id, settings)
+    )
     assert submitted.created
-    retried = compute.create_job(experiment, job, bm.job_parameters(spec, dataset, first.id, settings))
+    retried = compute.create_job(
+        experiment, job, batchai_requests.job_parameters(spec, dataset, first.id, settings)
+    )
     assert not retried.created and retried.id.lower() == submitted.id.lower()
 
     assert wait_for_job(compute, experiment, job) == "succeeded"
@@ -109,7 +112,7 @@ def test_full_cycle(compute: Compute) -> None:
 
     # Resizing (cleanup's scale-to-zero) keeps the cluster reusable.
     compute.scale_cluster(name, 0)
-    assert not compute.ensure_cluster(name, bm.cluster_parameters(spec, settings)).created
+    assert not compute.ensure_cluster(name, batchai_requests.cluster_parameters(spec, settings)).created
 
     assert compute.terminate_job(experiment, "no-such-job") is False
     assert compute.delete_job(experiment, job) is True
@@ -122,7 +125,7 @@ def test_full_cycle(compute: Compute) -> None:
     assert compute.delete_cluster("no-such-cluster") in (True, False)
 
 
-def test_errors_carry_the_arm_code(compute: Compute) -> None:
+def test_errors_carry_the_arm_code(compute: BatchAISdk) -> None:
     compute.ensure_workspace()
     with pytest.raises(ComputeError) as info:
         compute.list_jobs("no-such-experiment")
@@ -136,21 +139,21 @@ def test_unreachable_endpoint_is_a_retryable_compute_error() -> None:
 
     # No retries: the point is the translation, not azure-core's backoff.
     client = BatchAI(
-        clients.credential(settings),
+        sdk_clients.credential(settings),
         settings.subscription_id,
         base_url=settings.arm_endpoint,
-        per_call_policies=[clients.make_loopback_http_policy()],
+        per_call_policies=[sdk_clients.make_loopback_http_policy()],
         retry_total=0,
     )
     with pytest.raises(ComputeError) as info:
-        Compute(settings, batchai=client).get_cluster("x")
+        BatchAISdk(settings, batchai=client).get_cluster("x")
     assert info.value.code == "ServiceUnavailable" and info.value.retryable
 
 
-def test_ensure_experiment_without_waiting(compute: Compute) -> None:
+def test_ensure_experiment_without_waiting(compute: BatchAISdk) -> None:
     """wait=False only sends the creation (ingest requests the experiment off its critical path)."""
     compute.ensure_workspace()
-    experiment = bm.experiment_name("foundation-nowait")
+    experiment = batchai_requests.experiment_name("foundation-nowait")
     assert compute.get_experiment(experiment) is None
     assert compute.ensure_experiment(experiment, wait=False) is None
     deadline = time.monotonic() + 30
