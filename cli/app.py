@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a finished run again on the same snapshot",
         description="Start a new run with a finished run's spec on the same snapshot (nothing is "
         "copied); --spec gives run spec fields that replace the run's. Refused once cleanup "
-        "deleted the snapshot.",
+        "deleted the snapshot. A sweep's parent runs its failed and cancelled trials again "
+        "under it instead (no --spec).",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="the finished run")
     p.add_argument("--spec", type=Path, help="JSON file of run spec fields to override")
@@ -179,6 +180,21 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def resubmitted_line(run_id: str, run: dict[str, Any]) -> str:
+    """What a resubmit did: a new run, or (a sweep) which of its trials run again under it."""
+    rounds = (run.get("sweep") or {}).get("resubmits") or []
+    if run.get("id") != run_id or not rounds:
+        return f"run {run_id} resubmitted as {run['id']}: {run.get('state')}"
+    last = rounds[-1]
+    # the new attempts' ids, as the app derives them: <parent>-tNNN-r<round>
+    reran = [f"{run_id}-t{int(index):03d}-r{last['round']}" for index in (last.get("reran") or {})]
+    started = len(last.get("started") or [])
+    parts = [f"{len(reran)} failed or cancelled trial(s) run again ({', '.join(reran) or 'none'})"]
+    if started:
+        parts.append(f"{started} never started now start")
+    return f"sweep {run_id} resubmitted (round {last['round']}): {'; '.join(parts)}: {run.get('state')}"
+
+
 def cmd_resubmit(args: argparse.Namespace, settings: Settings) -> int:
     api = ApiClient(settings)
     body: dict[str, Any] = {}
@@ -190,7 +206,7 @@ def cmd_resubmit(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError as exc:
             raise CliError(f"{args.spec} is not valid JSON: {exc}") from None
     run = api.resubmit(args.run_id, body, args.idempotency_key)
-    print(f"run {args.run_id} resubmitted as {run['id']}: {run.get('state')}")
+    print(resubmitted_line(args.run_id, run))
     if args.watch:
         return finish(watch_run(api, run["id"]))
     print(f"follow it with `{PROG} watch {run['id']}`")

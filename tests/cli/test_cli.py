@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.app import COMMANDS, main
+from cli.app import COMMANDS, main, resubmitted_line
 from cli.client import Settings
 from cli.upload import plan_upload, upload_dataset
 from cli.watch import LogFollower, MetricsPrinter, TrialPrinter, cluster_status_line
@@ -206,3 +206,16 @@ def test_watch_follows_a_sweeps_trials_and_names_the_best() -> None:
         "  trial 1 lr=3: cancelled (stopped early)  loss 9.5",
         "  best: p-t000 lr=0.01  loss 0.25",
     ]
+
+
+def test_resubmit_says_which_trials_of_a_sweep_run_again() -> None:
+    assert resubmitted_line("a", {"id": "b", "state": "queued"}) == "run a resubmitted as b: queued"
+    sweep = {"resubmits": [{"round": 1, "reran": {"1": "p-t001"}, "started": [2]}]}
+    assert resubmitted_line("p", {"id": "p", "state": "running", "sweep": sweep}) == (
+        "sweep p resubmitted (round 1): 1 failed or cancelled trial(s) run again (p-t001-r1); "
+        "1 never started now start: running"
+    )
+    again = {"resubmits": [sweep["resubmits"][0], {"round": 2, "reran": {"1": "p-t001-r1"}, "started": []}]}
+    assert resubmitted_line("p", {"id": "p", "state": "running", "sweep": again}) == (
+        "sweep p resubmitted (round 2): 1 failed or cancelled trial(s) run again (p-t001-r2): running"
+    )
