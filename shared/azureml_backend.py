@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from shared.compute_port import (
@@ -55,6 +55,9 @@ from shared.compute_port import (
 )
 from shared.registry import parse_time
 from shared.runspec import KeyVaultSecret, RunSpec, RunSpecError, Toolkit
+
+if TYPE_CHECKING:  # annotations only
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class AzureMLBackend:
 
     name = "azureml"
 
-    def __init__(self, settings: Any, client: Any = None) -> None:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
         self._client = client
         self._lock = threading.Lock()

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from shared import batchai_requests
 from shared.batchai_sdk import BatchAISdk
@@ -33,6 +33,11 @@ from shared.compute_port import (
 )
 from shared.registry import parse_time
 from shared.runspec import RunSpec
+
+if TYPE_CHECKING:  # annotations only
+    from azure.storage.fileshare import ShareClient
+
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +127,9 @@ class BatchAIBackend:
 
     name = "batchai"
 
-    def __init__(self, settings: Any, compute: BatchAISdk | None = None, share: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, compute: BatchAISdk | None = None, share: ShareClient | None = None
+    ) -> None:
         self.settings = settings
         self.compute = compute or BatchAISdk(settings)
         self._share = share

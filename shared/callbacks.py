@@ -39,8 +39,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # annotations only
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
 
 
-def record_fields(settings: Any, callback_url: str | None, *, issued: bool) -> dict[str, Any]:
+def record_fields(settings: Settings, callback_url: str | None, *, issued: bool) -> dict[str, Any]:
     """A run's callback as the registry keeps it: the URL with its query redacted, and the seal (the
     salt of the run's own secret, the full URL encrypted). ``issued``: the run's secret goes to the
     starting request (HTTP) and may not be issued again."""

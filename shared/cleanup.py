@@ -35,9 +35,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from shared.registry import SNAPSHOT_ROOT, TERMINAL_STATES, dataset_key, parse_time
+
+if TYPE_CHECKING:  # annotations only
+    from shared.services import Services
+    from shared.settings import Settings
 
 __all__ = [
     "TERMINAL_RUN_STATES",
@@ -145,7 +149,7 @@ class CleanupPolicy:
     experiment_grace: timedelta = timedelta(hours=1)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> CleanupPolicy:
+    def from_settings(cls, settings: Settings) -> CleanupPolicy:
         return cls(
             job_retention=timedelta(hours=settings.job_retention_hours),
             data_retention=timedelta(hours=settings.staged_data_retention_hours),
@@ -363,7 +367,7 @@ class Executor:
     that now use what the action would delete (read fresh from the registry), or an empty list.
     """
 
-    perform: dict[str, Callable[[Action], None]]
+    perform: dict[str, Callable[[Action], object]]  # what a callable returns is not used
     in_use: Callable[[Action], list[str]] = field(default=lambda action: [])
 
 
@@ -486,7 +490,7 @@ class Cleanup:
     """Cleanup against the configured workspace, file share, registry and reports container, through
     the app's services (shared.services.build_services): the same compute backend as the pipeline."""
 
-    def __init__(self, settings: Any = None, services: Any = None) -> None:
+    def __init__(self, settings: Settings | None = None, services: Services | None = None) -> None:
         from shared import sdk_clients
         from shared import services as app_services
 
@@ -521,7 +525,9 @@ class Cleanup:
             items = list(self.share.list_directories_and_files())
         except ResourceNotFoundError:
             return []
-        return [i["name"] for i in items if i.get("is_directory") and i["name"] != SNAPSHOT_ROOT]
+        # The storage SDK's DictMixin.get is unannotated.
+        directories = [i for i in items if i.get("is_directory")]  # type: ignore[no-untyped-call]
+        return [i["name"] for i in directories if i["name"] != SNAPSHOT_ROOT]
 
     def _snapshots(self) -> list[str]:
         from azure.core.exceptions import ResourceNotFoundError
@@ -530,7 +536,7 @@ class Cleanup:
             items = list(self.share.get_directory_client(SNAPSHOT_ROOT).list_directories_and_files())
         except ResourceNotFoundError:
             return []
-        return [i["name"] for i in items if i.get("is_directory")]
+        return [i["name"] for i in items if i.get("is_directory")]  # type: ignore[no-untyped-call]
 
     # --- guards and actions -----------------------------------------------------------------------
     def in_use(self, action: Action) -> list[str]:
@@ -573,12 +579,15 @@ class Cleanup:
 
         return Executor(
             perform={
+                # The planner names the experiment, job or cluster of each of these kinds.
                 "terminate_job": lambda a: self.compute.terminate_job(
-                    self.compute.job_ref(a.experiment, a.job)
+                    self.compute.job_ref(cast(str, a.experiment), cast(str, a.job))
                 ),
-                "delete_job": lambda a: self.compute.delete_job(self.compute.job_ref(a.experiment, a.job)),
-                "delete_experiment": lambda a: self.compute.delete_experiment(a.experiment),
-                "delete_cluster": lambda a: self.compute.delete_cluster(a.cluster),
+                "delete_job": lambda a: self.compute.delete_job(
+                    self.compute.job_ref(cast(str, a.experiment), cast(str, a.job))
+                ),
+                "delete_experiment": lambda a: self.compute.delete_experiment(cast(str, a.experiment)),
+                "delete_cluster": lambda a: self.compute.delete_cluster(cast(str, a.cluster)),
                 "delete_snapshot": delete_snapshot,
                 "delete_staged_data": delete_staged,
             },

@@ -73,6 +73,7 @@ from shared.registry import (
     RegistryError,
     RunNotFound,
     RunRecord,
+    RunRegistry,
     TransitionRejected,
     parse_time,
     utcnow,
@@ -787,7 +788,7 @@ def stdout_tail(outputs: list[OutputFile], max_bytes: int) -> str | None:
 
 
 # --- callbacks ------------------------------------------------------------------------------------------
-def summary(rec: RunRecord, registry: Any = None) -> dict[str, Any]:
+def summary(rec: RunRecord, registry: RunRegistry | None = None) -> dict[str, Any]:
     """The run summary a callback carries (no spec, no staged-file list, no idempotency key; the
     snapshot's path, file count and total bytes). A sweep's parent (with ``registry``) adds its
     result (``sweep``: the best trial) and its trials' ``leaderboard``; its trials send none."""

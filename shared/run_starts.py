@@ -349,10 +349,10 @@ def _on_share_directory(svc: Services, dataset: str, wanted: set[str]) -> list[t
         client = svc.share.get_directory_client(f"{dataset}/{sub}".rstrip("/"))
         for item in client.list_directories_and_files():
             rel = f"{sub}/{item['name']}".lstrip("/")
-            if item.get("is_directory"):
+            if item.get("is_directory"):  # type: ignore[no-untyped-call]  # unannotated in the SDK
                 stack.append(rel)
             else:
-                size = int(item.get("size") or 0)
+                size = int(item.get("size") or 0)  # type: ignore[no-untyped-call]
                 found.append((f"{dataset}/{rel}", StagedFile(rel, size, staged_at=utcnow())))
     if not found:
         raise DatasetNotStaged(f"dataset {dataset!r} has no files on the share")

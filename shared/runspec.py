@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -48,6 +48,9 @@ from pydantic import (
 
 from shared.settings import check_key_vault_secret_url, is_loopback_url
 from shared.sweep import SweepSpec, placeholders
+
+if TYPE_CHECKING:  # annotations only
+    from shared.settings import Settings
 
 __all__ = [
     "QUICKSTART_ARGUMENTS",
@@ -131,7 +134,7 @@ class SpecContext:
     key_vault_resource_id: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any = None) -> SpecContext:
+    def from_settings(cls, settings: Settings | None = None) -> SpecContext:
         if settings is None:
             from shared.settings import get_settings
 

@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shared.compute_port import ComputeBackend
 from shared.registry import RunRegistry
 from shared.runspec import SpecContext
+
+if TYPE_CHECKING:  # annotations only: the SDKs are imported when the services are built
+    from azure.storage.blob import ContainerClient
+    from azure.storage.fileshare import ShareClient
+
+    from shared.settings import Settings
 
 
 @dataclass
 class Services:
     """Everything ingest and monitor talk to, built once from settings (or given by tests)."""
 
-    settings: Any
+    settings: Settings
     registry: RunRegistry
-    container: Any  # azure.storage.blob.ContainerClient of TRAINING_CONTAINER
-    share: Any  # azure.storage.fileshare.ShareClient of FILE_SHARE_NAME
+    container: ContainerClient  # of TRAINING_CONTAINER
+    share: ShareClient  # of FILE_SHARE_NAME
     cloud: ComputeBackend  # the training service (shared.compute_port), built by build_services
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -41,7 +47,7 @@ _services: Services | None = None
 _services_lock = threading.Lock()
 
 
-def build_services(settings: Any) -> Services:
+def build_services(settings: Settings) -> Services:
     """The one place the app's services are built: ingest, the monitor, the API and cleanup all
     receive these (the SDK clients come from shared.sdk_clients, the compute backend from the settings)."""
     from shared import sdk_clients

@@ -19,12 +19,15 @@ import base64
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from shared import sdk_clients
 from shared.registry import STAGING, RunNotFound, RunRecord
+
+if TYPE_CHECKING:  # annotations only
+    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def run_id_of(body: bytes) -> str:
     return run_id
 
 
-def enqueue(svc: Any, rec: RunRecord) -> None:
+def enqueue(svc: Services, rec: RunRecord) -> None:
     """Queue the staging of a run started over HTTP (the queue is created on first use)."""
     queue = sdk_clients.staging_queue(svc.settings)
     try:
@@ -57,7 +60,7 @@ def enqueue(svc: Any, rec: RunRecord) -> None:
     log.info("run %s: staging queued", rec.run_id, extra=rec.log_extra())
 
 
-def handle(body: bytes, svc: Any = None) -> str:
+def handle(body: bytes, svc: Services | None = None) -> str:
     """Stage and submit the run a message names; the state it ends in. A StagingError has failed
     the run (named on it): the message is done. Anything else propagates, so the queue retries."""
     from shared import run_starts, services

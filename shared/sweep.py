@@ -30,7 +30,7 @@ import random
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -46,6 +46,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:  # annotations only: shared.runspec imports this module
+    from shared.runspec import ClusterSpec, RunSpec
 
 __all__ = [
     "MAX_TRIALS",
@@ -454,7 +457,7 @@ def sweep_environment(parameters: dict[str, Any]) -> dict[str, str]:
     return {f"SWEEP_{name.upper()}": format_value(value) for name, value in parameters.items()}
 
 
-def sweep_cluster(spec: Any, max_nodes: int) -> Any:
+def sweep_cluster(spec: RunSpec, max_nodes: int) -> ClusterSpec:
     """The cluster settings of a sweep's parent and trials: room for its concurrent trials.
 
     A sweep runs up to ``max_concurrent_trials`` trials (fewer when it has fewer) of ``node_count``
@@ -489,13 +492,13 @@ def sweep_cluster(spec: Any, max_nodes: int) -> Any:
     )
 
 
-def sized_for_trials(spec: Any, max_nodes: int) -> Any:
+def sized_for_trials(spec: RunSpec, max_nodes: int) -> RunSpec:
     """A sweep's spec with its cluster sized for its concurrent trials (``sweep_cluster``): what its
     parent ensures and, through ``trial_spec``, what each trial's job runs on, so they name one cluster."""
     return spec.model_copy(update={"cluster": sweep_cluster(spec, max_nodes)})
 
 
-def trial_spec(spec: Any, trial: Trial, *, max_nodes: int) -> Any:
+def trial_spec(spec: RunSpec, trial: Trial, *, max_nodes: int) -> RunSpec:
     """The RunSpec of one trial: the parent's spec without its sweep section, parameters substituted
     into `arguments`/`command_line` and set as SWEEP_<NAME> environment variables, on the sweep's
     cluster (``sweep_cluster``; ``max_nodes``: MAX_NODES_PER_RUN). No callback: the parent's fires

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import sweep as sweeps
 from shared.compute_port import ComputeError
@@ -44,10 +44,14 @@ from shared.registry import (
     TERMINAL_STATES,
     RunNotFound,
     RunRecord,
+    RunRegistry,
     TransitionRejected,
     utcnow,
 )
 from shared.runspec import RunSpec
+
+if TYPE_CHECKING:  # annotations only
+    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def is_parent(rec: RunRecord) -> bool:
     return rec.parent_id is None and isinstance(rec.sweep, dict) and rec.sweep.get("role") == "parent"
 
 
-def start_parent(svc: Any, rec: RunRecord, spec: RunSpec) -> bool:
+def start_parent(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     """Move a complete sweep parent from staging to running (compare-and-swap: one winner) and start
     its first trials. False when the cluster is not ready yet or another caller won."""
     assert spec.sweep is not None
@@ -109,12 +113,12 @@ def attempt_id(parent_id: str, index: int, attempt: int) -> str:
     return base if attempt == 0 else f"{base}-r{attempt}"
 
 
-def _max_nodes(svc: Any) -> int:
+def _max_nodes(svc: Services) -> int:
     """MAX_NODES_PER_RUN: how many nodes a sweep's cluster may get for its concurrent trials."""
     return int(svc.spec_context.max_nodes_per_run)
 
 
-def trial_records(registry: Any, parent: RunRecord, count: int) -> dict[int, RunRecord]:
+def trial_records(registry: RunRegistry, parent: RunRecord, count: int) -> dict[int, RunRecord]:
     """The current attempt of each of the parent's trials that exist, by index (ids are derived,
     so no query is needed)."""
     found: dict[int, RunRecord] = {}
@@ -135,13 +139,13 @@ def to_rerun(rec: RunRecord) -> bool:
     return rec.state == FAILED or (rec.state == CANCELLED and not early_terminated(rec))
 
 
-def series_of(registry: Any, run_id: str, metric: str) -> list[list[float]]:
+def series_of(registry: RunRegistry, run_id: str, metric: str) -> list[list[float]]:
     """The stored series of one metric of a run (empty before the monitor read any)."""
     text, _ = registry.get_metrics(run_id)
     return list(MetricsState.from_json(text).series.get(metric, []))
 
 
-def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunRecord:
+def advance(svc: Services, parent: RunRecord, spec: RunSpec | None = None) -> RunRecord:
     """One step of a sweep (see module doc); returns the parent as it now is. Without ``spec`` the
     sweep's bookkeeping reads the parent's recorded spec, which needs no secret: a sweep started over
     HTTP with inline secret values goes on after its request has ended (``SECRETS_HELD_SECONDS``);
@@ -186,7 +190,7 @@ def advance(svc: Any, parent: RunRecord, spec: RunSpec | None = None) -> RunReco
     return parent
 
 
-def _recorded_spec(svc: Any, parent: RunRecord) -> RunSpec | None:
+def _recorded_spec(svc: Services, parent: RunRecord) -> RunSpec | None:
     """The parent's spec as recorded (secret values masked): enough for the sweep's bookkeeping.
     A recorded spec today's settings refuse is had the way a job's is (``submission_spec``)."""
     from shared.runspec import RunSpecError, parse_run_spec
@@ -216,7 +220,7 @@ def same_trials(parent: RunRecord, spec: RunSpec) -> bool:
     return spec.sweep is not None and digest == sweeps.parameters_digest(sweeps.generate_trials(spec.sweep))
 
 
-def _job_spec(svc: Any, parent: RunRecord, spec: RunSpec) -> RunSpec | None:
+def _job_spec(svc: Services, parent: RunRecord, spec: RunSpec) -> RunSpec | None:
     """The spec trials' jobs are created with: ``spec`` itself when it holds every secret value it
     names (the request or manifest that started the sweep, or no inline secrets), else the parent's
     spec had again with them (``submission.submission_spec``; None when not possible now)."""
@@ -229,7 +233,7 @@ def _job_spec(svc: Any, parent: RunRecord, spec: RunSpec) -> RunSpec | None:
     return submission_spec(svc, parent)
 
 
-def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial) -> RunRecord:
+def start_trial(svc: Services, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial) -> RunRecord:
     """Create the trial's run (idempotent per derived id) and submit its job (one winner)."""
     from shared.submission import submit
 
@@ -262,7 +266,7 @@ def start_trial(svc: Any, parent: RunRecord, spec: RunSpec, trial: sweeps.Trial)
     return rec
 
 
-def stop_trial(svc: Any, rec: RunRecord, why: str) -> RunRecord:
+def stop_trial(svc: Services, rec: RunRecord, why: str) -> RunRecord:
     """Cancel a trial the policy stopped, with the reason, and terminate its job."""
     try:
         rec = svc.registry.transition(
@@ -280,7 +284,7 @@ def stop_trial(svc: Any, rec: RunRecord, why: str) -> RunRecord:
     return rec
 
 
-def cancel_trials(svc: Any, parent: RunRecord, trials: Any = None) -> None:
+def cancel_trials(svc: Services, parent: RunRecord, trials: Any = None) -> None:
     """Cancel every active trial of a parent (when the parent was cancelled or ended)."""
     if trials is None:
         count = int((parent.sweep or {}).get("trials") or 0)
@@ -293,7 +297,7 @@ def cancel_trials(svc: Any, parent: RunRecord, trials: Any = None) -> None:
                 cancel_run(rec.run_id, svc=svc)
 
 
-def leaderboard(registry: Any, parent: RunRecord) -> list[dict[str, Any]]:
+def leaderboard(registry: RunRegistry, parent: RunRecord) -> list[dict[str, Any]]:
     """The parent's trials, best first: parameters, state, primary metric's final value, duration."""
     info = parent.sweep or {}
     metric = info.get("primary_metric")
@@ -327,7 +331,7 @@ def _duration(rec: RunRecord) -> float | None:
 
 
 def finish_parent(
-    svc: Any,
+    svc: Services,
     parent: RunRecord,
     sweep: sweeps.SweepSpec,
     trials: list[sweeps.Trial],
@@ -382,7 +386,7 @@ def _previous_attempt(parent: RunRecord, index: int, attempt: int) -> str | None
     return None
 
 
-def resubmit(svc: Any, parent: RunRecord, spec: RunSpec) -> RunRecord:
+def resubmit(svc: Services, parent: RunRecord, spec: RunSpec) -> RunRecord:
     """Run a finished sweep's failed and cancelled trials again (resubmit round K): each such trial
     gets a new attempt ``<parent>-tNNN-rK`` with the same parameters on the parent's snapshot,
     recorded as a re-run of the attempt before it; trials the policy stopped early and trials that
