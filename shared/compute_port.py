@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from shared.errors import compute_error_kind
+
 if TYPE_CHECKING:  # pragma: no cover
     from shared.runspec import RunSpec
     from shared.settings import Settings
@@ -74,7 +76,18 @@ class ComputeError(RuntimeError):
     @property
     def retryable(self) -> bool:
         """True for throttling, server errors and network failures: try again later."""
-        return self.code == "ServiceUnavailable" or self.status == 429 or (self.status or 0) >= 500
+        return compute_error_kind(self.code, self.status).retryable
+
+    @property
+    def permanent(self) -> bool:
+        """No retry changes this answer (a retired service, a cluster with other settings): a
+        submission that meets it fails the run now."""
+        return compute_error_kind(self.code, self.status).permanent
+
+    @property
+    def http_status(self) -> int:
+        """What the HTTP API answers it with (shared.errors)."""
+        return compute_error_kind(self.code, self.status).http_status
 
     @property
     def not_found(self) -> bool:

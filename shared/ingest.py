@@ -234,9 +234,9 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
             svc.registry.release_file_copy(rec.run_id, ref.path, etag)  # a retry or a waiter copies
             if not isinstance(exc, StagingError):
                 raise
-            if exc.code in ("BlobNotFound",):
+            if exc.blob_gone:
                 return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
-            if exc.code in ("CopyTimeout", "CopyFailed"):
+            if exc.retryable:
                 raise  # transient: let the trigger retry (and poison after its retries)
             fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))

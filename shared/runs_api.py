@@ -95,10 +95,8 @@ def _unexpected(exc: Exception, operation: str) -> ApiError:
         return ApiError(404, "RunNotFound", str(exc))
     if isinstance(exc, ComputeError):
         log.warning("%s: %s failed: %s %s", operation, exc.operation, exc.code, exc.message)
-        if exc.code in ("ServiceUnavailable", "BatchAIUnavailable"):
-            return ApiError(503, exc.code, exc.message)
-        if exc.code in ("ClusterMismatch", "ClusterDeleting", "Conflict"):
-            return ApiError(409, exc.code, exc.message)
+        if exc.http_status != 502:
+            return ApiError(exc.http_status, exc.code, exc.message)
         return ApiError(502, exc.code, f"Batch AI answered {exc.status or ''} {exc.code}: {exc.message}")
     if isinstance(exc, SettingsError):
         log.error("%s: invalid app settings: %s", operation, exc)
@@ -408,20 +406,13 @@ def _replay_or_conflict(
     return _accepted(request, record, {"Idempotent-Replayed": "true"})
 
 
-# Staging refusals of run_starts.start_run: the request names something that cannot run as it is (422, as
-# a run that failed before its job existed), a bad name (400), or the copy itself failed (502).
-_UNPROCESSABLE_STAGING = frozenset({"DatasetNotStaged", "NothingToStage", "MissingFiles", "FileListTooLarge"})
-_INVALID_STAGING = frozenset({"InvalidDatasetName", "InvalidBlobName"})
-
-
 def _start_error(exc: Exception) -> Exception:
     """run_starts.start_run's refusals as API errors; anything else goes on to `_unexpected`."""
     from shared.runspec import RunSpecError
     from shared.staging import StagingError
 
     if isinstance(exc, StagingError):
-        status = 422 if exc.code in _UNPROCESSABLE_STAGING else 400 if exc.code in _INVALID_STAGING else 502
-        return ApiError(status, exc.code, str(exc))
+        return ApiError(exc.http_status, exc.code, str(exc))  # 422, 400 or 502: shared.errors
     code = getattr(exc, "error_code", None) or getattr(getattr(exc, "error", None), "code", None)
     if code == "ContainerNotFound":  # staging from a prefix of a training container not created yet
         return ApiError(422, "NothingToStage", f"nothing to stage: {_short(exc)}")

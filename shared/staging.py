@@ -40,6 +40,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient, BlobSasPermissions, ContainerClient, generate_blob_sas
 from azure.storage.fileshare import FileSasPermissions, ShareClient, ShareFileClient, generate_file_sas
 
+from shared.errors import staging_error_kind
 from shared.registry import SNAPSHOT_ROOT, FileListTooLarge, StagedFile, check_file_list, utcnow
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,21 @@ class StagingError(ValueError):
     def __init__(self, message: str, *, code: str = "StagingFailed") -> None:
         super().__init__(message)
         self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        """A failed or timed-out copy: trying again may succeed (shared.errors)."""
+        return staging_error_kind(self.code).retryable
+
+    @property
+    def http_status(self) -> int:
+        """What the HTTP API answers it with (shared.errors)."""
+        return staging_error_kind(self.code).http_status
+
+    @property
+    def blob_gone(self) -> bool:
+        """The blob was deleted after its upload: there is nothing to stage."""
+        return self.code == "BlobNotFound"
 
 
 class DatasetNotStaged(StagingError):

@@ -55,8 +55,6 @@ CARRY_OVER_RUNS = 10  # how many earlier runs of a dataset are searched for file
 # them masked; shared.run_starts). Meanwhile the monitor leaves such a run alone: it fails it only
 # once the run has been untouched this long (the request died, or gave up and failed the run itself).
 SECRETS_HELD_SECONDS = 60.0
-# Answers that no retry changes: the run fails now instead of waiting for the staging timeout.
-PERMANENT_SUBMIT_ERRORS = frozenset({"ClusterMismatch", "BatchAIUnavailable"})
 
 
 def check_ready(
@@ -242,7 +240,7 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
         steady = svc.cloud.is_steady(cluster)
     except ComputeError as exc:
-        if exc.code in PERMANENT_SUBMIT_ERRORS:
+        if exc.permanent:  # no retry changes it: the run fails now, not at its staging timeout
             fail_staging(svc, rec, exc.code, str(exc))
             return False
         log.warning(

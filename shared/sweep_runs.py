@@ -67,12 +67,12 @@ def start_parent(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     """Move a complete sweep parent from staging to running (compare-and-swap: one winner) and start
     its first trials. False when the cluster is not ready yet or another caller won."""
     assert spec.sweep is not None
-    from shared.submission import PERMANENT_SUBMIT_ERRORS, fail_staging
+    from shared.submission import fail_staging
 
     try:  # the cluster its trials run on: sized for the ones that run at once
         cluster = svc.cloud.ensure_cluster(sweeps.sized_for_trials(spec, _max_nodes(svc)), rec.dataset)
     except ComputeError as exc:
-        if exc.code in PERMANENT_SUBMIT_ERRORS:
+        if exc.permanent:
             fail_staging(svc, rec, exc.code, str(exc))
         return False
     trials = sweeps.generate_trials(spec.sweep)
