@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from shared.runspec import RunSpec, RunSpecError, Toolkit
 
@@ -247,11 +247,12 @@ def cluster_scale_parameters(
 def _capacity(scale: Any) -> int | None:
     if scale is None:
         return None
+    nodes: int | None = None
     if getattr(scale, "auto_scale", None) is not None:
-        return scale.auto_scale.maximum_node_count
-    if getattr(scale, "manual", None) is not None:
-        return scale.manual.target_node_count
-    return None
+        nodes = scale.auto_scale.maximum_node_count
+    elif getattr(scale, "manual", None) is not None:
+        nodes = scale.manual.target_node_count
+    return nodes
 
 
 def cluster_differences(existing: models.Cluster, wanted: models.ClusterCreateParameters) -> list[str]:
@@ -311,7 +312,10 @@ def _toolkit_settings(spec: RunSpec, dataset: str) -> dict[str, Any]:
     from azure.mgmt.batchai import models
 
     script = _script_path(spec, dataset)
-    common = {"python_script_file_path": script, "python_interpreter_path": spec.python_interpreter}
+    common: dict[str, Any] = {
+        "python_script_file_path": script,
+        "python_interpreter_path": spec.python_interpreter,
+    }
     args = spec.arguments
     toolkit = spec.toolkit
     if toolkit is Toolkit.CNTK:
@@ -358,7 +362,8 @@ def _toolkit_settings(spec: RunSpec, dataset: str) -> dict[str, Any]:
     if toolkit is Toolkit.CUSTOMMPI:
         return {
             "custom_mpi_settings": models.CustomMpiSettings(
-                command_line=spec.command_line, process_count=spec.process_count
+                command_line=cast(str, spec.command_line),  # the spec requires it for custommpi
+                process_count=spec.process_count,
             )
         }
     if toolkit is Toolkit.CUSTOM:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shared import batchai_requests
 from shared.compute_port import ClusterRef, ComputeError, JobRef
@@ -33,6 +33,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["BatchAISdk", "ClusterRef", "ComputeError", "JobRef"]
 
 log = logging.getLogger(__name__)
+
+_Resource = TypeVar("_Resource")
+
+
+def _items(paged: object) -> list[Any]:
+    """Every item of a pager. azure-mgmt-batchai 7.0.0 annotates its list operations as iterating
+    over the page model (``ClusterListResult``...), though the pager yields the items."""
+    return list(cast("Iterable[Any]", paged))
+
 
 RETIRED_PROVIDER_CODES = frozenset(
     {"NoRegisteredProviderFound", "InvalidResourceNamespace", "MissingSubscriptionRegistration"}
@@ -151,7 +160,9 @@ class BatchAISdk:
         except AzureError as exc:
             raise ComputeError(operation, type(exc).__name__, str(exc).splitlines()[0]) from exc
 
-    def _get_or_none(self, operation: str, call: Any, *args: Any, batchai: bool = True) -> Any:
+    def _get_or_none(
+        self, operation: str, call: Callable[..., _Resource], *args: Any, batchai: bool = True
+    ) -> _Resource | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         with self._arm(operation, batchai=batchai):
@@ -179,7 +190,8 @@ class BatchAISdk:
         """One cheap read of Microsoft.BatchAI (the location's usages): the health check."""
         with self._arm("probe Microsoft.BatchAI"):
             usages = self.batchai.usages.list(self.settings.location, **PROBE_OPTIONS)
-            next(iter(usages.by_page()), None)
+            # The SDK annotates the pager as a plain iterable; it is an ItemPaged.
+            next(iter(usages.by_page()), None)  # type: ignore[attr-defined]
 
     # --- resource group, workspace, file share ---------------------------------------------------------
     def ensure_resource_group(self) -> None:
@@ -228,7 +240,7 @@ class BatchAISdk:
 
     def list_clusters(self) -> list[models.Cluster]:
         with self._arm("list clusters"):
-            return list(self.batchai.clusters.list_by_workspace(self._rg, self._ws))
+            return _items(self.batchai.clusters.list_by_workspace(self._rg, self._ws))
 
     def ensure_cluster(self, name: str, parameters: models.ClusterCreateParameters) -> ClusterRef:
         """Reuse cluster `name` when its settings fit, else send the create request (no waiting for
@@ -304,7 +316,7 @@ class BatchAISdk:
 
     def list_experiments(self) -> list[models.Experiment]:
         with self._arm("list experiments"):
-            return list(self.batchai.experiments.list_by_workspace(self._rg, self._ws))
+            return _items(self.batchai.experiments.list_by_workspace(self._rg, self._ws))
 
     def ensure_experiment(self, name: str, *, wait: bool = True) -> models.Experiment | None:
         """The experiment, created when missing (a job needs it to exist). With ``wait`` the creation
@@ -323,10 +335,10 @@ class BatchAISdk:
             experiment = self.batchai.experiments.begin_create(
                 self._rg, self._ws, name, polling_interval=1
             ).result(timeout=WAIT_SECONDS)
-        experiment = experiment or self.get_experiment(name)
-        if experiment is None:
+        created = experiment or self.get_experiment(name)
+        if created is None:
             raise ComputeError(f"create experiment {name}", "ExperimentNotReady", "did not appear in time")
-        return experiment
+        return created
 
     def delete_experiment(self, name: str) -> bool:
         """Begin deleting an experiment and its jobs. True when ARM accepted it, False on 404."""
@@ -348,7 +360,7 @@ class BatchAISdk:
     def list_jobs(self, experiment: str) -> list[models.Job]:
         """Every job of an experiment (all pages)."""
         with self._arm(f"list jobs of {experiment}"):
-            return list(self.batchai.jobs.list_by_experiment(self._rg, self._ws, experiment))
+            return _items(self.batchai.jobs.list_by_experiment(self._rg, self._ws, experiment))
 
     def create_job(self, experiment: str, job: str, parameters: models.JobCreateParameters) -> JobRef:
         """Submit a job (no waiting); when a retry finds the job already there, return it unchanged."""
@@ -382,7 +394,7 @@ class BatchAISdk:
             directory_id, directory=directory, link_expiry_minutes=link_expiry_minutes
         )
         with self._arm(f"list output files of {experiment}/{job}/{directory_id}"):
-            return list(self.batchai.jobs.list_output_files(self._rg, self._ws, experiment, job, options))
+            return _items(self.batchai.jobs.list_output_files(self._rg, self._ws, experiment, job, options))
 
     def terminate_job(self, experiment: str, job: str) -> bool:
         """Begin terminating a job; False when it does not exist."""

@@ -20,6 +20,7 @@ from shared.settings import CredentialKind, Settings, get_settings, is_loopback_
 if TYPE_CHECKING:  # pragma: no cover - type names only; the SDKs are imported lazily at call time
     from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
     from azure.core.pipeline import PipelineRequest
+    from azure.core.rest import HttpRequest, HttpResponse
     from azure.data.tables import TableClient, TableServiceClient
     from azure.mgmt.batchai import BatchAI
     from azure.mgmt.core import ARMPipelineClient
@@ -82,8 +83,9 @@ def make_loopback_http_policy() -> Any:
     """
     from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-    class LoopbackHttpPolicy(SansIOHTTPPolicy):
-        def on_request(self, request: PipelineRequest) -> None:
+    # Any request and response types: the same policy serves the SDK clients and the ARM pipeline.
+    class LoopbackHttpPolicy(SansIOHTTPPolicy[Any, Any]):
+        def on_request(self, request: PipelineRequest[Any]) -> None:
             url = request.http_request.url
             if url.lower().startswith("http://") and is_loopback_url(url):
                 request.context["enforce_https"] = False
@@ -144,7 +146,7 @@ def resource_client(settings: Settings | None = None) -> ResourceManagementClien
 
 
 @functools.lru_cache(maxsize=8)
-def _arm_pipeline(settings: Settings) -> ARMPipelineClient:
+def _arm_pipeline(settings: Settings) -> ARMPipelineClient[HttpRequest, HttpResponse]:
     from azure.core.pipeline import policies
     from azure.mgmt.core import ARMPipelineClient
     from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
@@ -164,7 +166,7 @@ def _arm_pipeline(settings: Settings) -> ARMPipelineClient:
     )
 
 
-def arm_pipeline_client(settings: Settings | None = None) -> ARMPipelineClient:
+def arm_pipeline_client(settings: Settings | None = None) -> ARMPipelineClient[HttpRequest, HttpResponse]:
     """azure-mgmt-core's ARM pipeline client on ARM_ENDPOINT (REST calls of the Azure ML backend)."""
     return _arm_pipeline(_settings(settings))
 
