@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.local.arm.common import now_iso, parse_duration, resource_key
-from infra.local.arm.errors import ArmError
+from infra.local.arm.errors import ArmError, resource_error
 
 if TYPE_CHECKING:
     from infra.local.arm.batchai.backend import Backend
@@ -336,7 +336,7 @@ class AzureMLBackend:
                 cancelled = job.status == "CancelRequested"
                 if not cancelled:
                     job.errors.append(
-                        {"code": "EmulatorRestarted", "message": "the emulator restarted while the job ran"}
+                        resource_error("EmulatorRestarted", "the emulator restarted while the job ran")
                     )
                 self._set_status(job, "Canceled" if cancelled else "Failed")
 
@@ -706,7 +706,7 @@ class AzureMLBackend:
         elif job.status == "Queued":
             compute = self.computes.get(job.compute_key or "")
             if compute is None:
-                job.errors.append({"code": "ComputeNotFound", "message": "the job's compute was deleted"})
+                job.errors.append(resource_error("ComputeNotFound", "the job's compute was deleted"))
                 self._set_status(job, "Failed")
                 return
             idle = [n for n in compute.nodes if n.state == "idle"]
@@ -719,7 +719,7 @@ class AzureMLBackend:
             try:
                 self.runner.start(job)
             except Exception as exc:  # the job fails with the reason; the clock goes on
-                job.errors.append({"code": "JobLaunchFailed", "message": f"{type(exc).__name__}: {exc}"})
+                job.errors.append(resource_error("JobLaunchFailed", f"{type(exc).__name__}: {exc}"))
                 self._release(job)
                 self._set_status(job, "Failed")
 

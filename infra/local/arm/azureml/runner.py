@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from infra.local.arm.azureml.models import ARTIFACT_CONTAINER, Job, log_blob_name, substitute
 from infra.local.arm.blobfs import account_endpoint
+from infra.local.arm.errors import resource_error
 from infra.local.arm.jobrunner import JobCallbacks, JobRunner
 
 if TYPE_CHECKING:
@@ -66,9 +67,7 @@ class AzureMLJobs:
                 continue
             path = self.backend.resolve_uri(workspace, spec.get("uri", ""))
             if path is None or not path.exists():
-                errors.append(
-                    {"code": "InputNotFound", "message": f"input {name}: {spec.get('uri')} not found"}
-                )
+                errors.append(resource_error("InputNotFound", f"input {name}: {spec.get('uri')} not found"))
                 continue
             values["inputs"][name] = str(path)
         for name in props.get("outputs") or {}:
@@ -177,10 +176,9 @@ class AzureMLJobs:
                 where = self.backend.blob_location(workspace, uri)
                 if where is None:
                     job.errors.append(
-                        {
-                            "code": "OutputUploadFailed",
-                            "message": f"output {name}: {uri} is not a blob datastore path",
-                        }
+                        resource_error(
+                            "OutputUploadFailed", f"output {name}: {uri} is not a blob datastore path"
+                        )
                     )
                     continue
                 account, container, prefix = where
@@ -200,4 +198,4 @@ class AzureMLJobs:
             )
         except Exception as exc:  # the job fails with the reason; the emulator goes on
             log.exception("azureml job %s: upload failed", job.name)
-            job.errors.append({"code": "OutputUploadFailed", "message": f"{type(exc).__name__}: {exc}"})
+            job.errors.append(resource_error("OutputUploadFailed", f"{type(exc).__name__}: {exc}"))
