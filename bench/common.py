@@ -12,7 +12,6 @@ import json
 import shutil
 import statistics
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -154,17 +153,6 @@ def arm_requests_since(stack: LocalStack, since: int) -> tuple[list[dict[str, An
 
 def arm_last_seq(stack: LocalStack) -> int:
     return int(arm_admin(stack, "requests?since=999999999999")["last_seq"])
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(interval)
 
 
 def repo_env() -> dict[str, str]:

@@ -30,9 +30,9 @@ from bench.common import (
     local_stack,
     mib,
     stack_env,
-    wait_until,
 )
 from bench.ingest_latency import SCRIPT, training_container
+from infra.local.waiting import wait_for
 
 GEN_CHUNK = 4 * 1024 * 1024
 BIG = "data.bin"
@@ -96,8 +96,8 @@ def drop_and_wait(stack: Any, registry: Any, container: Any, dataset: str, manif
                   timeout: float) -> tuple[float, Any]:  # fmt: skip
     """Upload the manifest, wait for its run's job: (seconds from upload to Jobs_Create, run)."""
     uploaded, etag = upload_manifest(container, dataset, manifest)
-    rec = wait_until(
-        lambda: submitted_run(registry, dataset, etag), timeout, 0.05, f"the job of {dataset}'s run"
+    rec = wait_for(
+        lambda: submitted_run(registry, dataset, etag), timeout, 0.05, what=f"the job of {dataset}'s run"
     )
     return job_created_at(stack, rec.experiment, rec.job_name) - uploaded, rec
 

@@ -6,30 +6,19 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
 from azure.core.exceptions import ResourceExistsError
 
+from infra.local.waiting import wait_for
 from shared.run_states import TERMINAL_STATES
 from tests.api.stackapp import TRAIN_PY, TRAIN_SPEC, Api, stage_dataset
 
 pytestmark = pytest.mark.e2e
 
 TERMINAL = TERMINAL_STATES
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def run_state(api: Api, run_id: str) -> str:
@@ -90,7 +79,9 @@ def test_a_flood_of_health_requests_costs_the_cached_probes_and_runs_keep_moving
         start = api.post("/runs", json={"dataset": dataset, "spec": dict(TRAIN_SPEC)})
         assert start.status_code == 202, start.text
         run_id = start.json()["id"]
-        state = wait_for("the run to finish", lambda: (s := run_state(api, run_id)) in TERMINAL and s, 90)
+        state = wait_for(
+            lambda: (s := run_state(api, run_id)) in TERMINAL and s, 90, 0.5, what="the run to finish"
+        )
     finally:
         stop.set()
         for thread in threads:
@@ -193,7 +184,9 @@ def test_http_started_run_on_a_staged_dataset_with_idempotency_key(api: Api) -> 
     listed = api.get("/runs", params={"dataset": dataset}).json()["runs"]
     assert [r["id"] for r in listed] == [run["id"]]
 
-    state = wait_for("the run to finish", lambda: (s := run_state(api, run["id"])) in TERMINAL and s, 90)
+    state = wait_for(
+        lambda: (s := run_state(api, run["id"])) in TERMINAL and s, 90, 0.5, what="the run to finish"
+    )
     assert state == "succeeded"
     record = api.get(f"/runs/{run['id']}").json()
     assert record["exit_code"] == 0 and record["output_urls_fresh"] is True
@@ -234,7 +227,7 @@ def start_long_run(api: Api, prefix: str) -> dict[str, Any]:
     response = api.post("/runs", json={"dataset": dataset, "spec": spec})
     assert response.status_code == 202, response.text
     run = response.json()
-    wait_for("the job to run", lambda: run_state(api, run["id"]) == "running", 90)
+    wait_for(lambda: run_state(api, run["id"]) == "running", 90, 0.5, what="the job to run")
     return api.get(f"/runs/{run['id']}").json()
 
 
@@ -256,17 +249,19 @@ def test_teardown_of_a_running_job_and_cluster_delete_refused_while_in_use(api: 
     assert torn.json()["job_deleted"] is True and torn.json()["cluster_deleted"] is True
     batchai = api.stack_batchai()
     wait_for(
-        "the job to be gone",
         lambda: (
             run["job_name"]
             not in {j.name for j in batchai.jobs.list_by_experiment(*api.rg_ws, run["experiment"])}
         ),
         30,
+        0.5,
+        what="the job to be gone",
     )
     wait_for(
-        "the cluster to be deleted",
         lambda: cluster not in {c.name for c in batchai.clusters.list_by_workspace(*api.rg_ws)},
         30,
+        0.5,
+        what="the cluster to be deleted",
     )
     again = api.delete(f"/runs/{run['id']}")
     assert again.status_code == 200 and again.json()["state"] == "cancelled"
@@ -297,10 +292,12 @@ def test_run_staged_from_a_blob_prefix(api: Api) -> None:
     )
     assert response.status_code == 202, response.text
     assert response.json()["stage_from_prefix"] == uploads  # staged out of band (the stage function)
-    wait_for("the run to be staged", lambda: run_state(api, response.json()["id"]) != "staging", 60)
+    wait_for(lambda: run_state(api, response.json()["id"]) != "staging", 60, 0.5, what="the run to be staged")
     run = api.get(f"/runs/{response.json()['id']}").json()
     assert {f["name"] for f in run["staged_files"]} == {"train.py", "data/part-0.txt"}
-    state = wait_for("the run to finish", lambda: (s := run_state(api, run["id"])) in TERMINAL and s, 90)
+    state = wait_for(
+        lambda: (s := run_state(api, run["id"])) in TERMINAL and s, 90, 0.5, what="the run to finish"
+    )
     assert state == "succeeded"
     # The blob trigger also saw the uploads (Event Grid delivered them), as a dataset of their own:
     # its invocations joined the run (or replayed it) and made no run for the folder.
@@ -310,7 +307,7 @@ def test_run_staged_from_a_blob_prefix(api: Api) -> None:
         attempts = requests.get(deliveries, timeout=10).json()["attempts"]
         return sum(1 for a in attempts if f"/blobs/{uploads}/" in a["subject"] and a["status"] == 202)
 
-    wait_for("the trigger's invocations for the uploads", lambda: delivered() == 2, 30)
+    wait_for(lambda: delivered() == 2, 30, 0.5, what="the trigger's invocations for the uploads")
     assert api.get("/runs", params={"dataset": uploads}).json()["runs"] == []
 
 
@@ -328,7 +325,7 @@ def test_metrics_of_a_run_over_http(api: Api) -> None:
         "state": run["state"],
         "metrics": {},
     }
-    wait_for("the run to finish", lambda: run_state(api, run["id"]) in TERMINAL, 90)
+    wait_for(lambda: run_state(api, run["id"]) in TERMINAL, 90, 0.5, what="the run to finish")
     body = api.get(f"/runs/{run['id']}/metrics").json()
     assert body["state"] == "succeeded"
     assert [(p["x"], p["value"]) for p in body["metrics"]["loss"]] == [(1, 1.0), (2, 0.5)]
@@ -386,7 +383,7 @@ def test_callback_secret_once_url_redacted_and_delivery_signed_over_the_full_url
         rows = json.dumps(list(table.query_entities(f"PartitionKey eq '{run['id']}'")), default=str)
         assert token not in rows and secret not in rows
 
-        wait_for("the callback", lambda: received, 90)
+        wait_for(lambda: received, 90, 0.5, what="the callback")
     finally:
         server.shutdown()
         server.server_close()
@@ -435,14 +432,17 @@ def test_an_uploaded_runs_callback_secret_is_issued_once(api: Api) -> None:
         manifest = {**TRAIN_SPEC, "files": ["train.py"], "callback_url": url}
         container.upload_blob(f"{dataset}/run.json", json.dumps(manifest).encode())
         runs = wait_for(
-            "the upload's run", lambda: api.get("/runs", params={"dataset": dataset}).json()["runs"]
+            lambda: api.get("/runs", params={"dataset": dataset}).json()["runs"],
+            60.0,
+            0.5,
+            what="the upload's run",
         )
         run_id = runs[0]["id"]
         issued = api.post(f"/runs/{run_id}/callback-secret")
         assert issued.status_code == 200, issued.text
         secret = issued.json()["callback_secret"]
         error(api.post(f"/runs/{run_id}/callback-secret"), 409, "CallbackSecretIssued")
-        wait_for("the callback", lambda: received, 90)
+        wait_for(lambda: received, 90, 0.5, what="the callback")
         headers, body = received[0]
         assert json.loads(body)["id"] == run_id
         assert verify(body, headers[SIGNATURE_HEADER], secret, url=url)

@@ -30,6 +30,7 @@ from azure.storage.fileshare import ShareClient, ShareServiceClient
 from infra.local.arm import urls
 from infra.local.arm.specvalidator import load_spec, validate
 from infra.local.stack import DEV_SUBSCRIPTION, HOST, launch, stop_process
+from infra.local.waiting import wait_for  # noqa: F401 (the one polling helper; the arm tests import it from here)
 
 SUB = DEV_SUBSCRIPTION
 # Fast but still real timings for the shared emulator while these tests run (restored afterwards).
@@ -183,17 +184,6 @@ def make_share(file_service: ShareServiceClient) -> Iterator[Callable[[dict[str,
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

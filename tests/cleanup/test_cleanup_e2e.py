@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from infra.local.waiting import wait_for
 from shared import monitor, run_starts, sdk_clients, services
 from shared.cleanup import Cleanup
 from shared.settings import Settings
 from tests.api.stackapp import TRAIN_SPEC, app_settings, stage_dataset
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +65,10 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
         svc, stack, "live",
         {**TRAIN_SPEC, "environment_variables": {"TRAIN_SECONDS": "120"}, "max_wall_clock_time": "PT1H"},
     )  # fmt: skip
-    wait_for("the short run to succeed", lambda: state_after_monitor(svc, done_id) == "succeeded", 90)
-    wait_for("the long run to run", lambda: state_after_monitor(svc, live_id) == "running", 60)
+    wait_for(
+        lambda: state_after_monitor(svc, done_id) == "succeeded", 90, 0.5, what="the short run to succeed"
+    )
+    wait_for(lambda: state_after_monitor(svc, live_id) == "running", 60, 0.5, what="the long run to run")
     done, live = svc.registry.get(done_id), svc.registry.get(live_id)
     compute = svc.cloud
     later = datetime.now(UTC) + timedelta(hours=100)  # past every retention; the live job past its 1 h
@@ -104,19 +96,28 @@ def test_cleanup_dry_run_then_for_real_with_its_report(api: Any, isolated: tuple
     assert {(a["kind"], a["target"]): a["result"] for a in real["actions"]} == dict.fromkeys(planned, "done")
     assert report_blob(settings, real_name)["summary"] == {"done": 6}
     wait_for(
-        "the finished job to be deleted",
         lambda: compute.get_job(compute.job_ref(done.experiment, done.job_name)) is None,
         30,
+        0.5,
+        what="the finished job to be deleted",
     )
-    wait_for("the empty experiment to be deleted", lambda: done.experiment not in experiments(compute), 30)
-    wait_for("the idle cluster to be deleted", lambda: compute.get_cluster(done.cluster) is None, 30)
+    wait_for(
+        lambda: done.experiment not in experiments(compute),
+        30,
+        0.5,
+        what="the empty experiment to be deleted",
+    )
+    wait_for(
+        lambda: compute.get_cluster(done.cluster) is None, 30, 0.5, what="the idle cluster to be deleted"
+    )
     assert not svc.share.get_directory_client("finished").exists()
     assert not svc.share.get_directory_client(done.snapshot).exists()
     # The live run's job was terminated as a runaway; its cluster, experiment and data are untouched.
     wait_for(
-        "the runaway to stop",
         lambda: state_after_monitor(svc, live_id) in ("failed", "succeeded", "cancelled"),
         30,
+        0.5,
+        what="the runaway to stop",
     )
     assert compute.get_cluster(live.cluster) is not None
     assert live.experiment in experiments(compute)

@@ -13,9 +13,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+from infra.local.waiting import wait_for
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = Path(__file__).resolve().parent / "app"
@@ -113,15 +117,12 @@ class HostProcess:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def wait_for(self, condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = condition()
-            if result:
-                return result
-            time.sleep(0.1)
-        raise AssertionError(
-            f"timed out after {timeout}s waiting for {what}; host log:\n{self.log()[-4000:]}"
+    def wait_for(
+        self, check: Callable[[], T], timeout: float = 15.0, interval: float = 0.1, *, what: str = "condition"
+    ) -> T:
+        """``infra.local.waiting.wait_for``, with the tail of this host's log in a timeout's message."""
+        return wait_for(
+            check, timeout, interval, what=what, detail=lambda: f"host log:\n{self.log()[-4000:]}"
         )
 
 

@@ -8,7 +8,6 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
+from infra.local.waiting import wait_for
 from samples.mnist import make_dataset
 from tests.api.stackapp import TRAIN_SPEC, Api, stage_dataset
 
@@ -25,20 +25,6 @@ pytestmark = pytest.mark.e2e
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "mnist"
 # Small and quick: three epochs, three points on each curve.
 SAMPLE_ARGUMENTS = "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL --epochs 3 --threads 1 --seed 1"
-
-
-def wait(what: str, check: Callable[[], Any], timeout: float = 180.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # the page is being redrawn: look again
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def upload_sample(api: Api, dataset: str, work: Path) -> None:
@@ -119,18 +105,29 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
 
     # The page itself is anonymous and asks for the key.
     browser.get(f"{api.base}/ui")
-    key_input = wait("the key form", lambda: browser.find_element(By.ID, "key-input").is_displayed())
+    key_input = wait_for(
+        lambda: browser.find_element(By.ID, "key-input").is_displayed(),
+        180.0,
+        0.25,
+        what="the key form",
+        retry_on=(Exception,),
+    )
     assert key_input
     assert browser.switch_to.active_element.get_attribute("id") == "key-input"  # focus is where to type
     assert unlabelled(browser) == []
     shot(browser, screenshots, "01-key")
     browser.find_element(By.ID, "key-input").send_keys(api.key)
     browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
-    row = wait(
-        "the sample's run in the list",
+    row = wait_for(
         lambda: browser.find_element(By.CSS_SELECTOR, "#runs-table tr[data-run] td[data-label=Dataset]"),
+        180.0,
+        0.25,
+        what="the sample's run in the list",
+        retry_on=(Exception,),
     )
-    run_id = wait("the run of the dataset", lambda: run_of(browser, dataset))
+    run_id = wait_for(
+        lambda: run_of(browser, dataset), 180.0, 0.25, what="the run of the dataset", retry_on=(Exception,)
+    )
     assert row is not None
     assert "refreshing every" in text(browser, "#refresh-note")  # an active run: the list refreshes itself
     assert unlabelled(browser) == []
@@ -139,7 +136,13 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     # The run's page: its curve, its timeline, its log. (That the curve is drawn and grows while a
     # job runs is shown on the paced run below: how fast the sample trains depends on the machine.)
     browser.find_element(By.CSS_SELECTOR, f"tr[data-run='{run_id}'] a").click()
-    wait("the run page", lambda: browser.find_element(By.ID, "run-facts").get_attribute("data-state"))
+    wait_for(
+        lambda: browser.find_element(By.ID, "run-facts").get_attribute("data-state"),
+        180.0,
+        0.25,
+        what="the run page",
+        retry_on=(Exception,),
+    )
     seen_points: list[int] = []
 
     def finished() -> bool:
@@ -150,11 +153,17 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
                 shot(browser, screenshots, "03-run-training")
         return browser.find_element(By.ID, "run-facts").get_attribute("data-state") in ("succeeded", "failed")
 
-    wait("the run to finish", finished, timeout=240)
+    wait_for(finished, 240, 0.25, what="the run to finish", retry_on=(Exception,))
     assert browser.find_element(By.ID, "run-facts").get_attribute("data-state") == "succeeded", text(
         browser, "#view"
     )
-    wait("the last points", lambda: points_of(browser, "test_accuracy") == 3)
+    wait_for(
+        lambda: points_of(browser, "test_accuracy") == 3,
+        180.0,
+        0.25,
+        what="the last points",
+        retry_on=(Exception,),
+    )
     assert {"loss", "accuracy", "test_loss", "test_accuracy"} <= {
         f.get_attribute("data-metric") for f in browser.find_elements(By.CSS_SELECTOR, "#charts figure")
     }
@@ -162,14 +171,19 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     states = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#timeline li .state")]
     assert states[0] == "staging" and "running" in states and states[-1] == "succeeded", states
     assert "succeeded" in text(browser, "#run-facts")  # the state in words, not only a colour
-    assert "Epoch 3/3" in wait("the log", lambda: text(browser, "#stdout"))
+    assert "Epoch 3/3" in wait_for(
+        lambda: text(browser, "#stdout"), 180.0, 0.25, what="the log", retry_on=(Exception,)
+    )
     assert not browser.find_element(By.ID, "cancel-run").is_displayed()  # nothing to cancel any more
     assert unlabelled(browser) == []
 
     # Its outputs: download links that work.
-    link = wait(
-        "the metrics.json link",
+    link = wait_for(
         lambda: browser.find_element(By.XPATH, "//ul[@id='outputs']//a[contains(., 'metrics.json')]"),
+        180.0,
+        0.25,
+        what="the metrics.json link",
+        retry_on=(Exception,),
     )
     shot(browser, screenshots, "04-run-succeeded")
     downloaded = requests.get(link.get_attribute("href"), timeout=30)
@@ -191,11 +205,27 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
 
     # The curve is drawn while the job runs, and grows (one epoch a second, until cancelled).
     browser.get(f"{api.base}/ui#/run/{long_run['id']}")
-    first = wait("the running job's first points", lambda: points_of(browser, "test_accuracy"), timeout=120)
-    wait("the curve to grow", lambda: points_of(browser, "test_accuracy") > first, timeout=60)
+    first = wait_for(
+        lambda: points_of(browser, "test_accuracy"),
+        120,
+        0.25,
+        what="the running job's first points",
+        retry_on=(Exception,),
+    )
+    wait_for(
+        lambda: points_of(browser, "test_accuracy") > first,
+        60,
+        0.25,
+        what="the curve to grow",
+        retry_on=(Exception,),
+    )
     assert browser.find_element(By.ID, "run-facts").get_attribute("data-state") == "running"
-    cancel = wait(
-        "the cancel button", lambda: (b := browser.find_element(By.ID, "cancel-run")).is_displayed() and b
+    cancel = wait_for(
+        lambda: (b := browser.find_element(By.ID, "cancel-run")).is_displayed() and b,
+        180.0,
+        0.25,
+        what="the cancel button",
+        retry_on=(Exception,),
     )
     cancel.click()
     dialog = browser.find_element(By.ID, "confirm-cancel")
@@ -205,9 +235,12 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     assert not dialog.is_displayed() and api.get(f"/runs/{long_run['id']}").json()["state"] != "cancelled"
     cancel.click()
     browser.find_element(By.ID, "confirm-yes").click()
-    wait(
-        "the run cancelled",
+    wait_for(
         lambda: browser.find_element(By.ID, "run-facts").get_attribute("data-state") == "cancelled",
+        180.0,
+        0.25,
+        what="the run cancelled",
+        retry_on=(Exception,),
     )
     assert "cancelled" in text(browser, "#run-facts")
     assert "cancelled on request" in text(browser, "#run-errors")
@@ -215,15 +248,20 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     assert api.get(f"/runs/{long_run['id']}").json()["state"] == "cancelled"
 
     # Compare the two runs of the sample's dataset.
-    wait(
-        "the second run to finish",
+    wait_for(
         lambda: api.get(f"/runs/{second.json()['id']}").json()["state"] == "succeeded",
         180,
+        0.25,
+        what="the second run to finish",
+        retry_on=(Exception,),
     )
     browser.get(f"{api.base}/ui#/compare/{dataset}")
-    figure = wait(
-        "the overlaid curves",
+    figure = wait_for(
         lambda: browser.find_element(By.CSS_SELECTOR, "#compare-charts figure[data-metric='test_accuracy']"),
+        180.0,
+        0.25,
+        what="the overlaid curves",
+        retry_on=(Exception,),
     )
     assert figure.get_attribute("data-series") == "2"
     assert unlabelled(browser) == []
@@ -235,8 +273,12 @@ def test_dashboard_follows_a_sample_run_cancels_one_and_compares_two(
     # ?code= in the URL works too, and does not stay in the address bar.
     browser.execute_script("sessionStorage.clear()")
     browser.get(f"{api.base}/ui?code={api.key}#/?dataset={dataset}")
-    wait(
-        "the runs list", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]")) == 2
+    wait_for(
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]")) == 2,
+        180.0,
+        0.25,
+        what="the runs list",
+        retry_on=(Exception,),
     )
     assert "code=" not in browser.current_url
     browser.set_window_size(390, 844)
@@ -299,21 +341,31 @@ def test_dashboard_shows_a_sweeps_leaderboard_and_trial_curves(api: Api, browser
         done = [r for r in runs if r.get("parent_id") is None and r["state"] in ("succeeded", "failed")]
         return done[0] if done else None
 
-    run = wait("the sweep to finish", parent, timeout=240)
+    run = wait_for(parent, 240, 0.25, what="the sweep to finish", retry_on=(Exception,))
     assert run["state"] == "succeeded", run
     browser.get(f"{api.base}/ui#/run/{run['id']}")
     with contextlib.suppress(Exception):  # the key, when this browser has not given it yet
         browser.find_element(By.ID, "key-input").send_keys(api.key)
         browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
-    rows = wait(
-        "the leaderboard", lambda: browser.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr") or None
+    rows = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr") or None,
+        180.0,
+        0.25,
+        what="the leaderboard",
+        retry_on=(Exception,),
     )
     assert len(rows) == 3
     assert rows[0].get_attribute("data-run") == run["sweep"]["best"]["trial"]  # best first
     assert "lr=0.1" in text(browser, "#sweep-best")
     stopped = [r for r in rows if r.get_attribute("data-stopped") == "true"]
     assert stopped and all("stopped early" in r.text for r in stopped)
-    figure = wait("the trial curves", lambda: browser.find_element(By.ID, "sweep-curves"))
+    figure = wait_for(
+        lambda: browser.find_element(By.ID, "sweep-curves"),
+        180.0,
+        0.25,
+        what="the trial curves",
+        retry_on=(Exception,),
+    )
     assert figure.get_attribute("data-series") == "3"
     assert "(stopped early)" in figure.find_element(By.CSS_SELECTOR, ".chart").get_attribute("aria-label")
     assert browser.find_elements(By.CSS_SELECTOR, "#sweep-curves canvas")
