@@ -50,9 +50,15 @@ TERMINATE_WAIT_SECONDS = 30.0
 LEAD_STDOUT_BY_TOOL = {"pytorch": "stdout-0.txt", "tensorflow": "stdout-wk-0.txt"}
 
 
+def _enum_value(value: Any) -> str | None:
+    """An SDK enum (or plain string) as its value."""
+    return None if value is None else str(getattr(value, "value", value))
+
+
 def _text(value: Any) -> str | None:
     """An SDK enum (or plain string) as its lowercase value."""
-    return None if value is None else str(getattr(value, "value", value)).lower()
+    text = _enum_value(value)
+    return None if text is None else text.lower()
 
 
 def _last_segment(resource_id: str | None) -> str | None:
@@ -109,9 +115,7 @@ def cluster_status(cluster: Any) -> ClusterStatus:
         name=cluster.name,
         id=cluster.id,
         vm_size=cluster.vm_size,
-        vm_priority=None
-        if cluster.vm_priority is None
-        else str(getattr(cluster.vm_priority, "value", cluster.vm_priority)),
+        vm_priority=_enum_value(cluster.vm_priority),
         allocation_state=_text(cluster.allocation_state),
         provisioning_state=_text(cluster.provisioning_state),
         current_node_count=cluster.current_node_count,

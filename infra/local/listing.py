@@ -55,3 +55,9 @@ def list_blobs_isolated(
         else:
             blobs.append(item)
     return blobs
+
+
+def blob_type(blob: Any) -> str | None:
+    """A listed blob's type as text (``BlockBlob``...): the SDK gives an enum or a plain string."""
+    value = blob.blob_type
+    return None if value is None else str(getattr(value, "value", value))

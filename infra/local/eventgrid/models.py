@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from ..listing import blob_type as listed_blob_type
+
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 # Event Grid's documented retry schedule (delivery-and-retry): after 10 s, 30 s, 1 min, 5 min,
 # 10 min, 30 min, 1 h, 3 h, 6 h, then every 12 h up to the event's time to live.
@@ -78,7 +80,7 @@ def blob_created_event(
     """One `Microsoft.Storage.BlobCreated` event in the Event Grid schema, from listed blob
     properties. The blob's URL is percent-encoded, as the storage service writes it."""
     settings = blob.content_settings
-    blob_type = str(getattr(blob.blob_type, "value", blob.blob_type) or "BlockBlob")
+    blob_type = listed_blob_type(blob) or "BlockBlob"
     return {
         "topic": topic,
         "subject": f"/blobServices/default/containers/{container}/blobs/{blob.name}",

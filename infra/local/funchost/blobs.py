@@ -35,7 +35,7 @@ from azure.storage.blob import (
     StorageStreamDownloader,
 )
 
-from ..listing import list_blobs_isolated
+from ..listing import blob_type, list_blobs_isolated
 from .app import FunctionSpec
 from .config import STORAGE, ConfigError, HostConfig
 from .invoker import Invoker
@@ -158,7 +158,7 @@ class BlobInputStream(BlobsInputStream):
         self._length = properties.size
         self._metadata = dict(properties.metadata or {})
         self._blob_properties = {
-            "BlobType": str(getattr(properties.blob_type, "value", properties.blob_type)),
+            "BlobType": str(blob_type(properties)),
             "ContentMD5": base64.b64encode(properties.content_settings.content_md5).decode()
             if properties.content_settings.content_md5
             else None,
@@ -477,7 +477,7 @@ class BlobTriggers:
         message = {
             "Type": "BlobTrigger",
             "FunctionId": trigger.spec.function_id,
-            "BlobType": str(getattr(blob.blob_type, "value", blob.blob_type)),
+            "BlobType": str(blob_type(blob)),
             "ContainerName": trigger.path.container,
             "BlobName": blob.name,
             "ETag": etag,
