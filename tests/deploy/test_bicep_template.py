@@ -448,7 +448,7 @@ def test_no_template_grants_a_role_that_could_widen_itself() -> None:
             assert role not in text, f"{path.name} grants {role}"
 
 
-# --- private network (issue 19 item 4, the network half) ------------------------------------------------
+# --- private network: the storage accounts behind private endpoints -----------------------------------------
 
 # Every storage service the app (and the Functions host) uses, by account: what needs a private endpoint
 # once the accounts are closed to the public network. The data account: blobs (training data, reports,
