@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from shared.compute_port import JobStatus
 from shared.registry import SNAPSHOT_ROOT, TERMINAL_STATES, dataset_key, parse_time
 
 if TYPE_CHECKING:  # annotations only
@@ -105,18 +106,8 @@ class RunInfo:
         return self.state not in TERMINAL_RUN_STATES
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    """A Batch AI job: experiment, cluster, execution state and times."""
-
-    name: str
-    experiment: str
-    state: str
-    cluster: str | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    max_wall_clock: timedelta | None = None
+# A job as the planner sees it: the compute port's own (its state, cluster, times, time limit).
+JobInfo = JobStatus
 
 
 @dataclass(frozen=True)
@@ -472,20 +463,6 @@ def _snapshot_owner(record: Any) -> str | None:
         return None
 
 
-def job_info(job: Any) -> JobInfo:
-    """A job of the compute port (shared.compute_port.JobStatus) as the planner sees it."""
-    return JobInfo(
-        name=job.name,
-        experiment=job.experiment,
-        state=job.state,
-        cluster=job.cluster,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        ended_at=job.ended_at,
-        max_wall_clock=job.max_wall_clock,
-    )
-
-
 class Cleanup:
     """Cleanup against the configured workspace, file share, registry and reports container, through
     the app's services (shared.services.build_services): the same compute backend as the pipeline."""
@@ -514,7 +491,7 @@ class Cleanup:
         jobs: list[JobInfo] = []
         for experiment in self.compute.list_experiments():
             experiments.append(ExperimentInfo(experiment.name, experiment.created_at))
-            jobs.extend(job_info(job) for job in self.compute.list_jobs(experiment.name))
+            jobs.extend(self.compute.list_jobs(experiment.name))
         clusters = [ClusterInfo(c.name, c.created_at) for c in self.compute.list_clusters().values()]
         return Inventory(runs, jobs, clusters, experiments, self._staged_datasets(), self._snapshots())
 
