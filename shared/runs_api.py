@@ -294,7 +294,8 @@ def _same_request(record: RunRecord, dataset: str, spec: RunSpec, prefix: str | 
     return record.spec is None or record.spec == spec.to_json_dict()
 
 
-def start_run(request: ApiRequest) -> ApiResponse:
+def _idempotency_key(request: ApiRequest) -> str | None:
+    """The request's Idempotency-Key, stripped (None without one); 400 when empty or too long."""
     key = request.header("idempotency-key")
     if key is not None and not (0 < len(key.strip()) <= MAX_IDEMPOTENCY_KEY):
         raise ApiError(
@@ -303,7 +304,11 @@ def start_run(request: ApiRequest) -> ApiResponse:
             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
             details=[{"field": "Idempotency-Key", "message": f"1-{MAX_IDEMPOTENCY_KEY} characters"}],
         )
-    key = key.strip() if key else None
+    return key.strip() if key else None
+
+
+def start_run(request: ApiRequest) -> ApiResponse:
+    key = _idempotency_key(request)
     body = json_body(request)
     dataset, spec, prefix = parse_start_request(body)
 
@@ -329,15 +334,7 @@ def start_run(request: ApiRequest) -> ApiResponse:
 def resubmit_run(request: ApiRequest) -> ApiResponse:
     """POST /api/runs/{id}/resubmit: body `{"overrides": {<run spec fields>}}` (optional)."""
     run_id = _run_id(request)
-    key = request.header("idempotency-key")
-    if key is not None and not (0 < len(key.strip()) <= MAX_IDEMPOTENCY_KEY):
-        raise ApiError(
-            400,
-            "InvalidIdempotencyKey",
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
-            details=[{"field": "Idempotency-Key", "message": f"1-{MAX_IDEMPOTENCY_KEY} characters"}],
-        )
-    key = key.strip() if key else None
+    key = _idempotency_key(request)
     body = json_body(request) if request.body.strip() else {}
     if not isinstance(body, dict):
         raise _invalid("(root)", "expected a JSON object")
