@@ -46,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.settings import check_key_vault_secret_url, is_loopback_url
+from shared.settings import check_key_vault_secret_url, is_key_vault_resource_id, is_loopback_url
 from shared.sweep import SweepSpec, placeholders
 
 if TYPE_CHECKING:  # annotations only
@@ -337,11 +337,7 @@ class KeyVaultSecret(_Strict):
     @field_validator("key_vault_resource_id")
     @classmethod
     def _vault_id(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(
-            r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.KeyVault/vaults/[^/]+$",
-            value,
-            re.IGNORECASE,
-        ):
+        if value is not None and not is_key_vault_resource_id(value):
             raise ValueError("expected a Key Vault resource id")
         return value
 

@@ -135,6 +135,17 @@ def _https_or_loopback_url(value: str) -> str:
 _KEY_VAULT_SECRET_PATH = re.compile(r"^/secrets/[0-9A-Za-z-]{1,127}(/[0-9A-Za-z]{1,64})?/?$")
 
 
+_KEY_VAULT_RESOURCE_ID = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.KeyVault/vaults/[^/]+$", re.IGNORECASE
+)
+
+
+def is_key_vault_resource_id(value: str) -> bool:
+    """``/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<name>``: the one
+    check (run specs and settings use it)."""
+    return _KEY_VAULT_RESOURCE_ID.match(value) is not None
+
+
 def check_key_vault_secret_url(value: str) -> str:
     """The one check of a Key Vault secret URL (run specs and settings use it):
     ``https://<vault host>/secrets/<name>[/<version>]``, nothing before ``/secrets/``, no query or
@@ -442,11 +453,7 @@ class Settings(BaseModel):
     @field_validator("key_vault_resource_id")
     @classmethod
     def _vault_id(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(
-            r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.KeyVault/vaults/[^/]+$",
-            value,
-            re.IGNORECASE,
-        ):
+        if value is not None and not is_key_vault_resource_id(value):
             raise ValueError(
                 "expected a Key Vault resource id "
                 "'/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<name>'"

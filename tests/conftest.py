@@ -26,3 +26,16 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionSta
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def app_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The local stack's app settings (``local_stack_values``) in the environment, and the settings
+    read afresh before and after the test: for unit tests of code that reads ``get_settings()``."""
+    from shared.settings import local_stack_values, reset_settings
+
+    for key, value in local_stack_values().items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    yield
+    reset_settings()

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from shared import runs_api
 from shared.http import MAX_BODY_BYTES, ApiError, ApiRequest, json_body
 from shared.openapi import ROUTES
-from shared.settings import local_stack_values, reset_settings
+from shared.settings import local_stack_values
 
-
-@pytest.fixture(autouse=True)
-def app_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in local_stack_values().items():
-        monkeypatch.setenv(key, value)
-    reset_settings()
-    yield
-    reset_settings()
+# The local stack's app settings in the environment, read afresh by each test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("app_settings")
 
 
 def post(body: bytes | str, content_type: str | None = "application/json", **headers: str) -> ApiRequest:
@@ -215,7 +208,7 @@ def test_retirement_error_is_recognised() -> None:
 
     from shared.batchai_sdk import BatchAISdk
     from shared.compute_port import ComputeError
-    from shared.settings import Settings, local_stack_values
+    from shared.settings import Settings
 
     exc = HttpResponseError(response=Response())
     with (

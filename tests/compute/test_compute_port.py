@@ -4,7 +4,6 @@ modules know a training service."""
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from shared import runs_api, services
 from shared.batchai_backend import BatchAIBackend
 from shared.cleanup import Cleanup
 from shared.compute_port import ClusterStatus, ComputeBackend
-from shared.settings import local_stack_values, reset_settings
+from shared.settings import reset_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # The modules allowed to know Batch AI (its SDK, request builders and client).
@@ -29,15 +28,6 @@ SERVICE_MODULES = (
     "azure.mgmt.batchai",
     "shared.batchai_backend",
 )
-
-
-@pytest.fixture
-def app_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in local_stack_values().items():
-        monkeypatch.setenv(key, value)
-    reset_settings()
-    yield
-    reset_settings()
 
 
 def test_every_entry_point_receives_the_one_backend(app_settings: None) -> None:
