@@ -52,13 +52,17 @@ def test_vars_expand_like_the_service() -> None:
 def test_share_urls_map_to_the_files_root(backend: Backend, tmp_path: Path) -> None:
     root = tmp_path / "shares"
     assert (
-        backend.resolve_share("http://127.0.0.1:10004/devstoreaccount1/share")
+        backend.mounts.resolve_share("http://127.0.0.1:10004/devstoreaccount1/share")
         == root / "devstoreaccount1/share"
     )
-    assert backend.resolve_share("https://acct.file.core.windows.net/share/dir") == root / "acct/share/dir"
-    assert backend.resolve_share("http://127.0.0.1:9999/devstoreaccount1/share") is None  # another endpoint
-    assert backend.resolve_share("http://127.0.0.1:10004/devstoreaccount1/../etc") is None
-    assert backend.resolve_share("nfs://server/share") is None
+    assert (
+        backend.mounts.resolve_share("https://acct.file.core.windows.net/share/dir")
+        == root / "acct/share/dir"
+    )
+    # another endpoint
+    assert backend.mounts.resolve_share("http://127.0.0.1:9999/devstoreaccount1/share") is None
+    assert backend.mounts.resolve_share("http://127.0.0.1:10004/devstoreaccount1/../etc") is None
+    assert backend.mounts.resolve_share("nfs://server/share") is None
 
 
 def serve_outputs_from(backend: Backend, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
@@ -185,12 +189,12 @@ def test_blob_mount_keys_come_from_the_request_else_the_stack(tmp_path: Path) ->
     backend = Backend(
         Config(data_dir=tmp_path / "arm", files_root=tmp_path / "shares", storage_accounts={"acct": ["k1"]})
     )
-    assert backend._mount_key("acct", {"accountKey": "given"}) == "given"
+    assert backend.mounts.mount_key("acct", {"accountKey": "given"}) == "given"
     # A key the state file did not keep (restart), or a Key Vault reference: the stack's own key.
-    assert backend._mount_key("acct", {"accountKey": SECRET_PLACEHOLDER}) == "k1"
-    assert backend._mount_key("acct", {"accountKeySecretReference": {"secretUrl": "x"}}) == "k1"
-    assert backend._mount_key("other", {"accountKey": SECRET_PLACEHOLDER}) is None
-    assert backend._mount_key("acct", {}) is None
+    assert backend.mounts.mount_key("acct", {"accountKey": SECRET_PLACEHOLDER}) == "k1"
+    assert backend.mounts.mount_key("acct", {"accountKeySecretReference": {"secretUrl": "x"}}) == "k1"
+    assert backend.mounts.mount_key("other", {"accountKey": SECRET_PLACEHOLDER}) is None
+    assert backend.mounts.mount_key("acct", {}) is None
 
 
 def test_a_state_file_of_the_dict_backend_loads_and_answers_the_same(tmp_path: Path) -> None:

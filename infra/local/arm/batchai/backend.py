@@ -13,8 +13,6 @@ starting jobs' processes through the job runner, which reports back through call
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import random
@@ -26,7 +24,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from infra.local.arm import blobfs
 from infra.local.arm.batchai.models import (
@@ -42,7 +39,8 @@ from infra.local.arm.batchai.models import (
     Workspace,
     workspace_id,
 )
-from infra.local.arm.blobfs import BlobMount, account_endpoint
+from infra.local.arm.batchai.mounts import VolumeMounts
+from infra.local.arm.blobfs import BlobMount
 from infra.local.arm.common import (
     SECRET_PLACEHOLDER,
     Config,
@@ -87,11 +85,12 @@ class Backend:
         self.secret = ""
         self.dirty = False
         self.node_random = random.Random(config.node_failure_seed)
+        self.mounts = VolumeMounts(config, self._file_server_export)
         self.runner = JobRunner(
             JobCallbacks(
                 exited=self.job_process_exited,
                 launched=self._job_process_launched,
-                mount_volumes=self.mount_volumes,
+                mount_volumes=self.mounts.mount_volumes,
             ),
             python=config.job_python,
         )
@@ -650,7 +649,7 @@ class Backend:
         mount_root = cluster.node_root / node["id"] / "mounts"
         mount_root.mkdir(parents=True, exist_ok=True)
         blob_mounts: list[BlobMount] = []
-        errors = self.mount_volumes(
+        errors = self.mounts.mount_volumes(
             cluster.meta["node_setup"].get("mountVolumes") or {}, mount_root, blob_mounts
         )
         if self.config.node_failure_rate and self.node_random.random() < self.config.node_failure_rate:
@@ -674,6 +673,11 @@ class Backend:
             return
         cluster.finish_node_setup(node, errors)
 
+    def _file_server_export(self, file_server_id: str) -> Path | None:
+        """The directory a file server exports (for mounts that name it); None if it does not exist."""
+        server = self.state["fileServers"].get(resource_key(file_server_id))
+        return Path(server["meta"]["export_dir"]) if server else None
+
     def _mount_node_containers(self, cluster_id: str, node_id: str, mounts: list[BlobMount]) -> None:
         errors = []
         for mount in mounts:
@@ -692,119 +696,6 @@ class Backend:
             cluster.finish_node_setup(node, errors)
             self._update_node_counts(cluster, time.time())
             self.dirty = True
-
-    def resolve_share(self, url: str) -> Path | None:
-        """`<files-endpoint>/<share>` or `https://<account>.file.core.windows.net/<share>` to the
-        Files emulator's `<files-root>/<account>/<share>`; None if the URL is neither."""
-        parsed = urlparse(url)
-        parts = [p for p in parsed.path.split("/") if p]
-        host = (parsed.hostname or "").lower()
-        if host.endswith(".file.core.windows.net") and len(parts) >= 1:
-            account, share, rest = host.split(".", 1)[0], parts[0], parts[1:]
-        elif parsed.scheme in ("http", "https") and len(parts) >= 2:
-            endpoint = urlparse(self.config.files_endpoint)
-            if parsed.port and endpoint.port and parsed.port != endpoint.port:
-                return None
-            account, share, rest = parts[0], parts[1], parts[2:]
-        else:
-            return None
-        if any(p in ("..", ".") for p in [account, share, *rest]):
-            return None
-        return (
-            Path(self.config.files_root) / account / share / Path(*rest)
-            if rest
-            else (Path(self.config.files_root) / account / share)
-        )
-
-    def mount_volumes(
-        self, volumes: dict[str, Any], mount_root: Path, blob_mounts: list[BlobMount] | None = None
-    ) -> list[dict[str, Any]]:
-        """Create `mount_root/<relativeMountPath>` symlinks; the errors Azure reports for failed mounts.
-
-        Blob containers get a cache directory next to the mount root; their `BlobMount`s are appended
-        to `blob_mounts` for the caller to read in (`blobfs.pull`) and write back (`blobfs.push`)."""
-        errors: list[dict[str, Any]] = []
-
-        def link(relative: str, target: Path) -> None:
-            path = mount_root / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink() or path.exists():
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            path.symlink_to(target, target_is_directory=True)
-
-        for share in volumes.get("azureFileShares") or []:
-            target = self.resolve_share(share["azureFileUrl"])
-            if target is None or not target.is_dir():
-                errors.append(
-                    {
-                        "code": "AzureFileShareMountFailed",
-                        "message": f"Cannot mount Azure File share {share['azureFileUrl']}: "
-                        + (
-                            "the URL is not an Azure Files share URL this emulator serves"
-                            if target is None
-                            else "the specified share does not exist (ShareNotFound)"
-                        ),
-                        "details": [
-                            {"name": "azureFileUrl", "value": share["azureFileUrl"]},
-                            {"name": "relativeMountPath", "value": share["relativeMountPath"]},
-                        ],
-                    }
-                )
-                continue
-            link(share["relativeMountPath"], target)
-        for blob in volumes.get("azureBlobFileSystems") or []:
-            target = mount_root.parent / "blobfs" / blob["relativeMountPath"].strip("/")
-            target.mkdir(parents=True, exist_ok=True)
-            link(blob["relativeMountPath"], target)
-            credentials = blob.get("credentials") or {}
-            mount = BlobMount(
-                account=blob["accountName"],
-                container=blob["containerName"],
-                relative_mount_path=blob["relativeMountPath"],
-                cache=str(target),
-                endpoint=account_endpoint(self.config.storage_endpoints.get("blob"), blob["accountName"]),
-                key=self._mount_key(blob["accountName"], credentials),
-            )
-            if blob_mounts is not None:
-                blob_mounts.append(mount)
-        for ref in volumes.get("fileServers") or []:
-            server = self.state["fileServers"].get(resource_key(ref["fileServer"]["id"]))
-            if not server:
-                errors.append(
-                    {
-                        "code": "FileServerMountFailed",
-                        "message": f"Cannot mount file server {ref['fileServer']['id']}: it does not exist",
-                        "details": [{"name": "fileServer", "value": ref["fileServer"]["id"]}],
-                    }
-                )
-                continue
-            target = Path(server["meta"]["export_dir"])
-            if ref.get("sourceDirectory"):
-                target = target / ref["sourceDirectory"].strip("/")
-                target.mkdir(parents=True, exist_ok=True)
-            link(ref["relativeMountPath"], target)
-        for fs in volumes.get("unmanagedFileSystems") or []:
-            target = (
-                self.config.data_dir
-                / "unmanaged"
-                / hashlib.sha1(fs["mountCommand"].encode()).hexdigest()[:12]
-            )
-            target.mkdir(parents=True, exist_ok=True)
-            link(fs["relativeMountPath"], target)
-        return errors
-
-    def _mount_key(self, account: str, credentials: dict[str, Any]) -> str | None:
-        """The key a blob mount signs with: the one given; for a Key Vault secret reference (the local
-        stack has no Key Vault), or a key the state file did not keep across a restart, the stack's own
-        key for that account (none for an account it does not serve)."""
-        given = credentials.get("accountKey")
-        if given and given != SECRET_PLACEHOLDER:
-            return given
-        if not credentials.get("accountKeySecretReference") and given != SECRET_PLACEHOLDER:
-            return None
-        keys = self.config.storage_accounts.get(account)
-        return keys[0] if keys else None
 
     # --- jobs ------------------------------------------------------------------------------------
     def job_id(self, sub: str, rg: str, ws: str, exp: str, job: str) -> str:
