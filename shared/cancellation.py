@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from shared import services
-from shared.registry import ACTIVE_STATES, CANCELLED, TERMINAL_STATES, RunRecord, TransitionRejected, utcnow
+from shared.registry import ACTIVE_STATES, CANCELLED, TERMINAL_STATES, RunError, RunRecord, TransitionRejected
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,7 @@ def cancel_run(run_id: str, *, delete_cluster: bool = False, svc: Services | Non
                 run_id,
                 CANCELLED,
                 ACTIVE_STATES,
-                add_error={"code": "Cancelled", "message": "cancelled on request", "time": utcnow()},
-                callback_pending=bool(rec.callback_url),
+                error=RunError("Cancelled", "cancelled on request"),
             )
         except TransitionRejected as rejected:
             rec = rejected.current

@@ -5,7 +5,7 @@ of making another run; a staging run the trigger made for these blobs with no ma
 adopted by the request (``claim_folder``); the trigger's other staging runs of the folder are
 cancelled as superseded. An invocation that finds its run adopted meanwhile raises ``Adopted`` and
 joins it (``shared.ingest``); failing a staging run respects the same rule
-(``shared.submission.fail_staging``)."""
+(``shared.submission.fail_run`` with ``folder``)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from shared.registry import (
     CANCELLED,
     STAGING,
     ConcurrencyError,
+    RunError,
     RunRecord,
     TransitionRejected,
-    utcnow,
 )
 from shared.services import Services
 
@@ -119,7 +119,6 @@ def _adoptable(rec: RunRecord) -> bool:
 def _supersede(svc: Services, rec: RunRecord, why: str) -> None:
     """Cancel a staging run of the blob trigger that a run started over HTTP replaces (no-op if it
     left staging, or if another HTTP start adopted it meanwhile: that run is another request's)."""
-    error = {"code": "Superseded", "message": why, "time": utcnow()}
 
     def still_the_triggers(r: RunRecord) -> None:
         if r.source == "api":
@@ -131,7 +130,6 @@ def _supersede(svc: Services, rec: RunRecord, why: str) -> None:
             CANCELLED,
             STAGING,
             guard=still_the_triggers,
-            add_error=error,
-            callback_pending=bool(rec.callback_url),
+            error=RunError("Superseded", why),
         )
         log.info("run %s superseded: %s", rec.run_id, why, extra=rec.log_extra())

@@ -47,6 +47,7 @@ from shared.folder_claims import Adopted, staged_by_request, started_from_folder
 from shared.registry import (
     FAILED,
     STAGING,
+    RunError,
     RunNotFound,
     RunRecord,
     TransitionRejected,
@@ -67,7 +68,7 @@ from shared.submission import (
     check_ready,
     data_dir,
     dataset_blobs,
-    fail_staging,
+    fail_run,
     needs_preparation,
     prepare_infrastructure,
     read_manifest,
@@ -169,15 +170,22 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
                 return _ingest(blob_name, svc)  # submitted meanwhile (see below): decide again
             except TooManyFiles as exc:
                 manifest_etag = etag_of(manifest_props)
-                fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset, manifest_etag=manifest_etag)
+                fail_run(
+                    svc,
+                    rec,
+                    RunError(exc.code, str(exc)),
+                    STAGING,
+                    folder=ref.dataset,
+                    manifest_etag=manifest_etag,
+                )
                 return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
             except RunSpecError as exc:
                 message = f"{ref.dataset}/{MANIFEST_NAME}: {exc}"
-                fail_staging(
+                fail_run(
                     svc,
                     rec,
-                    "InvalidManifest",
-                    message,
+                    RunError("InvalidManifest", message),
+                    STAGING,
                     folder=ref.dataset,
                     manifest_etag=etag_of(manifest_props),
                 )
@@ -192,12 +200,11 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
             # top: the same manifest version is then a replay, a newer one starts the next run.
             return _ingest(blob_name, svc)
         except TooManyFiles as exc:
-            fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset, manifest_etag=etag)
+            fail_run(svc, rec, RunError(exc.code, str(exc)), STAGING, folder=ref.dataset, manifest_etag=etag)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         except RunSpecError as exc:
-            fail_staging(
-                svc, rec, "InvalidManifest", f"{blob_name}: {exc}", folder=ref.dataset, manifest_etag=etag
-            )
+            error = RunError("InvalidManifest", f"{blob_name}: {exc}")
+            fail_run(svc, rec, error, STAGING, folder=ref.dataset, manifest_etag=etag)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         preparing = _start_preparing(svc, rec, spec) if needs_preparation(svc, rec, spec) else None
         try:
@@ -238,7 +245,7 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
                 return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
             if exc.retryable:
                 raise  # transient: let the trigger retry (and poison after its retries)
-            fail_staging(svc, rec, exc.code, str(exc), folder=ref.dataset)
+            fail_run(svc, rec, RunError(exc.code, str(exc)), STAGING, folder=ref.dataset)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         svc.registry.add_staged_files(rec.run_id, [staged])
         if _arrived_after_submission(svc, rec.run_id, ref.path):
@@ -364,7 +371,7 @@ def _bad_blob(svc: Services, blob_name: str, exc: StagingError) -> IngestResult:
     rec, _ = svc.registry.claim_staging_run(
         dataset, staging_deadline=staging_deadline(svc), source="blob", seen=pointer
     )
-    fail_staging(svc, rec, exc.code, str(exc), blob=blob_name, folder=dataset)
+    fail_run(svc, rec, RunError(exc.code, str(exc), details={"blob": blob_name}), STAGING, folder=dataset)
     return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
 
 

@@ -71,6 +71,7 @@ from shared.registry import (
     TERMINAL_STATES,
     OutputFile,
     RegistryError,
+    RunError,
     RunNotFound,
     RunRecord,
     RunRegistry,
@@ -206,13 +207,8 @@ def _check_staging(svc: Services, now: datetime, report: MonitorReport) -> list[
                     else "staging timed out: every file arrived but the job could not be submitted "
                     "(the cluster or Batch AI kept refusing; see the function's log)"
                 )
-            error = {
-                "code": "StagingTimeout",
-                "message": message,
-                "time": utcnow(),
-                "missing_files": missing[:200],
-            }
-            _move(svc, full, FAILED, report, add_error=error, callback_pending=bool(full.callback_url))
+            error = RunError("StagingTimeout", message, details={"missing_files": missing[:200]})
+            _move(svc, full, FAILED, report, error=error)
             log.warning("run %s: %s", rec.run_id, message, extra=rec.log_extra())
         except (ComputeError, HttpResponseError, RegistryError) as exc:
             report.errors.append(f"{rec.run_id}: {exc}")
@@ -322,9 +318,9 @@ def _run_failed_unexpectedly(svc: Services, rec: RunRecord, exc: Exception, repo
     report.errors.append(f"{rec.run_id}: {type(exc).__name__}: {exc}")
     if isinstance(exc, RunSpecError):
         log.warning("run %s: its spec is invalid: %s", rec.run_id, exc, extra=rec.log_extra())
-        error = {"code": "InvalidSpec", "message": str(exc)[:2000], "errors": exc.errors, "time": utcnow()}
+        error = RunError("InvalidSpec", str(exc)[:2000], details={"errors": exc.errors})
         try:
-            _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url))
+            _move(svc, rec, FAILED, report, error=error)
         except Exception as again:
             log.warning("run %s: could not record the failure: %s", rec.run_id, again, extra=rec.log_extra())
         return
@@ -349,7 +345,7 @@ def _reconcile(
         return
     if state == "running":
         if rec.state != RUNNING:
-            _move(svc, rec, RUNNING, report, time=start or utcnow(), extra_times=_skipped(rec, QUEUED, job))
+            _move(svc, rec, RUNNING, report, at=start or utcnow(), earlier_times=_skipped(rec, QUEUED, job))
         return
     if state == "queued":
         errors = _cluster_failure(cluster)
@@ -406,13 +402,12 @@ def _fail_for_cluster(
     svc: Services, rec: RunRecord, errors: list[dict[str, Any]], report: MonitorReport
 ) -> None:
     first = errors[0]
-    error = {
-        "code": "ClusterFailed",
-        "message": f"cluster {rec.cluster} failed to provision: {first['code']}: {first['message']}",
-        "cluster_errors": errors,
-        "time": utcnow(),
-    }
-    if _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url)):
+    error = RunError(
+        "ClusterFailed",
+        f"cluster {rec.cluster} failed to provision: {first['code']}: {first['message']}",
+        details={"cluster_errors": errors},
+    )
+    if _move(svc, rec, FAILED, report, error=error):
         log.warning("run %s failed: cluster %s has errors", rec.run_id, rec.cluster, extra=rec.log_extra())
         with contextlib.suppress(ComputeError, HttpResponseError):
             svc.cloud.terminate_and_delete_job(svc.cloud.job_names(rec.run_id, rec.dataset))
@@ -424,12 +419,8 @@ def _job_missing(
     """No job in the listing: its creation failed or never happened (create it again), or it was
     deleted behind our back (the run fails)."""
     if rec.submitted_at:
-        error = {
-            "code": "JobNotFound",
-            "message": f"job {rec.job_name} no longer exists in Batch AI",
-            "time": utcnow(),
-        }
-        _move(svc, rec, FAILED, report, add_error=error, callback_pending=bool(rec.callback_url))
+        error = RunError("JobNotFound", f"job {rec.job_name} no longer exists in Batch AI")
+        _move(svc, rec, FAILED, report, error=error)
         return
     entered = parse_time(rec.times.get(rec.state)) or now
     if now - entered < RESUBMIT_GRACE:
@@ -449,7 +440,7 @@ def _job_missing(
 def _finish(svc: Services, rec: RunRecord, job: JobStatus, state: str, report: MonitorReport) -> None:
     exit_code = job.exit_code
     end = _ts(job.ended_at) or utcnow()
-    errors = [{"code": e.code or "JobError", "message": e.message or "", "time": end} for e in job.errors]
+    errors = [RunError(e.code or "JobError", e.message or "", end).to_json() for e in job.errors]
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
     outputs = collect_outputs(svc, rec, names)
     # Names and sizes only: a download URL is a signed link that expires (GET /api/runs/{id} lists
@@ -458,7 +449,7 @@ def _finish(svc: Services, rec: RunRecord, job: JobStatus, state: str, report: M
     tail = stdout_tail(outputs, svc.settings.max_stdout_tail_bytes)
     target = SUCCEEDED if state == "succeeded" else FAILED
     if target == FAILED and not errors:
-        errors = [{"code": "JobFailed", "message": f"the job exited with code {exit_code}", "time": end}]
+        errors = [RunError("JobFailed", f"the job exited with code {exit_code}", end).to_json()]
     extra = _skipped(rec, QUEUED, job)
     final_metrics: dict[str, Any] = {}
     try:
@@ -484,11 +475,10 @@ def _finish(svc: Services, rec: RunRecord, job: JobStatus, state: str, report: M
             rec.run_id,
             target,
             rec.state,
-            time=end,
-            extra_times=extra,
+            at=end,
+            earlier_times=extra,
             exit_code=exit_code,
             stdout_tail=tail,
-            callback_pending=bool(rec.callback_url),
             **final_metrics,
         )
     except TransitionRejected as rejected:

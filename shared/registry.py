@@ -250,6 +250,21 @@ class OutputFile:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class RunError:
+    """One entry of a run's ``errors``: what went wrong (``code``, ``message``) and when. Stored as
+    ``{"code", "message", "time", **details}``; ``details`` carries what some errors add (the blob a
+    staging error names, a spec's field errors, a cluster's own errors, missing files)."""
+
+    code: str
+    message: str
+    time: str = field(default_factory=utcnow)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "time": self.time, **self.details}
+
+
 @dataclass
 class RunRecord:
     """One run as the registry holds it. ``times`` maps each state entered to its ISO time."""
@@ -902,15 +917,23 @@ class RunRegistry:
         *,
         current: RunRecord | None = None,
         guard: Callable[[RunRecord], Any] | None = None,
+        error: RunError | None = None,
+        at: str | None = None,
+        earlier_times: dict[str, str] | None = None,
         **changes: Any,
     ) -> RunRecord:
         """Move a run to ``to_state`` if it is now in ``expected_from`` (default: any state the
-        transition table allows), applying ``changes`` in the same write. A compare-and-swap on
-        the ETag: of two racing callers exactly one wins; the other (and every replay) gets
-        ``TransitionRejected`` with the record as it now is. Records the time of the new state.
-        ``current``: the run as the caller last read or wrote it (with its ETag), tried first
-        without reading it again (see ``_cas``). ``guard(run)``: called on the run as written
-        against, first; it may raise to abort (a condition beyond the state)."""
+        transition table allows), applying ``changes`` (run fields) in the same write. A
+        compare-and-swap on the ETag: of two racing callers exactly one wins; the other (and every
+        replay) gets ``TransitionRejected`` with the record as it now is. ``current``: the run as
+        the caller last read or wrote it (with its ETag), tried first without reading it again (see
+        ``_cas``). ``guard(run)``: called on the run as written against, first; it may raise to
+        abort (a condition beyond the state).
+
+        What entering a state also does is done here, not by callers: the state's time is recorded
+        (``at``, default now; ``earlier_times``: states passed between two polls, never
+        overwriting), ``error`` is appended to the run's errors, and entering a terminal state marks
+        a run with a callback as owing it (``callback_pending``, delivered by the monitor)."""
         if to_state not in STATES:
             raise RegistryError(f"unknown state {to_state!r}; states are {', '.join(STATES)}")
         expected = (
@@ -933,13 +956,33 @@ class RunRegistry:
                     f" (expected from {', '.join(sorted(expected))})",
                     rec,
                 )
-            _apply(rec, changes)
+            _apply(rec, changes, error)
+            if earlier_times:
+                rec.times = {**earlier_times, **rec.times}
             rec.state = to_state
-            rec.times[to_state] = changes.get("time") or utcnow()
+            rec.times[to_state] = at or utcnow()
+            if to_state in TERMINAL_STATES and rec.callback_url:
+                rec.callback_pending = True
 
         rec = self._cas(run_id, mutate, current)
         log.info("run %s -> %s", run_id, to_state, extra=rec.log_extra())
         return rec
+
+    def fail(
+        self,
+        run_id: str,
+        error: RunError,
+        expected_from: str | Iterable[str] = ACTIVE_STATES,
+        *,
+        current: RunRecord | None = None,
+        guard: Callable[[RunRecord], Any] | None = None,
+        **changes: Any,
+    ) -> RunRecord:
+        """Fail a run with ``error``: the one way a run fails (``transition`` to ``failed``, so its
+        callback is owed and the error recorded in the same write)."""
+        return self.transition(
+            run_id, FAILED, expected_from, current=current, guard=guard, error=error, **changes
+        )
 
     def reopen(
         self,
@@ -984,12 +1027,13 @@ class RunRegistry:
         *,
         expected_state: str | Iterable[str] | None = None,
         current: RunRecord | None = None,
+        error: RunError | None = None,
         **changes: Any,
     ) -> RunRecord:
         """Change fields of a run (not its state) with compare-and-swap retries: read, apply
-        ``changes`` and/or ``mutate(record)`` (which edits the record in place; it may raise to
-        abort, and is called again on each retry), write with the ETag, repeat on a lost race.
-        With ``expected_state``, a run in another state raises ``TransitionRejected``.
+        ``changes``, append ``error`` and/or call ``mutate(record)`` (which edits the record in
+        place; it may raise to abort, and is called again on each retry), write with the ETag,
+        repeat on a lost race. With ``expected_state``, a run in another state raises ``TransitionRejected``.
         ``current``: the run as the caller last read or wrote it (with its ETag), tried first
         without reading it again (see ``_cas``)."""
         if "state" in changes:
@@ -1002,7 +1046,7 @@ class RunRegistry:
                     f"run {rec.run_id} is {rec.state}, expected {', '.join(sorted(expected))}", rec
                 )
             before = rec.state
-            _apply(rec, changes)
+            _apply(rec, changes, error)
             if mutate is not None:
                 mutate(rec)
             if rec.state != before:
@@ -1411,7 +1455,7 @@ class RunRegistry:
                 time.sleep(0.05)
 
 
-def _apply(rec: RunRecord, changes: dict[str, Any]) -> None:
+def _apply(rec: RunRecord, changes: dict[str, Any], error: RunError | None = None) -> None:
     allowed = {f.name for f in dataclasses.fields(RunRecord)} - {
         "run_id",
         "etag",
@@ -1420,14 +1464,8 @@ def _apply(rec: RunRecord, changes: dict[str, Any]) -> None:
         "output_files",
     }
     for key, value in changes.items():
-        if key == "time":
-            continue
-        if key == "add_error":
-            rec.errors = [*rec.errors, value]
-            continue
-        if key == "extra_times":  # times of states passed between two polls; never overwrites
-            rec.times = {**value, **rec.times}
-            continue
         if key not in allowed:
             raise RegistryError(f"unknown or read-only run field {key!r}")
         setattr(rec, key, value)
+    if error is not None:
+        rec.errors = [*rec.errors, error.to_json()]

@@ -19,6 +19,7 @@ from shared.folder_claims import claim_folder
 from shared.registry import (
     ACTIVE_STATES,
     STAGING,
+    RunError,
     RunNotFound,
     RunRecord,
     StagedFile,
@@ -51,7 +52,6 @@ from shared.submission import (
     data_dir,
     earlier_staged,
     fail_run,
-    fail_staging,
     inline_secrets,
     needs_preparation,
     prepare_infrastructure,
@@ -152,7 +152,11 @@ def _queue_staging(svc: Services, rec: RunRecord) -> None:
     try:
         staging_queue.enqueue(svc, rec)
     except Exception as exc:
-        fail_run(svc, rec, "StagingNotQueued", f"the staging of this run could not be queued: {exc}"[:1000])
+        fail_run(
+            svc,
+            rec,
+            RunError("StagingNotQueued", f"the staging of this run could not be queued: {exc}"[:1000]),
+        )
         raise
 
 
@@ -205,14 +209,12 @@ def _submit_while_secrets_are_held(svc: Services, rec: RunRecord, spec: RunSpec)
         ):
             return rec
     last = rec.errors[-1]["message"] if rec.errors else "the cluster was not ready"
-    fail_run(
-        svc,
-        rec,
-        "SubmitFailed",
+    message = (
         f"the job could not be created ({last}); its inline secret environment variables "
         f"({', '.join(inline_secrets(spec))}) are not kept by the registry, so it cannot be retried "
-        "later: start the run again, or give the secrets as Key Vault references",
+        "later: start the run again, or give the secrets as Key Vault references"
     )
+    fail_run(svc, rec, RunError("SubmitFailed", message))
     return svc.registry.get(rec.run_id)
 
 
@@ -237,13 +239,15 @@ def stage_run(rec: RunRecord, svc: Services | None = None, spec: RunSpec | None 
             staged = carry_files(svc, rec, _already_staged(svc, rec.dataset, spec), from_blobs=False)
             expected = spec.required_files() or [f.name for f in staged]
     except StagingError as exc:
-        fail_staging(svc, rec, exc.code, str(exc), blob=getattr(exc, "blob", None))
+        blob = getattr(exc, "blob", None)
+        details = {"blob": blob} if blob is not None else {}
+        fail_run(svc, rec, RunError(exc.code, str(exc), details=details), STAGING)
         raise
     svc.registry.update(rec.run_id, expected_files=expected)
     missing = [name for name in expected if name not in {f.name for f in staged}]
     if missing:  # a blob deleted between the listing and its copy
         message = f"required file(s) not in the dataset: {', '.join(missing[:20])}"
-        fail_staging(svc, rec, "MissingFiles", message)
+        fail_run(svc, rec, RunError("MissingFiles", message), STAGING)
         return svc.registry.get(rec.run_id)
     check_ready(rec.run_id, svc, spec)
     return svc.registry.get(rec.run_id)

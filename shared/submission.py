@@ -6,7 +6,8 @@ which calls ``check_ready`` and ``create_job`` again for runs whose submission f
 Also here: what submission needs around it: the spec a job is created with (``submission_spec``:
 the manifest read again, since the registry keeps secret values masked), carrying files an earlier
 run of the dataset staged into a run's snapshot (``missing_files``, ``carry_files``), preparing a
-run's cluster and experiment ahead of submission, and failing a run (``fail_run``, ``fail_staging``).
+run's cluster and experiment ahead of submission, and failing a run (``fail_run``, through
+``RunRegistry.fail``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,11 +26,11 @@ from shared.compute_port import ComputeError
 from shared.folder_claims import Adopted, started_from_folder
 from shared.registry import (
     ACTIVE_STATES,
-    FAILED,
     PROVISIONING,
     QUEUED,
     STAGING,
     TERMINAL_STATES,
+    RunError,
     RunNotFound,
     RunRecord,
     StagedFile,
@@ -208,7 +210,7 @@ def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
         except ResourceNotFoundError:
             pass
         except RunSpecError as exc:
-            fail_run(svc, rec, "InvalidManifest", str(exc))
+            fail_run(svc, rec, RunError("InvalidManifest", str(exc)))
             return None
         if rec.state == STAGING:
             return None  # a newer manifest is on its way through its own trigger
@@ -217,13 +219,11 @@ def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
     if masked and _touched_within(rec, SECRETS_HELD_SECONDS):
         return None  # the request that holds the secrets may still be submitting the job itself
     if masked:
-        fail_run(
-            svc,
-            rec,
-            "SpecUnavailable",
+        message = (
             f"the job must be created again but its secret environment variables ({', '.join(masked)}) "
-            "are not kept by the registry; start the run again",
+            "are not kept by the registry; start the run again"
         )
+        fail_run(svc, rec, RunError("SpecUnavailable", message))
         return None
     return spec
 
@@ -241,7 +241,7 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
         steady = svc.cloud.is_steady(cluster)
     except ComputeError as exc:
         if exc.permanent:  # no retry changes it: the run fails now, not at its staging timeout
-            fail_staging(svc, rec, exc.code, str(exc))
+            fail_run(svc, rec, RunError(exc.code, str(exc)), STAGING)
             return False
         log.warning(
             "run %s: cluster not ready to submit (will retry): %s", rec.run_id, exc, extra=rec.log_extra()
@@ -281,9 +281,7 @@ def create_job(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
         message = f"creating job {rec.job_name} failed: {exc}"[:2000]
         log.warning("run %s: %s (will retry)", rec.run_id, message, extra=rec.log_extra())
         with contextlib.suppress(TransitionRejected, RunNotFound):
-            svc.registry.update(
-                rec.run_id, add_error={"code": "JobCreateFailed", "message": message, "time": utcnow()}
-            )
+            svc.registry.update(rec.run_id, error=RunError("JobCreateFailed", message))
         return False
     with contextlib.suppress(TransitionRejected, RunNotFound, ComputeError):
         now = svc.registry.update(
@@ -370,54 +368,33 @@ def _touched_within(rec: RunRecord, seconds: float) -> bool:
     return touched is not None and (datetime.now(UTC) - touched).total_seconds() < seconds
 
 
-def fail_run(svc: Services, rec: RunRecord, code: str, message: str) -> None:
-    """Fail an active run (any non-terminal state) with an error."""
-    error = {"code": code, "message": message, "time": utcnow()}
-    try:
-        svc.registry.transition(
-            rec.run_id, FAILED, ACTIVE_STATES, add_error=error, callback_pending=bool(rec.callback_url)
-        )
-        log.warning("run %s failed: %s", rec.run_id, message, extra=rec.log_extra())
-    except TransitionRejected:
-        pass
-
-
-def fail_staging(
+def fail_run(
     svc: Services,
     rec: RunRecord,
-    code: str,
-    message: str,
+    error: RunError,
+    expected_from: str | Iterable[str] = ACTIVE_STATES,
     *,
-    blob: str | None = None,
     folder: str | None = None,
     **changes: Any,
 ) -> None:
-    """Fail a staging run. ``folder``: the trigger's dataset folder, when the trigger fails it: a
-    run an HTTP start from that folder adopted meanwhile is not failed (raises Adopted)."""
-    error = {"code": code, "message": message, "time": utcnow()}
-    if blob is not None:
-        error["blob"] = blob
+    """Fail a run with ``error`` if it is still in ``expected_from`` (any non-terminal state by
+    default; STAGING when staging or submission fails it), through ``RunRegistry.fail``: the
+    pipeline's one way to fail a run. A run that moved on meanwhile is left as it is. ``folder``:
+    the trigger's dataset folder, when the trigger fails it: a run an HTTP start from that folder
+    adopted meanwhile is not failed (raises Adopted)."""
 
     def not_adopted(r: RunRecord) -> None:
         if folder is not None and started_from_folder(r, folder):
             raise Adopted(r)
 
     try:
-        failed = svc.registry.transition(
-            rec.run_id,
-            FAILED,
-            STAGING,
-            guard=not_adopted,
-            add_error=error,
-            callback_pending=bool(rec.callback_url),
-            **changes,
-        )
-        log.warning("run %s staging failed: %s", rec.run_id, message, extra=failed.log_extra())
+        failed = svc.registry.fail(rec.run_id, error, expected_from, guard=not_adopted, **changes)
+        log.warning("run %s failed: %s", rec.run_id, error.message, extra=failed.log_extra())
     except TransitionRejected as rejected:
         log.info(
             "run %s not failed for %s: it is already %s",
             rec.run_id,
-            code,
+            error.code,
             rejected.current.state,
             extra=rec.log_extra(),
         )

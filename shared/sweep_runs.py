@@ -42,6 +42,7 @@ from shared.registry import (
     STAGING,
     SUCCEEDED,
     TERMINAL_STATES,
+    RunError,
     RunNotFound,
     RunRecord,
     RunRegistry,
@@ -67,13 +68,13 @@ def start_parent(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
     """Move a complete sweep parent from staging to running (compare-and-swap: one winner) and start
     its first trials. False when the cluster is not ready yet or another caller won."""
     assert spec.sweep is not None
-    from shared.submission import fail_staging
+    from shared.submission import fail_run
 
     try:  # the cluster its trials run on: sized for the ones that run at once
         cluster = svc.cloud.ensure_cluster(sweeps.sized_for_trials(spec, _max_nodes(svc)), rec.dataset)
     except ComputeError as exc:
         if exc.permanent:
-            fail_staging(svc, rec, exc.code, str(exc))
+            fail_run(svc, rec, RunError(exc.code, str(exc)), STAGING)
         return False
     trials = sweeps.generate_trials(spec.sweep)
     try:
@@ -273,7 +274,7 @@ def stop_trial(svc: Services, rec: RunRecord, why: str) -> RunRecord:
             rec.run_id,
             CANCELLED,
             ACTIVE_STATES,
-            add_error={"code": EARLY_TERMINATED, "message": f"stopped early: {why}", "time": utcnow()},
+            error=RunError(EARLY_TERMINATED, f"stopped early: {why}"),
         )
     except TransitionRejected as rejected:
         return rejected.current
@@ -347,12 +348,9 @@ def finish_parent(
     info = dict(parent.sweep or {})
     if best is None:
         state = FAILED
-        error = {
-            "code": "NoSuccessfulTrial",
-            "message": f"no trial succeeded with a value of {sweep.primary_metric!r}",
-            "time": utcnow(),
-        }
-        changes: dict[str, Any] = {"add_error": error}
+        error: RunError | None = RunError(
+            "NoSuccessfulTrial", f"no trial succeeded with a value of {sweep.primary_metric!r}"
+        )
     else:
         index = next(i for i, r in existing.items() if r.run_id == best)
         info["best"] = {
@@ -361,7 +359,7 @@ def finish_parent(
             "metric": {"name": sweep.primary_metric, "value": finals[best]},
         }
         state = SUCCEEDED
-        changes = {}
+        error = None
     try:
         done: RunRecord = svc.registry.transition(
             parent.run_id,
@@ -369,8 +367,7 @@ def finish_parent(
             RUNNING,
             current=parent,
             sweep=info,
-            callback_pending=bool(parent.callback_url),
-            **changes,
+            error=error,
         )
     except TransitionRejected as rejected:
         return rejected.current

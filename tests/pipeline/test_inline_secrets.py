@@ -11,6 +11,7 @@ import pytest
 from shared import run_starts
 from shared.cancellation import cancel_run
 from shared.monitor import run_monitor
+from shared.registry import RunError
 from shared.run_starts import start_run
 from shared.runspec import parse_run_spec
 from shared.submission import create_job
@@ -120,7 +121,7 @@ def test_a_job_created_for_a_run_that_failed_meanwhile_is_deleted(pipeline: Pipe
         experiment=names.experiment,
         job_name=names.job,
     )
-    p.registry.transition(rec.run_id, FAILED, add_error={"code": "SpecUnavailable", "message": "m"})
+    p.registry.transition(rec.run_id, FAILED, error=RunError("SpecUnavailable", "m"))
     assert create_job(p.services, rec, spec)  # from the request's stale copy: still provisioning
     deadline = time.monotonic() + 30
     while (job := p.services.cloud.compute.get_job(names.experiment, names.job)) is not None:

@@ -24,7 +24,7 @@ from shared.batchai_backend import BatchAIBackend
 from shared.cancellation import cancel_run
 from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
-from shared.registry import TERMINAL_STATES, RunRecord
+from shared.registry import TERMINAL_STATES, RunError, RunRecord
 from shared.run_starts import start_run
 from shared.settings import Settings
 from shared.staging import DatasetNotStaged, MissingFiles, NothingToStage, StagingError
@@ -569,8 +569,8 @@ def test_finishing_a_run_from_a_stale_read_keeps_errors_recorded_since(pipeline:
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
     stale = p.registry.get(run_id)
-    meanwhile = {"code": "Meanwhile", "message": "recorded after the monitor read the run", "time": "x"}
-    p.registry.update(run_id, add_error=meanwhile)
+    meanwhile = RunError("Meanwhile", "recorded after the monitor read the run", "x")
+    p.registry.update(run_id, error=meanwhile)
     report = monitor.MonitorReport()
     monitor._finish(p.services, stale, job, "failed", report)
     monitor._finish(p.services, stale, job, "failed", report)  # a replayed (or overlapping) pass

@@ -14,6 +14,7 @@ from shared.registry import (
     STATES,
     OutputFile,
     RegistryError,
+    RunError,
     RunNotFound,
     RunRegistry,
     StagedFile,
@@ -358,3 +359,29 @@ def test_a_file_list_over_the_documented_limit_is_a_named_error(registry: RunReg
     with pytest.raises(reg.FileListTooLarge):
         registry.update(rec.run_id, expected_files=too_many)
     assert registry.get(rec.run_id).expected_files is None  # nothing recorded
+
+
+def test_a_transition_owns_its_side_effects(registry: RunRegistry) -> None:
+    """Entering a terminal state marks the callback of a run that has one as owed (no caller sets
+    it), the error is appended in the same write in its stored shape, and the state's time is the
+    one given; a run without a callback owes none. ``fail`` is transition to failed."""
+    with_cb = registry.create("ds", state="running", callback_url="https://example.com/cb")
+    without = registry.create("ds", state="running")
+    assert not with_cb.callback_pending
+    error = RunError("JobFailed", "the job exited with code 3", "2026-01-01T00:00:00Z", {"exit": 3})
+    failed = registry.fail(with_cb.run_id, error)
+    assert failed.state == "failed" and failed.callback_pending
+    assert registry.get(with_cb.run_id).errors == [
+        {
+            "code": "JobFailed",
+            "message": "the job exited with code 3",
+            "time": "2026-01-01T00:00:00Z",
+            "exit": 3,
+        }
+    ]
+    done = registry.transition(without.run_id, "succeeded", at="2026-01-02T00:00:00Z")
+    assert not done.callback_pending and done.times["succeeded"] == "2026-01-02T00:00:00Z"
+    moving = registry.create("ds", state="queued", callback_url="https://example.com/cb")
+    assert not registry.transition(moving.run_id, "running").callback_pending  # not terminal
+    with pytest.raises(RegistryError):  # no special keys among the fields any more
+        registry.update(moving.run_id, add_error={"code": "X", "message": "m"})
