@@ -3,7 +3,6 @@ run_monitor as the timer, against the ARM emulator's node allocation, through th
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from shared.cleanup import Cleanup
 from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES, parse_time
-from tests.pipeline.conftest import FAST_ARM, Pipeline
+from tests.pipeline.conftest import Pipeline, isolated_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -26,16 +25,7 @@ MANIFEST = {"script": "slow.py", "arguments": "", "files": ["slow.py"]}
 
 
 def idle_pipeline(local_stack, **overrides: str) -> Iterator[Pipeline]:
-    local_stack.ensure("azurite", "files", "arm")
-    p = Pipeline(local_stack, CLUSTER_IDLE_MINUTES=str(IDLE_MINUTES), **overrides)
-    saved = p.arm("/_emulator/settings")
-    p.arm("/_emulator/settings", "POST", FAST_ARM)
-    with contextlib.suppress(Exception):
-        p.container.create_container()
-    try:
-        yield p
-    finally:
-        p.arm("/_emulator/settings", "POST", {k: saved[k] for k in FAST_ARM if k in saved})
+    yield from isolated_pipeline(local_stack, CLUSTER_IDLE_MINUTES=str(IDLE_MINUTES), **overrides)
 
 
 @pytest.fixture

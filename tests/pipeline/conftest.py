@@ -114,16 +114,18 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(local_stack) -> Iterator[Pipeline]:
-    yield from _pipeline(local_stack)
+    yield from isolated_pipeline(local_stack)
 
 
 @pytest.fixture
 def azureml_pipeline(local_stack) -> Iterator[Pipeline]:
     """The same isolated pipeline with COMPUTE_BACKEND=azureml (the emulator's Azure ML provider)."""
-    yield from _pipeline(local_stack, COMPUTE_BACKEND="azureml")
+    yield from isolated_pipeline(local_stack, COMPUTE_BACKEND="azureml")
 
 
-def _pipeline(local_stack: Any, **overrides: str) -> Iterator[Pipeline]:
+def isolated_pipeline(local_stack: Any, **overrides: str) -> Iterator[Pipeline]:
+    """A Pipeline with these setting overrides on the session stack, the ARM emulator fast while it
+    lives (its settings and faults as they were afterwards): for fixtures, ``yield from`` it."""
     local_stack.ensure("azurite", "files", "arm")
     p = Pipeline(local_stack, **overrides)
     saved = p.arm("/_emulator/settings")

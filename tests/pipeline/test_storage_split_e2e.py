@@ -4,7 +4,6 @@ accounts, the cluster mounts the share account's share, and the job trains on wh
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -13,7 +12,7 @@ import pytest
 from infra.local.stack import DEV_ACCOUNT, NAMED_ACCOUNT
 from shared.ingest import ingest_blob
 
-from .conftest import FAST_ARM, QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline
+from .conftest import QUICKSTART_FILES, QUICKSTART_MANIFEST, Pipeline, isolated_pipeline
 from .test_pipeline import monitor_until_done
 
 pytestmark = pytest.mark.e2e
@@ -21,16 +20,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def split(local_stack) -> Iterator[Pipeline]:
-    local_stack.ensure("azurite", "files", "arm")
-    p = Pipeline(local_stack, FILE_SHARE_CONNECTION_STRING=local_stack.named_connection_string)
-    saved = p.arm("/_emulator/settings")
-    p.arm("/_emulator/settings", "POST", FAST_ARM)
-    with contextlib.suppress(Exception):
-        p.container.create_container()
-    try:
-        yield p
-    finally:
-        p.arm("/_emulator/settings", "POST", {k: saved[k] for k in FAST_ARM if k in saved})
+    yield from isolated_pipeline(
+        local_stack, FILE_SHARE_CONNECTION_STRING=local_stack.named_connection_string
+    )
 
 
 def test_a_dataset_trains_from_the_share_account_while_blobs_and_registry_stay_in_the_data_account(
