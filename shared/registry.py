@@ -424,6 +424,11 @@ class ClusterLedger:
         )
 
 
+def _modified_meanwhile(exc: HttpResponseError) -> bool:
+    """A conditional write lost its race: the entity changed since it was read (412)."""
+    return isinstance(exc, ResourceModifiedError) or exc.status_code == 412
+
+
 def dataset_key(dataset: str) -> str:
     """A dataset's identity where it meets the file share: Azure Files compares names ignoring case."""
     return dataset.casefold()
@@ -903,7 +908,7 @@ class RunRegistry:
                     )
                     return None
                 except HttpResponseError as exc:
-                    if not (isinstance(exc, ResourceModifiedError) or exc.status_code == 412):
+                    if not (_modified_meanwhile(exc)):
                         raise
                     continue  # another request took it over first: wait for its run
             # A burst of requests repeating one key all wait here: poll gently, out of step.
@@ -1165,7 +1170,7 @@ class RunRegistry:
             )
             return token
         except HttpResponseError as exc:
-            if isinstance(exc, ResourceModifiedError) or exc.status_code == 412:
+            if _modified_meanwhile(exc):
                 return None  # another delivery took it over first
             raise
 
@@ -1187,7 +1192,7 @@ class RunRegistry:
         except ResourceNotFoundError:
             return False
         except HttpResponseError as exc:
-            if isinstance(exc, ResourceModifiedError) or exc.status_code == 412:
+            if _modified_meanwhile(exc):
                 return False
             raise
 
