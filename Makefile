@@ -36,9 +36,12 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 # The whole suite: lint, unit tests and end-to-end tests against the local stack (the tests start
-# and stop every server they use).
+# and stop every server they use). Two pytest-xdist workers, a test file each at a time: most
+# end-to-end tests wait on emulators and timers, so two overlap well even on 2 cores; each worker
+# has its own local stack.
+TEST_WORKERS ?= 2
 test: setup browser lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not e2e"

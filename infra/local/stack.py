@@ -54,17 +54,53 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        """Ports the OS says are free now: for tests that must not collide with `make up`."""
-        socks = []
-        try:
-            for _ in range(len(fields(cls))):
-                s = socket.socket()
-                s.bind((HOST, 0))
-                socks.append(s)
-            return cls(*(s.getsockname()[1] for s in socks))
-        finally:
-            for s in socks:
-                s.close()
+        """Ports free now: for tests that must not collide with `make up` (see ``free_port``)."""
+        return cls(*free_ports(len(fields(cls))))
+
+
+def _ephemeral_ports() -> range:
+    """The ports the OS hands out as the source ports of outgoing connections."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+_handed_out: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports a server can listen on, chosen at random below the OS's ephemeral
+    range: a port the OS gives out for binding to port 0 lies inside that range, where any outgoing
+    connection on the machine (thousands per second under a test suite) may take it as its source
+    port before the server binds it, and the server then exits with EADDRINUSE. Never the same port
+    twice in one process, and never the stack's default ports."""
+    ephemeral = _ephemeral_ports()
+    pool = range(15000, ephemeral.start) if ephemeral.start > 16000 else range(0)
+    chosen: list[int] = []
+    for _ in range(count):
+        for _attempt in range(200):
+            port = pool[secrets.randbelow(len(pool))] if pool else 0
+            if port and (port in _handed_out or port in chosen):
+                continue
+            with contextlib.closing(socket.socket()) as s:
+                try:
+                    s.bind((HOST, port))
+                except OSError:
+                    continue
+                port = s.getsockname()[1]
+            chosen.append(port)
+            break
+        else:
+            raise StackError(f"no free port found in {pool}")
+    _handed_out.update(chosen)
+    return chosen
+
+
+def free_port() -> int:
+    """One port a server can listen on (see ``free_ports``)."""
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from azure.storage.fileshare import ShareClient, ShareServiceClient
 
 from infra.local.arm import urls
 from infra.local.arm.specvalidator import load_spec, validate
-from infra.local.stack import DEV_SUBSCRIPTION, HOST, launch, stop_process
+from infra.local.stack import DEV_SUBSCRIPTION, HOST, free_port, launch, stop_process
 from infra.local.waiting import wait_for  # noqa: F401 (the one polling helper; the arm tests import it from here)
 
 SUB = DEV_SUBSCRIPTION
@@ -184,12 +183,6 @@ def make_share(file_service: ShareServiceClient) -> Iterator[Callable[[dict[str,
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

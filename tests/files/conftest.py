@@ -4,7 +4,6 @@ process (own port and data directory) for tests that restart it or slow its copi
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import uuid
@@ -16,7 +15,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from azure.storage.fileshare import ShareClient, ShareServiceClient
 
-from infra.local.stack import DEV_ACCOUNT, DEV_KEY, HOST, launch, stop_process
+from infra.local.stack import DEV_ACCOUNT, DEV_KEY, HOST, free_port, launch, stop_process
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +78,6 @@ class PrivateEmulator:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

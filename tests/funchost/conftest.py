@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from infra.local.stack import free_port
 from infra.local.waiting import wait_for
 
 T = TypeVar("T")
@@ -45,12 +45,6 @@ BASE_SETTINGS = {
 
 
 _HOST_NUMBERS = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def only(*enabled: str) -> dict[str, str]:

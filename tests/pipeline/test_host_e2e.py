@@ -23,7 +23,7 @@ from azure.storage.blob import BlobServiceClient
 
 from infra.local.eventgrid import EventGridStandIn, Subscription
 from infra.local.eventgrid.models import blob_created_event
-from infra.local.stack import DEV_SUBSCRIPTION, REPO_ROOT
+from infra.local.stack import DEV_SUBSCRIPTION, REPO_ROOT, free_port
 from shared import callbacks, monitor
 from shared.callbacks import SIGNATURE_HEADER, verify
 from shared.registry import SNAPSHOT_ROOT, TERMINAL_STATES, RunRecord
@@ -38,14 +38,6 @@ BLOBS_EXTENSION_KEY = "e2e-blobs-extension-key"
 # that met a stopped host arrives soon after its restart.
 TEST_RETRY_SCHEDULE = (0.5, 1.0, 2.0)
 RUN_SECRET = "s3cr3t-value-that-must-not-leak"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Host:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.local.stack import free_port
 from samples.mnist import convert_idx, make_dataset
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "samples" / "mnist"
@@ -208,13 +209,10 @@ def run_ranks(
 def test_convnet_trains_data_parallel_from_the_services_variables(tmp_path: Path, service: str) -> None:
     """Azure ML's PyTorch distribution (RANK, WORLD_SIZE, MASTER_ADDR/PORT, env://) and Batch AI's
     PyTorch toolkit (AZ_BATCHAI_TASK_INDEX, OMPI_COMM_WORLD_SIZE, AZ_BATCHAI_PYTORCH_INIT_METHOD)."""
-    import socket
 
     data, out = tmp_path / "data", tmp_path / "out"
     make_dataset.main([str(data), "--train", "61", "--test", "20"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     if service == "azureml":
         env = {"RANK": "{rank}", "LOCAL_RANK": "{rank}", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "NODE_RANK": "0"}  # fmt: skip
