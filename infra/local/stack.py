@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -67,22 +69,40 @@ def _ephemeral_ports() -> range:
     return range(low, high + 1)
 
 
-_handed_out: set[int] = set()
+# Ports this process chose, each held by an exclusive lock on a file named after it until the
+# process exits: another process (a second pytest worker, a benchmark) skips them even while the
+# service they are for is not started yet.
+_reserved: dict[int, int] = {}
+_RESERVATIONS = Path(tempfile.gettempdir()) / "local-stack-ports"
+
+
+def _reserve(port: int) -> bool:
+    """Take this machine's reservation of ``port`` for this process (False: another process has it)."""
+    _RESERVATIONS.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(_RESERVATIONS / str(port), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _reserved[port] = fd
+    return True
 
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports a server can listen on, chosen at random below the OS's ephemeral
     range: a port the OS gives out for binding to port 0 lies inside that range, where any outgoing
     connection on the machine (thousands per second under a test suite) may take it as its source
-    port before the server binds it, and the server then exits with EADDRINUSE. Never the same port
-    twice in one process, and never the stack's default ports."""
+    port before the server binds it, and the server then exits with EADDRINUSE. Each is reserved for
+    this process (above), so parallel test workers never choose the same one; never the stack's
+    default ports."""
     ephemeral = _ephemeral_ports()
     pool = range(15000, ephemeral.start) if ephemeral.start > 16000 else range(0)
     chosen: list[int] = []
     for _ in range(count):
-        for _attempt in range(200):
+        for _attempt in range(500):
             port = pool[secrets.randbelow(len(pool))] if pool else 0
-            if port and (port in _handed_out or port in chosen):
+            if port and port in _reserved:
                 continue
             with contextlib.closing(socket.socket()) as s:
                 try:
@@ -90,11 +110,12 @@ def free_ports(count: int) -> list[int]:
                 except OSError:
                     continue
                 port = s.getsockname()[1]
+            if port in _reserved or not _reserve(port):
+                continue
             chosen.append(port)
             break
         else:
             raise StackError(f"no free port found in {pool}")
-    _handed_out.update(chosen)
     return chosen
 
 
