@@ -20,7 +20,7 @@ METHODS = list(ALL_METHODS)
 
 def _call(route: str, req: func.HttpRequest) -> func.HttpResponse:
     # Imported at first request, not at `import function_app`: cold start pays only for what it uses.
-    from shared.http import ApiRequest
+    from shared.api_messages import ApiRequest
     from shared.runs_api import handle
 
     request = ApiRequest.build(

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.http import ApiError, ApiRequest, ApiResponse
+from shared.api_messages import ApiError, ApiRequest, ApiResponse
 
 __all__ = ["UI_DIR", "serve"]
 

@@ -2,7 +2,7 @@
 
 `handle(route, request)` is the one entry point `functions/api.py` calls with a plain `ApiRequest`; it
 dispatches on `shared.openapi.ROUTES` (a method a route does not implement is 405), and turns every
-failure into the one error shape of `shared.http`: validation problems are 400 with `details` naming
+failure into the one error shape of `shared.api_messages`: validation problems are 400 with `details` naming
 each field, an unknown run 404, a conflict 409, Azure's own errors 502, an unreachable dependency 503,
 anything else 500 without a stack trace (the trace goes to the log).
 
@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.api_messages import ApiError, ApiRequest, ApiResponse, json_body
 from shared.compute_port import lead_log_name
-from shared.http import ApiError, ApiRequest, ApiResponse, json_body
 from shared.jsontypes import JsonObject
 from shared.openapi import CLUSTER_NAME_PATTERN, ROUTES, RUN_ID_PATTERN, RUN_STATES
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared import runs_api
-from shared.http import MAX_BODY_BYTES, ApiError, ApiRequest, json_body
+from shared.api_messages import MAX_BODY_BYTES, ApiError, ApiRequest, json_body
 from shared.openapi import ROUTES
 from shared.settings import local_stack_values
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from shared import runs_api
-from shared.http import ApiRequest
+from shared.api_messages import ApiRequest
 from shared.sdk_clients import reset_clients
 from shared.settings import local_stack_values, reset_settings
 

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from shared import runs_api, services
+from shared.api_messages import ApiRequest
 from shared.cleanup import delete_directory_tree
-from shared.http import ApiRequest
 from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES

@@ -15,8 +15,8 @@ import pytest
 from cli.watch import watch_run
 from shared import monitor, runs_api, services
 from shared import sweep as sweeps
+from shared.api_messages import ApiRequest
 from shared.cancellation import cancel_run
-from shared.http import ApiRequest
 from shared.ingest import ingest_blob
 from shared.monitor import run_monitor
 from shared.registry import TERMINAL_STATES

@@ -10,7 +10,7 @@ import pytest
 
 from shared import runs_api, services
 from shared import sweep as sweeps
-from shared.http import ApiRequest
+from shared.api_messages import ApiRequest
 from shared.ingest import ingest_blob
 from shared.registry import TERMINAL_STATES
 from shared.sweep_runs import leaderboard

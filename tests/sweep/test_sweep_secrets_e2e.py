@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from shared import runs_api, services, submission
-from shared.http import ApiRequest
+from shared.api_messages import ApiRequest
 from shared.registry import TERMINAL_STATES
 from shared.run_starts import start_run
 from tests.pipeline.conftest import Pipeline

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.api_messages import ApiRequest
 from shared.dashboard import UI_DIR
-from shared.http import ApiRequest
 from shared.runs_api import handle
 
 ROOT = Path(__file__).resolve().parents[2]
