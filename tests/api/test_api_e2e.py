@@ -431,13 +431,15 @@ def test_an_uploaded_runs_callback_secret_is_issued_once(api: Api) -> None:
         container.upload_blob(f"{dataset}/train.py", TRAIN_PY)
         manifest = {**TRAIN_SPEC, "files": ["train.py"], "callback_url": url}
         container.upload_blob(f"{dataset}/run.json", json.dumps(manifest).encode())
-        runs = wait_for(
-            lambda: api.get("/runs", params={"dataset": dataset}).json()["runs"],
-            60.0,
-            0.5,
-            what="the upload's run",
-        )
-        run_id = runs[0]["id"]
+
+        def manifest_taken() -> str | None:
+            # The run exists from the first upload on; its callback once it has taken run.json.
+            runs = api.get("/runs", params={"dataset": dataset}).json()["runs"]
+            return next(
+                (r["id"] for r in runs if api.get(f"/runs/{r['id']}").json().get("callback_url")), None
+            )
+
+        run_id = wait_for(manifest_taken, 60.0, 0.5, what="the upload's run with its manifest taken")
         issued = api.post(f"/runs/{run_id}/callback-secret")
         assert issued.status_code == 200, issued.text
         secret = issued.json()["callback_secret"]
