@@ -15,7 +15,9 @@ Microsoft's migration guide says:
   exports the ``AZ_BATCHAI_*`` variables from ``${{inputs.*}}``/``${{outputs.*}}``, so Batch AI scripts
   run unchanged; experiment -> the job's ``experimentName`` (no resource of its own).
 - stdout/stderr: Azure ML writes both to ``ExperimentRun/dcid.<job>/user_logs/std_log.txt`` in the
-  workspace storage's ``azureml`` container; the port shows it as ``stdouterr/stdout.txt``. Outputs:
+  workspace storage's ``azureml`` container; the port shows it as ``stdouterr/stdout.txt``. A PyTorch or
+  Mpi distribution of several processes writes one ``std_log_process_<rank>.txt`` each, shown as
+  ``stdout-<rank>.txt``; the lead (rank 0) log is the one read for metrics and log tails. Outputs:
   ``uri_folder`` outputs on ``workspaceblobstore`` at ``azureml/<job>/<output id>/<path_suffix>``.
   The workspace's storage is the app's data account (STORAGE_CONNECTION_STRING), as Bicep makes it;
   read URLs are SAS links valid for an hour (account key, else a user delegation key).
@@ -73,6 +75,35 @@ TERMINATE_WAIT_SECONDS = 30.0
 LINK_MINUTES = 60
 _COMPUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,14}[A-Za-z0-9]$")
 _DATASTORE_URI = re.compile(r"^azureml://datastores/(?P<ds>[^/]+)/paths/(?P<path>.*)$")
+# A distribution whose processes Azure ML logs one file each, `user_logs/std_log_process_<rank>.txt`
+# (the rank zero-padded to the width of the highest one); a single process logs `std_log.txt`.
+_PER_PROCESS_LOGS = frozenset({"pytorch", "mpi"})
+_PROCESS_LOG = re.compile(r"^std_log_process_(?P<rank>\d+)\.txt$")
+
+
+def lead_log_blob(body: dict[str, Any]) -> str:
+    """The user_logs file of a job's lead process (rank 0): what the monitor reads metrics from and a
+    run's log tail shows."""
+    props = body.get("properties") or {}
+    distribution = props.get("distribution") or {}
+    count = int((props.get("resources") or {}).get("instanceCount") or 1) * int(
+        distribution.get("processCountPerInstance") or 1
+    )
+    if str(distribution.get("distributionType") or "").lower() in _PER_PROCESS_LOGS and count > 1:
+        return f"std_log_process_{0:0{len(str(count - 1))}d}.txt"
+    return "std_log.txt"
+
+
+def shown_log_name(name: str) -> str:
+    """A user_logs file as the port shows it in ``stdouterr``: ``std_log.txt`` as ``stdout.txt``, a
+    process's ``std_log_process_<rank>.txt`` as ``stdout-<rank>.txt`` (Batch AI's per-rank names, which
+    ``compute_port.lead_log_name`` picks the lead from); others as they are."""
+    if name == "std_log.txt":
+        return "stdout.txt"
+    m = _PROCESS_LOG.match(name)
+    return f"stdout-{int(m['rank'])}.txt" if m else name
+
+
 STATES = {
     "notstarted": "queued",
     "starting": "queued",
@@ -662,10 +693,9 @@ class AzureMLBackend:
         if raw == "canceled":
             errors = (ServiceError("JobCancelled", "the job was cancelled in Azure ML"),)
         elif raw == "failed":
+            lead = lead_log_blob(body)
             errors = (
-                ServiceError(
-                    "JobFailed", "Azure ML reports the job Failed; its log is user_logs/std_log.txt"
-                ),
+                ServiceError("JobFailed", f"Azure ML reports the job Failed; its log is user_logs/{lead}"),
             )
         timeout = (props.get("limits") or {}).get("timeout")
         compute = props.get("computeId") or ""
@@ -677,7 +707,7 @@ class AzureMLBackend:
             created_at=parse_time((body.get("systemData") or {}).get("createdAt")),
             errors=errors,
             max_wall_clock=_parse_duration(timeout) if timeout else None,
-            log_location=f"ExperimentRun/dcid.{body.get('name', '')}/user_logs/std_log.txt",
+            log_location=f"ExperimentRun/dcid.{body.get('name', '')}/user_logs/{lead_log_blob(body)}",
         )
 
     def get_job(self, names: JobNames) -> JobStatus | None:
@@ -814,7 +844,7 @@ class AzureMLBackend:
             prefix = f"ExperimentRun/dcid.{names.job}/user_logs/{sub}"
             out = []
             for name, is_dir, size in self._list_blobs(ARTIFACT_CONTAINER, prefix):
-                shown = "stdout.txt" if (name == "std_log.txt" and not sub) else name
+                shown = name if sub else shown_log_name(name)
                 url = None if is_dir else self._read_url(ARTIFACT_CONTAINER, prefix + name)
                 out.append(OutputItem(shown, is_dir, size, url))
             return out
@@ -833,7 +863,8 @@ class AzureMLBackend:
         ]
 
     def read_stdout(self, job: JobStatus, offset: int, length: int) -> bytes:
-        """A Range GET of the job's std_log.txt in the artifact container (no ARM request)."""
+        """A Range GET of the job's lead log (std_log.txt, or rank 0's std_log_process_<0>.txt) in the
+        artifact container (no ARM request)."""
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         if not job.log_location or length <= 0:

@@ -291,3 +291,36 @@ def test_a_job_that_ended_between_passes_keeps_the_metrics_an_overlapping_pass_r
     assert rec.metrics is not None, "the run finished without the metrics its job printed"
     assert rec.metrics["loss"]["value"] == 0.25 and rec.metrics["loss"]["x"] == 4
     assert rec.metrics_offset == read_first["metrics_offset"]
+
+
+def test_a_two_process_job_logs_each_process_and_its_lead_log_is_read(azureml_pipeline: Pipeline) -> None:
+    """A PyTorch distribution of 2 processes: Azure ML logs each to user_logs/std_log_process_<rank>.txt
+    (shown as stdout-<rank>.txt); the run's metrics and log tail come from rank 0's log alone."""
+    p = azureml_pipeline
+    script = (
+        b"import json, os\n"
+        b"rank = int(os.environ['RANK'])\n"
+        b"print(f'process {rank} of', os.environ['WORLD_SIZE'], flush=True)\n"
+        b"print(json.dumps({'loss': 0.25 if rank == 0 else 0.75}), flush=True)\n"
+    )
+    ds = dataset_name("ranks")
+    files = {**QUICKSTART_FILES, "ConvNet_MNIST.py": script}
+    manifest = {
+        "toolkit": "pytorch",
+        "script": "ConvNet_MNIST.py",
+        "arguments": "",
+        "node_count": 1,
+        "process_count": 2,
+        "files": sorted(files),
+    }
+    run_id = [ingest_blob(n, p.services) for n in p.upload(ds, files, manifest)][-1].run_id
+    rec = monitor_until_done(p, [run_id], timeout=120)[run_id]
+    assert rec.state == "succeeded", rec.errors
+    listed = monitor.collect_outputs(p.services, rec, p.services.cloud.job_names(rec.run_id, rec.dataset))
+    logs = {o.name: o for o in listed if o.directory_id == "stdouterr"}
+    assert {"stdout-0.txt", "stdout-1.txt"} <= set(logs) and "stdout.txt" not in logs, sorted(logs)
+    texts = {n: requests.get(logs[n].download_url, timeout=10).text for n in ("stdout-0.txt", "stdout-1.txt")}
+    assert "process 0 of 2" in texts["stdout-0.txt"] and "process 1" not in texts["stdout-0.txt"], texts
+    assert "process 1 of 2" in texts["stdout-1.txt"] and "process 0" not in texts["stdout-1.txt"], texts
+    assert rec.metrics and rec.metrics["loss"]["value"] == 0.25, rec.metrics
+    assert "process 0 of 2" in (rec.stdout_tail or "") and "process 1" not in (rec.stdout_tail or "")

@@ -1,8 +1,8 @@
 """The MNIST sample data-parallel end to end through the local Functions host, on each backend: a
 dataset dropped with `run-distributed.json` (1 node x 2 processes) trains with 2 ranks (Batch AI's
-PyTorch toolkit; Azure ML's PyTorch distribution), both ranks take part, rank 0's model is in the
-outputs and its accuracy is within ACCURACY_TOLERANCE of a single process trained on the same data for
-the same epochs; a rank killed mid-run fails the run with the rank named."""
+PyTorch toolkit; Azure ML's PyTorch distribution), both ranks take part, each in its own log, rank 0's
+model is in the outputs and its accuracy is within ACCURACY_TOLERANCE of a single process trained on
+the same data for the same epochs; a rank killed mid-run fails the run with the rank named."""
 
 from __future__ import annotations
 
@@ -78,19 +78,16 @@ def test_the_sample_trains_with_two_ranks_through_the_host(hosted_backend, datas
     (rec,) = wait_runs(p, name, done, timeout=240)
     assert rec.state == "succeeded", rec.errors
     outputs = fresh_outputs(p, rec)
-    # Both ranks took part, each on half the data: Batch AI writes a log per rank, Azure ML one log.
-    if backend == "batchai":
-        logs = {
-            n: requests.get(outputs[n].download_url, timeout=10).text
-            for n in ("stdout-0.txt", "stdout-1.txt")
-        }
-        assert "rank 0/2: shard of 1000 training samples" in logs["stdout-0.txt"]
-        assert "rank 1/2: shard of 1000 training samples" in logs["stdout-1.txt"]
-        assert "Epoch" not in logs["stdout-1.txt"]  # rank 0 alone reports
-    else:
-        log = requests.get(outputs["stdout.txt"].download_url, timeout=10).text
-        assert "rank 0/2: shard of 1000 training samples (batch 32 per rank, env rendezvous)" in log
-        assert "rank 1/2: shard of 1000 training samples (batch 32 per rank, env rendezvous)" in log
+    # Both ranks took part, each on half the data, each in its own log: Batch AI's stdout-<rank>.txt,
+    # Azure ML's user_logs/std_log_process_<rank>.txt (which the port shows as stdout-<rank>.txt).
+    logs = {
+        n: requests.get(outputs[n].download_url, timeout=10).text for n in ("stdout-0.txt", "stdout-1.txt")
+    }
+    detail = " (batch 32 per rank, env rendezvous)" if backend == "azureml" else ""
+    assert f"rank 0/2: shard of 1000 training samples{detail}" in logs["stdout-0.txt"]
+    assert f"rank 1/2: shard of 1000 training samples{detail}" in logs["stdout-1.txt"]
+    assert "rank 1/2" not in logs["stdout-0.txt"] and "rank 0/2" not in logs["stdout-1.txt"]
+    assert "Epoch" not in logs["stdout-1.txt"]  # rank 0 alone reports
     # Rank 0's model and metrics are the run's outputs; the metrics were read live from rank 0's log.
     assert requests.get(outputs["ConvNet_MNIST.pt"].download_url, timeout=10).content.startswith(b"PK")
     metrics = requests.get(outputs["metrics.json"].download_url, timeout=10).json()

@@ -20,7 +20,9 @@ Environment of every process (beyond the emulator's own environment):
   servers + workers): AZ_BATCHAI_TASK_INDEX, OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE,
   PMI_RANK/PMI_SIZE, RANK/WORLD_SIZE/LOCAL_RANK, MASTER_ADDR/MASTER_PORT (PyTorch-style rendezvous);
   TensorFlow also AZ_BATCHAI_PS_HOSTS, AZ_BATCHAI_WORKER_HOSTS and TF_CONFIG; PyTorch also
-  AZ_BATCHAI_PYTORCH_INIT_METHOD (a `file://` rendezvous in the job's shared temp directory).
+  AZ_BATCHAI_PYTORCH_INIT_METHOD (a `file://` rendezvous in the job's shared temp directory). An Azure
+  ML distribution (the job's meta `processes_per_node`) lays the ranks out over nodes: LOCAL_RANK and
+  the OMPI local rank/size per node, and NODE_RANK and LOCAL_WORLD_SIZE too.
 - The job's environmentVariables and secrets ($VARS in their values expanded).
 `$VAR`/`${VAR}` in paths are expanded with that environment; a Python toolkit's script path and
 arguments with each process's own (rank variables included) at its launch.
@@ -209,7 +211,7 @@ class JobRunner:
             "outputs": {k: os.path.realpath(v) for k, v in outputs.items()},
             "job_temp": str(job_temp),
         }
-        plan = self._plan(meta["tool"], props, env)
+        plan = self._plan(meta["tool"], props, env, meta)
         with self.lock:
             self.killed.discard(key)
             self.procs[key] = []
@@ -233,8 +235,17 @@ class JobRunner:
         thread.start()
         return paths
 
-    def _plan(self, tool: str, props: dict[str, Any], env: dict[str, str]) -> list[dict[str, Any]]:
-        """The processes to start: each {argv, env, waited} (parameter servers are not waited for)."""
+    def _plan(
+        self, tool: str, props: dict[str, Any], env: dict[str, str], meta: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """The processes to start: each {argv, env, waited} (parameter servers are not waited for).
+
+        ``meta`` may carry ``processes_per_node`` (a `customMpi` job's ranks are laid out over nodes of
+        that many processes: NODE_RANK, LOCAL_RANK, LOCAL_WORLD_SIZE as a PyTorch launcher sets them)
+        and ``rank_logs`` (each rank writes its own ``stdout-<rank>.txt``): what Azure ML's
+        distributions need from this runner; Batch AI bodies never carry either."""
+        meta = meta or {}
+        per_node = int(meta["processes_per_node"]) if meta.get("processes_per_node") else None
         node_count = int(props.get("nodeCount", 1))
 
         def python_argv(settings: dict[str, Any], args_key: str = "commandLineArgs") -> list[str]:
@@ -247,14 +258,16 @@ class JobRunner:
         def bash(command: str) -> list[str]:
             return ["bash", "-c", command]
 
-        def ranks(argv: list[str], count: int, per_rank_logs: bool = False) -> list[dict[str, Any]]:
+        def ranks(
+            argv: list[str], count: int, per_rank_logs: bool = False, per_node: int | None = None
+        ) -> list[dict[str, Any]]:
             python = argv[0] != "bash"
             port = _free_port()
             return [
                 {
                     "argv": argv,
                     "python": python,
-                    "env": _rank_env(rank, count, port),
+                    "env": _rank_env(rank, count, port, per_node),
                     "waited": True,
                     "label": f"rank {rank}",
                     "logs": str(rank) if per_rank_logs else "",
@@ -358,9 +371,10 @@ class JobRunner:
             return plan
         if tool == "custommpi":
             s = props["customMpiSettings"]
-            return ranks(bash(s["commandLine"]), int(s.get("processCount") or node_count))
+            count = int(s.get("processCount") or node_count)
+            return ranks(bash(s["commandLine"]), count, bool(meta.get("rank_logs")), per_node)
         command = (props.get("customToolkitSettings") or {}).get("commandLine") or "true"
-        return ranks(bash(command), 1)
+        return ranks(bash(command), 1, per_node=per_node)
 
     # --- execution -------------------------------------------------------------------------------
     def _spawn(
@@ -571,18 +585,27 @@ def _argv(step: dict[str, Any], env: dict[str, str]) -> list[str]:
     return [interpreter, expand_vars(script, env), *shlex.split(expand_vars(args, env))]
 
 
-def _rank_env(rank: int, size: int, port: int) -> dict[str, str]:
-    return {
+def _rank_env(rank: int, size: int, port: int, per_node: int | None = None) -> dict[str, str]:
+    """A process's rank variables. With ``per_node`` the ranks are laid out over nodes of that many
+    processes (rank r on node r // per_node, local rank r % per_node) and NODE_RANK/LOCAL_WORLD_SIZE
+    are set too, as Azure ML's PyTorch distribution does; without it all ranks share one node."""
+    local_size = per_node or size
+    local = rank % local_size
+    env = {
         "AZ_BATCHAI_TASK_INDEX": str(rank),
         "OMPI_COMM_WORLD_RANK": str(rank),
         "OMPI_COMM_WORLD_SIZE": str(size),
-        "OMPI_COMM_WORLD_LOCAL_RANK": str(rank),
-        "OMPI_COMM_WORLD_LOCAL_SIZE": str(size),
+        "OMPI_COMM_WORLD_LOCAL_RANK": str(local),
+        "OMPI_COMM_WORLD_LOCAL_SIZE": str(local_size),
         "PMI_RANK": str(rank),
         "PMI_SIZE": str(size),
         "RANK": str(rank),
         "WORLD_SIZE": str(size),
-        "LOCAL_RANK": str(rank),
+        "LOCAL_RANK": str(local),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(port),
     }
+    if per_node:
+        env["NODE_RANK"] = str(rank // per_node)
+        env["LOCAL_WORLD_SIZE"] = str(per_node)
+    return env

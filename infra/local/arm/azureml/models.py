@@ -44,9 +44,21 @@ _DATASTORE_URI = re.compile(r"^azureml://datastores/(?P<ds>[^/]+)/paths/(?P<path
 _EXPR = re.compile(r"\$\{\{\s*(inputs|outputs)\.(\w+)\s*\}\}")
 
 
-def log_blob_name(job: str) -> str:
-    """Where Azure ML writes a command job's combined stdout/stderr in the artifact container."""
-    return f"ExperimentRun/dcid.{job}/user_logs/std_log.txt"
+# Distributions whose processes Azure ML logs one file each (`std_log_process_<rank>.txt`); a
+# TensorFlow distribution's are named per node and role (`std_log_node_<i>_worker.txt`), not emulated.
+PER_PROCESS_LOG_DISTRIBUTIONS = frozenset({"PyTorch", "Mpi"})
+
+
+def log_blob_name(job: str, name: str = "std_log.txt") -> str:
+    """Where Azure ML writes a command job's log `name` (by default the one combined stdout/stderr of
+    a single-process job) in the artifact container."""
+    return f"ExperimentRun/dcid.{job}/user_logs/{name}"
+
+
+def process_log_name(rank: int, count: int) -> str:
+    """The log of process `rank` of `count`: the rank zero-padded to the width of the highest rank, as
+    Azure ML names them (`std_log_process_0.txt` of 2 processes, `std_log_process_01.txt` of 16)."""
+    return f"std_log_process_{rank:0{len(str(max(count - 1, 0)))}d}.txt"
 
 
 def workspace_child(rid: str, name: str, rtype: str, props: dict[str, Any], created: float) -> dict[str, Any]:
@@ -237,6 +249,31 @@ class Job:
     @property
     def instance_count(self) -> int:
         return int((self.props.get("resources") or {}).get("instanceCount") or 1)
+
+    @property
+    def distribution_type(self) -> str | None:
+        return (self.props.get("distribution") or {}).get("distributionType")
+
+    @property
+    def processes_per_instance(self) -> int:
+        return int((self.props.get("distribution") or {}).get("processCountPerInstance") or 1)
+
+    @property
+    def process_count(self) -> int:
+        """How many processes the job runs: a TensorFlow distribution's workers, else the instances
+        times the distribution's processes per instance."""
+        if self.distribution_type == "TensorFlow":
+            return int((self.props.get("distribution") or {}).get("workerCount") or self.instance_count)
+        return self.instance_count * self.processes_per_instance
+
+    @property
+    def process_logs(self) -> list[str]:
+        """The job's per-process log names, rank order (empty: one `std_log.txt` for the job). A
+        single-process job keeps `std_log.txt`, distribution or not."""
+        count = self.process_count
+        if self.distribution_type not in PER_PROCESS_LOG_DISTRIBUTIONS or count < 2:
+            return []
+        return [process_log_name(rank, count) for rank in range(count)]
 
     def render(self) -> dict[str, Any]:
         props = dict(self.props)

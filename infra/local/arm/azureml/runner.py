@@ -7,7 +7,10 @@ its command, with ``${{inputs.X}}`` replaced by the input's directory on the Fil
 ``customToolkit`` (one process) or ``customMpi`` (a distribution's process count). When it exits, the
 outputs are uploaded to the blob datastore the output names (by default ``workspaceblobstore`` at
 ``azureml/<job>/<output>/``) and stdout then stderr to ``ExperimentRun/dcid.<job>/user_logs/std_log.txt``
-in the workspace's ``azureml`` container: where Azure ML puts them, read back through Azurite.
+in the workspace's ``azureml`` container: where Azure ML puts them, read back through Azurite. A
+PyTorch or Mpi distribution of several processes logs each process apart, as Azure ML does:
+``user_logs/std_log_process_<rank>.txt`` (the runner's ``stdout-<rank>.txt`` then ``stderr-<rank>.txt``),
+and its ranks get NODE_RANK, LOCAL_RANK and LOCAL_WORLD_SIZE of ``processCountPerInstance`` per instance.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.local.arm.azureml.models import ARTIFACT_CONTAINER, Job, log_blob_name, substitute
+from infra.local.arm.azureml.models import (
+    ARTIFACT_CONTAINER,
+    PER_PROCESS_LOG_DISTRIBUTIONS,
+    Job,
+    log_blob_name,
+    substitute,
+)
 from infra.local.arm.blobfs import account_endpoint
 from infra.local.arm.errors import resource_error
 from infra.local.arm.jobrunner import JobCallbacks, JobRunner
@@ -76,10 +85,7 @@ class AzureMLJobs:
             values["outputs"][name] = str(path)
         job.paths = {"outputs": dict(values["outputs"]), "job_dir": str(job_dir)}
         command = substitute(props.get("command") or "true", values)
-        distribution = props.get("distribution") or {}
-        count = job.instance_count * int(distribution.get("processCountPerInstance") or 1)
-        if distribution.get("distributionType") == "TensorFlow":
-            count = int(distribution.get("workerCount") or job.instance_count)
+        count = job.process_count
         parts = job.id.strip("/").split(
             "/"
         )  # subscriptions/<sub>/resourceGroups/<rg>/.../workspaces/<ws>/jobs/<n>
@@ -105,7 +111,13 @@ class AzureMLJobs:
             body["customMpiSettings"] = {"commandLine": command, "processCount": count}
         else:
             body["customToolkitSettings"] = {"commandLine": command}
-        record = {"body": {"properties": body}, "meta": {"uuid": job.key, "tool": tool, "secrets": {}}}
+        meta: dict[str, Any] = {"uuid": job.key, "tool": tool, "secrets": {}}
+        if job.distribution_type in PER_PROCESS_LOG_DISTRIBUTIONS:
+            # Ranks laid out over the instances (NODE_RANK, LOCAL_RANK, LOCAL_WORLD_SIZE), one
+            # stdout-<rank>.txt each: uploaded as the process's std_log_process_<rank>.txt.
+            meta["processes_per_node"] = job.processes_per_instance
+            meta["rank_logs"] = bool(job.process_logs)
+        record = {"body": {"properties": body}, "meta": meta}
         self.by_key[job.key] = job
         job_dir.mkdir(parents=True, exist_ok=True)
         if errors:
@@ -114,21 +126,34 @@ class AzureMLJobs:
         job.paths["stdouterr"] = paths["stdouterr"]
         threading.Thread(target=self._stream, args=(job,), name=f"log-{job.name}", daemon=True).start()
 
+    @staticmethod
+    def _logs(job: Job) -> list[tuple[str, str]]:
+        """(log name in user_logs/, runner's file suffix) of each log the job writes: one per process
+        of a distribution that logs per process (the runner's stdout-<rank>.txt), else std_log.txt."""
+        names = job.process_logs
+        if not names:
+            return [("std_log.txt", "")]
+        return [(name, f"-{rank}") for rank, name in enumerate(names)]
+
     def _stream(self, job: Job) -> None:
-        """While the job runs, its stdout so far goes to std_log.txt every STREAM_SECONDS, as Azure ML
-        streams it (stderr follows at the end: the file only grows, so readers' offsets hold)."""
+        """While the job runs, each log's stdout so far goes to its blob every STREAM_SECONDS, as Azure
+        ML streams them (stderr follows at the end: a file only grows, so readers' offsets hold)."""
         workspace = self.backend.workspaces.get(job.workspace_key)
-        stdout = Path(job.paths["stdouterr"]) / "stdout.txt"
-        sent = -1
+        stdouterr = Path(job.paths["stdouterr"])
+        sent: dict[str, int] = {}
         while self.running(job) and workspace is not None:
             time.sleep(STREAM_SECONDS)
             try:
-                with self.uploads:  # never after the final upload of the whole log
-                    data = stdout.read_bytes()
-                    if len(data) != sent and self.running(job):
-                        container = self._container(workspace.storage_account, ARTIFACT_CONTAINER)
-                        container.upload_blob(log_blob_name(job.name), data, overwrite=True)
-                        sent = len(data)
+                with self.uploads:  # never after the final upload of the whole logs
+                    for name, suffix in self._logs(job):
+                        try:
+                            data = (stdouterr / f"stdout{suffix}.txt").read_bytes()
+                        except FileNotFoundError:
+                            continue
+                        if len(data) != sent.get(name, -1) and self.running(job):
+                            container = self._container(workspace.storage_account, ARTIFACT_CONTAINER)
+                            container.upload_blob(log_blob_name(job.name, name), data, overwrite=True)
+                            sent[name] = len(data)
             except Exception:  # the final upload at Finalizing still happens
                 log.debug("azureml job %s: streaming its log failed", job.name, exc_info=True)
 
@@ -189,13 +214,13 @@ class AzureMLJobs:
                         with open(path, "rb") as data:
                             client.upload_blob(f"{prefix}/{rel}".lstrip("/"), data, overwrite=True)
             stdouterr = Path(job.paths.get("stdouterr") or "")
-            combined = b""
-            for name in ("stdout.txt", "stderr.txt"):
-                with contextlib.suppress(OSError):
-                    combined += (stdouterr / name).read_bytes()
-            self._container(workspace.storage_account, ARTIFACT_CONTAINER).upload_blob(
-                log_blob_name(job.name), combined, overwrite=True
-            )
+            artifacts = self._container(workspace.storage_account, ARTIFACT_CONTAINER)
+            for log_name, suffix in self._logs(job):
+                combined = b""
+                for stream in ("stdout", "stderr"):
+                    with contextlib.suppress(OSError):
+                        combined += (stdouterr / f"{stream}{suffix}.txt").read_bytes()
+                artifacts.upload_blob(log_blob_name(job.name, log_name), combined, overwrite=True)
         except Exception as exc:  # the job fails with the reason; the emulator goes on
             log.exception("azureml job %s: upload failed", job.name)
             job.errors.append(resource_error("OutputUploadFailed", f"{type(exc).__name__}: {exc}"))
