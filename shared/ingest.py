@@ -22,8 +22,10 @@ replayed, so every step here is idempotent):
 Files a new run needs that an earlier run of the dataset already staged (same blob ETag, still on
 the share) are carried into its snapshot by a copy inside the share, never read from blob storage
 again. A run's snapshot is its own: later uploads go to later runs' snapshots, so nothing changes what
-a submitted job reads. A blob that is no required file of a run that was submitted while it was being
-copied is taken out of that snapshot again (it was never part of the run) and starts the next run.
+a submitted job reads. A copy into a snapshot is claimed first (``RunRegistry.claim_file_copy``, which
+writes the run in the same transaction and only while it is staging), and a run is not submitted while
+a live claim's file is unrecorded: a blob arriving as its run is submitted either is copied and
+recorded before the submission, or finds the run submitted and starts the next run.
 
 A bad blob name or manifest fails the run's staging with an error naming the problem; nothing is
 written for it. A folder an HTTP start stages is that request's: its invocations join the request's
@@ -220,7 +222,13 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
     if (created or spec is not None) and needs_preparation(svc, rec, spec):
         preparing = _start_preparing(svc, rec, spec)
     try:
-        token = _copy_claimed(svc, rec, ref.path, etag)
+        try:
+            token = _copy_claimed(svc, rec, ref.path, etag)
+        except TransitionRejected:
+            # The run left staging before this delivery could claim the copy: nothing goes into its
+            # snapshot. Decided again from the top: a version the run recorded is a replay, any other
+            # starts the next run.
+            return _ingest(blob_name, svc)
         if token is None:
             # A duplicate delivery of this blob version copied it (or is copying it): this one joins
             # and writes nothing, so no second copy can reach a snapshot whose job already started.
@@ -242,14 +250,18 @@ def _ingest(blob_name: str, svc: Services) -> IngestResult:
             if not isinstance(exc, StagingError):
                 raise
             if exc.blob_gone:
-                return IngestResult("ignored", rec.run_id, rec.state, message=str(exc))
+                # Its claim kept the run from being submitted: with the claim given up it may be ready.
+                submitted = check_ready(rec.run_id, svc)
+                return IngestResult("ignored", rec.run_id, rec.state, submitted=submitted, message=str(exc))
             if exc.retryable:
                 raise  # transient: let the trigger retry (and poison after its retries)
             fail_run(svc, rec, RunError(exc.code, str(exc)), STAGING, folder=ref.dataset)
             return IngestResult("failed", rec.run_id, FAILED, message=str(exc))
         svc.registry.add_staged_files(rec.run_id, [staged])
+        svc.registry.finish_file_copy(rec.run_id, ref.path, etag, token)
         if _arrived_after_submission(svc, rec.run_id, ref.path):
             return _ingest(blob_name, svc)  # the run left without it: this upload starts the next run
+        # The holder checks readiness itself once its file is recorded: its claim kept the run staging.
         # Submission does not wait for the preparation: its creates are idempotent, and a job only
         # needs its experiment and cluster to exist, not to be provisioned.
         submitted = check_ready(rec.run_id, svc, spec, spec_etag)
@@ -263,7 +275,8 @@ def _copy_claimed(svc: Services, rec: RunRecord, path: str, etag: str | None) ->
     """The claim token when this delivery copies blob version ``etag`` of ``path`` into the run's
     snapshot: it holds the registry's create-only claim on it. Else it waits until the holder
     recorded the file, or the run left staging (None: nothing to write), or the holder gave the claim
-    up or died (it stopped renewing it): then this delivery takes it over."""
+    up or died (it stopped renewing it): then this delivery takes it over. Raises
+    ``TransitionRejected`` when the run left staging before any delivery claimed the copy."""
     while not (token := svc.registry.claim_file_copy(rec.run_id, path, etag)):
         current = svc.registry.get(rec.run_id)
         seen = current.staged(path)
@@ -282,8 +295,10 @@ def _copy_claimed(svc: Services, rec: RunRecord, path: str, etag: str | None) ->
 
 def _arrived_after_submission(svc: Services, run_id: str, path: str) -> bool:
     """Whether the run was submitted while ``path`` was being copied into its snapshot and does not
-    require it: then the file is no part of the run, and it is taken out of the snapshot and the
-    record again (a submitted run's snapshot holds what its submission saw)."""
+    require it. A live copy claim keeps its run from being submitted (``check_ready``), so this
+    happens only when the holder stopped renewing its claim for COPY_CLAIM_STALE_SECONDS (its host
+    stalled) and a submitter took it for dead: then the file is no part of the run, and it is taken
+    out of the snapshot and the record again."""
     rec = svc.registry.get(run_id)  # with its files: the required list is one entity per file
     if rec.state == STAGING or path in (rec.expected_files or []):
         return False

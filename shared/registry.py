@@ -18,6 +18,9 @@ Layout (one table, default name ``runs``):
   hash because blob names may hold characters Table keys forbid and may be longer than 1 KiB.
 - ``PartitionKey=<run id>, RowKey="out~<sha256 of dir/name>"``: one entity per output file
   (directory id, name, size, download URL).
+- ``PartitionKey=<run id>, RowKey="copy~<sha256 of name and blob ETag>"``: a copy claim
+  (``claim_file_copy``): the delivery copying that blob version into the run's snapshot; while one
+  is live and unfinished the run is not submitted (``copies_in_flight``).
 - ``PartitionKey=<run id>, RowKey="metrics"``: the run's metrics series and how far its stdout has
   been read (``shared.metrics.MetricsState`` as chunked JSON), written by the monitor with an ETag
   match; the run entity keeps the latest value of each metric (``metrics``) and the read offset.
@@ -1137,7 +1140,13 @@ class RunRegistry:
         token when this caller copies it, else None. A create-only entity (Table insert fails when it
         exists), so of duplicate deliveries of one blob version exactly one copies; the others wait
         for its record. A claim not renewed for ``stale_seconds`` (its holder died mid-copy; a live
-        holder renews it, see ``renewing_file_copies``) is taken over by compare-and-swap."""
+        holder renews it, see ``renewing_file_copies``) is taken over by compare-and-swap.
+
+        Claiming (or taking over) also writes the run entity, in one entity group transaction with
+        an ETag match on the run as read staging: a submitter that read the run before this claim
+        loses its compare-and-swap and reads the claims again (``copies_in_flight``), so no copy
+        lands in the snapshot of a submitted run. Raises ``TransitionRejected`` when the run is not
+        staging any more (nothing may be copied into its snapshot)."""
         self._ensure_table()
         row = _copy_row(name, etag)
         token = secrets.token_hex(8)
@@ -1148,31 +1157,82 @@ class RunRegistry:
             "claimed_at": time.time(),
             "token": token,
         }
-        try:
-            self.table.create_entity(entity)
-            return token
-        except ResourceExistsError:
-            pass
-        try:
-            current = self.table.get_entity(run_id, row)
-        except ResourceNotFoundError:
-            return self.claim_file_copy(run_id, name, etag, stale_seconds=stale_seconds)  # released
-        if current.get("token") == token:
-            return token  # this caller's insert took effect; its answer was lost and it was tried again
-        if time.time() - float(current.get("claimed_at", 0)) < stale_seconds:
-            return None
-        try:
-            self.table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
+        for _ in range(CAS_ATTEMPTS):
+            run = self._get_run_entity(run_id)
+            try:
+                current = self.table.get_entity(run_id, row)
+            except ResourceNotFoundError:
+                current = None
+            if current is not None:
+                if current.get("token") == token:
+                    return token  # this caller's claim took effect; the answer was lost and it tried again
+                if time.time() - float(current.get("claimed_at", 0)) < stale_seconds:
+                    return None
+            rec = _from_entity(run)
+            if rec.state != STAGING:
+                raise TransitionRejected(
+                    f"run {run_id} is {rec.state}: nothing more is copied into its snapshot", rec
+                )
+            entity["claimed_at"] = time.time()
+            claim_op: tuple[Any, ...] = (
+                ("create", entity)
+                if current is None
+                else (
+                    "update",
+                    entity,
+                    {
+                        "mode": UpdateMode.REPLACE,
+                        "etag": current.metadata["etag"],
+                        "match_condition": MatchConditions.IfNotModified,
+                    },
+                )
             )
-            return token
-        except HttpResponseError as exc:
-            if _modified_meanwhile(exc):
-                return None  # another delivery took it over first
-            raise
+            run_op = (
+                "update",
+                {"PartitionKey": run_id, "RowKey": RUN_ROW, "updated_at": utcnow()},
+                {
+                    "mode": UpdateMode.MERGE,
+                    "etag": run.metadata["etag"],
+                    "match_condition": MatchConditions.IfNotModified,
+                },
+            )
+            try:
+                self.table.submit_transaction([claim_op, run_op])
+                return token
+            except HttpResponseError as exc:
+                if exc.status_code not in (404, 409, 412) and not isinstance(
+                    exc, ResourceExistsError | ResourceModifiedError | ResourceNotFoundError
+                ):
+                    raise
+                # The run or the claim changed since read (another claim, a submission, a takeover):
+                # read both again and decide on what they are now.
+                time.sleep(secrets.randbelow(50) / 1000)
+        raise ConcurrencyError(f"run {run_id}: claiming {name}'s copy gave up after {CAS_ATTEMPTS} conflicts")
+
+    def copies_in_flight(self, run_id: str, *, stale_seconds: float = COPY_CLAIM_STALE_SECONDS) -> list[str]:
+        """Names of the files a delivery is copying into the run's snapshot now: a copy claim not
+        finished (``finish_file_copy``), whose file version is not recorded among the run's staged
+        files either (its holder may not have finished it yet), and whose holder is alive (renewed
+        within ``stale_seconds``; a stale one's holder died, and a takeover or the staging timeout
+        decides). The run must not be submitted while there is one. Read the run (its ETag) before
+        calling this: a claim made after that read changes the run's ETag (``claim_file_copy``)."""
+        self._ensure_table()
+        query = (
+            f"PartitionKey eq {_odata_str(run_id)} and RowKey ge {_odata_str(COPY_PREFIX)}"
+            f" and RowKey lt {_odata_str(FILE_PREFIX + '~')}"
+        )
+        claims: dict[str, tuple[str, float]] = {}
+        recorded: set[str] = set()
+        for entity in self.table.query_entities(query):
+            row = entity["RowKey"]
+            if row.startswith(COPY_PREFIX) and not entity.get("done"):
+                claims[row] = (entity.get("name", ""), float(entity.get("claimed_at", 0)))
+            elif row.startswith(FILE_PREFIX):
+                recorded.add(_copy_row(entity["name"], entity.get("etag")))
+        now = time.time()
+        return sorted(
+            name for row, (name, at) in claims.items() if row not in recorded and now - at < stale_seconds
+        )
 
     def renew_file_copy(self, run_id: str, name: str, etag: str | None, token: str) -> bool:
         """Mark this caller's copy claim alive now; False when it is not this caller's any more
@@ -1227,6 +1287,30 @@ class RunRegistry:
         finally:
             stop.set()
             thread.join()
+
+    def finish_file_copy(self, run_id: str, name: str, etag: str | None, token: str) -> None:
+        """Mark this caller's copy claim done once its file is recorded (``add_staged_files``): it
+        then keeps the run from being submitted no more, even after a newer version of the file
+        replaced that record. A claim taken over meanwhile is the new holder's to finish."""
+        row = _copy_row(name, etag)
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                current = self.table.get_entity(run_id, row)
+                if current.get("token") != token:
+                    return
+                self.table.update_entity(
+                    {"PartitionKey": run_id, "RowKey": row, "done": True},
+                    mode=UpdateMode.MERGE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return
+            except ResourceNotFoundError:
+                return
+            except HttpResponseError as exc:
+                if not _modified_meanwhile(exc):
+                    raise
+                # renewed or taken over meanwhile: read it again
 
     def release_file_copy(self, run_id: str, name: str, etag: str | None) -> None:
         """Give up a copy claim (the copy failed): the trigger's retry or a waiting delivery copies."""

@@ -59,27 +59,58 @@ CARRY_OVER_RUNS = 10  # how many earlier runs of a dataset are searched for file
 SECRETS_HELD_SECONDS = 60.0
 
 
+class RunChangedMeanwhile(TransitionRejected):
+    """The run was written after the submitter read it (a delivery claimed a copy into its snapshot,
+    say): what the submitter checked may no longer hold, so it checks again."""
+
+
 def check_ready(
     run_id: str, svc: Services | None = None, spec: RunSpec | None = None, spec_etag: str | None = None
 ) -> bool:
-    """If the staging run has its manifest and every required file staged, submit it. Returns True
-    when this call submitted the job (exactly one caller wins the compare-and-swap). ``spec`` is a
-    spec the caller already parsed: for ingest runs it is used only when ``spec_etag`` is the
-    manifest version the run took (else the manifest is read again)."""
+    """If the staging run has its manifest and every required file staged, and no delivery is
+    copying a file into its snapshot, submit it. Returns True when this call submitted the job
+    (exactly one caller wins the compare-and-swap). ``spec`` is a spec the caller already parsed:
+    for ingest runs it is used only when ``spec_etag`` is the manifest version the run took (else
+    the manifest is read again).
+
+    The submission is a compare-and-swap on the run as read before its copy claims were read, and a
+    delivery's claim writes the run in the same transaction (``RunRegistry.claim_file_copy``): a
+    claim made after that read fails the swap, and the run is read and checked again. A run with a
+    copy in flight is left staging: the claim's holder calls this again once it recorded its file."""
     svc = svc or services.get_services()
-    rec = svc.registry.get(run_id)
-    if rec.state != STAGING or rec.spec is None or rec.expected_files is None:
-        return False
-    missing = missing_files(svc, rec)
-    if missing:
-        return False
-    if spec is not None and rec.source == "blob" and (spec_etag is None or spec_etag != rec.manifest_etag):
-        spec = None
-    if spec is None:
-        spec = submission_spec(svc, rec)
-        if spec is None:
+    for _ in range(CHECK_ATTEMPTS):
+        rec = svc.registry.get(run_id)
+        if rec.state != STAGING or rec.spec is None or rec.expected_files is None:
             return False
-    return submit(svc, rec, spec)
+        missing = missing_files(svc, rec)
+        if missing:
+            return False
+        in_flight = svc.registry.copies_in_flight(run_id)
+        if in_flight:
+            log.info(
+                "run %s: not submitted while %d file(s) are copied into its snapshot (%s)",
+                run_id,
+                len(in_flight),
+                ", ".join(in_flight[:5]),
+                extra=rec.log_extra(),
+            )
+            return False
+        given = spec
+        if rec.source == "blob" and (spec_etag is None or spec_etag != rec.manifest_etag):
+            given = None
+        if given is None:
+            given = submission_spec(svc, rec)
+            if given is None:
+                return False
+        try:
+            return submit(svc, rec, given, if_unchanged=True)
+        except RunChangedMeanwhile:
+            continue  # written since read (a copy claimed, files carried in): check again
+    return False
+
+
+# How often check_ready reads the run again when it changed between its checks and its submission.
+CHECK_ATTEMPTS = 20
 
 
 def missing_files(svc: Services, rec: RunRecord) -> list[str]:
@@ -115,7 +146,10 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
         mine = []
         claims = []
         for item in carry:
-            token = svc.registry.claim_file_copy(rec.run_id, item[1].name, item[1].etag)
+            try:
+                token = svc.registry.claim_file_copy(rec.run_id, item[1].name, item[1].etag)
+            except TransitionRejected:
+                token = None  # the run left staging meanwhile: nothing more goes into its snapshot
             if token:
                 mine.append(item)
                 claims.append((item[1].name, item[1].etag, token))
@@ -128,6 +162,8 @@ def missing_files(svc: Services, rec: RunRecord) -> list[str]:
             for _, f in mine:
                 svc.registry.release_file_copy(rec.run_id, f.name, f.etag)
             raise
+        for claim in claims:
+            svc.registry.finish_file_copy(rec.run_id, *claim)
         log.info(
             "run %s: %d file(s) carried over from earlier runs",
             rec.run_id,
@@ -228,13 +264,25 @@ def submission_spec(svc: Services, rec: RunRecord) -> RunSpec | None:
     return spec
 
 
-def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
+def submit(svc: Services, rec: RunRecord, spec: RunSpec, *, if_unchanged: bool = False) -> bool:
     """Move the run out of staging (compare-and-swap: one winner) and create its experiment and job.
-    A sweep's parent has no job: it starts running and starts its trials (shared.sweep_runs)."""
+    A sweep's parent has no job: it starts running and starts its trials (shared.sweep_runs).
+    ``if_unchanged``: only if the run is still as ``rec`` was read (its ETag); else raises
+    ``RunChangedMeanwhile`` (``check_ready`` then checks again)."""
+
+    def unchanged(now: RunRecord) -> None:
+        if if_unchanged and now.etag != rec.etag:
+            raise RunChangedMeanwhile(f"run {rec.run_id} was written after it was checked", now)
+
     if spec.sweep is not None:
         from shared import sweep_runs
 
-        return sweep_runs.start_parent(svc, rec, spec)
+        try:
+            return sweep_runs.start_parent(svc, rec, spec, guard=unchanged)
+        except RunChangedMeanwhile as changed:
+            if changed.current.state != STAGING:
+                return False
+            raise
     names = svc.cloud.job_names(rec.run_id, rec.dataset)
     try:
         cluster = svc.cloud.ensure_cluster(spec, rec.dataset)
@@ -254,6 +302,7 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
             target,
             STAGING,
             current=rec,
+            guard=unchanged,
             cluster=cluster.name,
             cluster_id=cluster.id,
             experiment=names.experiment,
@@ -262,6 +311,10 @@ def submit(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
             workspace=names.workspace,
             resource_group=names.resource_group,
         )
+    except RunChangedMeanwhile as changed:
+        if changed.current.state != STAGING:
+            return False  # someone else submitted it (or it was cancelled)
+        raise
     except TransitionRejected:
         return False  # someone else submitted it (or it was cancelled)
     create_job(svc, moved, spec)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared import sweep as sweeps
@@ -64,9 +65,13 @@ def is_parent(rec: RunRecord) -> bool:
     return rec.parent_id is None and isinstance(rec.sweep, dict) and rec.sweep.get("role") == "parent"
 
 
-def start_parent(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
+def start_parent(
+    svc: Services, rec: RunRecord, spec: RunSpec, *, guard: Callable[[RunRecord], Any] | None = None
+) -> bool:
     """Move a complete sweep parent from staging to running (compare-and-swap: one winner) and start
-    its first trials. False when the cluster is not ready yet or another caller won."""
+    its first trials. False when the cluster is not ready yet or another caller won. ``guard``: the
+    transition's (``submission.submit``'s check that the run is as read; what it raises while the
+    run is staging is raised on)."""
     assert spec.sweep is not None
     from shared.submission import fail_run
 
@@ -83,6 +88,7 @@ def start_parent(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
             RUNNING,
             STAGING,
             current=rec,
+            guard=guard,
             cluster=cluster.name,
             cluster_id=cluster.id,
             sweep={
@@ -95,7 +101,9 @@ def start_parent(svc: Services, rec: RunRecord, spec: RunSpec) -> bool:
                 "goal": spec.sweep.goal,
             },
         )
-    except TransitionRejected:
+    except TransitionRejected as rejected:
+        if guard is not None and rejected.current.state == STAGING:
+            raise  # the guard's: the caller checks again
         return False
     log.info("sweep %s: running, %d trial(s)", rec.run_id, len(trials), extra=rec.log_extra())
     advance(svc, moved, spec)

@@ -11,6 +11,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from shared import ingest as ingest_module
 from shared import monitor
 from shared.batchai_backend import BatchAIBackend
 from shared.cancellation import cancel_run
@@ -877,6 +879,63 @@ def test_a_duplicate_delivery_never_writes_into_the_snapshot_of_a_submitted_run(
     props_now = share.get_file_client(f"{rec.snapshot}/Train-28x28_cntk_text.txt").get_file_properties()
     assert (props_now.etag, props_now.copy.id) == (props_at_submission.etag, props_at_submission.copy.id)
     assert [f.name for f in rec.staged_files] == sorted(QUICKSTART_FILES)
+
+
+def test_a_run_is_not_submitted_while_a_file_it_does_not_require_is_copied_into_its_snapshot(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery of a file the manifest does not list claims its copy into the run's snapshot, and
+    while it copies, the manifest and every required file arrive. The run is not submitted until
+    that copy is recorded (its holder then submits it): the job is created on a snapshot holding
+    exactly the files the record lists, and no file is taken out of it afterwards."""
+    p = pipeline
+    ds = dataset_name("inflight")
+    files = {**QUICKSTART_FILES, "notes/extra.txt": b"not listed by run.json\n"}
+    names = p.upload(ds, files, QUICKSTART_MANIFEST)
+    extra = f"{ds}/notes/extra.txt"
+    copying, release = threading.Event(), threading.Event()
+    real_stage_blob = ingest_module.stage_blob
+
+    def held_stage_blob(container: Any, blob_name: str, *args: Any, **kwargs: Any) -> Any:
+        if blob_name == extra:
+            copying.set()
+            assert release.wait(30)
+        return real_stage_blob(container, blob_name, *args, **kwargs)
+
+    seen_by_job: list[set[str]] = []
+    real_create_job = p.services.cloud.create_job
+
+    def create_job(*args: Any, data_dir: str | None = None, **kwargs: Any) -> Any:
+        snapshot = p.share_root / (data_dir or ds)
+        seen_by_job.append({str(f.relative_to(snapshot)) for f in snapshot.rglob("*") if f.is_file()})
+        return real_create_job(*args, data_dir=data_dir, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "stage_blob", held_stage_blob)
+    monkeypatch.setattr(p.services.cloud, "create_job", create_job)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(ingest_blob, extra, p.services)
+        assert copying.wait(30)
+        try:
+            others = [ingest_blob(n, p.services) for n in names if n != extra]
+            run_id = others[0].run_id
+            assert not any(r.submitted for r in others), others
+            assert p.registry.get(run_id).state == "staging"
+        finally:
+            release.set()
+        held = in_flight.result(30)
+    assert held.action == "staged" and held.submitted and held.run_id == run_id, held
+    rec = p.registry.get(run_id)
+    assert rec.state in ("provisioning", "queued"), rec.errors
+    assert sorted(rec.expected_files or []) == sorted(QUICKSTART_FILES)
+    recorded = {f.name for f in rec.staged_files}
+    assert recorded == set(files)
+    assert seen_by_job == [recorded]
+    on_share = {
+        str(f.relative_to(p.share_root / rec.snapshot)) for f in (p.share_root / rec.snapshot).rglob("*")
+    }
+    assert {n for n in on_share if (p.share_root / rec.snapshot / n).is_file()} == recorded
+    assert [r.run_id for r in p.registry.iter_runs(dataset=ds)] == [run_id]
+    cancel_run(run_id, svc=p.services)
 
 
 def test_a_manifest_delivery_whose_run_was_submitted_by_the_data_blobs_meanwhile_is_a_replay(

@@ -16,6 +16,7 @@ from shared.registry import (
     RegistryError,
     RunError,
     RunNotFound,
+    RunRecord,
     RunRegistry,
     StagedFile,
     TransitionRejected,
@@ -294,6 +295,43 @@ def test_a_renewed_copy_claim_is_kept_and_a_dead_holders_is_taken_over(registry:
     assert registry.renew_file_copy(run_id, "big.bin", "0x1", token) is False
     assert registry.renew_file_copy(run_id, "big.bin", "0x1", taken) is True
     assert registry.claim_file_copy(run_id, "big.bin", "0x2") not in (None, taken)  # another version
+
+
+def test_a_copy_claim_fails_a_submission_that_read_the_run_before_it(registry: RunRegistry) -> None:
+    """A submitter reads the run, finds no copy in flight, and meanwhile a delivery claims a copy
+    into the run's snapshot: the claim writes the run in the same transaction, so the submitter's
+    compare-and-swap (guarded on the ETag it read) fails; read again, the claim is in flight until
+    its file is recorded. Once the run left staging a claim is refused: nothing more is copied in."""
+    rec = registry.get(registry.create("mnist").run_id)
+    assert rec.state == "staging"
+
+    def unchanged(now: RunRecord) -> None:
+        if now.etag != rec.etag:
+            raise TransitionRejected("written since read", now)
+
+    assert registry.claim_file_copy(rec.run_id, "extra.bin", "0x1")  # after the submitter's read
+    with pytest.raises(TransitionRejected):
+        registry.transition(rec.run_id, "provisioning", "staging", current=rec, guard=unchanged)
+    assert registry.get(rec.run_id).state == "staging"
+    assert registry.copies_in_flight(rec.run_id) == ["extra.bin"]  # read after the run: the claim counts
+    assert registry.copies_in_flight(rec.run_id, stale_seconds=0) == []  # a dead holder's claim
+    registry.add_staged_files(rec.run_id, [StagedFile("extra.bin", 1, etag="0x2")])  # another version
+    assert registry.copies_in_flight(rec.run_id) == ["extra.bin"]
+    registry.add_staged_files(rec.run_id, [StagedFile("extra.bin", 1, etag="0x1")])
+    assert registry.copies_in_flight(rec.run_id) == []
+    # A finished copy stays out of flight when a newer version of its file replaces its record.
+    token = registry.claim_file_copy(rec.run_id, "data.bin", "0x4")
+    assert token and registry.copies_in_flight(rec.run_id) == ["data.bin"]
+    registry.add_staged_files(rec.run_id, [StagedFile("data.bin", 1, etag="0x4")])
+    registry.finish_file_copy(rec.run_id, "data.bin", "0x4", token)
+    registry.add_staged_files(rec.run_id, [StagedFile("data.bin", 1, etag="0x5")])
+    assert registry.copies_in_flight(rec.run_id) == []
+    again = registry.get(rec.run_id)
+    moved = registry.transition(rec.run_id, "provisioning", "staging", current=again)
+    with pytest.raises(TransitionRejected):
+        registry.claim_file_copy(rec.run_id, "late.bin", "0x3")
+    assert registry.copies_in_flight(rec.run_id) == []
+    assert registry.get(rec.run_id).etag == moved.etag  # the refused claim wrote nothing
 
 
 def test_a_pointer_whose_run_is_being_created_is_waited_for(registry: RunRegistry) -> None:
