@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.arm.conftest import auth, make_clients, unique
+from tests.arm.conftest import PRIVATE_ARM_TOKEN, make_clients, unique
 from tests.arm.quickstart import SAMPLE_FILES, Names, walk
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,10 @@ def test_walk_survives_twenty_percent_faults(arm_stack, make_share, faults) -> N
     assert clients.spec.errors == []
 
 
-def test_fault_settings_are_validated_and_replayable(arm_stack, faults) -> None:
+def test_fault_settings_are_validated_and_replayable(private_arm) -> None:
+    """On an emulator of its own: every ARM request draws from the one seeded stream, so another
+    client of a shared emulator (a Functions host's monitor passes) would shift the sequence."""
+    faults = f"{private_arm.endpoint}/_emulator/faults"
     bad = requests.post(faults, json={"rate_429": 2}, timeout=10)
     assert bad.status_code == 400 and "rate_429" in bad.json()["error"]["message"]
     unknown = requests.post(faults, json={"rate_404": 0.1}, timeout=10)
@@ -63,8 +66,9 @@ def test_fault_settings_are_validated_and_replayable(arm_stack, faults) -> None:
     def statuses() -> list[int]:
         settings = {"rate_429": 0.3, "rate_500": 0.3, "seed": 7, "retry_after": 3}
         requests.post(faults, json=settings, timeout=10).raise_for_status()
-        url = f"{arm_stack.arm_endpoint}/providers/Microsoft.BatchAI/operations?api-version=2018-05-01"
-        answers = [requests.get(url, headers=auth(arm_stack), timeout=10) for _ in range(12)]
+        url = f"{private_arm.endpoint}/providers/Microsoft.BatchAI/operations?api-version=2018-05-01"
+        headers = {"Authorization": f"Bearer {PRIVATE_ARM_TOKEN}"}
+        answers = [requests.get(url, headers=headers, timeout=10) for _ in range(12)]
         throttled = [a for a in answers if a.status_code == 429]
         assert throttled and all(a.headers["Retry-After"] == "3" for a in throttled)
         return [a.status_code for a in answers]

@@ -3,12 +3,14 @@
 Called as the quickstart's job called the CNTK script: `python ConvNet_MNIST.py <input dir> <output dir>`.
 Reads Train-/Test-28x28_cntk_text.txt (`|labels <one-hot 10> |features <784 values>`), fits a
 nearest-centroid classifier, prints per-class progress and the test accuracy, and writes the model
-(`ConvNet_MNIST.model`, JSON centroids) into the output directory.
+(`ConvNet_MNIST.model`, JSON centroids) into the output directory. STAND_IN_SECONDS (environment)
+makes it train that much longer, for tests that must see the job running.
 """
 
 import json
 import os
 import sys
+import time
 
 
 def read(path):
@@ -31,7 +33,8 @@ def main(input_dir, output_dir):
             acc[i] += v
         counts[label] = counts.get(label, 0) + 1
     centroids = {label: [v / counts[label] for v in acc] for label, acc in sums.items()}
-    print(f"trained on {len(train)} samples, {len(centroids)} classes")
+    print(f"trained on {len(train)} samples, {len(centroids)} classes", flush=True)
+    time.sleep(float(os.environ.get("STAND_IN_SECONDS", "0")))
 
     def predict(features):
         return min(
