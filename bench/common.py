@@ -8,7 +8,9 @@ reader never compares an absolute time from a noisy machine with a number from a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -163,3 +165,37 @@ def repo_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+GEN_CHUNK = 4 * 1024 * 1024  # bytes generated and hashed at a time
+
+
+def upload_varied_blob(container: Any, name: str, size: int, work: Path) -> None:
+    """A blob of ``size`` varied bytes uploaded as the CLI uploads (Content-MD5 set), through a
+    temporary file in ``work`` that is deleted once uploaded. Each chunk differs (its offset is
+    written into it), so nothing downstream can dedupe or compress it away."""
+    from azure.storage.blob import ContentSettings
+
+    source = work / "varied.bin"
+    digest = hashlib.md5(usedforsecurity=False)
+    block = os.urandom(GEN_CHUNK)
+    with open(source, "wb") as handle:
+        written = 0
+        while written < size:
+            chunk = block[: min(GEN_CHUNK, size - written)]
+            chunk = written.to_bytes(8, "little") + chunk[8:] if len(chunk) > 8 else chunk
+            handle.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+    try:
+        with open(source, "rb") as handle:
+            container.upload_blob(
+                name,
+                handle,
+                length=size,
+                overwrite=True,
+                max_concurrency=2,
+                content_settings=ContentSettings(content_md5=bytearray(digest.digest())),
+            )
+    finally:
+        source.unlink()

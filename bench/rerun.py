@@ -14,9 +14,7 @@ source (`x-ms-copy-source`: a blob URL of the training container, or a file URL 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,42 +28,15 @@ from bench.common import (
     local_stack,
     mib,
     stack_env,
+    upload_varied_blob,
 )
 from bench.ingest_latency import SCRIPT, training_container
 from infra.local.waiting import wait_for
 
-GEN_CHUNK = 4 * 1024 * 1024
 BIG = "data.bin"
 LABELS = "labels.txt"
 MANIFEST = {"script": "train.py", "files": ["train.py", BIG, LABELS], "max_wall_clock_time": "PT5M"}
 TINY_MANIFEST = {"script": "train.py", "files": ["train.py"], "max_wall_clock_time": "PT5M"}
-
-
-def upload_big(container: Any, name: str, size: int, work: Path) -> None:
-    """A blob of `size` varied bytes with its Content-MD5 (as the CLI uploads), through a temp file."""
-    from azure.storage.blob import ContentSettings
-
-    source = work / "big.bin"
-    digest = hashlib.md5(usedforsecurity=False)
-    block = os.urandom(GEN_CHUNK)
-    with open(source, "wb") as handle:
-        written = 0
-        while written < size:
-            chunk = block[: min(GEN_CHUNK, size - written)]
-            chunk = written.to_bytes(8, "little") + chunk[8:] if len(chunk) > 8 else chunk
-            handle.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-    with open(source, "rb") as handle:
-        container.upload_blob(
-            name,
-            handle,
-            length=size,
-            overwrite=True,
-            max_concurrency=2,
-            content_settings=ContentSettings(content_md5=bytearray(digest.digest())),
-        )
-    source.unlink()
 
 
 def upload_manifest(container: Any, dataset: str, manifest: dict[str, Any]) -> tuple[float, str]:
@@ -147,7 +118,7 @@ def _measure(options: BenchOptions, work: Path, services: list[str], copy_timeou
         container = training_container(stack)
         container.upload_blob(f"{big}/train.py", SCRIPT, overwrite=True)
         container.upload_blob(f"{big}/{LABELS}", b"labels v1\n", overwrite=True)
-        upload_big(container, f"{big}/{BIG}", size, work)
+        upload_varied_blob(container, f"{big}/{BIG}", size, work)
         first_s, first = drop_and_wait(stack, registry, container, big, MANIFEST, copy_timeout)
 
         container.upload_blob(f"{tiny}/train.py", SCRIPT, overwrite=True)

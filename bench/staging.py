@@ -14,9 +14,7 @@ Files emulator's RSS with psutil while it works. The blob is uploaded the way th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, BenchOptions, Figure, check_disk, local_stack, median, mib, repo_env
+from bench.common import (
+    PY,
+    BenchOptions,
+    Figure,
+    check_disk,
+    local_stack,
+    median,
+    mib,
+    repo_env,
+    upload_varied_blob,
+)
 from infra.local.stack import REPO_ROOT
 
 CONTAINER = "benchstaging"  # not training-data: a function app watching that would ingest it
@@ -34,7 +42,6 @@ BLOB = "benchstage/big.bin"
 TARGET_RATIO = 0.8
 TARGET_RSS_MIB = 64
 SAMPLE_INTERVAL = 0.02
-GEN_CHUNK = 4 * 1024 * 1024
 
 
 # --- the child ---------------------------------------------------------------------------------------
@@ -140,36 +147,15 @@ def run_child(action: str, conn: str, dest: str, watch: dict[str, int]) -> dict[
 
 
 def make_blob(stack: Any, size: int, work: Path) -> None:
-    """A blob of `size` random-ish bytes uploaded as the CLI uploads (Content-MD5 set); the local
-    source file is deleted once uploaded."""
-    from azure.storage.blob import BlobServiceClient, ContentSettings
+    """The benchmark's blob of ``size`` varied bytes, in its own container."""
+    from azure.storage.blob import BlobServiceClient
 
-    source = work / "source.bin"
-    digest = hashlib.md5(usedforsecurity=False)
-    block = os.urandom(GEN_CHUNK)
-    with open(source, "wb") as handle:
-        written = 0
-        while written < size:
-            chunk = block[: min(GEN_CHUNK, size - written)]
-            # Vary each chunk so nothing downstream can dedupe or compress it away.
-            chunk = written.to_bytes(8, "little") + chunk[8:] if len(chunk) > 8 else chunk
-            handle.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-    service = BlobServiceClient.from_connection_string(stack.connection_string)
-    container = service.get_container_client(CONTAINER)
+    container = BlobServiceClient.from_connection_string(stack.connection_string).get_container_client(
+        CONTAINER
+    )
     with contextlib.suppress(Exception):
         container.create_container()
-    with open(source, "rb") as handle:
-        container.upload_blob(
-            BLOB,
-            handle,
-            length=size,
-            overwrite=True,
-            max_concurrency=2,
-            content_settings=ContentSettings(content_md5=bytearray(digest.digest())),
-        )
-    source.unlink()
+    upload_varied_blob(container, BLOB, size, work)
 
 
 def run(options: BenchOptions) -> list[Figure]:
