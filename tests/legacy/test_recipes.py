@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,22 +20,28 @@ pytestmark = pytest.mark.e2e
 RECIPES = Path(__file__).with_name("clients") / "recipes"
 
 
+def recipes_env(named_stack: Any, resource_group: str) -> dict[str, str]:
+    """What the recipes' client scripts read: the named stack's endpoints and keys, and the resource
+    group they work in."""
+    return {
+        "RECIPES_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
+        "RECIPES_ARM_ENDPOINT": named_stack.stack.arm_endpoint,
+        "RECIPES_ARM_TOKEN": named_stack.arm_token,
+        "RECIPES_STORAGE_ACCOUNT": named_stack.account,
+        "RECIPES_STORAGE_KEY": named_stack.key,
+        "RECIPES_STORAGE_CONNECTION_STRING": named_stack.connection_string,
+        "RECIPES_FILE_ENDPOINT": f"http://{named_stack.file_host}",
+        "RECIPES_RESOURCE_GROUP": resource_group,
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
 def test_recipes_utilities_against_the_local_stack(named_stack, recipes_python, tmp_path: Path) -> None:
     output = run_client(
         recipes_python,
         RECIPES / "conformance.py",
         tmp_path,
-        {
-            "RECIPES_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
-            "RECIPES_ARM_ENDPOINT": named_stack.stack.arm_endpoint,
-            "RECIPES_ARM_TOKEN": named_stack.arm_token,
-            "RECIPES_STORAGE_ACCOUNT": named_stack.account,
-            "RECIPES_STORAGE_KEY": named_stack.key,
-            "RECIPES_STORAGE_CONNECTION_STRING": named_stack.connection_string,
-            "RECIPES_FILE_ENDPOINT": f"http://{named_stack.file_host}",
-            "RECIPES_RESOURCE_GROUP": "recipes",
-            "PYTHONWARNINGS": "ignore",
-        },
+        recipes_env(named_stack, "recipes"),
         timeout=240,
     )
     result = json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
@@ -60,17 +67,7 @@ def test_distributed_recipes_job_definitions(named_stack, recipes_python, tmp_pa
         recipes_python,
         RECIPES / "distributed.py",
         tmp_path,
-        {
-            "RECIPES_SUBSCRIPTION_ID": DEV_SUBSCRIPTION,
-            "RECIPES_ARM_ENDPOINT": named_stack.stack.arm_endpoint,
-            "RECIPES_ARM_TOKEN": named_stack.arm_token,
-            "RECIPES_STORAGE_ACCOUNT": named_stack.account,
-            "RECIPES_STORAGE_KEY": named_stack.key,
-            "RECIPES_STORAGE_CONNECTION_STRING": named_stack.connection_string,
-            "RECIPES_FILE_ENDPOINT": f"http://{named_stack.file_host}",
-            "RECIPES_RESOURCE_GROUP": "distributed",
-            "PYTHONWARNINGS": "ignore",
-        },
+        recipes_env(named_stack, "distributed"),
         timeout=240,
     )
     result = json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
